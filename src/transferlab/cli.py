@@ -1,0 +1,252 @@
+"""The `transferlab` command. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from transferlab.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Transfer learning: every adaptation strategy tried on your data, compared honestly.",
+)
+console = Console(stderr=True)
+out = Console()
+
+Backbone = Annotated[str | None, typer.Option(help="catalog name (see 'transferlab list'), a local model folder, or a hub id")]
+Dataset = Annotated[str | None, typer.Option(help="catalog name or a .csv/.jsonl/.parquet file")]
+TextColumn = Annotated[str | None, typer.Option(help="text column of your file [default: text]")]
+LabelColumn = Annotated[str | None, typer.Option(help="label column of your file [default: label]")]
+NTrain = Annotated[int | None, typer.Option(help="labelled examples to learn from, validation included [default: 2000]")]
+NTest = Annotated[int | None, typer.Option(help="held-out test examples [default: 1000]")]
+Epochs = Annotated[float | None, typer.Option(help="training epochs [default: 3]")]
+Seed = Annotated[int | None, typer.Option(help="seed for the split, the head and training [default: 0]")]
+Lr = Annotated[float | None, typer.Option(help="one learning rate for every strategy [default: each strategy's own]")]
+BatchSize = Annotated[int | None, typer.Option(help="training batch size [default: 16]")]
+MaxLength = Annotated[int | None, typer.Option(help="tokens per example after truncation [default: 128]")]
+Pooling = Annotated[str | None, typer.Option(help="mean or cls [default: mean]")]
+Metric = Annotated[str | None, typer.Option(help="headline metric, also used for early stopping [default: accuracy]")]
+OutDir = Annotated[Path | None, typer.Option("--out", help="run folder [default: runs/<command>-<time>]")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config; command-line options override it")]
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress: library load reports and known-harmless warnings go."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _run_config(config: Path | None, strategies: list[str] | None, **options: Any):
+    from transferlab.config import load_run_config
+
+    training = {k: options.pop(k) for k in ("epochs", "seed", "lr", "batch_size", "metric")}
+    return load_run_config(config, strategies=strategies, training=training, **options)
+
+
+def _out_dir(out_dir: Path | None, command: str) -> Path:
+    return out_dir or Path("runs") / f"{command}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _progress_logger():
+    return lambda message: console.print(f"[dim]{message}[/dim]")
+
+
+@app.command()
+def compare(
+    backbone: Backbone = None,
+    dataset: Dataset = None,
+    strategies: Annotated[str | None, typer.Option(help="comma-separated names, or 'all' [default: head,full,lora]")] = None,
+    n_train: NTrain = None,
+    n_test: NTest = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
+    lr: Lr = None,
+    batch_size: BatchSize = None,
+    max_length: MaxLength = None,
+    pooling: Pooling = None,
+    metric: Metric = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    config: ConfigFile = None,
+    out_dir: OutDir = None,
+) -> None:
+    """Try each strategy on the same split and print one row per strategy."""
+    from transferlab.recipes.compare import compare as run_compare
+    from transferlab.report.table import print_results
+    from transferlab.strategies import parse_strategy_list
+
+    run_config = _run_config(
+        config,
+        parse_strategy_list(strategies) if strategies else None,
+        backbone=backbone,
+        dataset=dataset,
+        n_train=n_train,
+        n_test=n_test,
+        epochs=epochs,
+        seed=seed,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        pooling=pooling,
+        metric=metric,
+        text_column=text_column,
+        label_column=label_column,
+    )
+    target = _out_dir(out_dir, "compare")
+    with _training_progress() as progress:
+        results = run_compare(run_config, target, log=_progress_logger(), progress=progress)
+    print_results(results, out)
+    console.print(f"results: {target / 'results.json'}")
+
+
+@app.command()
+def train(
+    strategy: Annotated[str, typer.Option(help="one strategy name")] = "lora",
+    backbone: Backbone = None,
+    dataset: Dataset = None,
+    n_train: NTrain = None,
+    n_test: NTest = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
+    lr: Lr = None,
+    batch_size: BatchSize = None,
+    max_length: MaxLength = None,
+    pooling: Pooling = None,
+    metric: Metric = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,
+    config: ConfigFile = None,
+    out_dir: OutDir = None,
+) -> None:
+    """Train one strategy and export DIR/model (safetensors, tokenizer, label names)."""
+    from transferlab.recipes.train import train as run_train
+    from transferlab.report.table import print_results
+    from transferlab.strategies import parse_strategy_list
+
+    run_config = _run_config(
+        config,
+        parse_strategy_list(strategy),
+        backbone=backbone,
+        dataset=dataset,
+        n_train=n_train,
+        n_test=n_test,
+        epochs=epochs,
+        seed=seed,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        pooling=pooling,
+        metric=metric,
+        text_column=text_column,
+        label_column=label_column,
+    )
+    target = _out_dir(out_dir, "train")
+    with _training_progress() as progress:
+        progress(strategy)
+        _, results = run_train(run_config, target, keep_adapter=keep_adapter, log=_progress_logger())
+    print_results(results, out)
+    console.print(f"model: {target / 'model'}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="a DIR/model folder written by 'transferlab train'")],
+    text: Annotated[list[str] | None, typer.Option(help="a text to classify; repeat for several")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help=".csv/.jsonl/.parquet/.txt file of texts")] = None,
+    text_column: Annotated[str, typer.Option(help="text column of --input")] = "text",
+    output: Annotated[Path | None, typer.Option(help="write predictions here (.csv or .jsonl)")] = None,
+) -> None:
+    """Print the label and class probabilities for each text."""
+    from transferlab.recipes.predict import predict_command
+
+    predict_command(model, text, input_file, text_column, output, out)
+
+
+@app.command("list")
+def list_assets() -> None:
+    """Backbones, datasets and strategies known by name."""
+    from transferlab.catalog import BACKBONES
+    from transferlab.data.sources import DATASETS
+    from transferlab.strategies import STRATEGIES
+
+    out.print("[bold]backbones[/bold] (or any local Hugging Face model folder, or a hub id)")
+    for name, entry in BACKBONES.items():
+        out.print(f"  {name:<14} {entry.description}")
+    out.print("[bold]datasets[/bold] (or your own .csv/.jsonl/.parquet with --text-column/--label-column)")
+    for name, entry in DATASETS.items():
+        out.print(f"  {name:<14} {entry.description}")
+    out.print("[bold]strategies[/bold]")
+    for name, cls in STRATEGIES.items():
+        out.print(f"  {name:<14} {cls.summary}")
+
+
+class _training_progress:
+    """A rich progress bar over training steps, fed by the Trainer through `transferlab.training.loop`."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from transferlab.training import loop
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+        )
+        self._progress.start()
+        self._task = None
+
+        def on_step(step: int, total: int) -> None:
+            if self._task is not None:
+                self._progress.update(self._task, completed=step, total=total)
+
+        loop.PROGRESS_HOOKS.append(on_step)
+        self._hook = on_step
+        return self._start
+
+    def _start(self, name: str) -> None:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(name, total=None)
+
+    def __exit__(self, *exc: object) -> None:
+        from transferlab.training import loop
+
+        loop.PROGRESS_HOOKS.remove(self._hook)
+        self._progress.stop()
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except UserError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as err:  # usage errors: unknown option, bad value
+        err.show()
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

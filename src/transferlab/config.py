@@ -1,0 +1,89 @@
+"""A run's full configuration: plain dataclasses, read from and written to plain YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferlab.backbones.text import POOLINGS
+from transferlab.catalog import DEFAULT_BACKBONE
+from transferlab.data.sources import DEFAULT_DATASET
+from transferlab.errors import UserError
+from transferlab.strategies import get_strategy
+from transferlab.training.loop import TrainingConfig
+
+DEFAULT_STRATEGIES = ["head", "full", "lora"]
+
+
+@dataclass
+class RunConfig:
+    backbone: str = DEFAULT_BACKBONE
+    dataset: str = DEFAULT_DATASET
+    text_column: str = "text"
+    label_column: str = "label"
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
+    strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"lora": {"r": 16}}
+    n_train: int | None = None
+    n_test: int | None = None
+    val_fraction: float = 0.1
+    max_length: int = 128
+    pooling: str = "mean"
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name, value in (("n_train", self.n_train), ("n_test", self.n_test), ("max_length", self.max_length)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be positive, got {value}")
+        self.training.validate()
+        for name in self.strategies:
+            self.strategy(name)  # unknown names and bad settings fail here, before any work
+        unused = set(self.strategy_settings) - set(self.strategies)
+        if unused:
+            raise UserError(f"settings given for strategies not in the run: {', '.join(sorted(unused))}")
+
+    def strategy(self, name: str):
+        return get_strategy(name, **self.strategy_settings.get(name, {}))
+
+    def resolved(self) -> dict[str, Any]:
+        """Everything the run used, strategy defaults included."""
+        out = dataclasses.asdict(self)
+        out["strategy_settings"] = {name: dataclasses.asdict(self.strategy(name).config) for name in self.strategies}
+        return out
+
+
+def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"{where}: unknown key '{key}'{hint}")
+    return values
+
+
+def load_run_config(path: Path | None, **overrides: Any) -> RunConfig:
+    """YAML file (optional) first, then the command line's explicit options on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: cannot read config: {str(err).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: a config is a mapping of keys to values")
+    _checked_fields(RunConfig, values, str(path))
+    training = _checked_fields(TrainingConfig, dict(values.pop("training", None) or {}), f"{path}: training")
+    training.update({k: v for k, v in overrides.pop("training", {}).items() if v is not None})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = RunConfig(**values, training=TrainingConfig(**training))
+    config.validate()
+    return config

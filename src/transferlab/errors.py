@@ -1,0 +1,13 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input, a missing asset or an impossible request: never a bug in transferlab."""
+
+
+class MissingAssetError(UserError):
+    """A packaged backbone or dataset is not installed; the message names what to install."""
+
+
+class AssetIntegrityError(UserError):
+    """A packaged file does not match its recorded sha256."""

@@ -1,0 +1,108 @@
+"""`transferlab predict`: load a folder written by `transferlab train` and classify texts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from peft import PeftModel
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from transferlab.backbones import Preprocessor, TextPreprocessor, build_classifier
+from transferlab.catalog import resolve_backbone
+from transferlab.data.sources import read_table
+from transferlab.errors import UserError
+from transferlab.runio import atomic_write_text
+from transferlab.training.loop import predict_proba
+
+MANIFEST = "transferlab.json"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    preprocessor: Preprocessor
+    label_names: list[str]
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        features = self.preprocessor.encode(texts)
+        return predict_proba(self.model, features, self.preprocessor.collate, self.preprocessor.length_of, batch_size)
+
+
+def load_model(model_dir: Path) -> LoadedModel:
+    """A folder written by `export` (merged or adapter); anything else is refused with a reason."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MANIFEST
+    if not manifest_path.is_file():
+        hint = " (the run may not have finished)" if model_dir.is_dir() else ""
+        raise UserError(f"{model_dir} is not a model exported by 'transferlab train'{hint}: no {MANIFEST}")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    preprocessor = TextPreprocessor.from_pretrained(str(model_dir), manifest["max_length"])
+    if manifest["format"] == "peft-adapter":
+        asset = resolve_backbone(manifest["backbone"])
+        if asset.hashes != manifest["backbone_sha256"]:
+            raise UserError(f"{model_dir}: the adapter was trained on a different '{manifest['backbone']}' (weight hashes differ)")
+        base = build_classifier(asset, manifest["label_names"], manifest["pooling"])
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    return LoadedModel(model.eval(), preprocessor, manifest["label_names"])
+
+
+def read_texts(path: Path, text_column: str) -> list[str]:
+    """One text per line of a .txt file, or a column of a table."""
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        try:
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: not valid UTF-8 (byte {err.start})") from None
+        if not lines:
+            raise UserError(f"{path}: no texts")
+        return lines
+    frame = read_table(path)
+    if text_column not in frame.columns:
+        raise UserError(f"{path}: no column '{text_column}'; columns are {', '.join(map(str, frame.columns))}")
+    texts = frame[text_column]
+    if texts.isna().any():
+        raise UserError(f"{path}: row {int(np.flatnonzero(texts.isna().to_numpy())[0]) + 1} has an empty '{text_column}'")
+    return texts.astype(str).tolist()
+
+
+def predictions_frame(texts: Sequence[str], probs: np.ndarray, label_names: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({"text": list(texts), "label": [label_names[i] for i in probs.argmax(-1)]})
+    for i, name in enumerate(label_names):
+        frame[f"p_{name}"] = probs[:, i]
+    return frame
+
+
+def predict_command(
+    model_dir: Path, texts: list[str] | None, input_file: Path | None, text_column: str, output: Path | None, console: Console
+) -> None:
+    if bool(texts) == bool(input_file):
+        raise UserError("give either --text (one or more) or --input FILE")
+    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
+        raise UserError(f"{output}: predictions are written as .csv or .jsonl")
+    loaded = load_model(model_dir)
+    texts = list(texts) if texts else read_texts(Path(input_file), text_column)
+    frame = predictions_frame(texts, loaded.predict_proba(texts), loaded.label_names)
+    if output is not None:
+        body = (
+            frame.to_csv(index=False) if output.suffix.lower() == ".csv" else frame.to_json(orient="records", lines=True, force_ascii=False)
+        )
+        atomic_write_text(output, body)
+        console.print(f"{len(frame)} predictions written to {output}")
+        return
+    table = Table("text", "label", *(f"p({name})" for name in loaded.label_names))
+    for row in frame.itertuples(index=False):
+        text = row[0] if len(row[0]) <= 60 else row[0][:57] + "..."
+        table.add_row(text, row[1], *(f"{p:.4f}" for p in row[2:]))
+    console.print(table)

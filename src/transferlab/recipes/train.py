@@ -1,0 +1,59 @@
+"""`transferlab train`: one strategy, exported the way Hugging Face loads it.
+
+The exported folder holds `save_pretrained` safetensors and config, the tokenizer, and
+`transferlab.json` (labels, backbone, strategy). LoRA is merged into the weights unless the adapter
+is kept, in which case the folder is a peft adapter over the named backbone.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from transferlab.config import RunConfig
+from transferlab.errors import UserError
+from transferlab.recipes.compare import Experiment, Log, StrategyRun, prepare, run_record, run_strategy
+from transferlab.recipes.predict import MANIFEST
+from transferlab.runio import atomic_write_json, atomic_write_yaml, publish_directory
+
+
+def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log = print) -> tuple[StrategyRun, dict[str, Any]]:
+    if len(config.strategies) != 1:
+        raise UserError(f"train takes one strategy, got {', '.join(config.strategies)}")
+    name = config.strategies[0]
+    if keep_adapter and name != "lora":
+        raise UserError(f"--keep-adapter applies to adapter strategies (lora), not '{name}'")
+    experiment = prepare(config, log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(out_dir / "config.yaml", config.resolved())
+    record = run_record(experiment, "train")
+    run = run_strategy(experiment, name, workdir=out_dir / "strategies" / name)
+    record["strategies"][name] = run.result
+    export(run, experiment, out_dir / "model", keep_adapter)
+    record["model_dir"] = "model"
+    record["status"] = "complete"
+    atomic_write_json(out_dir / "results.json", record)
+    log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]['mean']:.4f}; model in {out_dir / 'model'}")
+    return run, record
+
+
+def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter: bool) -> None:
+    """Write into a staging folder and move it into place, so a half-written model never looks complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    model = run.model if keep_adapter else run.strategy.export(run.model)
+    model.save_pretrained(staging)
+    experiment.preprocessor.save(staging)
+    config = experiment.config
+    manifest = {
+        "format": "peft-adapter" if keep_adapter else "merged",
+        "backbone": config.backbone,
+        "backbone_sha256": experiment.backbone.hashes,
+        "strategy": run.strategy.name,
+        "label_names": experiment.label_names,
+        "pooling": config.pooling,
+        "max_length": config.max_length,
+    }
+    atomic_write_json(staging / MANIFEST, manifest)
+    publish_directory(staging, target)

@@ -1,0 +1,14 @@
+"""The strategy registry. Importing a strategy module registers it; add new ones to this list."""
+
+from transferlab.strategies import full, head, lora  # noqa: F401  (registration)
+from transferlab.strategies.base import (
+    STRATEGIES,
+    Strategy,
+    StrategyConfig,
+    count_parameters,
+    get_strategy,
+    parse_strategy_list,
+    register_strategy,
+)
+
+__all__ = ["STRATEGIES", "Strategy", "StrategyConfig", "count_parameters", "get_strategy", "parse_strategy_list", "register_strategy"]

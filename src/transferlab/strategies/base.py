@@ -1,0 +1,129 @@
+"""A strategy decides what of a backbone trains and how; one module and one registration each.
+
+Modelled on PEFT's tuners: a config dataclass per method and a registry by name, so that the CLI,
+the comparison and the shared test matrix pick up a new strategy without being edited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from abc import ABC
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from transferlab.backbones.base import TransferModel
+from transferlab.errors import UserError
+from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+
+
+@dataclass
+class StrategyConfig:
+    """Hyperparameters of one strategy."""
+
+    def validate(self) -> None:
+        """Raise UserError for a value out of range."""
+
+
+@dataclass
+class TrainedStrategyConfig(StrategyConfig):
+    """For strategies trained by gradient descent; `lr` applies unless the run sets one for all."""
+
+    lr: float = 2e-5
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+
+
+class Strategy(ABC):
+    """Hyperparameters in the constructor, `fit` returns the trained model (scikit-learn's shape)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    config_class: ClassVar[type[StrategyConfig]] = TrainedStrategyConfig
+
+    def __init__(self, config: StrategyConfig | None = None, **overrides: Any):
+        config = config or self.config_class()
+        if overrides:
+            known = {f.name for f in dataclasses.fields(config)}
+            for key in overrides:
+                if key not in known:
+                    close = difflib.get_close_matches(key, known, n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(known))}"
+                    raise UserError(f"strategy '{self.name}' has no setting '{key}'{hint}")
+            config = dataclasses.replace(config, **overrides)
+        config.validate()
+        self.config = config
+
+    def prepare(self, model: TransferModel) -> nn.Module:
+        """Freeze or wrap the model so that exactly the parameters this strategy trains require grad."""
+        return model
+
+    def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
+        """Prepare the model, then train it with the Hugging Face Trainer."""
+        prepared = self.prepare(model)
+        return train_with_trainer(prepared, data, training, lr=training.lr or self.config.lr)
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        """The trainable-parameter count this strategy should produce on `model`, from its formula.
+
+        Computed from the architecture, independently of requires_grad, so that the shared test
+        matrix can check every registered strategy against its own formula.
+        """
+        raise NotImplementedError
+
+    def export(self, model: nn.Module) -> nn.Module:
+        """The model as it should be saved: plain weights, adapters merged where the strategy has any."""
+        return model
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    if cls.name in STRATEGIES:
+        raise ValueError(f"strategy '{cls.name}' is registered twice")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str, **overrides: Any) -> Strategy:
+    if name not in STRATEGIES:
+        close = difflib.get_close_matches(name, STRATEGIES, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown strategy '{name}'{hint} (known: {', '.join(STRATEGIES)})")
+    return STRATEGIES[name](**overrides)
+
+
+def parse_strategy_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(STRATEGIES)
+    for name in names:
+        get_strategy(name)  # raises with a suggestion for an unknown name
+    if not names:
+        raise UserError("no strategy given")
+    return names
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), each shared tensor counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def set_trainable(model: nn.Module, predicate: Callable[[str], bool]) -> None:
+    """requires_grad on exactly the parameters whose names the predicate accepts."""
+    for name, p in model.named_parameters():
+        p.requires_grad = predicate(name)

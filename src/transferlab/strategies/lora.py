@@ -1,0 +1,60 @@
+"""LoRA (seed 5.2) through peft: W' = W + (alpha / r) B A on the attention projections; merged on export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from torch import nn
+
+from transferlab.backbones.base import TransferModel
+from transferlab.errors import UserError
+from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy
+
+
+@dataclass
+class LoraConfig(TrainedStrategyConfig):
+    lr: float = 5e-4
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.1
+    target_modules: list[str] | None = field(default=None)  # None: the backbone family's q/v projections
+
+    def validate(self) -> None:
+        super().validate()
+        if self.r < 1:
+            raise UserError(f"LoRA rank r must be at least 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+
+@register_strategy
+class Lora(Strategy):
+    name = "lora"
+    summary = "low-rank updates B A on the attention projections; backbone frozen; merged on export"
+    config_class = LoraConfig
+
+    def prepare(self, model: TransferModel) -> nn.Module:
+        cfg = self.config
+        peft_config = PeftLoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=cfg.target_modules or model.default_lora_targets(),
+            modules_to_save=list(model.head_modules),  # the new head trains in full
+        )
+        try:
+            return get_peft_model(model, peft_config)
+        except ValueError as err:
+            raise UserError(f"LoRA cannot be applied: {err}") from None
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        """r (d_in + d_out) for every adapted linear layer (seed 5.2), plus the new head in full."""
+        targets = self.config.target_modules or model.default_lora_targets()
+        adapted = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets]
+        head = sum(p.numel() for p in model.head_parameters())
+        return sum(self.config.r * (m.in_features + m.out_features) for m in adapted) + head
+
+    def export(self, model: nn.Module) -> nn.Module:
+        return model.merge_and_unload() if isinstance(model, PeftModel) else model

@@ -1,0 +1,211 @@
+"""Training on the Hugging Face Trainer and batched inference, shared by every strategy.
+
+The Trainer brings mixed precision, gradient accumulation, accelerate and best-checkpoint
+restoring; we give it warm-up with linear or cosine decay, early stopping on the validation
+metric, and length-grouped batches padded per batch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from transferlab.errors import UserError
+from transferlab.evaluation.metrics import HEADLINE_METRICS, classification_metrics
+
+SCHEDULERS = ("linear", "cosine")
+
+# Called with (step, total_steps) while training; the CLI hangs a progress bar here.
+PROGRESS_HOOKS: list[Callable[[int, int], None]] = []
+
+
+class _ProgressCallback(TrainerCallback):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for hook in PROGRESS_HOOKS:
+            hook(state.global_step, state.max_steps)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = 3
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float | None = None  # None: each strategy's own default
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    scheduler: str = "linear"
+    patience: int = 3
+    evals_per_epoch: int = 2
+    gradient_accumulation: int = 1
+    metric: str = "accuracy"
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
+            (self.batch_size > 0, f"batch size must be positive, got {self.batch_size}"),
+            (self.lr is None or self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (0 <= self.warmup_ratio < 1, f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
+            (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
+            (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed precision must be auto, no, bf16 or fp16"),
+            (self.metric in HEADLINE_METRICS, f"metric must be one of {', '.join(HEADLINE_METRICS)}, got '{self.metric}'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass
+class FitData:
+    """Encoded examples (one feature dict each, with `labels`) and how to batch them."""
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    label_names: list[str]
+    length_of: Callable[[dict[str, Any]], int] = field(default=lambda feature: 1)
+    workdir: Path | None = None  # checkpoints go here; a temporary folder otherwise
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[dict[str, Any]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+
+def _precision_flags(choice: str) -> dict[str, bool]:
+    if choice == "no" or not torch.cuda.is_available():
+        return {}
+    if choice == "fp16":
+        return {"fp16": True}
+    if choice == "bf16" or (choice == "auto" and torch.cuda.is_bf16_supported()):
+        return {"bf16": True}
+    return {"fp16": True}
+
+
+def train_with_trainer(model: nn.Module, data: FitData, cfg: TrainingConfig, lr: float) -> nn.Module:
+    """Train the parameters that require grad; return the model at its best validation checkpoint."""
+    steps_per_epoch = max(1, len(data.train) // (cfg.batch_size * cfg.gradient_accumulation))
+    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    workdir = Path(data.workdir) if data.workdir else Path(tempfile.mkdtemp(prefix="transferlab-"))
+    metric = cfg.metric
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).numpy()
+        return classification_metrics(prediction.label_ids, probs, len(data.label_names))
+
+    args = TrainingArguments(
+        output_dir=str(workdir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
+        lr_scheduler_type=cfg.scheduler,
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=True,
+        logging_steps=max(1, eval_every // 2),
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if "input_ids" in data.train[0] else "random",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        **_precision_flags(cfg.mixed_precision),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(data.train),
+        eval_dataset=_ListDataset(data.val),
+        data_collator=data.collate,
+        compute_metrics=compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _ProgressCallback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # our log history and progress bar replace its prints
+    try:
+        trainer.train()
+    finally:
+        data.log_history.extend(trainer.state.log_history)
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+        if not data.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return trainer.model
+
+
+def batches_by_length(features: Sequence[dict[str, Any]], length_of: Callable[[dict[str, Any]], int], batch_size: int):
+    """Index batches of similar-sized examples, so padding is small; callers restore the order."""
+    order = np.argsort([length_of(f) for f in features], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+Batch = dict[str, torch.Tensor]
+
+
+@torch.inference_mode()
+def map_batches(
+    model: nn.Module,
+    features: Sequence[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], Batch],
+    compute: Callable[[nn.Module, Batch], torch.Tensor],
+    length_of: Callable[[dict[str, Any]], int] = lambda f: 1,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """`compute(model, batch)` over length-grouped batches in eval mode; rows come back in input order."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: np.ndarray | None = None
+    for idx in batches_by_length(features, length_of, batch_size):
+        batch = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx])
+        rows = compute(model, {k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(features), *rows.shape[1:]), dtype=np.float32)
+        out[idx] = rows
+    assert out is not None, "no examples"
+    return out
+
+
+def predict_proba(
+    model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
+) -> np.ndarray:
+    """Class probabilities in input order."""
+    return map_batches(model, features, collate, lambda m, b: torch.softmax(m(**b).logits.float(), -1), length_of, batch_size)
+
+
+def pooled_features(
+    model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
+) -> np.ndarray:
+    """What the head sees (`forward_features`), in input order."""
+    return map_batches(model, features, collate, lambda m, b: m.forward_features(**b), length_of, batch_size)

@@ -1,0 +1,57 @@
+"""Metrics against values computed by hand, on a case where accuracy and macro-F1 disagree."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from transferlab.evaluation.metrics import classification_metrics, per_class_report
+
+
+def _onehot_probs(pred, num_classes, confidence=0.9):
+    probs = np.full((len(pred), num_classes), (1 - confidence) / (num_classes - 1))
+    probs[np.arange(len(pred)), pred] = confidence
+    return probs
+
+
+def test_majority_class_predictor():
+    labels = np.array([0] * 9 + [1])
+    probs = _onehot_probs(np.zeros(10, dtype=int), 2)
+    m = classification_metrics(labels, probs, 2)
+    assert m["accuracy"] == 0.9
+    # class 0: P = 0.9, R = 1 -> F1 = 2*0.9/1.9; class 1: F1 = 0
+    assert math.isclose(m["macro_f1"], (2 * 0.9 / 1.9 + 0) / 2)
+    assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0  # positive class never predicted
+    assert m["mcc"] == 0.0
+    assert m["auroc"] == 0.5  # constant scores
+
+
+def test_binary_values_by_hand():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    # scores above 0.5 predict [1, 1, 0, 0, 0, 1, 0, 1]: TP=3 FN=1 FP=1 TN=3
+    scores = np.array([0.9, 0.8, 0.4, 0.1, 0.2, 0.7, 0.3, 0.6])
+    probs = np.stack([1 - scores, scores], 1)
+    m = classification_metrics(labels, probs, 2)
+    assert m["accuracy"] == 6 / 8
+    assert m["precision"] == 3 / 4 and m["recall"] == 3 / 4 and m["f1"] == 3 / 4
+    assert math.isclose(m["mcc"], (3 * 3 - 1 * 1) / math.sqrt(4 * 4 * 4 * 4))
+    # AUROC: pairs (pos, neg) ranked correctly: positives 0.9 0.8 0.4 0.6 vs negatives 0.1 0.2 0.7 0.3
+    correct = sum(p > n for p in (0.9, 0.8, 0.4, 0.6) for n in (0.1, 0.2, 0.7, 0.3))
+    assert math.isclose(m["auroc"], correct / 16)
+
+
+def test_multiclass_macro_and_confusion():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    m = classification_metrics(labels, _onehot_probs(pred, 3), 3)
+    f1 = [2 * 0.5 * 0.5 / 1.0, 2 * (2 / 3) * 1 / (2 / 3 + 1), 2 * 1 * 0.5 / 1.5]
+    assert math.isclose(m["macro_f1"], sum(f1) / 3)
+    report = per_class_report(labels, _onehot_probs(pred, 3), ["a", "b", "c"])
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert report["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "f1": f1[1], "support": 2}
+
+
+def test_auroc_undefined_when_a_class_is_missing():
+    m = classification_metrics(np.array([0, 0, 1]), _onehot_probs(np.array([0, 0, 1]), 3), 3)
+    assert math.isnan(m["auroc"])

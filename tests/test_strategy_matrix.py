@@ -1,0 +1,61 @@
+"""Every registered strategy x every tiny backbone family: trainable counts equal the strategy's formula,
+one short fit runs, and only the parameters the strategy trains move. New strategies join automatically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from transferlab.backbones import TextPreprocessor, build_classifier
+from transferlab.catalog import resolve_backbone
+from transferlab.strategies import STRATEGIES, count_parameters, get_strategy
+from transferlab.training.loop import FitData, TrainingConfig, predict_proba
+
+from .conftest import sentiment_texts
+
+
+def _fit_data(path, n=64):
+    pre = TextPreprocessor.from_pretrained(str(path), 32)
+    texts, labels = sentiment_texts(n)
+    features = pre.encode(texts, labels)
+    return pre, FitData(features[: n * 3 // 4], features[n * 3 // 4 :], pre.collate, ["negative", "positive"], pre.length_of)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_trainable_parameters_equal_the_formula(name, tiny_backbone):
+    model = build_classifier(resolve_backbone(str(tiny_backbone)), ["negative", "positive"], "mean")
+    strategy = get_strategy(name)
+    expected = strategy.expected_trainable_params(model)
+    prepared = strategy.prepare(model)
+    trainable, total = count_parameters(prepared)
+    assert trainable == expected
+    assert 0 < trainable <= total
+
+
+def test_lora_formula_by_hand(tiny_bert_dir):
+    """r (d_in + d_out) per adapted matrix: 2 layers x {query, value} x 8 x (32 + 32), plus the 33 x 2 head."""
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["negative", "positive"], "mean")
+    trainable, _ = count_parameters(get_strategy("lora", r=8).prepare(model))
+    assert trainable == 2 * 2 * 8 * (32 + 32) + (32 + 1) * 2
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_one_short_fit_moves_only_trainable_parameters(name, tiny_backbone):
+    torch.manual_seed(0)
+    pre, data = _fit_data(tiny_backbone)
+    model = build_classifier(resolve_backbone(str(tiny_backbone)), ["negative", "positive"], "mean")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    strategy = get_strategy(name)
+    fitted = strategy.fit(model, data, TrainingConfig(epochs=1, batch_size=8, evals_per_epoch=1))
+    merged = strategy.export(fitted)
+    after = dict(merged.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed, "nothing trained"
+    if name != "full":  # a frozen backbone: only the head moves, and for LoRA the matrices it merged into
+        lora_targets = tuple(f"{t}.weight" for t in model.default_lora_targets())
+        for n in changed:
+            assert n.startswith("classifier.") or (name == "lora" and n.endswith(lora_targets)), n
+    probs = predict_proba(merged, data.val, data.collate, data.length_of)
+    assert probs.shape == (len(data.val), 2)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
