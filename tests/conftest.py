@@ -35,8 +35,7 @@ def sentiment_texts(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
 
 def _save_tiny(directory: Path, model: torch.nn.Module) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(directory)
+    BertTokenizerFast(vocab={word: i for i, word in enumerate(VOCAB)}, do_lower_case=True).save_pretrained(directory)
     model.save_pretrained(directory)
     return directory
 

@@ -59,3 +59,19 @@ def test_one_short_fit_moves_only_trainable_parameters(name, tiny_backbone):
     probs = predict_proba(merged, data.val, data.collate, data.length_of)
     assert probs.shape == (len(data.val), 2)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, floor", [("head", 0.9), ("full", 0.7)])
+def test_the_tiny_task_is_learned(name, floor, tiny_bert_dir):
+    """A check that can fail: the sentiment word decides the label, and the pipeline must find it.
+    (A random backbone needs a from-scratch learning rate for full fine-tuning.)"""
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    texts, labels = sentiment_texts(500, seed=1)
+    features = pre.encode(texts, labels)
+    data = FitData(features[:300], features[300:360], pre.collate, ["negative", "positive"], pre.length_of)
+    torch.manual_seed(0)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["negative", "positive"], "mean")
+    fitted = get_strategy(name).fit(model, data, TrainingConfig(epochs=3, lr=1e-3))
+    probs = predict_proba(fitted, features[360:], pre.collate, pre.length_of)
+    accuracy = float((probs.argmax(1) == np.array(labels[360:])).mean())
+    assert accuracy >= floor, accuracy

@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Transfer learning: every adaptation strategy tried on your data, compared honestly.",
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # a redirected table is not cut to 80 columns
 
 Backbone = Annotated[str | None, typer.Option(help="catalog name (see 'transferlab list'), a local model folder, or a hub id")]
 Dataset = Annotated[str | None, typer.Option(help="catalog name or a .csv/.jsonl/.parquet file")]
@@ -61,7 +61,7 @@ def _out_dir(out_dir: Path | None, command: str) -> Path:
 
 
 def _progress_logger():
-    return lambda message: console.print(f"[dim]{message}[/dim]")
+    return lambda message: console.print(message, style="dim", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
     f1_score,
+    make_scorer,
     matthews_corrcoef,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -39,6 +40,20 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: i
         "auroc": _auroc(labels, probs, num_classes),
         "mcc": float(matthews_corrcoef(labels, predicted)),
     }
+
+
+def sklearn_scorer(metric: str, num_classes: int) -> str | object:
+    """The scikit-learn scorer that computes `metric` the way `classification_metrics` does."""
+    binary = num_classes == 2
+    return {
+        "accuracy": "accuracy",
+        "macro_f1": "f1_macro",
+        "precision": "precision" if binary else "precision_macro",
+        "recall": "recall" if binary else "recall_macro",
+        "f1": "f1" if binary else "f1_macro",
+        "auroc": "roc_auc" if binary else "roc_auc_ovr",
+        "mcc": make_scorer(matthews_corrcoef),
+    }[metric]
 
 
 def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:

@@ -28,7 +28,7 @@ from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.runio import atomic_write_json, atomic_write_text, atomic_write_yaml
 from transferlab.strategies import Strategy, count_parameters
-from transferlab.training.loop import FitData, predict_proba
+from transferlab.training.loop import FitData, default_device, predict_proba
 from transferlab.training.memory import PeakMemory
 
 Log = Callable[[str], None]
@@ -91,7 +91,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None)
     config = experiment.config
     strategy = config.strategy(name)
     set_seed(config.training.seed)
-    model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
+    model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
     data = FitData(
         train=experiment.encoded["train"],
         val=experiment.encoded["val"],

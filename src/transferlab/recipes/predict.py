@@ -20,7 +20,7 @@ from transferlab.catalog import resolve_backbone
 from transferlab.data.sources import read_table
 from transferlab.errors import UserError
 from transferlab.runio import atomic_write_text
-from transferlab.training.loop import predict_proba
+from transferlab.training.loop import default_device, predict_proba
 
 MANIFEST = "transferlab.json"
 
@@ -53,7 +53,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-    return LoadedModel(model.eval(), preprocessor, manifest["label_names"])
+    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"])
 
 
 def read_texts(path: Path, text_column: str) -> list[str]:

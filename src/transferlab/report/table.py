@@ -24,7 +24,7 @@ def results_table(results: dict[str, Any]) -> Table:
     table.add_column("strategy")
     for metric in metrics:
         table.add_column(metric, justify="right")
-    for column in ("trainable params", "trainable %", "train s", "peak MB"):
+    for column in ("trainable", "%", "train s", "peak MB"):
         table.add_column(column, justify="right")
     ranked = sorted(results["strategies"].items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
     for name, r in ranked:

@@ -15,7 +15,9 @@ from transferlab.strategies.base import Strategy, TrainedStrategyConfig, registe
 
 @dataclass
 class LoraConfig(TrainedStrategyConfig):
-    lr: float = 5e-4
+    # Measured on minilm-l6 + rt-polarity (3 epochs): 5e-4 -> 0.766, 1e-3 -> 0.802, 2e-3 -> 0.798 at 2,000
+    # examples; at 400, 1e-3 -> 0.697. LoRA needs far larger rates than full fine-tuning.
+    lr: float = 1e-3
     r: int = 8
     alpha: float = 16
     dropout: float = 0.1

@@ -91,6 +91,11 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.items[index]
 
 
+def default_device() -> torch.device:
+    """The GPU when there is one; the Trainer makes the same choice for training."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _precision_flags(choice: str) -> dict[str, bool]:
     if choice == "no" or not torch.cuda.is_available():
         return {}
@@ -161,7 +166,9 @@ def train_with_trainer(model: nn.Module, data: FitData, cfg: TrainingConfig, lr:
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
         if not data.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    return trainer.model
+    # Under mixed precision accelerate leaves an autocast wrapper on forward; evaluation and export
+    # must see the fp32 model, or in-memory and exported predictions differ (seen on a GPU: 3e-4).
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
 def batches_by_length(features: Sequence[dict[str, Any]], length_of: Callable[[dict[str, Any]], int], batch_size: int):

@@ -1,0 +1,78 @@
+"""`train` exports what `predict` loads: the same probabilities as the in-memory model, to 1e-5."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from transferlab.config import load_run_config
+from transferlab.errors import UserError
+from transferlab.recipes.predict import load_model
+from transferlab.recipes.train import train
+
+
+def _train(tmp_path, backbone, dataset, strategy, keep_adapter=False):
+    config = load_run_config(
+        None,
+        backbone=str(backbone),
+        dataset=str(dataset),
+        strategies=[strategy],
+        n_train=120,
+        n_test=40,
+        training={"epochs": 2, "batch_size": 8},
+    )
+    out = tmp_path / f"{strategy}-{keep_adapter}"
+    run, record = train(config, out, keep_adapter=keep_adapter, log=lambda _: None)
+    return out, run, record
+
+
+@pytest.mark.parametrize("strategy, keep_adapter", [("full", False), ("lora", False), ("lora", True), ("head", False)])
+def test_exported_model_predicts_like_the_trained_one(tmp_path, tiny_bert_dir, sentiment_csv, strategy, keep_adapter):
+    out, run, record = _train(tmp_path, tiny_bert_dir, sentiment_csv, strategy, keep_adapter)
+    assert record["status"] == "complete"
+    files = {p.name for p in (out / "model").iterdir()}
+    assert ("adapter_model.safetensors" if keep_adapter else "model.safetensors") in files
+    assert {"tokenizer.json", "transferlab.json"} <= files
+    loaded = load_model(out / "model")
+    assert loaded.label_names == ["negative", "positive"]
+    from transferlab.data.sources import load_dataset
+    from transferlab.data.splits import stratified_split
+
+    config = load_run_config(None, dataset=str(sentiment_csv), n_train=120, n_test=40)
+    test_texts = stratified_split(load_dataset(str(sentiment_csv)), 120, 40, config.val_fraction, 0).test.texts
+    np.testing.assert_allclose(loaded.predict_proba(test_texts), run.test_probs, atol=1e-5, rtol=0)
+
+
+def test_predict_command_line(tmp_path, tiny_bert_dir, sentiment_csv):
+    out, run, _ = _train(tmp_path, tiny_bert_dir, sentiment_csv, "full")
+    texts = ["the film was good", "a boring plot"]
+    result = tmp_path / "pred.jsonl"
+    args = [sys.executable, "-m", "transferlab.cli", "predict", "--model", str(out / "model"), "--output", str(result)]
+    done = subprocess.run(args + [a for t in texts for a in ("--text", t)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    expected = load_model(out / "model").predict_proba(texts)
+    assert [r["label"] for r in rows] == [["negative", "positive"][i] for i in expected.argmax(1)]
+    np.testing.assert_allclose([[r["p_negative"], r["p_positive"]] for r in rows], expected, atol=1e-6)
+
+
+def test_a_folder_without_a_finished_export_is_refused(tmp_path):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(UserError, match="not a model exported by 'transferlab train'"):
+        load_model(tmp_path / "model")
+
+
+def test_same_seed_same_numbers(tiny_bert_dir, sentiment_csv):
+    from transferlab.recipes.compare import prepare, run_strategy
+
+    config = load_run_config(
+        None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), n_train=120, n_test=40, training={"epochs": 1, "batch_size": 8}
+    )
+    experiment = prepare(config, log=lambda _: None)
+    first, second = (run_strategy(experiment, "lora") for _ in range(2))
+    assert first.result["metrics"] == second.result["metrics"]
+    np.testing.assert_array_equal(first.test_probs, second.test_probs)
