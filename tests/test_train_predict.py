@@ -30,12 +30,27 @@ def _train(tmp_path, backbone, dataset, strategy, keep_adapter=False):
     return out, run, record
 
 
-@pytest.mark.parametrize("strategy, keep_adapter", [("full", False), ("lora", False), ("lora", True), ("head", False)])
+@pytest.mark.parametrize(
+    "strategy, keep_adapter",
+    [
+        ("full", False),
+        ("lora", False),
+        ("lora", True),
+        ("head", False),
+        ("head-all-layers", False),
+        ("houlsby", False),
+        ("prompt", False),
+        ("prefix", False),
+        ("ia3", False),
+    ],
+)
 def test_exported_model_predicts_like_the_trained_one(tmp_path, tiny_bert_dir, sentiment_csv, strategy, keep_adapter):
     out, run, record = _train(tmp_path, tiny_bert_dir, sentiment_csv, strategy, keep_adapter)
     assert record["status"] == "complete"
     files = {p.name for p in (out / "model").iterdir()}
-    assert ("adapter_model.safetensors" if keep_adapter else "model.safetensors") in files
+    adapter = keep_adapter or strategy in ("prompt", "prefix")  # virtual tokens cannot be merged into weights
+    assert json.loads((out / "model" / "transferlab.json").read_text())["format"] == ("peft-adapter" if adapter else "merged")
+    assert ("adapter_model.safetensors" if adapter else "model.safetensors") in files
     assert {"tokenizer.json", "transferlab.json"} <= files
     loaded = load_model(out / "model")
     assert loaded.label_names == ["negative", "positive"]

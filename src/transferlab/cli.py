@@ -36,6 +36,11 @@ BatchSize = Annotated[int | None, typer.Option(help="training batch size [defaul
 MaxLength = Annotated[int | None, typer.Option(help="tokens per example after truncation [default: 128]")]
 Pooling = Annotated[str | None, typer.Option(help="mean or cls [default: mean]")]
 Metric = Annotated[str | None, typer.Option(help="headline metric, also used for early stopping [default: accuracy]")]
+FreezeBelow = Annotated[int | None, typer.Option(help="partial fine-tuning: layer groups frozen from the bottom")]
+LayerDecay = Annotated[
+    float | None, typer.Option(help="discriminative learning rates: eta in lr * eta^(L - l) for every strategy that trains layers")
+]
+Scheduler = Annotated[str | None, typer.Option(help="linear, cosine or stlr (ULMFiT's slanted triangular) [default: linear]")]
 OutDir = Annotated[Path | None, typer.Option("--out", help="run folder [default: runs/<command>-<time>]")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config; command-line options override it")]
 
@@ -49,11 +54,22 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _run_config(config: Path | None, strategies: list[str] | None, **options: Any):
+RUN_OPTIONS = ("backbone", "dataset", "n_train", "n_test", "max_length", "pooling", "text_column", "label_column")
+TRAINING_OPTIONS = ("epochs", "seed", "lr", "batch_size", "metric", "scheduler")
+STRATEGY_WIDE_OPTIONS = ("freeze_below", "layer_decay")
+
+
+def _run_config(strategies: list[str] | None, options: dict[str, Any]):
+    """The --config YAML (if any) with the command's explicit options on top."""
     from transferlab.config import load_run_config
 
-    training = {k: options.pop(k) for k in ("epochs", "seed", "lr", "batch_size", "metric")}
-    return load_run_config(config, strategies=strategies, training=training, **options)
+    return load_run_config(
+        options["config"],
+        strategy_wide={k: options[k] for k in STRATEGY_WIDE_OPTIONS},
+        strategies=strategies,
+        training={k: options[k] for k in TRAINING_OPTIONS},
+        **{k: options[k] for k in RUN_OPTIONS},
+    )
 
 
 def _out_dir(out_dir: Path | None, command: str) -> Path:
@@ -78,6 +94,9 @@ def compare(
     max_length: MaxLength = None,
     pooling: Pooling = None,
     metric: Metric = None,
+    scheduler: Scheduler = None,
+    freeze_below: FreezeBelow = None,
+    layer_decay: LayerDecay = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
     config: ConfigFile = None,
@@ -88,23 +107,7 @@ def compare(
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
 
-    run_config = _run_config(
-        config,
-        parse_strategy_list(strategies) if strategies else None,
-        backbone=backbone,
-        dataset=dataset,
-        n_train=n_train,
-        n_test=n_test,
-        epochs=epochs,
-        seed=seed,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        pooling=pooling,
-        metric=metric,
-        text_column=text_column,
-        label_column=label_column,
-    )
+    run_config = _run_config(parse_strategy_list(strategies) if strategies else None, locals())
     target = _out_dir(out_dir, "compare")
     with _training_progress() as progress:
         results = run_compare(run_config, target, log=_progress_logger(), progress=progress)
@@ -126,6 +129,9 @@ def train(
     max_length: MaxLength = None,
     pooling: Pooling = None,
     metric: Metric = None,
+    scheduler: Scheduler = None,
+    freeze_below: FreezeBelow = None,
+    layer_decay: LayerDecay = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
     keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,
@@ -137,23 +143,7 @@ def train(
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
 
-    run_config = _run_config(
-        config,
-        parse_strategy_list(strategy),
-        backbone=backbone,
-        dataset=dataset,
-        n_train=n_train,
-        n_test=n_test,
-        epochs=epochs,
-        seed=seed,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        pooling=pooling,
-        metric=metric,
-        text_column=text_column,
-        label_column=label_column,
-    )
+    run_config = _run_config(parse_strategy_list(strategy), locals())
     target = _out_dir(out_dir, "train")
     with _training_progress() as progress:
         progress(strategy)
@@ -174,6 +164,26 @@ def predict(
     from transferlab.recipes.predict import predict_command
 
     predict_command(model, text, input_file, text_column, output, out)
+
+
+@app.command("lr-table")
+def lr_table(
+    layers: Annotated[int, typer.Option(help="number of layers L")] = 6,
+    lr: Annotated[float, typer.Option(help="base learning rate (the head's)")] = 3e-5,
+    eta: Annotated[float, typer.Option(help="decay factor per layer")] = 0.95,
+) -> None:
+    """Discriminative learning rates lr * eta^(L - l), head first (seed 4.3)."""
+    from rich.table import Table
+
+    from transferlab.strategies.base import layer_lr_table
+
+    if layers < 1 or lr <= 0 or not 0 < eta <= 1:
+        raise UserError("lr-table needs --layers >= 1, --lr > 0 and 0 < --eta <= 1")
+    names = ["Embeddings"] + [f"Layer {i}" for i in range(1, layers + 1)] + ["Head (classifier)"]
+    table = Table("layer", "learning rate")
+    for name, rate in reversed(layer_lr_table(names, lr, eta)):
+        table.add_row(name, f"{rate:.2e}")
+    out.print(table)
 
 
 @app.command("list")

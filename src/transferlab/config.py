@@ -70,8 +70,23 @@ def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, 
     return values
 
 
-def load_run_config(path: Path | None, **overrides: Any) -> RunConfig:
-    """YAML file (optional) first, then the command line's explicit options on top."""
+def apply_to_strategies(config: RunConfig, settings: dict[str, Any]) -> None:
+    """Give a setting such as `freeze_below` or `layer_decay` to every chosen strategy that has it."""
+    for key, value in settings.items():
+        if value is None:
+            continue
+        takers = [name for name in config.strategies if key in {f.name for f in dataclasses.fields(get_strategy(name).config)}]
+        if not takers:
+            raise UserError(f"none of the chosen strategies ({', '.join(config.strategies)}) has a setting '{key}'")
+        for name in takers:
+            config.strategy_settings.setdefault(name, {})[key] = value
+
+
+def load_run_config(path: Path | None, strategy_wide: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """YAML file (optional) first, then the command line's explicit options on top.
+
+    `strategy_wide` settings go to every chosen strategy that has them (`--freeze-below`, `--layer-decay`).
+    """
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -85,5 +100,6 @@ def load_run_config(path: Path | None, **overrides: Any) -> RunConfig:
     training.update({k: v for k, v in overrides.pop("training", {}).items() if v is not None})
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = RunConfig(**values, training=TrainingConfig(**training))
+    apply_to_strategies(config, strategy_wide or {})
     config.validate()
     return config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -25,6 +27,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -38,16 +46,11 @@ def atomic_write_yaml(path: Path, data: Any) -> None:
 def publish_directory(staging: Path, final: Path) -> None:
     """Move a fully written folder into place; an older folder of that name is replaced."""
     final = Path(final)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
     if final.exists():
         backup = final.with_name(f".{final.name}.old")
         os.replace(final, backup)
         os.replace(staging, final)
-        _remove_tree(backup)
+        shutil.rmtree(backup, ignore_errors=True)
     else:
         os.replace(staging, final)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -54,6 +54,10 @@ class TransferModel(ABC):
     def default_lora_targets(self) -> list[str]:
         """Module names LoRA adapts when the user names none."""
 
+    @abstractmethod
+    def default_ia3_targets(self) -> tuple[list[str], list[str]]:
+        """(modules IA3 rescales, the subset rescaled on their input side) when the user names none."""
+
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for name in self.head_modules for p in getattr(self, name).parameters()]
 

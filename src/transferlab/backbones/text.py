@@ -26,12 +26,18 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from transferlab.backbones.adapters import insert_adapters
 from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel
+from transferlab.errors import UserError
 
 POOLINGS = ("mean", "cls")
+# Which hidden states feed the head (seed 6.2): the last layer, the one before it, the last four
+# concatenated, or a learned softmax-weighted sum of the embeddings and every layer (ELMo's scalar mix).
+FEATURE_LAYERS = ("last", "second_to_last", "last4", "weighted")
 
-# peft knows BERT and RoBERTa; these families name their attention projections differently.
+# peft's tables know BERT and RoBERTa; these families name their projections differently.
 EXTRA_LORA_TARGETS = {"mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
+EXTRA_IA3_TARGETS = {"mpnet": (["k", "v", "output.dense"], ["output.dense"]), "distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
 
 
 class TextClassifierConfig(PretrainedConfig):
@@ -39,14 +45,37 @@ class TextClassifierConfig(PretrainedConfig):
     sub_configs = {"backbone_config": AutoConfig}
 
     def __init__(
-        self, backbone_config: PretrainedConfig | dict | None = None, pooling: str = "mean", classifier_dropout: float = 0.1, **kwargs: Any
+        self,
+        backbone_config: PretrainedConfig | dict | None = None,
+        pooling: str = "mean",
+        feature_layers: str = "last",
+        classifier_dropout: float = 0.1,
+        adapters: dict | None = None,
+        **kwargs: Any,
     ):
         if isinstance(backbone_config, dict):
             backbone_config = AutoConfig.for_model(**backbone_config)
         self.backbone_config = backbone_config
         self.pooling = pooling
+        self.feature_layers = feature_layers
         self.classifier_dropout = classifier_dropout
+        self.adapters = adapters  # {"kind": "houlsby" | "pfeiffer", "r": bottleneck} once inserted
         super().__init__(**kwargs)
+        if backbone_config is not None:
+            # peft's prompt learning reads these from the top-level config.
+            for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+                setattr(self, key, getattr(backbone_config, key, None))
+
+
+class LayerMix(nn.Module):
+    """A softmax-weighted sum of per-layer features (ELMo's scalar mix); starts as the plain mean."""
+
+    def __init__(self, num_states: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_states))
+
+    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+        return torch.einsum("l,lbd->bd", torch.softmax(self.weights, 0), torch.stack(states))
 
 
 def _layer_list(backbone: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
@@ -71,16 +100,44 @@ class TextClassifier(PreTrainedModel, TransferModel):
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         if getattr(self.backbone, "pooler", None) is not None:
             self.backbone.pooler = None  # unused by our pooling; would only add untrained parameters
-        hidden = config.backbone_config.hidden_size
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(hidden, config.num_labels)
+        self._build_head()
+        if config.adapters:
+            self.add_adapters(**config.adapters)
         self.post_init()
+
+    def _build_head(self) -> None:
+        cfg = self.config
+        hidden = cfg.backbone_config.hidden_size
+        if cfg.feature_layers == "weighted":
+            self.layer_mix = LayerMix(cfg.backbone_config.num_hidden_layers + 1)
+            self.head_modules = ("layer_mix", "classifier")
+        self.classifier = nn.Linear(hidden * (4 if cfg.feature_layers == "last4" else 1), cfg.num_labels)
+        self._init_weights(self.classifier)
+
+    def set_feature_layers(self, choice: str) -> None:
+        """Feed the head from other layers (seed 6.2); the head is rebuilt, so call this before training."""
+        if choice not in FEATURE_LAYERS:
+            raise UserError(f"feature layers must be one of {', '.join(FEATURE_LAYERS)}, got '{choice}'")
+        if choice != self.config.feature_layers:
+            self.config.feature_layers = choice
+            self._build_head()
+            self.to(self.backbone.device)
+
+    def add_adapters(self, kind: str, r: int) -> None:
+        """Bottleneck adapters in every layer; recorded in the config so that loading rebuilds them."""
+        _, stack = _layer_list(self.backbone, self.config.backbone_config.num_hidden_layers)
+        insert_adapters(stack, self.config.backbone_config.hidden_size, kind, r)
+        self.config.adapters = {"kind": kind, "r": r}
+        self.to(self.backbone.device)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the new head: the backbone's own weights are pretrained (or loaded by from_pretrained).
         if module is getattr(self, "classifier", None):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, LayerMix):
+            nn.init.zeros_(module.weights)
 
     # ------------------------------------------------------------------ the contract
     def layer_groups(self) -> list[LayerGroup]:
@@ -100,17 +157,34 @@ class TextClassifier(PreTrainedModel, TransferModel):
         )
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Under prefix tuning the mask also covers the virtual keys in front: pool over the real tokens.
+        attention_mask = attention_mask[:, -hidden.shape[1] :]
         if self.config.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False, **inputs: torch.Tensor):
+    def _encode(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, output_hidden_states: bool = False, **inputs: torch.Tensor
+    ):
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **inputs)
 
-    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
-        out = self._encode(input_ids, attention_mask, **inputs)
-        return self._pool(out.last_hidden_state, attention_mask)
+    def forward_features(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        choice = self.config.feature_layers
+        if choice == "last":
+            return self._pool(self._encode(input_ids, attention_mask, **inputs).last_hidden_state, attention_mask)
+        return self.combine_layers(self.pooled_hidden_states(input_ids, attention_mask, **inputs))
+
+    def combine_layers(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """The head's input from the pooled state of every layer, as `feature_layers` says."""
+        choice = self.config.feature_layers
+        if choice == "second_to_last":
+            return states[-2]
+        if choice == "last4":
+            return torch.cat(states[-4:], dim=-1)
+        if choice == "weighted":
+            return self.layer_mix(states)
+        return states[-1]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(features))
@@ -120,13 +194,26 @@ class TextClassifier(PreTrainedModel, TransferModel):
         return [self._pool(h, attention_mask) for h in out.hidden_states]
 
     def default_lora_targets(self) -> list[str]:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+        from peft.utils import constants
+
+        return list(self._family_default(constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, EXTRA_LORA_TARGETS, "LoRA"))
+
+    def default_ia3_targets(self) -> tuple[list[str], list[str]]:
+        from peft.utils import constants
 
         model_type = self.config.backbone_config.model_type
-        targets = PEFT_TARGETS.get(model_type) or EXTRA_LORA_TARGETS.get(model_type)
+        if model_type in EXTRA_IA3_TARGETS:
+            targets, feedforward = EXTRA_IA3_TARGETS[model_type]
+            return list(targets), list(feedforward)
+        targets = self._family_default(constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING, {}, "IA3")
+        return list(targets), list(constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, []))
+
+    def _family_default(self, peft_table: dict, ours: dict, method: str) -> list[str]:
+        model_type = self.config.backbone_config.model_type
+        targets = peft_table.get(model_type) or ours.get(model_type)
         if not targets:
-            raise ValueError(f"no default LoRA targets for '{model_type}': pass target_modules")
-        return list(targets)
+            raise UserError(f"no default {method} target modules for '{model_type}': set target_modules in the strategy settings")
+        return targets
 
     # ------------------------------------------------------------------ HF interface
     def get_input_embeddings(self) -> nn.Module:
@@ -137,11 +224,15 @@ class TextClassifier(PreTrainedModel, TransferModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        past_key_values: Any = None,  # named here: peft's prefix tuning looks for it in the signature
         **inputs: Any,
     ) -> SequenceClassifierOutput:
         inputs = {k: v for k, v in inputs.items() if k in ("token_type_ids", "position_ids", "inputs_embeds")}
+        if past_key_values is not None:
+            inputs["past_key_values"] = past_key_values
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            reference = input_ids if input_ids is not None else inputs["inputs_embeds"][..., 0]
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         logits = self.forward_head(self.forward_features(input_ids, attention_mask, **inputs))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)

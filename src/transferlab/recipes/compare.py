@@ -80,8 +80,8 @@ def _counts(counts: dict[str, int]) -> str:
 @dataclass
 class StrategyRun:
     strategy: Strategy
-    model: nn.Module
-    test_probs: np.ndarray
+    model: nn.Module | None  # None when the strategy does not apply to the backbone
+    test_probs: np.ndarray | None
     result: dict[str, Any]
     log_history: list[dict[str, Any]]
 
@@ -92,6 +92,9 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None)
     strategy = config.strategy(name)
     set_seed(config.training.seed)
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
+    reason = strategy.unsupported_reason(model)
+    if reason:
+        return StrategyRun(strategy, None, None, {"status": "skipped", "reason": reason}, [])
     data = FitData(
         train=experiment.encoded["train"],
         val=experiment.encoded["val"],
@@ -164,6 +167,9 @@ def compare(config: RunConfig, out_dir: Path, log: Log = print, progress: Callab
         run = run_strategy(experiment, name, workdir=strategy_dir)
         _write_log(strategy_dir / "log.jsonl", run.log_history)
         record["strategies"][name] = run.result
+        if run.model is None:
+            log(f"{name}: skipped: {run.result['reason']}")
+            continue
         m = run.result["metrics"][config.training.metric]["mean"]
         log(f"{name}: test {config.training.metric} {m:.4f} in {run.result['train_seconds']:.1f}s")
     record["status"] = "complete"

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
+
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
 from transferlab.recipes.compare import Experiment, Log, StrategyRun, prepare, run_record, run_strategy
@@ -22,13 +24,15 @@ def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log
     if len(config.strategies) != 1:
         raise UserError(f"train takes one strategy, got {', '.join(config.strategies)}")
     name = config.strategies[0]
-    if keep_adapter and name != "lora":
-        raise UserError(f"--keep-adapter applies to adapter strategies (lora), not '{name}'")
+    if keep_adapter and not config.strategy(name).uses_peft:
+        raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
     experiment = prepare(config, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(out_dir / "config.yaml", config.resolved())
     record = run_record(experiment, "train")
     run = run_strategy(experiment, name, workdir=out_dir / "strategies" / name)
+    if run.model is None:
+        raise UserError(f"{name} does not apply to {config.backbone}: {run.result['reason']}")
     record["strategies"][name] = run.result
     export(run, experiment, out_dir / "model", keep_adapter)
     record["model_dir"] = "model"
@@ -43,11 +47,11 @@ def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     model = run.model if keep_adapter else run.strategy.export(run.model)
-    model.save_pretrained(staging)
+    model.save_pretrained(staging)  # a peft model that cannot merge (prompt, prefix) saves as an adapter
     experiment.preprocessor.save(staging)
     config = experiment.config
     manifest = {
-        "format": "peft-adapter" if keep_adapter else "merged",
+        "format": "peft-adapter" if isinstance(model, PeftModel) else "merged",
         "backbone": config.backbone,
         "backbone_sha256": experiment.backbone.hashes,
         "strategy": run.strategy.name,

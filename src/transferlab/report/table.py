@@ -26,7 +26,8 @@ def results_table(results: dict[str, Any]) -> Table:
         table.add_column(metric, justify="right")
     for column in ("trainable", "%", "train s", "peak MB"):
         table.add_column(column, justify="right")
-    ranked = sorted(results["strategies"].items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
+    finished = {n: r for n, r in results["strategies"].items() if r["status"] == "ok"}
+    ranked = sorted(finished.items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
     for name, r in ranked:
         table.add_row(
             name,
@@ -36,6 +37,9 @@ def results_table(results: dict[str, Any]) -> Table:
             f"{r['train_seconds']:.1f}",
             f"{r['peak_memory_mb']:.0f}",
         )
+    for name, r in results["strategies"].items():
+        if r["status"] != "ok":
+            table.add_row(name, f"{r['status']}: {r.get('reason', '')}", *[""] * (len(metrics) + 3))
     return table
 
 

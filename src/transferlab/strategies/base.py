@@ -30,13 +30,20 @@ class StrategyConfig:
 
 @dataclass
 class TrainedStrategyConfig(StrategyConfig):
-    """For strategies trained by gradient descent; `lr` applies unless the run sets one for all."""
+    """For strategies trained by gradient descent; `lr` applies unless the run sets one for all.
+
+    `layer_decay` (eta < 1) turns on discriminative learning rates (seed 4.3): the head trains at
+    `lr`, each layer group below it at one more factor eta.
+    """
 
     lr: float = 2e-5
+    layer_decay: float | None = None
 
     def validate(self) -> None:
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"layer_decay (eta) must be in (0, 1], got {self.layer_decay}")
 
 
 class Strategy(ABC):
@@ -45,6 +52,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     config_class: ClassVar[type[StrategyConfig]] = TrainedStrategyConfig
+    uses_peft: ClassVar[bool] = False  # the trained model is a peft wrapper: `train --keep-adapter` applies
+    starts_at_pretrained: ClassVar[bool] = True  # prepare() leaves the model's function unchanged
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any):
         config = config or self.config_class()
@@ -59,6 +68,10 @@ class Strategy(ABC):
         config.validate()
         self.config = config
 
+    def unsupported_reason(self, model: TransferModel) -> str | None:
+        """Why this strategy cannot apply to this backbone, or None when it can."""
+        return None
+
     def prepare(self, model: TransferModel) -> nn.Module:
         """Freeze or wrap the model so that exactly the parameters this strategy trains require grad."""
         return model
@@ -66,7 +79,21 @@ class Strategy(ABC):
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         """Prepare the model, then train it with the Hugging Face Trainer."""
         prepared = self.prepare(model)
-        return train_with_trainer(prepared, data, training, lr=training.lr or self.config.lr)
+        return train_with_trainer(prepared, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training))
+
+    def learning_rate(self, training: TrainingConfig) -> float:
+        return training.lr or self.config.lr
+
+    def lr_scale(self, model: TransferModel, data: FitData, training: TrainingConfig) -> Callable[[str], float] | None:
+        """Per-parameter learning-rate multipliers from `layer_decay`; the table used goes to the log."""
+        eta = getattr(self.config, "layer_decay", None)
+        if eta is None:
+            return None
+        names = [g.name for g in model.layer_groups()]
+        table = layer_lr_table(names, self.learning_rate(training), eta)
+        data.log_history.append({"lr_table": dict(table)})
+        scales = {name: lr / self.learning_rate(training) for name, lr in table}
+        return lambda parameter: scales[model.group_of(parameter)]
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         """The trainable-parameter count this strategy should produce on `model`, from its formula.
@@ -121,6 +148,17 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return trainable, total
+
+
+def layer_lr_table(group_names: list[str], lr: float, eta: float) -> list[tuple[str, float]]:
+    """lr_l = lr * eta^(L - l) over groups ordered bottom (embeddings) to top (head): the head gets lr."""
+    top = len(group_names) - 1
+    return [(name, lr * eta ** (top - i)) for i, name in enumerate(group_names)]
+
+
+def matches_target(module_name: str, patterns: list[str]) -> bool:
+    """peft's rule for a list of target names: the module name equals one or ends with '.' + one."""
+    return any(module_name == p or module_name.endswith(f".{p}") for p in patterns)
 
 
 def set_trainable(model: nn.Module, predicate: Callable[[str], bool]) -> None:

@@ -23,3 +23,15 @@ class FullFineTuning(Strategy):
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class DiscriminativeConfig(FullConfig):
+    layer_decay: float | None = 0.95
+
+
+@register_strategy
+class DiscriminativeFineTuning(FullFineTuning):
+    name = "discriminative"
+    summary = "full fine-tuning with discriminative learning rates lr * eta^(L - l), eta 0.95 (ULMFiT)"
+    config_class = DiscriminativeConfig

@@ -21,19 +21,23 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from transferlab.backbones.base import TransferModel
+from transferlab.backbones.text import FEATURE_LAYERS
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import sklearn_scorer
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
-from transferlab.training.loop import FitData, TrainingConfig, pooled_features
+from transferlab.training.loop import FitData, TrainingConfig, map_batches, pooled_features
 
 
 @dataclass
 class HeadConfig(StrategyConfig):
+    layers: str = "last"  # last | second_to_last | last4 | weighted (seed 6.2)
     c_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
     cv_folds: int = 5
     max_iter: int = 3000
 
     def validate(self) -> None:
+        if self.layers not in FEATURE_LAYERS:
+            raise UserError(f"layers must be one of {', '.join(FEATURE_LAYERS)}, got '{self.layers}'")
         if not self.c_grid or min(self.c_grid) <= 0:
             raise UserError(f"c_grid must hold positive values, got {self.c_grid}")
         if self.cv_folds < 2:
@@ -58,21 +62,45 @@ class FeatureExtraction(Strategy):
     config_class = HeadConfig
 
     def prepare(self, model: TransferModel) -> nn.Module:
+        model.set_feature_layers(self.config.layers)
         head = {id(p) for p in model.head_parameters()}
-        by_name = {n for n, p in model.named_parameters() if id(p) in head}
-        set_trainable(model, lambda name: name in by_name)
+        set_trainable(model, lambda name: id(model.get_parameter(name)) in head)
         return model
 
     def expected_trainable_params(self, model: TransferModel) -> int:
-        """A linear head: (features + 1) x classes."""
-        return (model.classifier.in_features + 1) * model.classifier.out_features
+        """A linear head, (features + 1) x classes, plus one mixing weight per layer state when weighted."""
+        hidden = model.config.backbone_config.hidden_size
+        states = model.config.backbone_config.num_hidden_layers + 1
+        features = hidden * (4 if self.config.layers == "last4" else 1)
+        return (features + 1) * model.config.num_labels + (states if self.config.layers == "weighted" else 0)
 
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         model = self.prepare(model)
         examples = data.train + data.val
-        x = pooled_features(model, examples, data.collate, data.length_of, training.eval_batch_size)
         y = np.array([f["labels"] for f in examples])
-        num_classes = len(data.label_names)
+        if self.config.layers == "weighted":
+            states = map_batches(
+                model,
+                examples,
+                data.collate,
+                lambda m, b: torch.stack(m.pooled_hidden_states(**b), 1),
+                data.length_of,
+                training.eval_batch_size,
+            )
+            mix = self._fit_layer_mix(model, states, y, len(data.train), data, training)
+            x = np.einsum("l,nld->nd", mix, states)
+        else:
+            x = pooled_features(model, examples, data.collate, data.length_of, training.eval_batch_size)
+        coef, intercept = self._fit_linear(x, y, len(data.label_names), data, training)
+        with torch.no_grad():
+            model.classifier.weight.copy_(torch.as_tensor(coef, dtype=model.classifier.weight.dtype))
+            model.classifier.bias.copy_(torch.as_tensor(intercept, dtype=model.classifier.bias.dtype))
+        return model
+
+    def _fit_linear(
+        self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-validated logistic regression; returns weights acting on raw features."""
         folds = min(self.config.cv_folds, int(np.bincount(y, minlength=num_classes).min()))
         if folds < 2:
             raise UserError("the head's cross-validation needs at least 2 examples of every class")
@@ -86,8 +114,53 @@ class FeatureExtraction(Strategy):
             data.log_history.append({"C": c, f"cv_{training.metric}": float(score)})
         data.log_history.append({"chosen_C": search.best_params_["clf__C"], f"best_cv_{training.metric}": float(search.best_score_)})
         best = search.best_estimator_
-        coef, intercept = fold_standardisation(best.named_steps["clf"], best.named_steps["scale"], num_classes)
+        return fold_standardisation(best.named_steps["clf"], best.named_steps["scale"], num_classes)
+
+    def _fit_layer_mix(
+        self, model: TransferModel, states: np.ndarray, y: np.ndarray, n_train: int, data: FitData, training: TrainingConfig
+    ) -> np.ndarray:
+        """Learn the softmax weights over layer states (ELMo's scalar mix) on the cached states.
+
+        Written by hand (no library fits a scalar mix on cached features): a linear head is fitted on
+        the current mix, then the mix weights alone take gradient steps on the training examples with
+        that head fixed, keeping the weights with the lowest validation loss; two rounds.
+        """
+        num_classes = len(data.label_names)
+        s = torch.as_tensor(states, dtype=torch.float32)
+        target = torch.as_tensor(y)
+        logits_of = torch.zeros(states.shape[1], requires_grad=True)
+        for _ in range(2):
+            mix = torch.softmax(logits_of.detach(), 0).numpy()
+            coef, intercept = self._fit_linear(np.einsum("l,nld->nd", mix, states), y, num_classes, data, training)
+            w, b = torch.as_tensor(coef, dtype=torch.float32), torch.as_tensor(intercept, dtype=torch.float32)
+            optimizer = torch.optim.Adam([logits_of], lr=0.05)
+            best = (float("inf"), logits_of.detach().clone())
+            for _ in range(100):
+                mixed = torch.einsum("l,nld->nd", torch.softmax(logits_of, 0), s)
+                losses = nn.functional.cross_entropy(mixed @ w.T + b, target, reduction="none")
+                val_loss = float(losses[n_train:].mean())
+                if val_loss < best[0]:
+                    best = (val_loss, logits_of.detach().clone())
+                optimizer.zero_grad()
+                losses[:n_train].mean().backward()
+                optimizer.step()
+            with torch.no_grad():
+                logits_of.copy_(best[1])
+        weights = torch.softmax(logits_of.detach(), 0)
         with torch.no_grad():
-            model.classifier.weight.copy_(torch.as_tensor(coef, dtype=model.classifier.weight.dtype))
-            model.classifier.bias.copy_(torch.as_tensor(intercept, dtype=model.classifier.bias.dtype))
-        return model
+            model.layer_mix.weights.copy_(logits_of.detach())
+        data.log_history.append({"layer_weights": [round(float(v), 4) for v in weights]})
+        return weights.numpy()
+
+
+@dataclass
+class WeightedLayersConfig(HeadConfig):
+    layers: str = "weighted"
+
+
+@register_strategy
+class WeightedLayerFeatures(FeatureExtraction):
+    name = "head-all-layers"
+    summary = "feature extraction from a learned weighted sum of every layer's pooled state (ELMo scalar mix)"
+    config_class = WeightedLayersConfig
+    starts_at_pretrained = False  # the head is rebuilt for the mixed features

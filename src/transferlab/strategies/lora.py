@@ -10,7 +10,7 @@ from torch import nn
 
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
-from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy
+from transferlab.strategies.base import Strategy, TrainedStrategyConfig, matches_target, register_strategy
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Lora(Strategy):
     name = "lora"
     summary = "low-rank updates B A on the attention projections; backbone frozen; merged on export"
     config_class = LoraConfig
+    uses_peft = True
 
     def prepare(self, model: TransferModel) -> nn.Module:
         cfg = self.config
@@ -54,7 +55,7 @@ class Lora(Strategy):
     def expected_trainable_params(self, model: TransferModel) -> int:
         """r (d_in + d_out) for every adapted linear layer (seed 5.2), plus the new head in full."""
         targets = self.config.target_modules or model.default_lora_targets()
-        adapted = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets]
+        adapted = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches_target(name, targets)]
         head = sum(p.numel() for p in model.head_parameters())
         return sum(self.config.r * (m.in_features + m.out_features) for m in adapted) + head
 

@@ -23,7 +23,7 @@ from transformers.trainer_callback import PrinterCallback
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import HEADLINE_METRICS, classification_metrics
 
-SCHEDULERS = ("linear", "cosine")
+SCHEDULERS = ("linear", "cosine", "stlr")
 
 # Called with (step, total_steps) while training; the CLI hangs a progress bar here.
 PROGRESS_HOOKS: list[Callable[[int, int], None]] = []
@@ -91,6 +91,54 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.items[index]
 
 
+def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio: float = 32.0) -> float:
+    """ULMFiT's slanted triangular learning-rate multiplier (Howard & Ruder 2018, eq. 3).
+
+    A short linear rise over `cut_frac` of the steps, then a long linear decay; the lowest rate is
+    1/ratio of the highest. Written by hand: neither transformers nor torch ships this schedule.
+    """
+    cut = max(1, int(total_steps * cut_frac))
+    p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
+    return (1 + max(p, 0.0) * (ratio - 1)) / ratio
+
+
+class _Trainer(Trainer):
+    """The Trainer with per-parameter learning-rate scales and the slanted triangular schedule."""
+
+    def __init__(self, *args: Any, lr_scale: Callable[[str], float] | None = None, schedule: str = "linear", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lr_scale = lr_scale
+        self.schedule = schedule
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.lr_scale is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((name in decay, self.lr_scale(name)), []).append(p)
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(
+            [
+                {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0, "lr": self.args.learning_rate * scale}
+                for (decays, scale), params in groups.items()
+            ],
+            **kwargs,
+        )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.schedule != "stlr" or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer or self.optimizer, lambda step: slanted_triangular(step, num_training_steps)
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
 def default_device() -> torch.device:
     """The GPU when there is one; the Trainer makes the same choice for training."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -106,8 +154,20 @@ def _precision_flags(choice: str) -> dict[str, bool]:
     return {"fp16": True}
 
 
-def train_with_trainer(model: nn.Module, data: FitData, cfg: TrainingConfig, lr: float) -> nn.Module:
-    """Train the parameters that require grad; return the model at its best validation checkpoint."""
+def train_with_trainer(
+    model: nn.Module,
+    data: FitData,
+    cfg: TrainingConfig,
+    lr: float,
+    lr_scale: Callable[[str], float] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    epochs: float | None = None,
+) -> nn.Module:
+    """Train the parameters that require grad; return the model at its best validation checkpoint.
+
+    `lr_scale(parameter_name)` multiplies the learning rate per parameter (discriminative rates);
+    `callbacks` see every step (gradual unfreezing); `epochs` overrides the run's epoch count.
+    """
     steps_per_epoch = max(1, len(data.train) // (cfg.batch_size * cfg.gradient_accumulation))
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
     workdir = Path(data.workdir) if data.workdir else Path(tempfile.mkdtemp(prefix="transferlab-"))
@@ -120,14 +180,14 @@ def train_with_trainer(model: nn.Module, data: FitData, cfg: TrainingConfig, lr:
 
     args = TrainingArguments(
         output_dir=str(workdir / "checkpoints"),
-        num_train_epochs=cfg.epochs,
+        num_train_epochs=epochs or cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation,
         learning_rate=lr,
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
-        lr_scheduler_type=cfg.scheduler,
+        lr_scheduler_type="constant" if cfg.scheduler == "stlr" else cfg.scheduler,
         eval_strategy="steps",
         eval_steps=eval_every,
         save_strategy="steps",
@@ -149,14 +209,16 @@ def train_with_trainer(model: nn.Module, data: FitData, cfg: TrainingConfig, lr:
         label_names=["labels"],
         **_precision_flags(cfg.mixed_precision),
     )
-    trainer = Trainer(
+    trainer = _Trainer(
         model=model,
+        lr_scale=lr_scale,
+        schedule=cfg.scheduler,
         args=args,
         train_dataset=_ListDataset(data.train),
         eval_dataset=_ListDataset(data.val),
         data_collator=data.collate,
         compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _ProgressCallback()],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _ProgressCallback(), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # our log history and progress bar replace its prints
     try:

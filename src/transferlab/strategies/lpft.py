@@ -1,0 +1,36 @@
+"""LP-FT (Kumar et al. 2022): fit the head on frozen features first, then fine-tune everything from there.
+
+Starting full fine-tuning from a trained head instead of a random one keeps early gradients from
+distorting the pretrained features, which holds up better out of distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from transferlab.backbones.base import TransferModel
+from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
+from transferlab.strategies.head import FeatureExtraction
+from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+
+
+@dataclass
+class LPFTConfig(TrainedStrategyConfig):
+    lr: float = 2e-5  # the head is already good: the fine-tuning stage only needs small steps
+
+
+@register_strategy
+class LinearProbeThenFineTune(Strategy):
+    name = "lp-ft"
+    summary = "linear probe on frozen features first, then full fine-tuning from that head (Kumar 2022)"
+    config_class = LPFTConfig
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
+        probed = FeatureExtraction().fit(model, data, training)
+        set_trainable(probed, lambda name: True)
+        return train_with_trainer(probed, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training))

@@ -1,0 +1,117 @@
+"""Partial fine-tuning (seed 3.3) and gradual unfreezing (ULMFiT), both by the backbone's layer groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback
+
+from transferlab.backbones.base import TransferModel
+from transferlab.errors import UserError
+from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
+from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+
+
+def _check_freeze_below(k: int, groups: int) -> None:
+    if not 0 <= k < groups:
+        raise UserError(f"freeze_below must be between 0 and {groups - 1} (the head always trains), got {k}")
+
+
+@dataclass
+class PartialConfig(TrainedStrategyConfig):
+    lr: float = 5e-5
+    freeze_below: int | None = None  # layer groups frozen from the bottom; None: all but the top two layers and the head
+
+
+@register_strategy
+class PartialFineTuning(Strategy):
+    name = "partial"
+    summary = "the bottom k layer groups frozen (--freeze-below k), the rest fine-tuned"
+    config_class = PartialConfig
+
+    def frozen_groups(self, model: TransferModel) -> int:
+        groups = model.layer_groups()
+        k = len(groups) - 3 if self.config.freeze_below is None else self.config.freeze_below
+        _check_freeze_below(k, len(groups))
+        return k
+
+    def prepare(self, model: TransferModel) -> nn.Module:
+        trainable = model.layer_groups()[self.frozen_groups(model) :]
+        set_trainable(model, lambda name: any(g.owns(name) for g in trainable))
+        return model
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        trainable = model.layer_groups()[self.frozen_groups(model) :]
+        return sum(p.numel() for name, p in model.named_parameters() if any(g.owns(name) for g in trainable))
+
+
+@dataclass
+class GradualConfig(TrainedStrategyConfig):
+    lr: float = 5e-5
+    epochs_per_stage: float = 1.0
+    stages: int = 4  # head; + top layer; + top two layers; then everything (seed 3.3)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.epochs_per_stage <= 0 or self.stages < 2:
+            raise UserError(f"gradual unfreezing needs epochs_per_stage > 0 and stages >= 2, got {self.epochs_per_stage}, {self.stages}")
+
+
+class _UnfreezeSchedule(TrainerCallback):
+    """At each stage boundary, make the head plus the top `stage` layer groups trainable (all at the last)."""
+
+    def __init__(self, model: nn.Module, groups: list, stages: int, steps_per_stage: int, log: list[dict[str, Any]]):
+        self.model, self.groups, self.stages, self.steps_per_stage, self.log = model, groups, stages, steps_per_stage, log
+        self.stage = -1
+
+    def _apply(self, stage: int, step: int) -> None:
+        self.stage = stage
+        top = len(self.groups) if stage == self.stages - 1 else stage + 1
+        trainable = self.groups[-top:]
+        set_trainable(self.model, lambda name: any(g.owns(name) for g in trainable))
+        self.log.append({"step": step, "stage": stage + 1, "trainable_groups": [g.name for g in trainable]})
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._apply(0, 0)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        stage = min(self.stages - 1, state.global_step // self.steps_per_stage)
+        if stage != self.stage:
+            self._apply(stage, state.global_step)
+
+
+@register_strategy
+class GradualUnfreezing(Strategy):
+    name = "gradual"
+    summary = "ULMFiT gradual unfreezing: head first, then one more layer group from the top per stage"
+    config_class = GradualConfig
+
+    def prepare(self, model: TransferModel) -> nn.Module:
+        # Everything is handed to the optimizer; the schedule freezes by stage (frozen parameters get
+        # no gradient, so AdamW leaves them, weight decay included, untouched).
+        set_trainable(model, lambda name: True)
+        return model
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        return sum(p.numel() for p in model.parameters())  # by the last stage, everything
+
+    def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
+        prepared = self.prepare(model)
+        cfg = self.config
+        steps_per_epoch = max(1, len(data.train) // (training.batch_size * training.gradient_accumulation))
+        schedule = _UnfreezeSchedule(
+            prepared, model.layer_groups(), cfg.stages, max(1, round(cfg.epochs_per_stage * steps_per_epoch)), data.log_history
+        )
+        trained = train_with_trainer(
+            prepared,
+            data,
+            training,
+            lr=self.learning_rate(training),
+            lr_scale=self.lr_scale(model, data, training),
+            callbacks=[schedule],
+            epochs=cfg.epochs_per_stage * cfg.stages,
+        )
+        set_trainable(trained, lambda name: True)
+        return trained

@@ -1,0 +1,82 @@
+"""Prompt tuning (Lester et al. 2021) and prefix tuning (Li & Liang 2021) through peft (seed 5.3).
+
+Prompt tuning learns k virtual token embeddings in front of the input (k d parameters); prefix
+tuning learns k keys and values for every layer's attention (2 k L d parameters). Both keep the
+backbone frozen and train the new head; neither can be merged, so they export as peft adapters.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+from torch import nn
+
+from transferlab.backbones.base import TransferModel
+from transferlab.errors import UserError
+from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy
+
+
+@dataclass
+class VirtualTokensConfig(TrainedStrategyConfig):
+    lr: float = 1e-2  # soft prompts need far larger steps than weights (Lester et al. use 0.3 with Adafactor)
+    num_virtual_tokens: int = 20
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_virtual_tokens < 1:
+            raise UserError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
+
+
+def _shape(model: TransferModel) -> dict[str, int]:
+    cfg = model.config
+    return {"token_dim": cfg.hidden_size, "num_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads}
+
+
+@register_strategy
+class PromptTuning(Strategy):
+    name = "prompt"
+    summary = "k learned virtual token embeddings before the input (peft prompt tuning)"
+    config_class = VirtualTokensConfig
+    uses_peft = True
+    starts_at_pretrained = False  # virtual tokens change the input from the start
+
+    def prepare(self, model: TransferModel) -> nn.Module:
+        config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.config.num_virtual_tokens, **_shape(model))
+        return get_peft_model(model, config)
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        """k d, plus the head."""
+        return self.config.num_virtual_tokens * model.config.hidden_size + sum(p.numel() for p in model.head_parameters())
+
+
+@dataclass
+class PrefixConfig(VirtualTokensConfig):
+    lr: float = 5e-3
+
+
+@register_strategy
+class PrefixTuning(Strategy):
+    name = "prefix"
+    summary = "k learned keys and values at every layer's attention (peft prefix tuning)"
+    config_class = PrefixConfig
+    uses_peft = True
+    starts_at_pretrained = False  # virtual tokens change the input from the start
+
+    def unsupported_reason(self, model: TransferModel) -> str | None:
+        backbone = model.backbone
+        if "past_key_values" not in inspect.signature(backbone.forward).parameters:
+            return f"prefix tuning needs attention that takes past keys and values; {type(backbone).__name__} has none"
+        return None
+
+    def prepare(self, model: TransferModel) -> nn.Module:
+        config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.config.num_virtual_tokens, **_shape(model))
+        return get_peft_model(model, config)
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        """2 k L d (a key and a value per virtual token and layer), plus the head."""
+        cfg = model.config
+        return 2 * self.config.num_virtual_tokens * cfg.num_hidden_layers * cfg.hidden_size + sum(
+            p.numel() for p in model.head_parameters()
+        )

@@ -1,0 +1,104 @@
+"""Layer-wise controls: discriminative learning rates, the slanted triangular schedule, gradual unfreezing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from transferlab.backbones import TextPreprocessor, build_classifier
+from transferlab.catalog import resolve_backbone
+from transferlab.strategies import STRATEGIES, get_strategy
+from transferlab.strategies.base import layer_lr_table
+from transferlab.training.loop import FitData, TrainingConfig, slanted_triangular
+
+from .conftest import sentiment_texts
+
+SEED_TABLE = [  # seed section 4.3: L = 6, lr 3e-5, eta 0.95, head first
+    ("Head (classifier)", "3.00e-05"),
+    ("Layer 6", "2.85e-05"),
+    ("Layer 5", "2.71e-05"),
+    ("Layer 4", "2.57e-05"),
+    ("Layer 3", "2.44e-05"),
+    ("Layer 2", "2.32e-05"),
+    ("Layer 1", "2.21e-05"),
+    ("Embeddings", "2.10e-05"),
+]
+
+
+def test_lr_table_reproduces_the_seed():
+    names = ["Embeddings"] + [f"Layer {i}" for i in range(1, 7)] + ["Head (classifier)"]
+    table = list(reversed(layer_lr_table(names, 3e-5, 0.95)))
+    assert [(name, f"{lr:.2e}") for name, lr in table] == SEED_TABLE
+
+
+def test_lr_table_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "transferlab.cli", "lr-table", "--layers", "6", "--lr", "3e-5", "--eta", "0.95"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "e-05" in line]
+    assert [tuple(part.strip() for part in row.strip("│┃ ").split("│")) for row in rows] == SEED_TABLE
+
+
+def test_slanted_triangular_shape():
+    total = 1000
+    values = [slanted_triangular(t, total) for t in range(total + 1)]
+    peak = max(range(total + 1), key=values.__getitem__)
+    assert peak == 100 and values[peak] == pytest.approx(1.0)
+    assert values[0] == pytest.approx(1 / 32) and values[-1] == pytest.approx(1 / 32)
+    assert all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :]))
+
+
+def _data(path, n=96):
+    pre = TextPreprocessor.from_pretrained(str(path), 32)
+    texts, labels = sentiment_texts(n)
+    features = pre.encode(texts, labels)
+    return FitData(features[:64], features[64:], pre.collate, ["negative", "positive"], pre.length_of)
+
+
+def test_discriminative_rates_reach_the_optimizer(tiny_bert_dir):
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"], "mean")
+    data = _data(tiny_bert_dir)
+    strategy = get_strategy("discriminative", lr=1e-3, layer_decay=0.5)
+    scale = strategy.lr_scale(model, data, TrainingConfig())
+    expected = {"head": 1.0, "layer.2": 0.5, "layer.1": 0.25, "embeddings": 0.125}
+    for name, _ in model.named_parameters():
+        assert scale(name) == expected[model.group_of(name)], name
+    assert data.log_history[-1]["lr_table"] == {g: 1e-3 * s for g, s in expected.items()}
+    from transferlab.training.loop import _Trainer
+
+    trainer = _Trainer(
+        model=model,
+        lr_scale=scale,
+        args=__import__("transformers").TrainingArguments(output_dir="/tmp/unused", learning_rate=1e-3, report_to=[]),
+    )
+    rates = sorted({group["lr"] for group in trainer.create_optimizer().param_groups})
+    assert rates == pytest.approx(sorted({1e-3 * s for s in expected.values()}))
+
+
+def test_gradual_unfreezing_follows_the_seeds_stage_order(tiny_bert_dir):
+    torch.manual_seed(0)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"], "mean")
+    data = _data(tiny_bert_dir)
+    strategy = get_strategy("gradual", epochs_per_stage=1, stages=4)
+    strategy.fit(model, data, TrainingConfig(batch_size=16, patience=100))
+    stages = [entry["trainable_groups"] for entry in data.log_history if "trainable_groups" in entry]
+    assert stages == [["head"], ["layer.2", "head"], ["layer.1", "layer.2", "head"], ["embeddings", "layer.1", "layer.2", "head"]]
+
+
+@pytest.mark.parametrize("name", [n for n, cls in STRATEGIES.items() if cls.starts_at_pretrained])
+def test_freshly_applied_strategy_computes_the_pretrained_function(name, tiny_backbone):
+    torch.manual_seed(0)
+    model = build_classifier(resolve_backbone(str(tiny_backbone)), ["a", "b"], "mean").eval()
+    pre = TextPreprocessor.from_pretrained(str(tiny_backbone), 32)
+    batch = pre.collate(pre.encode(sentiment_texts(8)[0]))
+    with torch.no_grad():
+        before = model(**batch).logits.clone()
+        after = get_strategy(name).prepare(model).eval()(**batch).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
