@@ -35,8 +35,9 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.assets-large
 	$(PY) -m pytest -q -m slow
 
-bench: $(VENV)/.assets-large
+bench: $(VENV)/.installed
 	$(PY) bench/run.py
+	$(PY) bench/merge_latency.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench

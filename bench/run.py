@@ -88,7 +88,7 @@ def transferlab_side(experiment, strategy: str) -> dict:
         run = run_strategy(experiment, strategy)
     return {
         "seconds": time.perf_counter() - started,
-        "accuracy": run.result["metrics"]["accuracy"]["mean"],
+        "accuracy": run.result["metrics"]["accuracy"],
         "peak_memory_mb": memory.peak_mb,
         "train_seconds": run.result["train_seconds"],
         "trained_tokens": _trained_tokens(run.log_history, experiment),
@@ -98,7 +98,7 @@ def transferlab_side(experiment, strategy: str) -> dict:
 def _trained_tokens(history, experiment) -> int:
     """Tokens (padding excluded) seen in training: epochs actually run x tokens per epoch."""
     epochs = max((entry.get("epoch", 0) for entry in history), default=0)
-    per_epoch = sum(len(f["input_ids"]) for f in experiment.encoded["train"])
+    per_epoch = sum(len(f["input_ids"]) for f in experiment.features(experiment.split.train))
     return int(epochs * per_epoch)
 
 
@@ -117,6 +117,7 @@ def main() -> None:
     config = load_run_config(
         None,
         strategies=strategies,
+        cv=1,
         n_train=args.n_train,
         n_test=args.n_test,
         max_length=args.max_length,
@@ -127,14 +128,12 @@ def main() -> None:
     ours = {name: transferlab_side(experiment, name) for name in strategies}
     compare_seconds = time.perf_counter() - compare_started
 
-    split = experiment.split
-    train_texts, train_labels = split.train.texts + split.val.texts, split.train.labels.tolist() + split.val.labels.tolist()
+    train, val, test = (experiment.split.part(name) for name in ("train", "val", "test"))
+    train_texts, train_labels = train.texts + val.texts, train.labels.tolist() + val.labels.tolist()
     model_path = resolve_backbone(config.backbone).path
     workdir = args.out.parent
     theirs = {
-        name: baseline(
-            name, model_path, train_texts, train_labels, split.test.texts, split.test.labels.tolist(), args.epochs, args.max_length, workdir
-        )
+        name: baseline(name, model_path, train_texts, train_labels, test.texts, test.labels.tolist(), args.epochs, args.max_length, workdir)
         for name in strategies
     }
 

@@ -16,7 +16,21 @@ def _cli(*args, cwd=None):
 def test_compare_writes_the_documented_results(tmp_path, tiny_bert_dir, sentiment_csv):
     out = tmp_path / "run"
     done = _cli(
-        "compare", "--backbone", tiny_bert_dir, "--dataset", sentiment_csv, "--n-train", 120, "--n-test", 40, "--epochs", 1, "--out", out
+        "compare",
+        "--backbone",
+        tiny_bert_dir,
+        "--dataset",
+        sentiment_csv,
+        "--n-train",
+        120,
+        "--n-test",
+        40,
+        "--cv",
+        1,
+        "--epochs",
+        1,
+        "--out",
+        out,
     )
     assert done.returncode == 0, done.stderr
     for name in ("head", "full", "lora"):
@@ -32,7 +46,7 @@ def test_compare_writes_the_documented_results(tmp_path, tiny_bert_dir, sentimen
         assert r["train_seconds"] > 0 and r["peak_memory_mb"] >= 0
     assert results["strategies"]["full"]["trainable_params"] == results["strategies"]["full"]["total_params"]
     assert results["environment"]["packages"]["torch"]
-    assert (out / "config.yaml").is_file() and (out / "strategies" / "full" / "log.jsonl").is_file()
+    assert (out / "config.yaml").is_file() and (out / "strategies" / "full" / "log-fold1-seed0.jsonl").is_file()
 
 
 @pytest.mark.parametrize(

@@ -87,15 +87,15 @@ def test_split_is_stratified_disjoint_and_seeded(sentiment_csv):
     data = load_dataset(str(sentiment_csv))
     split = stratified_split(data, n_train=100, n_test=60, val_fraction=0.2, seed=3)
     assert (len(split.train), len(split.val), len(split.test)) == (80, 20, 60)
-    for part in (split.train, split.val, split.test):
-        counts = list(part.class_counts().values())
+    for name in ("train", "val", "test"):
+        counts = list(split.part(name).class_counts().values())
         assert max(counts) - min(counts) <= 1
-    texts = [set(p.texts) for p in (split.train, split.val, split.test)]
+    texts = [set(split.part(name).texts) for name in ("train", "val", "test")]
     assert not (texts[0] & texts[2]) and not (texts[1] & texts[2]) and not (texts[0] & texts[1])
     again = stratified_split(data, n_train=100, n_test=60, val_fraction=0.2, seed=3)
-    assert again.test.texts == split.test.texts and again.train.texts == split.train.texts
+    assert again.part("test").texts == split.part("test").texts and again.part("train").texts == split.part("train").texts
     other = stratified_split(data, n_train=100, n_test=60, val_fraction=0.2, seed=4)
-    assert other.test.texts != split.test.texts
+    assert other.part("test").texts != split.part("test").texts
 
 
 def test_split_refuses_impossible_sizes(sentiment_csv):
@@ -104,4 +104,4 @@ def test_split_refuses_impossible_sizes(sentiment_csv):
         stratified_split(data, n_test=len(data))
     with pytest.raises(UserError, match="more than the"):
         stratified_split(data, n_train=10_000, n_test=40)
-    assert np.all(np.isin(stratified_split(data).test.labels, [0, 1]))
+    assert np.all(np.isin(stratified_split(data).part("test").labels, [0, 1]))

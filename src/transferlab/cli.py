@@ -41,6 +41,14 @@ LayerDecay = Annotated[
     float | None, typer.Option(help="discriminative learning rates: eta in lr * eta^(L - l) for every strategy that trains layers")
 ]
 Scheduler = Annotated[str | None, typer.Option(help="linear, cosine or stlr (ULMFiT's slanted triangular) [default: linear]")]
+Cv = Annotated[
+    int | None, typer.Option(help="stratified folds; 1 for one hold-out split [default: 5 below 1,000 training examples, else 1]")
+]
+Seeds = Annotated[int | None, typer.Option(help="training runs per split with seeds seed, seed+1, ... [default: 1]")]
+ClassWeights = Annotated[str | None, typer.Option(help="none or balanced: weighted cross-entropy w_c = N / (C n_c) [default: none]")]
+Oversample = Annotated[bool | None, typer.Option("--oversample", help="resample minority classes in the training examples")]
+Imbalance = Annotated[float | None, typer.Option(help="first subsample to this minority share (0.1 makes a balanced binary set 9:1)")]
+Augment = Annotated[str | None, typer.Option(help="comma-separated text augmentations for training: delete, swap")]
 OutDir = Annotated[Path | None, typer.Option("--out", help="run folder [default: runs/<command>-<time>]")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config; command-line options override it")]
 
@@ -54,7 +62,22 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-RUN_OPTIONS = ("backbone", "dataset", "n_train", "n_test", "max_length", "pooling", "text_column", "label_column")
+RUN_OPTIONS = (
+    "backbone",
+    "dataset",
+    "n_train",
+    "n_test",
+    "max_length",
+    "pooling",
+    "text_column",
+    "label_column",
+    "cv",
+    "seeds",
+    "class_weights",
+    "oversample",
+    "imbalance",
+    "augment",
+)
 TRAINING_OPTIONS = ("epochs", "seed", "lr", "batch_size", "metric", "scheduler")
 STRATEGY_WIDE_OPTIONS = ("freeze_below", "layer_decay")
 
@@ -63,12 +86,13 @@ def _run_config(strategies: list[str] | None, options: dict[str, Any]):
     """The --config YAML (if any) with the command's explicit options on top."""
     from transferlab.config import load_run_config
 
+    options = {**options, "augment": [a.strip() for a in options["augment"].split(",")] if options.get("augment") else None}
     return load_run_config(
         options["config"],
         strategy_wide={k: options[k] for k in STRATEGY_WIDE_OPTIONS},
         strategies=strategies,
         training={k: options[k] for k in TRAINING_OPTIONS},
-        **{k: options[k] for k in RUN_OPTIONS},
+        **{k: options.get(k) for k in RUN_OPTIONS},
     )
 
 
@@ -97,6 +121,12 @@ def compare(
     scheduler: Scheduler = None,
     freeze_below: FreezeBelow = None,
     layer_decay: LayerDecay = None,
+    cv: Cv = None,
+    seeds: Seeds = None,
+    class_weights: ClassWeights = None,
+    oversample: Oversample = None,
+    imbalance: Imbalance = None,
+    augment: Augment = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
     config: ConfigFile = None,
@@ -132,6 +162,10 @@ def train(
     scheduler: Scheduler = None,
     freeze_below: FreezeBelow = None,
     layer_decay: LayerDecay = None,
+    class_weights: ClassWeights = None,
+    oversample: Oversample = None,
+    imbalance: Imbalance = None,
+    augment: Augment = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
     keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,

@@ -12,7 +12,9 @@ import yaml
 
 from transferlab.backbones.text import POOLINGS
 from transferlab.catalog import DEFAULT_BACKBONE
+from transferlab.data.augment import AUGMENTATIONS
 from transferlab.data.sources import DEFAULT_DATASET
+from transferlab.data.splits import DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA
 from transferlab.errors import UserError
 from transferlab.strategies import get_strategy
 from transferlab.training.loop import TrainingConfig
@@ -33,16 +35,45 @@ class RunConfig:
     val_fraction: float = 0.1
     max_length: int = 128
     pooling: str = "mean"
+    cv: int | None = None  # folds; None: 5 below 1,000 training examples, else one hold-out split
+    seeds: int = 1  # training runs per split, seeds seed, seed + 1, ...
+    class_weights: str = "none"  # none | balanced (w_c = N / (C n_c))
+    oversample: bool = False  # resample minority classes in the training examples
+    imbalance: float | None = None  # subsample to this minority share first (a recipe for studying imbalance)
+    augment: list[str] = field(default_factory=list)  # delete, swap: extra training copies (data/augment.py)
+    augment_copies: int = 1
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def folds(self, dataset_size: int) -> int:
+        """Cross-validation folds; 1 means a hold-out split."""
+        if self.cv is not None:
+            return self.cv
+        n_train = self.n_train if self.n_train is not None else min(DEFAULT_N_TRAIN, dataset_size)
+        return DEFAULT_FOLDS if n_train < SMALL_DATA else 1
+
+    def training_for_seed(self, seed: int) -> TrainingConfig:
+        return dataclasses.replace(self.training, seed=seed)
 
     def validate(self) -> None:
         if self.pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name, value in (("n_train", self.n_train), ("n_test", self.n_test), ("max_length", self.max_length)):
+        for name, value in (
+            ("n_train", self.n_train),
+            ("n_test", self.n_test),
+            ("max_length", self.max_length),
+            ("seeds", self.seeds),
+            ("cv", self.cv),
+            ("augment_copies", self.augment_copies),
+        ):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be positive, got {value}")
+        if self.class_weights not in ("none", "balanced"):
+            raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
+        unknown = set(self.augment) - set(AUGMENTATIONS)
+        if unknown:
+            raise UserError(f"unknown augmentation {', '.join(sorted(unknown))}: choose from {', '.join(AUGMENTATIONS)}")
         self.training.validate()
         for name in self.strategies:
             self.strategy(name)  # unknown names and bad settings fail here, before any work

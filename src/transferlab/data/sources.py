@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,6 @@ class LabeledTexts:
     labels: np.ndarray
     label_names: list[str]
     asset: ResolvedAsset | None = None
-    own_test: LabeledTexts | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -1,11 +1,15 @@
-"""Stratified train / validation / test splits with a fixed seed."""
+"""Stratified splits with a fixed seed: one hold-out split, or K cross-validation folds.
+
+A split is three index arrays into one dataset, so that every fold and seed of a comparison
+shares a single tokenisation of the examples it uses.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from transferlab.data.sources import LabeledTexts
 from transferlab.errors import UserError
@@ -13,16 +17,22 @@ from transferlab.errors import UserError
 DEFAULT_N_TRAIN = 2000
 DEFAULT_N_TEST = 1000
 DEFAULT_TEST_FRACTION = 0.2
+SMALL_DATA = 1000  # below this many training examples, comparisons cross-validate by default (seed 10.1)
+DEFAULT_FOLDS = 5
 
 
 @dataclass
 class Split:
-    train: LabeledTexts
-    val: LabeledTexts
-    test: LabeledTexts
+    data: LabeledTexts
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def part(self, name: str) -> LabeledTexts:
+        return self.data.subset(getattr(self, name))
 
     def summary(self) -> dict[str, dict[str, int]]:
-        return {name: getattr(self, name).class_counts() for name in ("train", "val", "test")}
+        return {name: self.part(name).class_counts() for name in ("train", "val", "test")}
 
 
 def _stratified_take(labels: np.ndarray, pool: np.ndarray, size: int, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +46,19 @@ def _stratified_take(labels: np.ndarray, pool: np.ndarray, size: int, seed: int,
     return np.sort(taken), np.sort(rest)
 
 
+def _carve_validation(data: LabeledTexts, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int) -> Split:
+    n_val = max(len(data.label_names), round(val_fraction * len(train)))
+    val, fit = _stratified_take(data.labels, train, n_val, seed, "validation set")
+    if len(fit) == 0:
+        raise UserError(f"--n-train {n_train} is too small to keep a validation set")
+    split = Split(data, fit, val, test)
+    for name, counts in split.summary().items():
+        missing = [c for c, n in counts.items() if n == 0]
+        if missing:
+            raise UserError(f"the {name} set has no example of class {', '.join(missing)}: give more data or a larger --n-train/--n-test")
+    return split
+
+
 def stratified_split(
     data: LabeledTexts,
     n_train: int | None = None,
@@ -43,38 +66,58 @@ def stratified_split(
     val_fraction: float = 0.1,
     seed: int = 0,
 ) -> Split:
-    """Test first (or the dataset's own test split), then train from the rest; validation is carved out of train.
+    """Test first, then train from the rest; validation is carved out of train.
 
     `n_train` counts every labelled example the strategies may learn from, validation included,
     so that a user with N labels is compared honestly against a script given the same N.
     Left as None, sizes default to 2,000 training and 1,000 test examples, or less on a small dataset.
     """
     total = len(data)
-    everything = np.arange(total)
-    if data.own_test is not None:
-        test = data.own_test
-        if n_test is not None:
-            test = test.subset(_stratified_take(test.labels, np.arange(len(test)), n_test, seed, "test set")[0])
-        pool = everything
-    else:
-        if n_test is None:
-            n_test = min(DEFAULT_N_TEST, max(len(data.label_names), round(DEFAULT_TEST_FRACTION * total)))
-        if n_test >= total:
-            raise UserError(f"--n-test {n_test} leaves no training data: the dataset has {total} examples")
-        test_idx, pool = _stratified_take(data.labels, everything, n_test, seed, "test set")
-        test = data.subset(test_idx)
+    if n_test is None:
+        n_test = min(DEFAULT_N_TEST, max(len(data.label_names), round(DEFAULT_TEST_FRACTION * total)))
+    if n_test >= total:
+        raise UserError(f"--n-test {n_test} leaves no training data: the dataset has {total} examples")
+    test, pool = _stratified_take(data.labels, np.arange(total), n_test, seed, "test set")
+    train = _training_pool(data, pool, n_train, seed)
+    return _carve_validation(data, train, test, val_fraction, seed, len(train))
+
+
+def _training_pool(data: LabeledTexts, pool: np.ndarray, n_train: int | None, seed: int) -> np.ndarray:
     if n_train is None:
         n_train = min(DEFAULT_N_TRAIN, len(pool))
     if n_train > len(pool):
-        raise UserError(f"--n-train {n_train} is more than the {len(pool)} examples left after the test split")
-    train_idx, _ = _stratified_take(data.labels, pool, n_train, seed, "training set")
-    n_val = max(len(data.label_names), round(val_fraction * len(train_idx)))
-    val_idx, fit_idx = _stratified_take(data.labels, train_idx, n_val, seed, "validation set")
-    if len(fit_idx) == 0:
-        raise UserError(f"--n-train {n_train} is too small to keep a validation set")
-    train, val = data.subset(fit_idx), data.subset(val_idx)
-    for name, part in (("training", train), ("validation", val), ("test", test)):
-        missing = [c for c, n in part.class_counts().items() if n == 0]
-        if missing:
-            raise UserError(f"the {name} set has no example of class {', '.join(missing)}: give more data or a larger --n-train/--n-test")
-    return Split(train, val, test)
+        raise UserError(f"--n-train {n_train} is more than the {len(pool)} examples available")
+    return _stratified_take(data.labels, pool, n_train, seed, "training set")[0]
+
+
+def cross_validation_splits(data: LabeledTexts, n_train: int | None, folds: int, val_fraction: float = 0.1, seed: int = 0) -> list[Split]:
+    """Stratified K-fold over `n_train` examples: each fold tests on its held-out part and trains on the rest."""
+    pool = _training_pool(data, np.arange(len(data)), n_train, seed)
+    smallest = int(np.bincount(data.labels[pool], minlength=len(data.label_names)).min())
+    if smallest < folds:
+        name = data.label_names[int(np.argmin(np.bincount(data.labels[pool], minlength=len(data.label_names))))]
+        raise UserError(f"class '{name}' has {smallest} examples, fewer than the {folds} folds: use fewer folds or more data")
+    kfold = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return [
+        _carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool))
+        for train, test in kfold.split(pool, data.labels[pool])
+    ]
+
+
+def make_imbalanced(data: LabeledTexts, minority_share: float, seed: int = 0) -> LabeledTexts:
+    """Keep the largest class whole and subsample every other class to `share / (1 - share)` of its size.
+
+    A recipe for studying imbalance on balanced data: with two classes the minority is then exactly
+    `minority_share` of the examples (0.1 turns rt-polarity's 4,265 : 4,265 into 4,265 : 474, 9:1).
+    """
+    if not 0 < minority_share <= 0.5:
+        raise UserError(f"--imbalance is the minority share and must be in (0, 0.5], got {minority_share}")
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(data.labels, minlength=len(data.label_names))
+    majority_label, majority = int(counts.argmax()), int(counts.max())
+    keep = []
+    for label, count in enumerate(counts):
+        members = np.flatnonzero(data.labels == label)
+        target = count if label == majority_label else max(2, round(majority * minority_share / (1 - minority_share)))
+        keep.append(members if target >= count else rng.choice(members, target, replace=False))
+    return data.subset(np.sort(np.concatenate(keep)))

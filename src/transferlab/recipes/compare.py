@@ -1,8 +1,11 @@
-"""`transferlab compare`: every chosen strategy on the same split, one table.
+"""`transferlab compare`: every chosen strategy on the same splits, one table.
 
-Read top to bottom: load and split the data, tokenise once, then for each strategy build a fresh
-classifier from the pretrained backbone, fit it, evaluate it on the held-out test set, and record
-metrics, trainable parameters, time and peak memory. Results are written atomically at the end.
+Read top to bottom: load the data, make the splits (one hold-out split, or K stratified folds),
+tokenise once, then for each strategy, fold and seed build a fresh classifier from the pretrained
+backbone, fit it, evaluate it on that split's test examples, and record metrics, trainable
+parameters, time and peak memory. Each metric is then reported as mean ± std over the runs, the
+best strategy is marked, and a paired t-test over the same folds and seeds says which of the
+others are within noise of it. Results are written atomically at the end.
 """
 
 from __future__ import annotations
@@ -22,55 +25,81 @@ from transformers import set_seed
 from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor
 from transferlab.catalog import ResolvedAsset, resolve_backbone
 from transferlab.config import RunConfig
-from transferlab.data.sources import load_dataset
-from transferlab.data.splits import Split, stratified_split
+from transferlab.data.augment import augment_texts
+from transferlab.data.sources import LabeledTexts, load_dataset
+from transferlab.data.splits import Split, cross_validation_splits, make_imbalanced, stratified_split
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
+from transferlab.evaluation.stats import aggregate_runs, compare_to_best
 from transferlab.runio import atomic_write_json, atomic_write_text, atomic_write_yaml
 from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.loop import FitData, default_device, predict_proba
 from transferlab.training.memory import PeakMemory
+from transferlab.training.sampling import balanced_class_weights, oversample
 
 Log = Callable[[str], None]
+
+IMBALANCED = 1.5  # largest / smallest class count above which the headline metric defaults to macro-F1
 
 
 @dataclass
 class Experiment:
-    """Everything shared by the strategies of one run: the split, encoded once."""
+    """Everything shared by the strategies of one run: the data, its splits, and one tokenisation."""
 
     config: RunConfig
     backbone: ResolvedAsset
-    split: Split
+    data: LabeledTexts
+    splits: list[Split]
     preprocessor: Preprocessor
-    encoded: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    encoded: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def split(self) -> Split:
+        """The first (for a hold-out run, the only) split."""
+        return self.splits[0]
 
     @property
     def label_names(self) -> list[str]:
-        return self.split.train.label_names
+        return self.data.label_names
+
+    def features(self, indices: np.ndarray) -> list[dict[str, Any]]:
+        return [self.encoded[int(i)] for i in indices]
+
+    def seeds(self) -> list[int]:
+        return [self.config.training.seed + k for k in range(self.config.seeds)]
 
     def assets(self) -> dict[str, Any]:
-        return {"backbone": self.backbone.__dict__, "dataset": self.split.train.asset.__dict__ if self.split.train.asset else None}
+        return {"backbone": self.backbone.__dict__, "dataset": self.data.asset.__dict__ if self.data.asset else None}
 
 
 def prepare(config: RunConfig, log: Log = print) -> Experiment:
     """Everything that can fail on bad input fails here, before any output is written."""
     data = load_dataset(config.dataset, config.text_column, config.label_column)
+    if config.imbalance is not None:
+        data = make_imbalanced(data, config.imbalance, config.training.seed)
     backbone = resolve_backbone(config.backbone)
-    split = stratified_split(data, config.n_train, config.n_test, config.val_fraction, config.training.seed)
+    folds = config.folds(len(data))
+    if folds > 1:
+        splits = cross_validation_splits(data, config.n_train, folds, config.val_fraction, config.training.seed)
+    else:
+        splits = [stratified_split(data, config.n_train, config.n_test, config.val_fraction, config.training.seed)]
+    counts = np.bincount(data.labels, minlength=len(data.label_names))
+    if config.training.metric is None:
+        config.training.metric = "macro_f1" if counts.max() / max(1, counts.min()) > IMBALANCED else "accuracy"
+    log(f"{config.dataset}: {len(data)} examples, classes {_counts(data.class_counts())}; headline metric {config.training.metric}")
     log(
-        f"{config.dataset}: {len(data)} examples, {len(data.label_names)} classes -> "
+        f"{f'{folds} stratified folds' if folds > 1 else 'hold-out split'} x {config.seeds} seed(s); "
         + ", ".join(
-            f"{name} {len(getattr(split, name))} {_counts(getattr(split, name).class_counts())}" for name in ("train", "val", "test")
+            f"{name} {len(getattr(splits[0], name))} {_counts(splits[0].part(name).class_counts())}" for name in ("train", "val", "test")
         )
+        + (" (fold 1)" if folds > 1 else "")
     )
     preprocessor = load_preprocessor(backbone, config.max_length)
+    used = np.unique(np.concatenate([np.concatenate([s.train, s.val, s.test]) for s in splits]))
     started = time.perf_counter()
-    encoded = {
-        name: preprocessor.encode(part.texts, part.labels)
-        for name, part in (("train", split.train), ("val", split.val), ("test", split.test))
-    }
-    log(f"encoded {sum(map(len, encoded.values()))} examples in {time.perf_counter() - started:.1f}s")
-    return Experiment(config, backbone, split, preprocessor, encoded)
+    features = preprocessor.encode([data.texts[i] for i in used], data.labels[used])
+    log(f"encoded {len(used)} examples in {time.perf_counter() - started:.1f}s")
+    return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)))
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -86,35 +115,54 @@ class StrategyRun:
     log_history: list[dict[str, Any]]
 
 
-def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None) -> StrategyRun:
+def _training_examples(experiment: Experiment, split: Split, seed: int) -> list[dict[str, Any]]:
+    """The fold's training examples, oversampled and augmented as configured (never val or test)."""
+    config = experiment.config
+    indices = oversample(split.train, experiment.data.labels, seed) if config.oversample else split.train
+    examples = experiment.features(indices)
+    if config.augment:
+        texts = [experiment.data.texts[i] for i in indices]
+        extra_texts, extra_labels = augment_texts(texts, experiment.data.labels[indices], config.augment, config.augment_copies, seed)
+        examples = examples + experiment.preprocessor.encode(extra_texts, extra_labels)
+    return examples
+
+
+def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None, fold: int = 0, seed: int | None = None) -> StrategyRun:
     """Fresh pretrained classifier -> fit -> test metrics, with time, memory and parameter counts."""
     config = experiment.config
+    split = experiment.splits[fold]
+    seed = config.training.seed if seed is None else seed
+    training = config.training_for_seed(seed)
     strategy = config.strategy(name)
-    set_seed(config.training.seed)
+    set_seed(seed)
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
     reason = strategy.unsupported_reason(model)
     if reason:
         return StrategyRun(strategy, None, None, {"status": "skipped", "reason": reason}, [])
+    train_examples = _training_examples(experiment, split, seed)
+    train_labels = np.array([f["labels"] for f in train_examples])
     data = FitData(
-        train=experiment.encoded["train"],
-        val=experiment.encoded["val"],
+        train=train_examples,
+        val=experiment.features(split.val),
         collate=experiment.preprocessor.collate,
         label_names=experiment.label_names,
         length_of=experiment.preprocessor.length_of,
         workdir=workdir,
+        class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
     )
     started = time.perf_counter()
     with PeakMemory() as memory:
-        model = strategy.fit(model, data, config.training)
+        model = strategy.fit(model, data, training)
     train_seconds = time.perf_counter() - started
     trainable, total = count_parameters(model)
     trainable_head = sum(p.numel() for p in _base(model).head_parameters() if p.requires_grad)
-    probs = predict_proba(model, experiment.encoded["test"], data.collate, data.length_of, config.training.eval_batch_size)
-    labels = experiment.split.test.labels
-    metrics = classification_metrics(labels, probs, len(experiment.label_names))
+    probs = predict_proba(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
+    labels = experiment.data.labels[split.test]
     result = {
         "status": "ok",
-        "metrics": {k: {"mean": v, "std": 0.0} for k, v in metrics.items()},
+        "fold": fold,
+        "seed": seed,
+        "metrics": classification_metrics(labels, probs, len(experiment.label_names)),
         "trainable_params": trainable,
         "trainable_params_without_head": trainable - trainable_head,
         "total_params": total,
@@ -141,11 +189,16 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
         "backbone": experiment.config.backbone,
         "dataset": experiment.config.dataset,
         "label_names": experiment.label_names,
+        "evaluation": {
+            "folds": len(experiment.splits),
+            "seeds": experiment.seeds(),
+            "test_examples": "each fold's held-out part" if len(experiment.splits) > 1 else "a stratified hold-out set",
+        },
         "n_train": len(split.train) + len(split.val),
         "n_fit": len(split.train),
         "n_val": len(split.val),
         "n_test": len(split.test),
-        "class_counts": split.summary(),
+        "class_counts": [s.summary() for s in experiment.splits],
         "seed": experiment.config.training.seed,
         "primary_metric": experiment.config.training.metric,
         "config": experiment.config.resolved(),
@@ -158,20 +211,32 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
 def compare(config: RunConfig, out_dir: Path, log: Log = print, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     experiment = prepare(config, log)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").unlink(missing_ok=True)  # a result from an earlier run must not pass for this one
     atomic_write_yaml(out_dir / "config.yaml", config.resolved())
     record = run_record(experiment, "compare")
+    metric = config.training.metric
     for name in config.strategies:
-        if progress:
-            progress(name)
-        strategy_dir = out_dir / "strategies" / name
-        run = run_strategy(experiment, name, workdir=strategy_dir)
-        _write_log(strategy_dir / "log.jsonl", run.log_history)
-        record["strategies"][name] = run.result
-        if run.model is None:
-            log(f"{name}: skipped: {run.result['reason']}")
+        runs = []
+        for fold in range(len(experiment.splits)):
+            for seed in experiment.seeds():
+                tag = name if len(experiment.splits) * config.seeds == 1 else f"{name} fold {fold + 1} seed {seed}"
+                if progress:
+                    progress(tag)
+                run = run_strategy(experiment, name, workdir=out_dir / "strategies" / name, fold=fold, seed=seed)
+                _write_log(out_dir / "strategies" / name / f"log-fold{fold + 1}-seed{seed}.jsonl", run.log_history)
+                runs.append(run.result)
+                if run.model is None:
+                    break
+            if runs[-1]["status"] != "ok":
+                break
+        record["strategies"][name] = aggregate_runs(runs)
+        summary = record["strategies"][name]
+        if summary["status"] != "ok":
+            log(f"{name}: {summary['status']}: {summary['reason']}")
             continue
-        m = run.result["metrics"][config.training.metric]["mean"]
-        log(f"{name}: test {config.training.metric} {m:.4f} in {run.result['train_seconds']:.1f}s")
+        m = summary["metrics"][metric]
+        log(f"{name}: test {metric} {m['mean']:.4f} ± {m['std']:.4f} over {len(m['values'])} run(s), {summary['train_seconds']:.1f}s each")
+    record["comparison"] = compare_to_best(record["strategies"], metric)
     record["status"] = "complete"
     atomic_write_json(out_dir / "results.json", record)
     return record

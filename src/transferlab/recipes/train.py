@@ -15,6 +15,7 @@ from peft import PeftModel
 
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
+from transferlab.evaluation.stats import aggregate_runs
 from transferlab.recipes.compare import Experiment, Log, StrategyRun, prepare, run_record, run_strategy
 from transferlab.recipes.predict import MANIFEST
 from transferlab.runio import atomic_write_json, atomic_write_yaml, publish_directory
@@ -24,21 +25,23 @@ def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log
     if len(config.strategies) != 1:
         raise UserError(f"train takes one strategy, got {', '.join(config.strategies)}")
     name = config.strategies[0]
+    config.cv = 1  # one model to export, tested on a hold-out split
     if keep_adapter and not config.strategy(name).uses_peft:
         raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
     experiment = prepare(config, log)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").unlink(missing_ok=True)
     atomic_write_yaml(out_dir / "config.yaml", config.resolved())
     record = run_record(experiment, "train")
     run = run_strategy(experiment, name, workdir=out_dir / "strategies" / name)
     if run.model is None:
         raise UserError(f"{name} does not apply to {config.backbone}: {run.result['reason']}")
-    record["strategies"][name] = run.result
+    record["strategies"][name] = aggregate_runs([run.result])
     export(run, experiment, out_dir / "model", keep_adapter)
     record["model_dir"] = "model"
     record["status"] = "complete"
     atomic_write_json(out_dir / "results.json", record)
-    log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]['mean']:.4f}; model in {out_dir / 'model'}")
+    log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")
     return run, record
 
 

@@ -20,10 +20,18 @@ def format_metric(entry: dict[str, float]) -> str:
 def results_table(results: dict[str, Any]) -> Table:
     primary = results.get("primary_metric", "accuracy")
     metrics = [primary] + [m for m in SHOWN_METRICS if m != primary]
-    table = Table(title=f"{results['backbone']} on {results['dataset']}: {results['n_train']} train, {results['n_test']} test")
+    evaluation = results.get("evaluation", {"folds": 1, "seeds": [results.get("seed", 0)]})
+    runs = evaluation["folds"] * len(evaluation["seeds"])
+    comparison = results.get("comparison", {})
+    over = f"{evaluation['folds']} folds x {len(evaluation['seeds'])} seed(s)" if runs > 1 else "one split"
+    caption = f"mean ± std over {over}" + (f"; 'vs best': {comparison['test']}" if runs > 1 and comparison else "")
+    table = Table(
+        title=f"{results['backbone']} on {results['dataset']}: {results['n_train']} train, {results['n_test']} test", caption=caption
+    )
     table.add_column("strategy")
     for metric in metrics:
         table.add_column(metric, justify="right")
+    table.add_column("vs best")
     for column in ("trainable", "%", "train s", "peak MB"):
         table.add_column(column, justify="right")
     finished = {n: r for n, r in results["strategies"].items() if r["status"] == "ok"}
@@ -32,6 +40,7 @@ def results_table(results: dict[str, Any]) -> Table:
         table.add_row(
             name,
             *(format_metric(r["metrics"][m]) for m in metrics),
+            _versus_best(name, comparison),
             f"{r['trainable_params']:,}",
             f"{r['trainable_percent']:.2f}",
             f"{r['train_seconds']:.1f}",
@@ -39,8 +48,18 @@ def results_table(results: dict[str, Any]) -> Table:
         )
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
-            table.add_row(name, f"{r['status']}: {r.get('reason', '')}", *[""] * (len(metrics) + 3))
+            table.add_row(name, f"{r['status']}: {r.get('reason', '')}", *[""] * (len(metrics) + 4))
     return table
+
+
+def _versus_best(name: str, comparison: dict[str, Any]) -> str:
+    if comparison.get("best") == name:
+        return "best"
+    verdict = comparison.get("others", {}).get(name)
+    if not verdict or verdict["p_value"] is None:
+        return f"-{verdict['gap']:.4f}" if verdict else ""
+    mark = "within noise" if verdict["within_noise"] else "worse"
+    return f"{mark} (p={verdict['p_value']:.2f})"
 
 
 def print_results(results: dict[str, Any], console: Console | None = None) -> None:

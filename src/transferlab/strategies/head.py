@@ -105,14 +105,29 @@ class FeatureExtraction(Strategy):
         if folds < 2:
             raise UserError("the head's cross-validation needs at least 2 examples of every class")
         search = GridSearchCV(
-            Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=self.config.max_iter, random_state=training.seed))]),
+            Pipeline(
+                [
+                    ("scale", StandardScaler()),
+                    # scikit-learn's "balanced" weights are the seed's w_c = N / (C n_c)
+                    (
+                        "clf",
+                        LogisticRegression(
+                            max_iter=self.config.max_iter,
+                            random_state=training.seed,
+                            class_weight="balanced" if data.class_weights is not None else None,
+                        ),
+                    ),
+                ]
+            ),
             {"clf__C": self.config.c_grid},
-            scoring=sklearn_scorer(training.metric, num_classes),
+            scoring=sklearn_scorer(training.headline_metric, num_classes),
             cv=StratifiedKFold(folds, shuffle=True, random_state=training.seed),
         ).fit(x, y)
         for c, score in zip(self.config.c_grid, search.cv_results_["mean_test_score"]):
-            data.log_history.append({"C": c, f"cv_{training.metric}": float(score)})
-        data.log_history.append({"chosen_C": search.best_params_["clf__C"], f"best_cv_{training.metric}": float(search.best_score_)})
+            data.log_history.append({"C": c, f"cv_{training.headline_metric}": float(score)})
+        data.log_history.append(
+            {"chosen_C": search.best_params_["clf__C"], f"best_cv_{training.headline_metric}": float(search.best_score_)}
+        )
         best = search.best_estimator_
         return fold_standardisation(best.named_steps["clf"], best.named_steps["scale"], num_classes)
 
@@ -138,7 +153,7 @@ class FeatureExtraction(Strategy):
             for _ in range(100):
                 mixed = torch.einsum("l,nld->nd", torch.softmax(logits_of, 0), s)
                 losses = nn.functional.cross_entropy(mixed @ w.T + b, target, reduction="none")
-                val_loss = float(losses[n_train:].mean())
+                val_loss = float(losses[n_train:].detach().mean())
                 if val_loss < best[0]:
                     best = (val_loss, logits_of.detach().clone())
                 optimizer.zero_grad()

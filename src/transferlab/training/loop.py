@@ -47,9 +47,13 @@ class TrainingConfig:
     patience: int = 3
     evals_per_epoch: int = 2
     gradient_accumulation: int = 1
-    metric: str = "accuracy"
+    metric: str | None = None  # None: accuracy, or macro-F1 when the classes are imbalanced (decided by the run)
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
     seed: int = 0
+
+    @property
+    def headline_metric(self) -> str:
+        return self.metric or "accuracy"
 
     def validate(self) -> None:
         checks = [
@@ -60,7 +64,10 @@ class TrainingConfig:
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
             (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
             (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed precision must be auto, no, bf16 or fp16"),
-            (self.metric in HEADLINE_METRICS, f"metric must be one of {', '.join(HEADLINE_METRICS)}, got '{self.metric}'"),
+            (
+                self.metric is None or self.metric in HEADLINE_METRICS,
+                f"metric must be one of {', '.join(HEADLINE_METRICS)}, got '{self.metric}'",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -77,6 +84,7 @@ class FitData:
     label_names: list[str]
     length_of: Callable[[dict[str, Any]], int] = field(default=lambda feature: 1)
     workdir: Path | None = None  # checkpoints go here; a temporary folder otherwise
+    class_weights: np.ndarray | None = None  # per-class loss weights (seed 10.2), or None for plain cross-entropy
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -105,10 +113,26 @@ def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio
 class _Trainer(Trainer):
     """The Trainer with per-parameter learning-rate scales and the slanted triangular schedule."""
 
-    def __init__(self, *args: Any, lr_scale: Callable[[str], float] | None = None, schedule: str = "linear", **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        lr_scale: Callable[[str], float] | None = None,
+        schedule: str = "linear",
+        class_weights: np.ndarray | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.lr_scale = lr_scale
         self.schedule = schedule
+        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
+        if self.class_weights is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = nn.functional.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(labels.device))
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.lr_scale is None or self.optimizer is not None:
@@ -171,7 +195,7 @@ def train_with_trainer(
     steps_per_epoch = max(1, len(data.train) // (cfg.batch_size * cfg.gradient_accumulation))
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
     workdir = Path(data.workdir) if data.workdir else Path(tempfile.mkdtemp(prefix="transferlab-"))
-    metric = cfg.metric
+    metric = cfg.headline_metric
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
@@ -213,6 +237,7 @@ def train_with_trainer(
         model=model,
         lr_scale=lr_scale,
         schedule=cfg.scheduler,
+        class_weights=data.class_weights,
         args=args,
         train_dataset=_ListDataset(data.train),
         eval_dataset=_ListDataset(data.val),

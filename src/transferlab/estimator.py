@@ -1,0 +1,82 @@
+"""A scikit-learn estimator around one strategy, for `cross_val_score`, `GridSearchCV` and pipelines.
+
+from sklearn.model_selection import cross_val_score
+from transferlab.estimator import TransferClassifier
+cross_val_score(TransferClassifier(strategy="lora", epochs=2), texts, labels, cv=5, scoring="f1_macro")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from transformers import set_seed
+
+from transferlab.backbones import build_classifier, load_preprocessor
+from transferlab.catalog import resolve_backbone
+from transferlab.strategies import get_strategy
+from transferlab.training.loop import FitData, TrainingConfig, default_device, predict_proba
+from transferlab.training.sampling import balanced_class_weights
+
+
+class TransferClassifier(ClassifierMixin, BaseEstimator):
+    """Hyperparameters in the constructor; `fit` carves a stratified validation set out of X for early stopping."""
+
+    def __init__(
+        self,
+        backbone: str = "minilm-l6",
+        strategy: str = "head",
+        strategy_settings: dict[str, Any] | None = None,
+        epochs: float = 3,
+        lr: float | None = None,
+        batch_size: int = 16,
+        max_length: int = 128,
+        pooling: str = "mean",
+        val_fraction: float = 0.1,
+        class_weights: str = "none",
+        seed: int = 0,
+    ):
+        self.backbone = backbone
+        self.strategy = strategy
+        self.strategy_settings = strategy_settings
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.pooling = pooling
+        self.val_fraction = val_fraction
+        self.class_weights = class_weights
+        self.seed = seed
+
+    def fit(self, X: Sequence[str], y: Sequence[Any]) -> TransferClassifier:
+        texts = [str(x) for x in X]
+        self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
+        asset = resolve_backbone(self.backbone)
+        self.preprocessor_ = load_preprocessor(asset, self.max_length)
+        strategy = get_strategy(self.strategy, **(self.strategy_settings or {}))
+        set_seed(self.seed)
+        model = build_classifier(asset, [str(c) for c in self.classes_], self.pooling).to(default_device())
+        fit_idx, val_idx = train_test_split(np.arange(len(texts)), test_size=self.val_fraction, stratify=labels, random_state=self.seed)
+        features = self.preprocessor_.encode(texts, labels)
+        data = FitData(
+            train=[features[i] for i in fit_idx],
+            val=[features[i] for i in val_idx],
+            collate=self.preprocessor_.collate,
+            label_names=[str(c) for c in self.classes_],
+            length_of=self.preprocessor_.length_of,
+            class_weights=balanced_class_weights(labels[fit_idx], len(self.classes_)) if self.class_weights == "balanced" else None,
+        )
+        training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+        training.validate()
+        self.model_ = strategy.export(strategy.fit(model, data, training))
+        return self
+
+    def predict_proba(self, X: Sequence[str]) -> np.ndarray:
+        features = self.preprocessor_.encode([str(x) for x in X])
+        return predict_proba(self.model_, features, self.preprocessor_.collate, self.preprocessor_.length_of)
+
+    def predict(self, X: Sequence[str]) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]

@@ -1,0 +1,66 @@
+"""Repeated runs summarised honestly: mean ± std per metric, and which gaps to the best are noise."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+SIGNIFICANCE = 0.05
+TEST_NAME = "paired t-test over the same folds and seeds (two-sided, alpha 0.05)"
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Sample standard deviation (ddof 1); 0.0 for a single run."""
+    array = np.asarray(values, dtype=float)
+    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return {"mean": float(array.mean()), "std": std, "values": [float(v) for v in array]}
+
+
+def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One strategy's runs (folds x seeds) -> the summary that results.json and the table show."""
+    failed = [r for r in runs if r["status"] != "ok"]
+    if failed:
+        return {k: v for k, v in failed[0].items() if k in ("status", "reason")}
+    first = runs[0]
+    return {
+        "status": "ok",
+        "metrics": {name: mean_std([r["metrics"][name] for r in runs]) for name in first["metrics"]},
+        "trainable_params": first["trainable_params"],
+        "trainable_params_without_head": first["trainable_params_without_head"],
+        "total_params": first["total_params"],
+        "trainable_percent": first["trainable_percent"],
+        "train_seconds": float(np.mean([r["train_seconds"] for r in runs])),
+        "peak_memory_mb": float(max(r["peak_memory_mb"] for r in runs)),
+        "settings": first["settings"],
+        "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(),
+        "runs": [
+            {k: r[k] for k in ("fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb")} for r in runs
+        ],
+    }
+
+
+def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Mark the best strategy by mean `metric`, and test every other one's gap against it."""
+    finished = {n: s for n, s in strategies.items() if s["status"] == "ok" and not math.isnan(s["metrics"][metric]["mean"])}
+    if not finished:
+        return {"metric": metric, "best": None, "test": TEST_NAME, "others": {}}
+    best = max(finished, key=lambda n: finished[n]["metrics"][metric]["mean"])
+    reference = np.asarray(finished[best]["metrics"][metric]["values"])
+    others = {}
+    for name, summary in finished.items():
+        if name == best:
+            continue
+        values = np.asarray(summary["metrics"][metric]["values"])
+        gap = float(reference.mean() - values.mean())
+        if len(values) < 2 or len(values) != len(reference):
+            others[name] = {"gap": gap, "p_value": None, "within_noise": None}
+            continue
+        differences = reference - values
+        p = 1.0 if np.allclose(differences, differences[0]) and differences[0] == 0 else float(stats.ttest_rel(reference, values).pvalue)
+        if math.isnan(p):  # identical differences across runs: no variance to test against
+            p = 0.0
+        others[name] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
+    return {"metric": metric, "best": best, "test": TEST_NAME, "others": others}

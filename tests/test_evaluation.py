@@ -1,0 +1,149 @@
+"""Honest comparisons: folds and seeds, the within-noise test, class imbalance, augmentation, the estimator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from transferlab.data.augment import augment_texts
+from transferlab.data.sources import load_dataset
+from transferlab.data.splits import cross_validation_splits, make_imbalanced
+from transferlab.evaluation.stats import compare_to_best, mean_std
+from transferlab.training.sampling import balanced_class_weights, oversample
+
+from .conftest import sentiment_texts
+
+
+def _summary(values):
+    return {"status": "ok", "metrics": {"accuracy": mean_std(values)}}
+
+
+def test_mean_std_uses_the_sample_deviation():
+    assert mean_std([0.7, 0.8, 0.9]) == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1), "values": [0.7, 0.8, 0.9]}
+    assert mean_std([0.5])["std"] == 0.0
+
+
+def test_within_noise_by_paired_t_test():
+    result = compare_to_best(
+        {
+            "a": _summary([0.80, 0.82, 0.81, 0.79, 0.83]),
+            "b": _summary([0.79, 0.83, 0.80, 0.80, 0.82]),  # differences +0.01 -0.01 +0.01 -0.01 +0.01
+            "c": _summary([0.60, 0.61, 0.62, 0.58, 0.63]),
+        },
+        "accuracy",
+    )
+    assert result["best"] == "a"
+    assert result["others"]["b"]["within_noise"] is True and result["others"]["b"]["p_value"] > 0.5
+    assert result["others"]["c"]["within_noise"] is False and result["others"]["c"]["p_value"] < 1e-4
+    assert "paired t-test" in result["test"]
+
+
+def test_balanced_weights_are_the_seeds_formula():
+    labels = np.array([0] * 9 + [1])
+    np.testing.assert_allclose(balanced_class_weights(labels, 2), [10 / (2 * 9), 10 / (2 * 1)])
+
+
+def test_oversampling_balances_only_the_given_indices():
+    labels = np.array([0] * 90 + [1] * 10 + [1] * 50)
+    training = np.arange(100)  # the last 50 (all class 1) are a test set and must not be drawn
+    grown = oversample(training, labels, seed=0)
+    assert np.bincount(labels[grown]).tolist() == [90, 90]
+    assert grown.max() < 100 and set(range(100)) <= set(grown.tolist())
+
+
+def test_imbalance_recipe_makes_nine_to_one(sentiment_csv):
+    data = make_imbalanced(load_dataset(str(sentiment_csv)), 0.1, seed=0)
+    counts = data.class_counts()
+    assert counts["negative"] == 120 and counts["positive"] == round(120 * 0.1 / 0.9)  # the first largest class stays whole
+
+
+def test_folds_are_stratified_and_partition_the_pool(sentiment_csv):
+    data = load_dataset(str(sentiment_csv))
+    splits = cross_validation_splits(data, 200, 5, seed=0)
+    tests = np.concatenate([s.test for s in splits])
+    assert len(tests) == 200 and len(set(tests.tolist())) == 200
+    for s in splits:
+        assert set(s.part("test").class_counts().values()) == {20}
+        assert not set(s.test) & (set(s.train) | set(s.val))
+
+
+def test_augmentation_deletes_and_swaps_words_reproducibly():
+    texts = ["one two three four five six seven eight nine ten"] * 20
+    new, labels = augment_texts(texts, np.ones(20, dtype=int), ["delete", "swap"], copies=2, seed=0)
+    again, _ = augment_texts(texts, np.ones(20, dtype=int), ["delete", "swap"], copies=2, seed=0)
+    assert new == again and len(new) == 40 and labels == [1] * 40
+    words = set(texts[0].split())
+    assert any(len(t.split()) < 10 for t in new)  # deletions happened
+    assert any(sorted(t.split()) == sorted(words) and t != texts[0] for t in new)  # swaps happened
+    assert all(set(t.split()) <= words for t in new)
+
+
+def test_weighted_loss_in_the_trainer(tiny_bert_dir):
+    from transformers import TrainingArguments
+
+    from transferlab.backbones import build_classifier
+    from transferlab.catalog import resolve_backbone
+    from transferlab.training.loop import _Trainer
+
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"], "mean").eval()  # no dropout: two equal passes
+    weights = np.array([0.5, 4.0])
+    trainer = _Trainer(model=model, class_weights=weights, args=TrainingArguments(output_dir="/tmp/unused", report_to=[]))
+    inputs = {
+        "input_ids": torch.tensor([[2, 5, 3], [2, 12, 3]]),
+        "attention_mask": torch.ones(2, 3, dtype=torch.long),
+        "labels": torch.tensor([0, 1]),
+    }
+    loss = trainer.compute_loss(model, dict(inputs))
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    expected = torch.nn.functional.cross_entropy(logits, inputs["labels"], weight=torch.tensor([0.5, 4.0]))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_cross_validated_compare_reports_spread(tmp_path, tiny_bert_dir):
+    texts, labels = sentiment_texts(300, seed=2)
+    rng = np.random.default_rng(0)
+    noisy = [1 - y if rng.random() < 0.25 else y for y in labels]  # label noise: fold scores must differ
+    pd.DataFrame({"text": texts, "label": noisy}).to_csv(tmp_path / "noisy.csv", index=False)
+    out = tmp_path / "run"
+    args = [
+        "compare",
+        "--backbone",
+        tiny_bert_dir,
+        "--dataset",
+        tmp_path / "noisy.csv",
+        "--n-train",
+        200,
+        "--strategies",
+        "head,full",
+        "--epochs",
+        1,
+    ]
+    done = subprocess.run([sys.executable, "-m", "transferlab.cli", *map(str, args), "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluation"]["folds"] == 5  # the default below 1,000 examples
+    for name in ("head", "full"):
+        accuracy = results["strategies"][name]["metrics"]["accuracy"]
+        assert len(accuracy["values"]) == 5 and accuracy["std"] > 0
+    pool = {c: sum(fold["test"][c] for fold in results["class_counts"]) for c in ("0", "1")}
+    for fold in results["class_counts"]:  # stratified: each fold holds a fifth of every class
+        assert all(abs(fold["test"][c] - pool[c] / 5) <= 1 for c in pool)
+    assert results["comparison"]["best"] in ("head", "full")
+    assert "within noise" in done.stdout or "worse" in done.stdout
+
+
+def test_the_estimator_works_inside_cross_val_score(tiny_bert_dir):
+    from sklearn.model_selection import cross_val_score
+
+    from transferlab.estimator import TransferClassifier
+
+    texts, labels = sentiment_texts(150, seed=3)
+    names = np.array(["neg", "pos"])[labels]
+    scores = cross_val_score(TransferClassifier(backbone=str(tiny_bert_dir), strategy="head"), texts, names, cv=3)
+    assert len(scores) == 3 and scores.min() >= 0.8  # chance is 0.5
