@@ -61,3 +61,19 @@ def test_merged_lora_equals_unmerged(tiny_backbone):
         assert not any("lora" in n for n, _ in merged.named_parameters())
         torch.testing.assert_close(merged(**batch).logits, unmerged, atol=1e-5, rtol=0)
         assert (unmerged - model.__class__.forward(merged, **batch).logits).abs().max() < 1e-5
+
+
+def test_constant_features_get_zero_weight_and_bounded_head(tiny_bert_dir):
+    """A feature with (almost) no spread must not blow up the folded head (it did: 1 / 2e-9)."""
+    from transferlab.strategies.head import FeatureExtraction
+    from transferlab.training.loop import FitData, TrainingConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    x[:, 2] = 0.5 + 1e-9 * rng.normal(size=200)  # nearly constant
+    y = (x[:, 0] + 0.3 * rng.normal(size=200) > 0).astype(int)
+    data = FitData([], [], lambda b: b, ["a", "b"])
+    coef, intercept = FeatureExtraction()._fit_linear(x, y, 2, data, TrainingConfig())
+    assert np.all(coef[:, 2] == 0) and np.abs(coef).max() < 100
+    accuracy = ((x @ coef.T + intercept).argmax(1) == y).mean()
+    assert accuracy > 0.85

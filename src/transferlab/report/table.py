@@ -25,9 +25,12 @@ def results_table(results: dict[str, Any]) -> Table:
     comparison = results.get("comparison", {})
     over = f"{evaluation['folds']} folds x {len(evaluation['seeds'])} seed(s)" if runs > 1 else "one split"
     caption = f"mean ± std over {over}" + (f"; 'vs best': {comparison['test']}" if runs > 1 and comparison else "")
-    table = Table(
-        title=f"{results['backbone']} on {results['dataset']}: {results['n_train']} train, {results['n_test']} test", caption=caption
+    sizes = (
+        f"{results['n_train'] + results['n_test']} examples in {evaluation['folds']} folds"
+        if evaluation["folds"] > 1
+        else f"{results['n_train']} train, {results['n_test']} test"
     )
+    table = Table(title=f"{results['backbone']} on {results['dataset']}: {sizes}", caption=caption)
     table.add_column("strategy")
     for metric in metrics:
         table.add_column(metric, justify="right")

@@ -100,7 +100,22 @@ class FeatureExtraction(Strategy):
     def _fit_linear(
         self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Cross-validated logistic regression; returns weights acting on raw features."""
+        """Cross-validated logistic regression; returns weights acting on raw features.
+
+        Features that are (nearly) constant carry no information, and standardising them would
+        fold a huge 1 / std into the head's weights (MiniLM has mean-pooled dimensions with std
+        2e-9), which breaks any later fine-tuning from this head (LP-FT): they get weight zero.
+        """
+        spread = x.std(0)
+        informative = spread > 1e-6 * spread.max()
+        coef, intercept = self._cross_validated_regression(x[:, informative], y, num_classes, data, training)
+        full = np.zeros((coef.shape[0], x.shape[1]), dtype=coef.dtype)
+        full[:, informative] = coef
+        return full, intercept
+
+    def _cross_validated_regression(
+        self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
         folds = min(self.config.cv_folds, int(np.bincount(y, minlength=num_classes).min()))
         if folds < 2:
             raise UserError("the head's cross-validation needs at least 2 examples of every class")
