@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import ClassVar
 
 from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from torch import nn
@@ -29,22 +30,31 @@ class VirtualTokensConfig(TrainedStrategyConfig):
             raise UserError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
 
 
-def _shape(model: TransferModel) -> dict[str, int]:
-    cfg = model.config
-    return {"token_dim": cfg.hidden_size, "num_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads}
+class VirtualTokens(Strategy):
+    """Shared by prompt and prefix tuning: a peft prompt-learning config over the backbone's shape."""
 
-
-@register_strategy
-class PromptTuning(Strategy):
-    name = "prompt"
-    summary = "k learned virtual token embeddings before the input (peft prompt tuning)"
+    peft_config_class: ClassVar[type]
     config_class = VirtualTokensConfig
     uses_peft = True
     starts_at_pretrained = False  # virtual tokens change the input from the start
 
     def prepare(self, model: TransferModel) -> nn.Module:
-        config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.config.num_virtual_tokens, **_shape(model))
-        return get_peft_model(model, config)
+        cfg = model.config
+        peft_config = self.peft_config_class(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=self.config.num_virtual_tokens,
+            token_dim=cfg.hidden_size,
+            num_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+        )
+        return get_peft_model(model, peft_config)
+
+
+@register_strategy
+class PromptTuning(VirtualTokens):
+    name = "prompt"
+    summary = "k learned virtual token embeddings before the input (peft prompt tuning)"
+    peft_config_class = PromptTuningConfig
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         """k d, plus the head."""
@@ -57,22 +67,17 @@ class PrefixConfig(VirtualTokensConfig):
 
 
 @register_strategy
-class PrefixTuning(Strategy):
+class PrefixTuning(VirtualTokens):
     name = "prefix"
     summary = "k learned keys and values at every layer's attention (peft prefix tuning)"
     config_class = PrefixConfig
-    uses_peft = True
-    starts_at_pretrained = False  # virtual tokens change the input from the start
+    peft_config_class = PrefixTuningConfig
 
     def unsupported_reason(self, model: TransferModel) -> str | None:
         backbone = model.backbone
         if "past_key_values" not in inspect.signature(backbone.forward).parameters:
             return f"prefix tuning needs attention that takes past keys and values; {type(backbone).__name__} has none"
         return None
-
-    def prepare(self, model: TransferModel) -> nn.Module:
-        config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.config.num_virtual_tokens, **_shape(model))
-        return get_peft_model(model, config)
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         """2 k L d (a key and a value per virtual token and layer), plus the head."""
