@@ -61,6 +61,10 @@ class TransferModel(ABC):
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for name in self.head_modules for p in getattr(self, name).parameters()]
 
+    def head_size(self) -> int:
+        """Parameters in the new head: part of every strategy's trainable count."""
+        return sum(p.numel() for p in self.head_parameters())
+
     def group_of(self, parameter_name: str) -> str:
         """The layer group that owns a parameter, ignoring wrapper prefixes added by peft."""
         for group in self.layer_groups():

@@ -180,6 +180,13 @@ def _base(model: nn.Module) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def start_run_dir(out_dir: Path, config: RunConfig) -> None:
+    """The resolved config first; a results.json from an earlier run must not pass for this one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").unlink(missing_ok=True)
+    atomic_write_yaml(out_dir / "config.yaml", config.resolved())
+
+
 def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
     split = experiment.split
     return {
@@ -210,9 +217,7 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
 
 def compare(config: RunConfig, out_dir: Path, log: Log = print, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     experiment = prepare(config, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").unlink(missing_ok=True)  # a result from an earlier run must not pass for this one
-    atomic_write_yaml(out_dir / "config.yaml", config.resolved())
+    start_run_dir(out_dir, config)
     record = run_record(experiment, "compare")
     metric = config.training.metric
     for name in config.strategies:

@@ -16,9 +16,9 @@ from peft import PeftModel
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import aggregate_runs
-from transferlab.recipes.compare import Experiment, Log, StrategyRun, prepare, run_record, run_strategy
+from transferlab.recipes.compare import Experiment, Log, StrategyRun, prepare, run_record, run_strategy, start_run_dir
 from transferlab.recipes.predict import MANIFEST
-from transferlab.runio import atomic_write_json, atomic_write_yaml, publish_directory
+from transferlab.runio import atomic_write_json, publish_directory
 
 
 def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log = print) -> tuple[StrategyRun, dict[str, Any]]:
@@ -29,9 +29,7 @@ def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log
     if keep_adapter and not config.strategy(name).uses_peft:
         raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
     experiment = prepare(config, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").unlink(missing_ok=True)
-    atomic_write_yaml(out_dir / "config.yaml", config.resolved())
+    start_run_dir(out_dir, config)
     record = run_record(experiment, "train")
     run = run_strategy(experiment, name, workdir=out_dir / "strategies" / name)
     if run.model is None:

@@ -37,7 +37,7 @@ class BottleneckAdapters(Strategy):
         """2 d r + r + d per adapter, one per adapted block and layer, plus the head."""
         d, r = model.config.backbone_config.hidden_size, self.config.r
         adapters = model.config.backbone_config.num_hidden_layers * len(ADAPTER_KINDS[self.kind])
-        return adapters * (2 * d * r + r + d) + sum(p.numel() for p in model.head_parameters())
+        return adapters * (2 * d * r + r + d) + model.head_size()
 
 
 @register_strategy

@@ -47,7 +47,7 @@ class IA3(Strategy):
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear) and matches_target(name, targets):
                 total += module.in_features if matches_target(name, feedforward) else module.out_features
-        return total + sum(p.numel() for p in model.head_parameters())
+        return total + model.head_size()
 
     def export(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload() if isinstance(model, PeftModel) else model

@@ -56,7 +56,7 @@ class Lora(Strategy):
         """r (d_in + d_out) for every adapted linear layer (seed 5.2), plus the new head in full."""
         targets = self.config.target_modules or model.default_lora_targets()
         adapted = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches_target(name, targets)]
-        head = sum(p.numel() for p in model.head_parameters())
+        head = model.head_size()
         return sum(self.config.r * (m.in_features + m.out_features) for m in adapted) + head
 
     def export(self, model: nn.Module) -> nn.Module:

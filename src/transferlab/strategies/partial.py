@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
-from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+from transferlab.training.loop import FitData, TrainingConfig, steps_per_epoch, train_with_trainer
 
 
 def _check_freeze_below(k: int, groups: int) -> None:
@@ -100,10 +100,8 @@ class GradualUnfreezing(Strategy):
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         prepared = self.prepare(model)
         cfg = self.config
-        steps_per_epoch = max(1, len(data.train) // (training.batch_size * training.gradient_accumulation))
-        schedule = _UnfreezeSchedule(
-            prepared, model.layer_groups(), cfg.stages, max(1, round(cfg.epochs_per_stage * steps_per_epoch)), data.log_history
-        )
+        steps_per_stage = max(1, round(cfg.epochs_per_stage * steps_per_epoch(len(data.train), training)))
+        schedule = _UnfreezeSchedule(prepared, model.layer_groups(), cfg.stages, steps_per_stage, data.log_history)
         trained = train_with_trainer(
             prepared,
             data,

@@ -58,7 +58,7 @@ class PromptTuning(VirtualTokens):
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         """k d, plus the head."""
-        return self.config.num_virtual_tokens * model.config.hidden_size + sum(p.numel() for p in model.head_parameters())
+        return self.config.num_virtual_tokens * model.config.hidden_size + model.head_size()
 
 
 @dataclass
@@ -82,6 +82,4 @@ class PrefixTuning(VirtualTokens):
     def expected_trainable_params(self, model: TransferModel) -> int:
         """2 k L d (a key and a value per virtual token and layer), plus the head."""
         cfg = model.config
-        return 2 * self.config.num_virtual_tokens * cfg.num_hidden_layers * cfg.hidden_size + sum(
-            p.numel() for p in model.head_parameters()
-        )
+        return 2 * self.config.num_virtual_tokens * cfg.num_hidden_layers * cfg.hidden_size + model.head_size()

@@ -178,6 +178,11 @@ def _precision_flags(choice: str) -> dict[str, bool]:
     return {"fp16": True}
 
 
+def steps_per_epoch(examples: int, cfg: TrainingConfig) -> int:
+    """Optimizer steps in one pass over `examples` (the Trainer drops no partial batch, at least one step)."""
+    return max(1, examples // (cfg.batch_size * cfg.gradient_accumulation))
+
+
 def train_with_trainer(
     model: nn.Module,
     data: FitData,
@@ -192,8 +197,7 @@ def train_with_trainer(
     `lr_scale(parameter_name)` multiplies the learning rate per parameter (discriminative rates);
     `callbacks` see every step (gradual unfreezing); `epochs` overrides the run's epoch count.
     """
-    steps_per_epoch = max(1, len(data.train) // (cfg.batch_size * cfg.gradient_accumulation))
-    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    eval_every = max(1, steps_per_epoch(len(data.train), cfg) // cfg.evals_per_epoch)
     workdir = Path(data.workdir) if data.workdir else Path(tempfile.mkdtemp(prefix="transferlab-"))
     metric = cfg.headline_metric
 
