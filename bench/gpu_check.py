@@ -72,7 +72,7 @@ def main(out: Path) -> int:
     }
     lora_config = load_run_config(None, strategies=["lora"], **common)
     run, _ = train(lora_config, out / "train", log=print)
-    test_texts = prepare(lora_config, log=print).split.part("test").texts
+    test_texts = prepare(lora_config, log=print).split.part("test").inputs
     exported = load_model(out / "train" / "model").predict_proba(test_texts)
     report["export_max_abs_diff"] = float(np.abs(exported - run.test_probs).max())
     s = report["strategies"]

@@ -36,7 +36,7 @@ def main() -> None:
     asset = resolve_backbone(args.backbone)
     data = load_dataset("rt-polarity")
     preprocessor = load_preprocessor(asset, 128)
-    features = preprocessor.encode(data.texts[: args.sentences])
+    features = preprocessor.encode(data.inputs[: args.sentences])
     torch.manual_seed(0)
     plain = build_classifier(asset, data.label_names, "mean").eval()
     lora = get_strategy("lora")

@@ -129,11 +129,13 @@ def main() -> None:
     compare_seconds = time.perf_counter() - compare_started
 
     train, val, test = (experiment.split.part(name) for name in ("train", "val", "test"))
-    train_texts, train_labels = train.texts + val.texts, train.labels.tolist() + val.labels.tolist()
+    train_texts, train_labels = train.inputs + val.inputs, train.labels.tolist() + val.labels.tolist()
     model_path = resolve_backbone(config.backbone).path
     workdir = args.out.parent
     theirs = {
-        name: baseline(name, model_path, train_texts, train_labels, test.texts, test.labels.tolist(), args.epochs, args.max_length, workdir)
+        name: baseline(
+            name, model_path, train_texts, train_labels, test.inputs, test.labels.tolist(), args.epochs, args.max_length, workdir
+        )
         for name in strategies
     }
 

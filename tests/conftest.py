@@ -1,4 +1,4 @@
-"""Tiny randomly initialised backbones built from a config (fast), and a small learnable text task."""
+"""Tiny randomly initialised backbones built from a config (fast), and small learnable text and image tasks."""
 
 from __future__ import annotations
 
@@ -55,6 +55,48 @@ def tiny_distilbert(directory: Path) -> Path:
 
 
 TINY_BACKBONES = {"tiny-bert": tiny_bert, "tiny-distilbert": tiny_distilbert}
+
+
+def tiny_cnn(directory: Path) -> Path:
+    """timm's `test_efficientnet` (356k parameters, stem + stages + 1x1 head conv), randomly initialised,
+    saved in the timm layout that `resolve_backbone` reads as an image backbone."""
+    import timm
+
+    from transferlab.backbones.vision import VisionConfig, from_native, native_preprocessing
+
+    torch.manual_seed(0)
+    native = timm.create_model("test_efficientnet", num_classes=10)
+    config = VisionConfig("timm", "test_efficientnet", **native_preprocessing("timm", "test_efficientnet", native))
+    from_native(native, config, [str(i) for i in range(10)]).save_pretrained(directory)
+    return directory
+
+
+def bright_side_images(n: int, size: int = 32, seed: int = 0):
+    """Grey images whose label says which half is brighter, under noise: learnable in a few steps."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        label = i % 2
+        image = rng.integers(0, 120, (size, size)).astype(np.uint8)
+        half = slice(size // 2, size) if label else slice(0, size // 2)
+        image[:, half] += 100
+        images.append(image)
+        labels.append(label)
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_dir(tmp_path_factory) -> Path:
+    return tiny_cnn(tmp_path_factory.mktemp("tiny-cnn"))
+
+
+@pytest.fixture(scope="session", params=[*TINY_BACKBONES, "tiny-cnn"])
+def any_tiny_backbone(request, tmp_path_factory) -> Path:
+    """Every tiny family, text and image: the strategy x backbone matrix runs over these."""
+    build = TINY_BACKBONES.get(request.param, tiny_cnn)
+    return build(tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="session", params=list(TINY_BACKBONES))

@@ -73,7 +73,7 @@ def test_non_utf8_and_unknown_type(tmp_path):
 def test_rt_polarity_is_the_balanced_sentence_set():
     data = load_dataset("rt-polarity")
     assert len(data) == 8530 and data.class_counts() == {"negative": 4265, "positive": 4265}
-    assert len(set(data.texts)) == len(data.texts)
+    assert len(set(data.inputs)) == len(data.inputs)
 
 
 @pytest.mark.integration
@@ -90,12 +90,12 @@ def test_split_is_stratified_disjoint_and_seeded(sentiment_csv):
     for name in ("train", "val", "test"):
         counts = list(split.part(name).class_counts().values())
         assert max(counts) - min(counts) <= 1
-    texts = [set(split.part(name).texts) for name in ("train", "val", "test")]
+    texts = [set(split.part(name).inputs) for name in ("train", "val", "test")]
     assert not (texts[0] & texts[2]) and not (texts[1] & texts[2]) and not (texts[0] & texts[1])
     again = stratified_split(data, n_train=100, n_test=60, val_fraction=0.2, seed=3)
-    assert again.part("test").texts == split.part("test").texts and again.part("train").texts == split.part("train").texts
+    assert again.part("test").inputs == split.part("test").inputs and again.part("train").inputs == split.part("train").inputs
     other = stratified_split(data, n_train=100, n_test=60, val_fraction=0.2, seed=4)
-    assert other.part("test").texts != split.part("test").texts
+    assert other.part("test").inputs != split.part("test").inputs
 
 
 def test_split_refuses_impossible_sizes(sentiment_csv):

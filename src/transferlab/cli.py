@@ -48,7 +48,16 @@ Seeds = Annotated[int | None, typer.Option(help="training runs per split with se
 ClassWeights = Annotated[str | None, typer.Option(help="none or balanced: weighted cross-entropy w_c = N / (C n_c) [default: none]")]
 Oversample = Annotated[bool | None, typer.Option("--oversample", help="resample minority classes in the training examples")]
 Imbalance = Annotated[float | None, typer.Option(help="first subsample to this minority share (0.1 makes a balanced binary set 9:1)")]
-Augment = Annotated[str | None, typer.Option(help="comma-separated text augmentations for training: delete, swap")]
+Augment = Annotated[
+    str | None,
+    typer.Option(help="comma-separated training augmentations; text: delete, swap; images: crop, flip, jitter, randaugment, or none"),
+]
+ImageSize = Annotated[int | None, typer.Option(help="input resolution of a CNN backbone [default: 224]")]
+Normalization = Annotated[
+    str | None, typer.Option(help="auto (the weights' own mean/std), or force imagenet, half, none or raw (0-255) [default: auto]")
+]
+ImageColumn = Annotated[str | None, typer.Option(help="image path column of your table, relative to it [default: path]")]
+SkipBadImages = Annotated[bool | None, typer.Option("--skip-bad-images", help="leave unreadable images out with a warning")]
 OutDir = Annotated[Path | None, typer.Option("--out", help="run folder [default: runs/<command>-<time>]")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config; command-line options override it")]
 
@@ -77,6 +86,10 @@ RUN_OPTIONS = (
     "oversample",
     "imbalance",
     "augment",
+    "image_size",
+    "normalization",
+    "image_column",
+    "skip_bad_images",
 )
 TRAINING_OPTIONS = ("epochs", "seed", "lr", "batch_size", "metric", "scheduler")
 STRATEGY_WIDE_OPTIONS = ("freeze_below", "layer_decay")
@@ -86,7 +99,8 @@ def _run_config(strategies: list[str] | None, options: dict[str, Any]):
     """The --config YAML (if any) with the command's explicit options on top."""
     from transferlab.config import load_run_config
 
-    options = {**options, "augment": [a.strip() for a in options["augment"].split(",")] if options.get("augment") else None}
+    augment = options.get("augment")
+    options = {**options, "augment": None if augment is None else [a.strip() for a in augment.split(",") if a.strip() not in ("", "none")]}
     return load_run_config(
         options["config"],
         strategy_wide={k: options[k] for k in STRATEGY_WIDE_OPTIONS},
@@ -127,7 +141,11 @@ def compare(
     oversample: Oversample = None,
     imbalance: Imbalance = None,
     augment: Augment = None,
+    image_size: ImageSize = None,
+    normalization: Normalization = None,
+    skip_bad_images: SkipBadImages = None,
     text_column: TextColumn = None,
+    image_column: ImageColumn = None,
     label_column: LabelColumn = None,
     config: ConfigFile = None,
     out_dir: OutDir = None,
@@ -166,7 +184,11 @@ def train(
     oversample: Oversample = None,
     imbalance: Imbalance = None,
     augment: Augment = None,
+    image_size: ImageSize = None,
+    normalization: Normalization = None,
+    skip_bad_images: SkipBadImages = None,
     text_column: TextColumn = None,
+    image_column: ImageColumn = None,
     label_column: LabelColumn = None,
     keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,
     config: ConfigFile = None,
@@ -190,14 +212,15 @@ def train(
 def predict(
     model: Annotated[Path, typer.Option(help="a DIR/model folder written by 'transferlab train'")],
     text: Annotated[list[str] | None, typer.Option(help="a text to classify; repeat for several")] = None,
+    image: Annotated[list[Path] | None, typer.Option(help="an image file or a folder of images; repeat for several")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help=".csv/.jsonl/.parquet/.txt file of texts")] = None,
     text_column: Annotated[str, typer.Option(help="text column of --input")] = "text",
     output: Annotated[Path | None, typer.Option(help="write predictions here (.csv or .jsonl)")] = None,
 ) -> None:
-    """Print the label and class probabilities for each text."""
+    """Print the label and class probabilities for each text or image."""
     from transferlab.recipes.predict import predict_command
 
-    predict_command(model, text, input_file, text_column, output, out)
+    predict_command(model, text, image, input_file, text_column, output, out)
 
 
 @app.command("lr-table")
@@ -227,10 +250,10 @@ def list_assets() -> None:
     from transferlab.data.sources import DATASETS
     from transferlab.strategies import STRATEGIES
 
-    out.print("[bold]backbones[/bold] (or any local Hugging Face model folder, or a hub id)")
+    out.print("[bold]backbones[/bold] (or a local Hugging Face or timm model folder, a hub id, or timm:NAME=FILE / torchvision:NAME=FILE)")
     for name, entry in BACKBONES.items():
         out.print(f"  {name:<14} {entry.description}")
-    out.print("[bold]datasets[/bold] (or your own .csv/.jsonl/.parquet with --text-column/--label-column)")
+    out.print("[bold]datasets[/bold] (or your own .csv/.jsonl/.parquet with --text-column/--label-column, or a folder of class folders)")
     for name, entry in DATASETS.items():
         out.print(f"  {name:<14} {entry.description}")
     out.print("[bold]strategies[/bold]")

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from transferlab.backbones.text import POOLINGS
-from transferlab.catalog import DEFAULT_BACKBONE
+from transferlab.backbones.vision import DEFAULT_IMAGE_AUGMENT, IMAGE_AUGMENTATIONS, IMAGE_STRATEGY_DEFAULTS, NORMALIZATIONS
+from transferlab.catalog import DEFAULT_BACKBONE, backbone_modality
 from transferlab.data.augment import AUGMENTATIONS
 from transferlab.data.sources import DEFAULT_DATASET
 from transferlab.data.splits import DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA
@@ -40,8 +41,14 @@ class RunConfig:
     class_weights: str = "none"  # none | balanced (w_c = N / (C n_c))
     oversample: bool = False  # resample minority classes in the training examples
     imbalance: float | None = None  # subsample to this minority share first (a recipe for studying imbalance)
-    augment: list[str] = field(default_factory=list)  # delete, swap: extra training copies (data/augment.py)
+    # None: the backbone family's default, none for text, crop and flip for images. Text: delete, swap
+    # (extra training copies, data/augment.py); images: crop, flip, jitter, randaugment (random, per batch).
+    augment: list[str] | None = None
     augment_copies: int = 1
+    image_column: str = "path"  # image paths in a table, relative to the table's folder
+    image_size: int = 224  # input resolution of a CNN backbone
+    normalization: str = "auto"  # auto: the weights' own mean/std; imagenet, half or none force one (to show the cost)
+    skip_bad_images: bool = False  # leave unreadable images out with a warning instead of stopping
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def folds(self, dataset_size: int) -> int:
@@ -50,6 +57,15 @@ class RunConfig:
             return self.cv
         n_train = self.n_train if self.n_train is not None else min(DEFAULT_N_TRAIN, dataset_size)
         return DEFAULT_FOLDS if n_train < SMALL_DATA else 1
+
+    @property
+    def modality(self) -> str:
+        return backbone_modality(self.backbone)
+
+    def augmentations(self) -> list[str]:
+        if self.augment is not None:
+            return self.augment
+        return list(DEFAULT_IMAGE_AUGMENT) if self.modality == "image" else []
 
     def training_for_seed(self, seed: int) -> TrainingConfig:
         return dataclasses.replace(self.training, seed=seed)
@@ -66,14 +82,18 @@ class RunConfig:
             ("seeds", self.seeds),
             ("cv", self.cv),
             ("augment_copies", self.augment_copies),
+            ("image_size", self.image_size),
         ):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be positive, got {value}")
         if self.class_weights not in ("none", "balanced"):
             raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
-        unknown = set(self.augment) - set(AUGMENTATIONS)
+        known = IMAGE_AUGMENTATIONS if self.modality == "image" else AUGMENTATIONS
+        unknown = set(self.augmentations()) - set(known)
         if unknown:
-            raise UserError(f"unknown augmentation {', '.join(sorted(unknown))}: choose from {', '.join(AUGMENTATIONS)}")
+            raise UserError(f"unknown {self.modality} augmentation {', '.join(sorted(unknown))}: choose from {', '.join(known)}")
+        if self.normalization != "auto" and self.normalization not in NORMALIZATIONS:
+            raise UserError(f"normalization must be auto, {', '.join(NORMALIZATIONS)}; got '{self.normalization}'")
         self.training.validate()
         for name in self.strategies:
             self.strategy(name)  # unknown names and bad settings fail here, before any work
@@ -82,7 +102,9 @@ class RunConfig:
             raise UserError(f"settings given for strategies not in the run: {', '.join(sorted(unused))}")
 
     def strategy(self, name: str):
-        return get_strategy(name, **self.strategy_settings.get(name, {}))
+        """The strategy with its settings: the backbone family's defaults, then the user's."""
+        defaults = IMAGE_STRATEGY_DEFAULTS.get(name, {}) if self.modality == "image" else {}
+        return get_strategy(name, **{**defaults, **self.strategy_settings.get(name, {})})
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, strategy defaults included."""

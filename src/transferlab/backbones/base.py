@@ -33,6 +33,11 @@ class TransferModel(ABC):
     """Mixed into each family's classifier (an nn.Module): the uniform model contract."""
 
     head_modules: tuple[str, ...] = ("classifier",)
+    modality: str = "text"  # text | image: which data and which strategies fit
+
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """Size of the pooled features the head sees."""
 
     @abstractmethod
     def layer_groups(self) -> list[LayerGroup]:

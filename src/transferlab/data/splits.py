@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from transferlab.data.sources import LabeledTexts
+from transferlab.data.sources import LabeledData
 from transferlab.errors import UserError
 
 DEFAULT_N_TRAIN = 2000
@@ -23,12 +23,12 @@ DEFAULT_FOLDS = 5
 
 @dataclass
 class Split:
-    data: LabeledTexts
+    data: LabeledData
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
 
-    def part(self, name: str) -> LabeledTexts:
+    def part(self, name: str) -> LabeledData:
         return self.data.subset(getattr(self, name))
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -46,7 +46,7 @@ def _stratified_take(labels: np.ndarray, pool: np.ndarray, size: int, seed: int,
     return np.sort(taken), np.sort(rest)
 
 
-def _carve_validation(data: LabeledTexts, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int) -> Split:
+def _carve_validation(data: LabeledData, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int) -> Split:
     n_val = max(len(data.label_names), round(val_fraction * len(train)))
     val, fit = _stratified_take(data.labels, train, n_val, seed, "validation set")
     if len(fit) == 0:
@@ -60,7 +60,7 @@ def _carve_validation(data: LabeledTexts, train: np.ndarray, test: np.ndarray, v
 
 
 def stratified_split(
-    data: LabeledTexts,
+    data: LabeledData,
     n_train: int | None = None,
     n_test: int | None = None,
     val_fraction: float = 0.1,
@@ -82,7 +82,7 @@ def stratified_split(
     return _carve_validation(data, train, test, val_fraction, seed, len(train))
 
 
-def _training_pool(data: LabeledTexts, pool: np.ndarray, n_train: int | None, seed: int) -> np.ndarray:
+def _training_pool(data: LabeledData, pool: np.ndarray, n_train: int | None, seed: int) -> np.ndarray:
     if n_train is None:
         n_train = min(DEFAULT_N_TRAIN, len(pool))
     if n_train > len(pool):
@@ -90,7 +90,7 @@ def _training_pool(data: LabeledTexts, pool: np.ndarray, n_train: int | None, se
     return _stratified_take(data.labels, pool, n_train, seed, "training set")[0]
 
 
-def cross_validation_splits(data: LabeledTexts, n_train: int | None, folds: int, val_fraction: float = 0.1, seed: int = 0) -> list[Split]:
+def cross_validation_splits(data: LabeledData, n_train: int | None, folds: int, val_fraction: float = 0.1, seed: int = 0) -> list[Split]:
     """Stratified K-fold over `n_train` examples: each fold tests on its held-out part and trains on the rest."""
     pool = _training_pool(data, np.arange(len(data)), n_train, seed)
     smallest = int(np.bincount(data.labels[pool], minlength=len(data.label_names)).min())
@@ -104,7 +104,7 @@ def cross_validation_splits(data: LabeledTexts, n_train: int | None, folds: int,
     ]
 
 
-def make_imbalanced(data: LabeledTexts, minority_share: float, seed: int = 0) -> LabeledTexts:
+def make_imbalanced(data: LabeledData, minority_share: float, seed: int = 0) -> LabeledData:
     """Keep the largest class whole and subsample every other class to `share / (1 - share)` of its size.
 
     A recipe for studying imbalance on balanced data: with two classes the minority is then exactly

@@ -26,7 +26,7 @@ from transferlab.backbones import Preprocessor, build_classifier, load_preproces
 from transferlab.catalog import ResolvedAsset, resolve_backbone
 from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
-from transferlab.data.sources import LabeledTexts, load_dataset
+from transferlab.data.sources import LabeledData, load_dataset
 from transferlab.data.splits import Split, cross_validation_splits, make_imbalanced, stratified_split
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
@@ -48,7 +48,7 @@ class Experiment:
 
     config: RunConfig
     backbone: ResolvedAsset
-    data: LabeledTexts
+    data: LabeledData
     splits: list[Split]
     preprocessor: Preprocessor
     encoded: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -74,7 +74,8 @@ class Experiment:
 
 def prepare(config: RunConfig, log: Log = print) -> Experiment:
     """Everything that can fail on bad input fails here, before any output is written."""
-    data = load_dataset(config.dataset, config.text_column, config.label_column)
+    modality = config.modality
+    data = load_dataset(config.dataset, config.text_column, config.label_column, modality, config.image_column, config.skip_bad_images)
     if config.imbalance is not None:
         data = make_imbalanced(data, config.imbalance, config.training.seed)
     backbone = resolve_backbone(config.backbone)
@@ -94,10 +95,11 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
         )
         + (" (fold 1)" if folds > 1 else "")
     )
-    preprocessor = load_preprocessor(backbone, config.max_length)
+    augment = config.augmentations() if modality == "image" else []  # text augmentation adds copies instead
+    preprocessor = load_preprocessor(backbone, config.max_length, config.image_size, config.normalization, augment)
     used = np.unique(np.concatenate([np.concatenate([s.train, s.val, s.test]) for s in splits]))
     started = time.perf_counter()
-    features = preprocessor.encode([data.texts[i] for i in used], data.labels[used])
+    features = preprocessor.encode([data.inputs[i] for i in used], data.labels[used])
     log(f"encoded {len(used)} examples in {time.perf_counter() - started:.1f}s")
     return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)))
 
@@ -120,8 +122,8 @@ def _training_examples(experiment: Experiment, split: Split, seed: int) -> list[
     config = experiment.config
     indices = oversample(split.train, experiment.data.labels, seed) if config.oversample else split.train
     examples = experiment.features(indices)
-    if config.augment:
-        texts = [experiment.data.texts[i] for i in indices]
+    if config.modality == "text" and config.augmentations():
+        texts = [experiment.data.inputs[i] for i in indices]
         extra_texts, extra_labels = augment_texts(texts, experiment.data.labels[indices], config.augment, config.augment_copies, seed)
         examples = examples + experiment.preprocessor.encode(extra_texts, extra_labels)
     return examples
@@ -149,6 +151,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         length_of=experiment.preprocessor.length_of,
         workdir=workdir,
         class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
+        train_transform=getattr(experiment.preprocessor, "train_transform", None),
     )
     started = time.perf_counter()
     with PeakMemory() as memory:

@@ -1,4 +1,4 @@
-"""`transferlab predict`: load a folder written by `transferlab train` and classify texts."""
+"""`transferlab predict`: load a folder written by `transferlab train` and classify texts or images."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,8 @@ from rich.table import Table
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from transferlab.backbones import Preprocessor, TextPreprocessor, build_classifier
+from transferlab.backbones import ImagePreprocessor, Preprocessor, TextPreprocessor, build_classifier
+from transferlab.backbones.vision import IMAGE_SUFFIXES, build_vision_classifier
 from transferlab.catalog import resolve_backbone
 from transferlab.data.sources import read_table
 from transferlab.errors import UserError
@@ -30,9 +32,10 @@ class LoadedModel:
     model: nn.Module
     preprocessor: Preprocessor
     label_names: list[str]
+    modality: str = "text"
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        features = self.preprocessor.encode(texts)
+    def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+        features = self.preprocessor.encode(inputs)
         return predict_proba(self.model, features, self.preprocessor.collate, self.preprocessor.length_of, batch_size)
 
 
@@ -44,16 +47,38 @@ def load_model(model_dir: Path) -> LoadedModel:
         hint = " (the run may not have finished)" if model_dir.is_dir() else ""
         raise UserError(f"{model_dir} is not a model exported by 'transferlab train'{hint}: no {MANIFEST}")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    preprocessor = TextPreprocessor.from_pretrained(str(model_dir), manifest["max_length"])
+    image = manifest.get("modality") == "image"
+    if image:
+        preprocessor: Preprocessor = ImagePreprocessor.from_pretrained(model_dir)
+    else:
+        preprocessor = TextPreprocessor.from_pretrained(str(model_dir), manifest["max_length"])
     if manifest["format"] == "peft-adapter":
         asset = resolve_backbone(manifest["backbone"])
         if asset.hashes != manifest["backbone_sha256"]:
             raise UserError(f"{model_dir}: the adapter was trained on a different '{manifest['backbone']}' (weight hashes differ)")
         base = build_classifier(asset, manifest["label_names"], manifest["pooling"])
         model = PeftModel.from_pretrained(base, str(model_dir))
+    elif image:
+        model = build_vision_classifier(resolve_backbone(str(model_dir)), None)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"])
+    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], manifest.get("modality", "text"))
+
+
+def image_files(paths: Sequence[Path]) -> list[str]:
+    """Image files as given, and the images inside given folders (sorted, recursively)."""
+    files: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{path}: no image files in this folder")
+            files += found
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return files
 
 
 def read_texts(path: Path, text_column: str) -> list[str]:
@@ -77,23 +102,33 @@ def read_texts(path: Path, text_column: str) -> list[str]:
     return texts.astype(str).tolist()
 
 
-def predictions_frame(texts: Sequence[str], probs: np.ndarray, label_names: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame({"text": list(texts), "label": [label_names[i] for i in probs.argmax(-1)]})
+def predictions_frame(inputs: Sequence[str], probs: np.ndarray, label_names: list[str], modality: str = "text") -> pd.DataFrame:
+    frame = pd.DataFrame({"image" if modality == "image" else "text": list(inputs), "label": [label_names[i] for i in probs.argmax(-1)]})
     for i, name in enumerate(label_names):
         frame[f"p_{name}"] = probs[:, i]
     return frame
 
 
 def predict_command(
-    model_dir: Path, texts: list[str] | None, input_file: Path | None, text_column: str, output: Path | None, console: Console
+    model_dir: Path,
+    texts: list[str] | None,
+    images: list[Path] | None,
+    input_file: Path | None,
+    text_column: str,
+    output: Path | None,
+    console: Console,
 ) -> None:
-    if bool(texts) == bool(input_file):
-        raise UserError("give either --text (one or more) or --input FILE")
+    if sum(map(bool, (texts, images, input_file))) != 1:
+        raise UserError("give one of --text (one or more), --image (files or folders) or --input FILE")
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"{output}: predictions are written as .csv or .jsonl")
     loaded = load_model(model_dir)
-    texts = list(texts) if texts else read_texts(Path(input_file), text_column)
-    frame = predictions_frame(texts, loaded.predict_proba(texts), loaded.label_names)
+    if (loaded.modality == "image") != bool(images):
+        raise UserError(
+            f"{model_dir} classifies {loaded.modality}s: give {'--image' if loaded.modality == 'image' else '--text or --input'}"
+        )
+    inputs = image_files(images) if images else list(texts) if texts else read_texts(Path(input_file), text_column)
+    frame = predictions_frame(inputs, loaded.predict_proba(inputs), loaded.label_names, loaded.modality)
     if output is not None:
         body = (
             frame.to_csv(index=False) if output.suffix.lower() == ".csv" else frame.to_json(orient="records", lines=True, force_ascii=False)
@@ -101,7 +136,7 @@ def predict_command(
         atomic_write_text(output, body)
         console.print(f"{len(frame)} predictions written to {output}")
         return
-    table = Table("text", "label", *(f"p({name})" for name in loaded.label_names))
+    table = Table(frame.columns[0], "label", *(f"p({name})" for name in loaded.label_names))
     for row in frame.itertuples(index=False):
         text = row[0] if len(row[0]) <= 60 else row[0][:57] + "..."
         table.add_row(text, row[1], *(f"{p:.4f}" for p in row[2:]))

@@ -54,6 +54,7 @@ class Strategy(ABC):
     config_class: ClassVar[type[StrategyConfig]] = TrainedStrategyConfig
     uses_peft: ClassVar[bool] = False  # the trained model is a peft wrapper: `train --keep-adapter` applies
     starts_at_pretrained: ClassVar[bool] = True  # prepare() leaves the model's function unchanged
+    modalities: ClassVar[tuple[str, ...]] = ("text", "image")  # backbone families it applies to
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any):
         config = config or self.config_class()
@@ -70,6 +71,8 @@ class Strategy(ABC):
 
     def unsupported_reason(self, model: TransferModel) -> str | None:
         """Why this strategy cannot apply to this backbone, or None when it can."""
+        if model.modality not in self.modalities:
+            return f"{self.name} applies to {' and '.join(self.modalities)} backbones, not {model.modality}"
         return None
 
     def prepare(self, model: TransferModel) -> nn.Module:

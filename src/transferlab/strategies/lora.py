@@ -53,11 +53,18 @@ class Lora(Strategy):
             raise UserError(f"LoRA cannot be applied: {err}") from None
 
     def expected_trainable_params(self, model: TransferModel) -> int:
-        """r (d_in + d_out) for every adapted linear layer (seed 5.2), plus the new head in full."""
+        """r (d_in + d_out) for every adapted linear layer (seed 5.2), plus the new head in full.
+
+        A convolution's A is itself a convolution of the same kernel (r x d_in x k x k) and B a 1x1 one (d_out x r).
+        """
         targets = self.config.target_modules or model.default_lora_targets()
-        adapted = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and matches_target(name, targets)]
-        head = model.head_size()
-        return sum(self.config.r * (m.in_features + m.out_features) for m in adapted) + head
+        total = model.head_size()
+        for name, m in model.named_modules():
+            if matches_target(name, targets) and isinstance(m, nn.Linear):
+                total += self.config.r * (m.in_features + m.out_features)
+            elif matches_target(name, targets) and isinstance(m, nn.Conv2d):
+                total += self.config.r * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
+        return total
 
     def export(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload() if isinstance(model, PeftModel) else model

@@ -37,6 +37,7 @@ class VirtualTokens(Strategy):
     config_class = VirtualTokensConfig
     uses_peft = True
     starts_at_pretrained = False  # virtual tokens change the input from the start
+    modalities = ("text",)  # virtual tokens are token embeddings
 
     def prepare(self, model: TransferModel) -> nn.Module:
         cfg = model.config
@@ -75,6 +76,8 @@ class PrefixTuning(VirtualTokens):
 
     def unsupported_reason(self, model: TransferModel) -> str | None:
         backbone = model.backbone
+        if super().unsupported_reason(model):
+            return super().unsupported_reason(model)
         if "past_key_values" not in inspect.signature(backbone.forward).parameters:
             return f"prefix tuning needs attention that takes past keys and values; {type(backbone).__name__} has none"
         return None

@@ -85,18 +85,20 @@ class FitData:
     length_of: Callable[[dict[str, Any]], int] = field(default=lambda feature: 1)
     workdir: Path | None = None  # checkpoints go here; a temporary folder otherwise
     class_weights: np.ndarray | None = None  # per-class loss weights (seed 10.2), or None for plain cross-entropy
+    train_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # random augmentation, training batches only
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, items: Sequence[dict[str, Any]]):
+    def __init__(self, items: Sequence[dict[str, Any]], transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         self.items = items
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.items[index]
+        return self.items[index] if self.transform is None else self.transform(self.items[index])
 
 
 def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio: float = 32.0) -> float:
@@ -243,7 +245,7 @@ def train_with_trainer(
         schedule=cfg.scheduler,
         class_weights=data.class_weights,
         args=args,
-        train_dataset=_ListDataset(data.train),
+        train_dataset=_ListDataset(data.train, data.train_transform),
         eval_dataset=_ListDataset(data.val),
         data_collator=data.collate,
         compute_metrics=compute_metrics,
