@@ -239,3 +239,30 @@ def test_fashion_mnist_compare_reaches_the_issue_targets(tmp_path):
     accuracy = {name: s["metrics"]["accuracy"]["mean"] for name, s in results["strategies"].items()}
     assert accuracy["head"] >= 0.82 and accuracy["full"] >= 0.86, accuracy
     shutil.rmtree(tmp_path / "strategies", ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "library, architecture, stages",
+    [("torchvision", "resnet18", ["stem", "stage.1", "stage.2", "stage.3", "stage.4"]), ("torchvision", "convnext_tiny", None)],
+)
+def test_stage_groups_come_from_the_structure_of_any_library_model(library, architecture, stages):
+    """No per-model tables: ResNet's conv1+bn1 then layer1..4; ConvNeXt's LayerNorm inside its classifier is not the head."""
+    from transferlab.backbones.vision import VisionConfig, create_native, from_native
+
+    model = from_native(create_native(library, architecture, 1000), VisionConfig(library, architecture), ["a", "b"])
+    groups = model.layer_groups()
+    if stages:
+        assert [g.name for g in groups] == [*stages, "head"]
+    for name, _ in model.named_parameters():
+        assert len([g for g in groups if g.owns(name)]) == 1, name
+    if architecture == "convnext_tiny":
+        assert model.group_of("backbone.classifier.0.weight") != "head"
+
+
+def test_scikit_learn_estimator_takes_pixel_arrays(tiny_cnn_dir):
+    from transferlab.estimator import TransferClassifier
+
+    images, labels = bright_side_images(60, seed=2)
+    clf = TransferClassifier(backbone=str(tiny_cnn_dir), strategy="head", image_size=32).fit(images[:40], labels[:40])
+    assert clf.predict_proba(images[40:]).shape == (20, 2)
+    assert (clf.predict(images[40:]) == np.array(labels[40:])).mean() >= 0.7  # a random CNN's features still see the brighter half

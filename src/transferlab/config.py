@@ -102,15 +102,19 @@ class RunConfig:
             raise UserError(f"settings given for strategies not in the run: {', '.join(sorted(unused))}")
 
     def strategy(self, name: str):
-        """The strategy with its settings: the backbone family's defaults, then the user's."""
-        defaults = IMAGE_STRATEGY_DEFAULTS.get(name, {}) if self.modality == "image" else {}
-        return get_strategy(name, **{**defaults, **self.strategy_settings.get(name, {})})
+        return strategy_for(name, self.modality, self.strategy_settings.get(name))
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, strategy defaults included."""
         out = dataclasses.asdict(self)
         out["strategy_settings"] = {name: dataclasses.asdict(self.strategy(name).config) for name in self.strategies}
         return out
+
+
+def strategy_for(name: str, modality: str, settings: dict[str, Any] | None = None):
+    """The strategy with its settings: the backbone family's defaults, then the user's."""
+    defaults = IMAGE_STRATEGY_DEFAULTS.get(name, {}) if modality == "image" else {}
+    return get_strategy(name, **{**defaults, **(settings or {})})
 
 
 def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:

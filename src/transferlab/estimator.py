@@ -3,6 +3,8 @@
 from sklearn.model_selection import cross_val_score
 from transferlab.estimator import TransferClassifier
 cross_val_score(TransferClassifier(strategy="lora", epochs=2), texts, labels, cv=5, scoring="f1_macro")
+
+With a CNN backbone, X holds image paths or pixel arrays instead of texts.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from sklearn.model_selection import train_test_split
 from transformers import set_seed
 
 from transferlab.backbones import build_classifier, load_preprocessor
+from transferlab.backbones.vision import DEFAULT_IMAGE_AUGMENT
 from transferlab.catalog import resolve_backbone
-from transferlab.strategies import get_strategy
+from transferlab.config import strategy_for
 from transferlab.training.loop import FitData, TrainingConfig, default_device, predict_proba
 from transferlab.training.sampling import balanced_class_weights
 
@@ -34,6 +37,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         lr: float | None = None,
         batch_size: int = 16,
         max_length: int = 128,
+        image_size: int = 224,
         pooling: str = "mean",
         val_fraction: float = 0.1,
         class_weights: str = "none",
@@ -46,21 +50,25 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.max_length = max_length
+        self.image_size = image_size
         self.pooling = pooling
         self.val_fraction = val_fraction
         self.class_weights = class_weights
         self.seed = seed
 
-    def fit(self, X: Sequence[str], y: Sequence[Any]) -> TransferClassifier:
-        texts = [str(x) for x in X]
+    def _inputs(self, X: Sequence[Any]) -> list[Any]:
+        return list(X) if self.asset_.modality == "image" else [str(x) for x in X]
+
+    def fit(self, X: Sequence[Any], y: Sequence[Any]) -> TransferClassifier:
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
-        asset = resolve_backbone(self.backbone)
-        self.preprocessor_ = load_preprocessor(asset, self.max_length)
-        strategy = get_strategy(self.strategy, **(self.strategy_settings or {}))
+        self.asset_ = asset = resolve_backbone(self.backbone)
+        augment = DEFAULT_IMAGE_AUGMENT if asset.modality == "image" else ()
+        self.preprocessor_ = load_preprocessor(asset, self.max_length, self.image_size, augment=augment)
+        strategy = strategy_for(self.strategy, asset.modality, self.strategy_settings)
         set_seed(self.seed)
         model = build_classifier(asset, [str(c) for c in self.classes_], self.pooling).to(default_device())
-        fit_idx, val_idx = train_test_split(np.arange(len(texts)), test_size=self.val_fraction, stratify=labels, random_state=self.seed)
-        features = self.preprocessor_.encode(texts, labels)
+        fit_idx, val_idx = train_test_split(np.arange(len(X)), test_size=self.val_fraction, stratify=labels, random_state=self.seed)
+        features = self.preprocessor_.encode(self._inputs(X), labels)
         data = FitData(
             train=[features[i] for i in fit_idx],
             val=[features[i] for i in val_idx],
@@ -68,15 +76,16 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             label_names=[str(c) for c in self.classes_],
             length_of=self.preprocessor_.length_of,
             class_weights=balanced_class_weights(labels[fit_idx], len(self.classes_)) if self.class_weights == "balanced" else None,
+            train_transform=getattr(self.preprocessor_, "train_transform", None),
         )
         training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed)
         training.validate()
         self.model_ = strategy.export(strategy.fit(model, data, training))
         return self
 
-    def predict_proba(self, X: Sequence[str]) -> np.ndarray:
-        features = self.preprocessor_.encode([str(x) for x in X])
+    def predict_proba(self, X: Sequence[Any]) -> np.ndarray:
+        features = self.preprocessor_.encode(self._inputs(X))
         return predict_proba(self.model_, features, self.preprocessor_.collate, self.preprocessor_.length_of)
 
-    def predict(self, X: Sequence[str]) -> np.ndarray:
+    def predict(self, X: Sequence[Any]) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(1)]

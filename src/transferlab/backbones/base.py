@@ -25,8 +25,13 @@ class LayerGroup:
     prefixes: tuple[str, ...]
 
     def owns(self, parameter_name: str) -> bool:
-        """Substring match, so names inside peft wrappers (`base_model.model.<name>`) still match."""
-        return any(prefix in parameter_name for prefix in self.prefixes)
+        """Prefix match on the name without peft's wrapper (`base_model.model.<name>`, `base_model.<name>`).
+
+        Anchored at the start: a CNN may keep a module named `classifier` inside its backbone
+        (torchvision's ConvNeXt keeps its last LayerNorm there), which the new head must not own.
+        """
+        name = parameter_name.removeprefix("base_model.model.").removeprefix("base_model.")
+        return name.startswith(self.prefixes)
 
 
 class TransferModel(ABC):

@@ -4,8 +4,9 @@ The network is built by its own library (torchvision or timm) and loaded strictl
 (safetensors, or `torch.load(weights_only=True)`). Its last linear layer, the ImageNet classifier, is
 taken out and replaced by a new head for the task, so that the backbone returns pooled features.
 Layer groups are the network's stages, found from its structure rather than per-model tables: the
-top-level modules in order (the long block container opened up), with neighbours of equal output
-width merged, which gives stem, one group per stage, the final 1x1 convolution, then the head.
+top-level modules in order (the long block container opened up), a block merged into the group
+before it when their output widths are equal (a container of blocks stays a stage of its own), which
+gives stem, one group per stage, the final 1x1 convolution, then the head.
 
 An exported model is the library's own model with `num_classes` set: `model.safetensors` with the
 library's parameter names and a timm-style `config.json`, so timm (`local-dir:`) and torchvision load it
@@ -229,7 +230,8 @@ class VisionClassifier(nn.Module, TransferModel):
         last_width = None
         for name, unit in self._stage_units():
             width = _output_width(unit)
-            if stages and width == last_width:
+            is_stage = isinstance(unit, nn.Sequential | nn.ModuleList)  # a container of blocks is a stage of its own
+            if stages and width == last_width and not is_stage:
                 stages[-1].append((name, unit))
             else:
                 stages.append([(name, unit)])
