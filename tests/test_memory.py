@@ -1,0 +1,17 @@
+"""Peak memory is measured per block: a freed allocation still counts, and an earlier block's peak does not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transferlab.training.memory import PeakMemory
+
+
+def test_peak_memory_sees_a_freed_allocation_and_resets_between_blocks():
+    with PeakMemory() as big:
+        block = np.ones(25_000_000)  # 190.7 MiB, touched, then freed before the block ends
+        del block
+    with PeakMemory() as small:
+        block = np.ones(5_000_000)  # 38.1 MiB
+    assert 170 < big.peak_mb < 260, big.peak_mb
+    assert 30 < small.peak_mb < 80, small.peak_mb
