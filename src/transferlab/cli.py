@@ -200,6 +200,33 @@ def predict(
     predict_command(model, text, input_file, text_column, output, out)
 
 
+@app.command()
+def serve(
+    adapter: Annotated[
+        list[str], typer.Option(help="NAME=DIR: a task and its 'train --keep-adapter' output folder (DIR/model); repeat for more")
+    ],
+    backbone: Annotated[str, typer.Option(help="the backbone every adapter was trained on (catalog name, folder or hub id)")],
+    host: Annotated[str, typer.Option(help="address to bind; the default answers this machine only")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_inputs: Annotated[int, typer.Option(help="texts per request")] = 64,
+    max_chars: Annotated[int, typer.Option(help="characters per text")] = 2000,
+    max_batch: Annotated[int, typer.Option(help="texts per forward pass, gathered from concurrent requests")] = 64,
+    batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to share its forward pass")] = 5.0,
+) -> None:
+    """Answer POST /v1/predict for many tasks from one backbone held in memory once (docs at /docs)."""
+    import uvicorn
+
+    from transferlab.serve.app import Limits, create_app
+    from transferlab.serve.tasks import MultiTaskModel, parse_adapter_options
+
+    if min(max_inputs, max_chars, max_batch) < 1 or batch_wait_ms < 0:
+        raise UserError("--max-inputs, --max-chars and --max-batch must be at least 1, --batch-wait-ms not negative")
+    model = MultiTaskModel(backbone, parse_adapter_options(adapter))
+    limits = Limits(max_inputs=max_inputs, max_chars=max_chars, max_batch=max_batch, max_wait_ms=batch_wait_ms)
+    console.print(f"serving {', '.join(model.tasks)} over {backbone} on http://{host}:{port} (API docs at /docs)")
+    uvicorn.run(create_app(model, limits), host=host, port=port, log_level="warning")
+
+
 @app.command("lr-table")
 def lr_table(
     layers: Annotated[int, typer.Option(help="number of layers L")] = 6,
