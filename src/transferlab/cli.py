@@ -97,7 +97,20 @@ def _run_config(strategies: list[str] | None, options: dict[str, Any]):
 
 
 def _out_dir(out_dir: Path | None, command: str) -> Path:
-    return out_dir or Path("runs") / f"{command}-{datetime.now():%Y%m%d-%H%M%S}"
+    if out_dir:
+        return out_dir
+    from transferlab.distributed import broadcast
+
+    # Under `accelerate launch` rank 0 names the folder: the processes' clocks may be a second apart.
+    return Path(broadcast(f"runs/{command}-{datetime.now():%Y%m%d-%H%M%S}"))
+
+
+def _quiet_unless_main() -> None:
+    """Under `accelerate launch` only rank 0 reports; the other processes train silently beside it."""
+    from transferlab.distributed import is_main_process
+
+    if not is_main_process():
+        console.quiet = out.quiet = True
 
 
 def _progress_logger():
@@ -139,6 +152,7 @@ def compare(
 
     run_config = _run_config(parse_strategy_list(strategies) if strategies else None, locals())
     target = _out_dir(out_dir, "compare")
+    _quiet_unless_main()
     with _training_progress() as progress:
         results = run_compare(run_config, target, log=_progress_logger(), progress=progress)
     print_results(results, out)
@@ -179,6 +193,7 @@ def train(
 
     run_config = _run_config(parse_strategy_list(strategy), locals())
     target = _out_dir(out_dir, "train")
+    _quiet_unless_main()
     with _training_progress() as progress:
         progress(strategy)
         _, results = run_train(run_config, target, keep_adapter=keep_adapter, log=_progress_logger())

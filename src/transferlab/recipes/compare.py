@@ -28,6 +28,7 @@ from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
 from transferlab.data.sources import LabeledTexts, load_dataset
 from transferlab.data.splits import Split, cross_validation_splits, make_imbalanced, stratified_split
+from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
@@ -182,6 +183,8 @@ def _base(model: nn.Module) -> Any:
 
 def start_run_dir(out_dir: Path, config: RunConfig) -> None:
     """The resolved config first; a results.json from an earlier run must not pass for this one."""
+    if not is_main_process():
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").unlink(missing_ok=True)
     atomic_write_yaml(out_dir / "config.yaml", config.resolved())
@@ -243,9 +246,11 @@ def compare(config: RunConfig, out_dir: Path, log: Log = print, progress: Callab
         log(f"{name}: test {metric} {m['mean']:.4f} ± {m['std']:.4f} over {len(m['values'])} run(s), {summary['train_seconds']:.1f}s each")
     record["comparison"] = compare_to_best(record["strategies"], metric)
     record["status"] = "complete"
-    atomic_write_json(out_dir / "results.json", record)
+    if is_main_process():
+        atomic_write_json(out_dir / "results.json", record)
     return record
 
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(entry, default=float) + "\n" for entry in history))
+    if is_main_process():
+        atomic_write_text(path, "".join(json.dumps(entry, default=float) + "\n" for entry in history))
