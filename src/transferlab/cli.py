@@ -144,9 +144,15 @@ def compare(
     label_column: LabelColumn = None,
     config: ConfigFile = None,
     out_dir: OutDir = None,
+    executor: Annotated[
+        str, typer.Option(help="sequential, or ray: the independent strategy x fold x seed runs as Ray tasks, same results.json")
+    ] = "sequential",
+    ray_address: Annotated[str | None, typer.Option(help="a Ray cluster to join (e.g. auto) [default: start Ray on this machine]")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray, one run on each [default: all]")] = None,
 ) -> None:
     """Try each strategy on the same split and print one row per strategy."""
     from transferlab.recipes.compare import compare as run_compare
+    from transferlab.recipes.executors import make_executor
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
 
@@ -154,7 +160,8 @@ def compare(
     target = _out_dir(out_dir, "compare")
     _quiet_unless_main()
     with _training_progress() as progress:
-        results = run_compare(run_config, target, log=_progress_logger(), progress=progress)
+        runner = make_executor(executor, progress, ray_address, ray_cpus)
+        results = run_compare(run_config, target, log=_progress_logger(), executor=runner)
     print_results(results, out)
     console.print(f"results: {target / 'results.json'}")
 
