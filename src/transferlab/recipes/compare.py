@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -37,6 +37,9 @@ from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.loop import FitData, default_device, predict_proba
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
+
+if TYPE_CHECKING:
+    from transferlab.recipes.executors import RayExecutor, Sequential
 
 Log = Callable[[str], None]
 
@@ -218,7 +221,7 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
     }
 
 
-def compare(config: RunConfig, out_dir: Path, log: Log = print, executor: Any = None) -> dict[str, Any]:
+def compare(config: RunConfig, out_dir: Path, log: Log = print, executor: Sequential | RayExecutor | None = None) -> dict[str, Any]:
     """`executor` runs the strategy x fold x seed jobs (recipes/executors.py); by default one after another here."""
     from transferlab.recipes.executors import Job, Sequential
 
