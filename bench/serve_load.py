@@ -103,37 +103,22 @@ def hold(kind: str, backbone: str, pairs: list[str]) -> None:
 
     folders = parse_adapter_options(pairs)
     if kind == "shared":
-        parameter_bytes = MultiTaskModel(backbone, folders).parameter_bytes()
+        models = [MultiTaskModel(backbone, folders).model]
     else:
         models = [load_model(folder).model.merge_and_unload() for folder in folders.values()]
-        parameter_bytes = sum(t.numel() * t.element_size() for m in models for t in [*m.parameters(), *m.buffers()])
+    tensors = {id(t): t for m in models for t in [*m.parameters(), *m.buffers()]}
+    for tensor in tensors.values():
+        # Weights loaded from one safetensors file are views of one shared file mapping; N merged models
+        # deployed from N files each hold their own copy, so every tensor is given private memory.
+        tensor.data = tensor.data.clone()
+    parameter_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     print(json.dumps({"parameter_mb": parameter_bytes / 2**20, "rss_mb": psutil.Process().memory_info().rss / 2**20}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backbone", default="minilm-l6")
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--n-train", type=int, default=200)
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--work", type=Path, default=Path("runs/bench/serve"))
-    parser.add_argument("--hold", choices=["shared", "merged"], help=argparse.SUPPRESS)
-    parser.add_argument("adapters", nargs="*", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.hold:
-        hold(args.hold, args.backbone, args.adapters)
-        return
-
-    folders = train_adapters(args.backbone, args.work, args.n_train)
-    texts = sample_texts(200)
-    rng = np.random.default_rng(0)
-    tasks = list(TASKS)
-    jobs = [(tasks[i % len(tasks)], texts[tasks[i % len(tasks)]][int(rng.integers(200))]) for i in range(args.requests)]
-
+def serve_and_load(args: argparse.Namespace, folders: dict[str, Path], jobs: list[tuple[str, str]], max_batch: int) -> dict:
     port = free_port()
     command = [sys.executable, "-m", "transferlab.cli", "serve", "--backbone", args.backbone, "--port", str(port)]
-    command += ["--max-batch", str(args.max_batch)] + [a for task, folder in folders.items() for a in ("--adapter", f"{task}={folder}")]
+    command += ["--max-batch", str(max_batch)] + [a for task, folder in folders.items() for a in ("--adapter", f"{task}={folder}")]
     server = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -151,19 +136,44 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
     ms = np.array(latencies) * 1000
+    return {
+        "max_batch": max_batch,
+        "failures": failures,
+        "seconds": seconds,
+        "requests_per_second": len(jobs) / seconds,
+        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())},
+        "server_rss_mb_after_load": server_rss,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--n-train", type=int, default=200)
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[64, 1], help="one load test per value; 1 turns batching off")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench/serve"))
+    parser.add_argument("--hold", choices=["shared", "merged"], help=argparse.SUPPRESS)
+    parser.add_argument("adapters", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hold:
+        hold(args.hold, args.backbone, args.adapters)
+        return
+
+    folders = train_adapters(args.backbone, args.work, args.n_train)
+    texts = sample_texts(200)
+    rng = np.random.default_rng(0)
+    tasks = list(TASKS)
+    jobs = [(tasks[i % len(tasks)], texts[tasks[i % len(tasks)]][int(rng.integers(200))]) for i in range(args.requests)]
+
     report = {
         "backbone": args.backbone,
         "tasks": len(folders),
         "requests": args.requests,
         "clients": args.clients,
-        "max_batch": args.max_batch,
-        "failures": failures,
-        "seconds": seconds,
-        "requests_per_second": args.requests / seconds,
-        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())},
-        "server_rss_mb_after_load": server_rss,
+        "load": [serve_and_load(args, folders, jobs, max_batch) for max_batch in args.max_batch],
         "memory": {kind: resident_memory(kind, args.backbone, folders) for kind in ("shared", "merged")},
     }
     out = args.work / "serve_load.json"

@@ -110,11 +110,6 @@ class MultiTaskModel:
             features = spec.preprocessor.encode(texts)
             return predict_proba(self.model, features, spec.preprocessor.collate, spec.preprocessor.length_of, batch_size)
 
-    def parameter_bytes(self) -> int:
-        """Bytes of every distinct parameter and buffer held: the backbone once, plus each task's adapter and head."""
-        tensors = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
-        return sum(t.numel() * t.element_size() for t in tensors.values())
-
 
 def _shape_heads_for(model: PeftModel, num_labels: int) -> None:
     """Give the head template this task's number of classes before its adapter loads.
