@@ -47,7 +47,7 @@ def test_train_on_two_processes_matches_one(tmp_path, bert_without_dropout, sent
         "train", "--strategy", "full", "--epochs", "2", "--batch-size", "12", "--lr", "1e-3", *flags, "--out", str(tmp_path / "two")
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("results") <= 1  # only rank 0 reports
+    assert done.stderr.count(f"model: {tmp_path / 'two' / 'model'}") == 1  # only rank 0 reports
 
     record = json.loads((tmp_path / "two" / "results.json").read_text())
     assert record["status"] == "complete" and record["environment"]["processes"] == 2
