@@ -46,6 +46,7 @@ test-slow: $(VENV)/.assets-large | $(FASHION_MNIST)
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
 	$(PY) bench/merge_latency.py
+	$(PY) bench/serve_load.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench

@@ -40,10 +40,17 @@ def _save_tiny(directory: Path, model: torch.nn.Module) -> Path:
     return directory
 
 
-def tiny_bert(directory: Path) -> Path:
+def tiny_bert(directory: Path, dropout: float = 0.1) -> Path:
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     return _save_tiny(directory, BertModel(config))
 

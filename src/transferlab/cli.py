@@ -111,7 +111,20 @@ def _run_config(strategies: list[str] | None, options: dict[str, Any]):
 
 
 def _out_dir(out_dir: Path | None, command: str) -> Path:
-    return out_dir or Path("runs") / f"{command}-{datetime.now():%Y%m%d-%H%M%S}"
+    if out_dir:
+        return out_dir
+    from transferlab.distributed import broadcast
+
+    # Under `accelerate launch` rank 0 names the folder: the processes' clocks may be a second apart.
+    return Path(broadcast(f"runs/{command}-{datetime.now():%Y%m%d-%H%M%S}"))
+
+
+def _quiet_unless_main() -> None:
+    """Under `accelerate launch` only rank 0 reports; the other processes train silently beside it."""
+    from transferlab.distributed import is_main_process
+
+    if not is_main_process():
+        console.quiet = out.quiet = True
 
 
 def _progress_logger():
@@ -149,16 +162,24 @@ def compare(
     label_column: LabelColumn = None,
     config: ConfigFile = None,
     out_dir: OutDir = None,
+    executor: Annotated[
+        str, typer.Option(help="sequential, or ray: the independent strategy x fold x seed runs as Ray tasks, same results.json")
+    ] = "sequential",
+    ray_address: Annotated[str | None, typer.Option(help="a Ray cluster to join (e.g. auto) [default: start Ray on this machine]")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray, one run on each [default: all]")] = None,
 ) -> None:
     """Try each strategy on the same split and print one row per strategy."""
     from transferlab.recipes.compare import compare as run_compare
+    from transferlab.recipes.executors import make_executor
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
 
     run_config = _run_config(parse_strategy_list(strategies) if strategies else None, locals())
     target = _out_dir(out_dir, "compare")
+    _quiet_unless_main()
     with _training_progress() as progress:
-        results = run_compare(run_config, target, log=_progress_logger(), progress=progress)
+        runner = make_executor(executor, progress, ray_address, ray_cpus)
+        results = run_compare(run_config, target, log=_progress_logger(), executor=runner)
     print_results(results, out)
     console.print(f"results: {target / 'results.json'}")
 
@@ -201,6 +222,7 @@ def train(
 
     run_config = _run_config(parse_strategy_list(strategy), locals())
     target = _out_dir(out_dir, "train")
+    _quiet_unless_main()
     with _training_progress() as progress:
         progress(strategy)
         _, results = run_train(run_config, target, keep_adapter=keep_adapter, log=_progress_logger())
@@ -221,6 +243,33 @@ def predict(
     from transferlab.recipes.predict import predict_command
 
     predict_command(model, text, image, input_file, text_column, output, out)
+
+
+@app.command()
+def serve(
+    adapter: Annotated[
+        list[str], typer.Option(help="NAME=DIR: a task and its 'train --keep-adapter' output folder (DIR/model); repeat for more")
+    ],
+    backbone: Annotated[str, typer.Option(help="the backbone every adapter was trained on (catalog name, folder or hub id)")],
+    host: Annotated[str, typer.Option(help="address to bind; the default answers this machine only")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_inputs: Annotated[int, typer.Option(help="texts per request")] = 64,
+    max_chars: Annotated[int, typer.Option(help="characters per text")] = 2000,
+    max_batch: Annotated[int, typer.Option(help="texts per forward pass, gathered from concurrent requests")] = 64,
+    batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to share its forward pass")] = 5.0,
+) -> None:
+    """Answer POST /v1/predict for many tasks from one backbone held in memory once (docs at /docs)."""
+    import uvicorn
+
+    from transferlab.serve.app import Limits, create_app
+    from transferlab.serve.tasks import MultiTaskModel, parse_adapter_options
+
+    if min(max_inputs, max_chars, max_batch) < 1 or batch_wait_ms < 0:
+        raise UserError("--max-inputs, --max-chars and --max-batch must be at least 1, --batch-wait-ms not negative")
+    model = MultiTaskModel(backbone, parse_adapter_options(adapter))
+    limits = Limits(max_inputs=max_inputs, max_chars=max_chars, max_batch=max_batch, max_wait_ms=batch_wait_ms)
+    console.print(f"serving {', '.join(model.tasks)} over {backbone} on http://{host}:{port} (API docs at /docs)")
+    uvicorn.run(create_app(model, limits), host=host, port=port, log_level="warning")
 
 
 @app.command("lr-table")

@@ -41,7 +41,7 @@ class RunConfig:
     class_weights: str = "none"  # none | balanced (w_c = N / (C n_c))
     oversample: bool = False  # resample minority classes in the training examples
     imbalance: float | None = None  # subsample to this minority share first (a recipe for studying imbalance)
-    # None: the backbone family's default, none for text, crop and flip for images. Text: delete, swap
+    # None: the backbone family's default, none for text, flips for images. Text: delete, swap
     # (extra training copies, data/augment.py); images: crop, flip, jitter, randaugment (random, per batch).
     augment: list[str] | None = None
     augment_copies: int = 1

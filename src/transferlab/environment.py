@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from transferlab.distributed import state
+
 RECORDED_PACKAGES = (
     "torch",
     "transformers",
@@ -39,5 +41,6 @@ def describe_environment() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "processes": state().num_processes,  # more than one under `accelerate launch`
         "packages": package_versions(),
     }

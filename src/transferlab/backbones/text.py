@@ -281,8 +281,10 @@ class TextPreprocessor(Preprocessor):
 def build_text_classifier(path: str, num_labels: int, label_names: list[str], pooling: str = "mean") -> TextClassifier:
     """A pretrained encoder with a new, randomly initialised head for `num_labels` classes."""
     backbone = AutoModel.from_pretrained(path)
+    dropout = getattr(backbone.config, "classifier_dropout", None)  # as Hugging Face's own classifiers choose it
     config = TextClassifierConfig(
         backbone_config=backbone.config,
+        classifier_dropout=getattr(backbone.config, "hidden_dropout_prob", 0.1) if dropout is None else dropout,
         pooling=pooling,
         num_labels=num_labels,
         id2label=dict(enumerate(label_names)),

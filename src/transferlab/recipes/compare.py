@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -28,6 +28,7 @@ from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
 from transferlab.data.sources import LabeledData, load_dataset
 from transferlab.data.splits import Split, cross_validation_splits, make_imbalanced, stratified_split
+from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
@@ -36,6 +37,9 @@ from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.loop import FitData, default_device, predict_proba
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
+
+if TYPE_CHECKING:
+    from transferlab.recipes.executors import RayExecutor, Sequential
 
 Log = Callable[[str], None]
 
@@ -185,6 +189,8 @@ def _base(model: nn.Module) -> Any:
 
 def start_run_dir(out_dir: Path, config: RunConfig) -> None:
     """The resolved config first; a results.json from an earlier run must not pass for this one."""
+    if not is_main_process():
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").unlink(missing_ok=True)
     atomic_write_yaml(out_dir / "config.yaml", config.resolved())
@@ -218,37 +224,38 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
     }
 
 
-def compare(config: RunConfig, out_dir: Path, log: Log = print, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def compare(config: RunConfig, out_dir: Path, log: Log = print, executor: Sequential | RayExecutor | None = None) -> dict[str, Any]:
+    """`executor` runs the strategy x fold x seed jobs (recipes/executors.py); by default one after another here."""
+    from transferlab.recipes.executors import Job, Sequential
+
     experiment = prepare(config, log)
     start_run_dir(out_dir, config)
     record = run_record(experiment, "compare")
     metric = config.training.metric
-    for name in config.strategies:
-        runs = []
-        for fold in range(len(experiment.splits)):
-            for seed in experiment.seeds():
-                tag = name if len(experiment.splits) * config.seeds == 1 else f"{name} fold {fold + 1} seed {seed}"
-                if progress:
-                    progress(tag)
-                run = run_strategy(experiment, name, workdir=out_dir / "strategies" / name, fold=fold, seed=seed)
-                _write_log(out_dir / "strategies" / name / f"log-fold{fold + 1}-seed{seed}.jsonl", run.log_history)
-                runs.append(run.result)
-                if run.model is None:
-                    break
-            if runs[-1]["status"] != "ok":
-                break
-        record["strategies"][name] = aggregate_runs(runs)
-        summary = record["strategies"][name]
+    folds, seeds = range(len(experiment.splits)), experiment.seeds()
+    jobs = [Job(name, fold, seed) for name in config.strategies for fold in folds for seed in seeds]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in config.strategies}
+    for job, outcome in zip(jobs, (executor or Sequential()).map(experiment, jobs, out_dir)):
+        _write_log(out_dir / "strategies" / job.strategy / f"log-fold{job.fold + 1}-seed{job.seed}.jsonl", outcome.log_history)
+        runs[job.strategy].append(outcome.result)
+        if len(runs[job.strategy]) < len(folds) * len(seeds):
+            continue
+        record["strategies"][job.strategy] = summary = aggregate_runs(runs[job.strategy])
         if summary["status"] != "ok":
-            log(f"{name}: {summary['status']}: {summary['reason']}")
+            log(f"{job.strategy}: {summary['status']}: {summary['reason']}")
             continue
         m = summary["metrics"][metric]
-        log(f"{name}: test {metric} {m['mean']:.4f} ± {m['std']:.4f} over {len(m['values'])} run(s), {summary['train_seconds']:.1f}s each")
+        log(
+            f"{job.strategy}: test {metric} {m['mean']:.4f} ± {m['std']:.4f} over {len(m['values'])} run(s), "
+            f"{summary['train_seconds']:.1f}s each"
+        )
     record["comparison"] = compare_to_best(record["strategies"], metric)
     record["status"] = "complete"
-    atomic_write_json(out_dir / "results.json", record)
+    if is_main_process():
+        atomic_write_json(out_dir / "results.json", record)
     return record
 
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(entry, default=float) + "\n" for entry in history))
+    if is_main_process():
+        atomic_write_text(path, "".join(json.dumps(entry, default=float) + "\n" for entry in history))

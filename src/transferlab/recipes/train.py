@@ -14,6 +14,7 @@ from typing import Any
 from peft import PeftModel
 
 from transferlab.config import RunConfig
+from transferlab.distributed import is_main_process
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import aggregate_runs
 from transferlab.recipes.compare import Experiment, Log, StrategyRun, prepare, run_record, run_strategy, start_run_dir
@@ -35,10 +36,11 @@ def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log
     if run.model is None:
         raise UserError(f"{name} does not apply to {config.backbone}: {run.result['reason']}")
     record["strategies"][name] = aggregate_runs([run.result])
-    export(run, experiment, out_dir / "model", keep_adapter)
     record["model_dir"] = "model"
     record["status"] = "complete"
-    atomic_write_json(out_dir / "results.json", record)
+    if is_main_process():  # under `accelerate launch` every process holds the same trained model
+        export(run, experiment, out_dir / "model", keep_adapter)
+        atomic_write_json(out_dir / "results.json", record)
     log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")
     return run, record
 

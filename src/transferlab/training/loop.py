@@ -20,6 +20,7 @@ from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
+from transferlab.distributed import broadcast, is_main_process, state
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import HEADLINE_METRICS, classification_metrics
 
@@ -124,6 +125,10 @@ class _Trainer(Trainer):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        # Our classifiers return a per-batch mean loss and ignore `num_items_in_batch`, whatever their
+        # forward's **kwargs suggest: the Trainer must not multiply the loss by the process count (meant
+        # for losses summed over the global batch) nor skip dividing it over gradient-accumulation steps.
+        self.model_accepts_loss_kwargs = False
         self.lr_scale = lr_scale
         self.schedule = schedule
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
@@ -200,7 +205,10 @@ def train_with_trainer(
     `callbacks` see every step (gradual unfreezing); `epochs` overrides the run's epoch count.
     """
     eval_every = max(1, steps_per_epoch(len(data.train), cfg) // cfg.evals_per_epoch)
-    workdir = Path(data.workdir) if data.workdir else Path(tempfile.mkdtemp(prefix="transferlab-"))
+    processes = state().num_processes
+    if cfg.batch_size % processes or cfg.eval_batch_size % processes:
+        raise UserError(f"the batch sizes ({cfg.batch_size}, eval {cfg.eval_batch_size}) must be multiples of the {processes} processes")
+    workdir = Path(data.workdir) if data.workdir else _shared_temporary_folder()
     metric = cfg.headline_metric
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
@@ -211,8 +219,11 @@ def train_with_trainer(
     args = TrainingArguments(
         output_dir=str(workdir / "checkpoints"),
         num_train_epochs=epochs or cfg.epochs,
+        # Under `accelerate launch` each step's batch is split over the processes, so the batch size
+        # stays the global one and several processes take the same steps as one (up to float noise).
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
+        accelerator_config={"split_batches": True},
         gradient_accumulation_steps=cfg.gradient_accumulation,
         learning_rate=lr,
         weight_decay=cfg.weight_decay,
@@ -254,14 +265,21 @@ def train_with_trainer(
     trainer.remove_callback(PrinterCallback)  # our log history and progress bar replace its prints
     try:
         trainer.train()
+        trainer.accelerator.wait_for_everyone()  # every process has loaded the best checkpoint before it goes
     finally:
         data.log_history.extend(trainer.state.log_history)
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-        if not data.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if trainer.is_world_process_zero():
+            shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+            if not data.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
     # Under mixed precision accelerate leaves an autocast wrapper on forward; evaluation and export
     # must see the fp32 model, or in-memory and exported predictions differ (seen on a GPU: 3e-4).
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
+def _shared_temporary_folder() -> Path:
+    """A checkpoint folder that every process sees: rank 0 makes it and tells the others its name."""
+    return Path(broadcast(tempfile.mkdtemp(prefix="transferlab-") if is_main_process() else None))
 
 
 def batches_by_length(features: Sequence[dict[str, Any]], length_of: Callable[[dict[str, Any]], int], batch_size: int):

@@ -1,0 +1,126 @@
+"""One backbone in memory, one peft adapter and head per task, switched per forward pass.
+
+Each task is a folder written by `transferlab train --keep-adapter`: a peft adapter whose
+`modules_to_save` hold the task's own head, its tokenizer (with the task's max length) and
+`transferlab.json` (label names, pooling, the backbone's weight hashes). peft's multi-adapter API
+(`PeftModel.from_pretrained(adapter_name=...)`, `load_adapter`, `set_adapter`) keeps them side by
+side over a single copy of the backbone's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from peft import PeftModel
+from torch import nn
+
+from transferlab.backbones import TextPreprocessor, build_classifier
+from transferlab.catalog import resolve_backbone
+from transferlab.errors import UserError
+from transferlab.recipes.predict import MANIFEST
+from transferlab.training.loop import default_device, predict_proba
+
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # becomes a peft adapter name, which must not contain dots
+
+
+@dataclass
+class Task:
+    name: str
+    folder: Path
+    label_names: list[str]
+    strategy: str
+    pooling: str
+    preprocessor: TextPreprocessor
+
+
+def parse_adapter_options(options: Sequence[str]) -> dict[str, Path]:
+    """`NAME=DIR` pairs from the command line, names unique."""
+    adapters: dict[str, Path] = {}
+    for option in options:
+        name, sep, folder = option.partition("=")
+        if not sep or not folder:
+            raise UserError(f"--adapter takes NAME=DIR, got '{option}'")
+        if not TASK_NAME.fullmatch(name):
+            raise UserError(f"task name '{name}': use 1-64 letters, digits, '_' or '-'")
+        if name in adapters:
+            raise UserError(f"task '{name}' is given twice")
+        adapters[name] = Path(folder)
+    if not adapters:
+        raise UserError("give at least one --adapter NAME=DIR (a folder written by 'transferlab train --keep-adapter')")
+    return adapters
+
+
+def _read_manifest(name: str, folder: Path, backbone: str, hashes: dict[str, str]) -> dict:
+    """The task's manifest, refused unless it is a peft adapter trained on this very backbone."""
+    if not folder.is_dir():
+        raise UserError(f"--adapter {name}={folder}: no such folder")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UserError(f"--adapter {name}={folder}: not a folder written by 'transferlab train' (no {MANIFEST})")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != "peft-adapter":
+        raise UserError(f"--adapter {name}={folder}: a merged model, not an adapter; train it with --keep-adapter")
+    same = manifest["backbone_sha256"] == hashes if hashes else manifest["backbone"] == backbone
+    if not same:
+        raise UserError(f"--adapter {name}={folder}: trained on backbone '{manifest['backbone']}', not on '{backbone}' (weights differ)")
+    return manifest
+
+
+class MultiTaskModel:
+    """Thread-safe: `predict_proba` switches the shared model to a task under a lock."""
+
+    def __init__(self, backbone: str, adapters: dict[str, Path]):
+        asset = resolve_backbone(backbone)
+        manifests = {name: _read_manifest(name, Path(folder), backbone, asset.hashes) for name, folder in adapters.items()}
+        self.backbone = backbone
+        self.tasks = {
+            name: Task(
+                name,
+                Path(adapters[name]),
+                m["label_names"],
+                m["strategy"],
+                m["pooling"],
+                TextPreprocessor.from_pretrained(str(adapters[name]), m["max_length"]),
+            )
+            for name, m in manifests.items()
+        }
+        first, *others = self.tasks.values()
+        base = build_classifier(asset, first.label_names, first.pooling)
+        try:
+            model = PeftModel.from_pretrained(base, str(first.folder), adapter_name=first.name)
+            for task in others:
+                _shape_heads_for(model, len(task.label_names))
+                model.load_adapter(str(task.folder), adapter_name=task.name)
+        except (ValueError, RuntimeError) as err:  # peft refuses adapters of another kind on the same model
+            raise UserError(f"cannot serve these adapters together: {str(err).splitlines()[0]}") from None
+        self.model = model.to(default_device()).eval()
+        self._lock = threading.Lock()
+
+    def predict_proba(self, task: str, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        spec = self.tasks[task]
+        with self._lock:
+            self.model.set_adapter(spec.name)
+            self.model.get_base_model().config.pooling = spec.pooling  # read by the forward pass, per task
+            features = spec.preprocessor.encode(texts)
+            return predict_proba(self.model, features, spec.preprocessor.collate, spec.preprocessor.length_of, batch_size)
+
+
+def _shape_heads_for(model: PeftModel, num_labels: int) -> None:
+    """Give the head template this task's number of classes before its adapter loads.
+
+    peft copies `ModulesToSaveWrapper.original_module` for each new adapter and then loads the
+    adapter's saved head into the copy, so the template must have the task's shape. The template
+    itself is never run: only adapters' own heads are (adapters are never disabled here).
+    """
+    base = model.get_base_model()
+    for name in base.head_modules:
+        wrapper = getattr(base, name)
+        template = wrapper.original_module
+        if isinstance(template, nn.Linear) and template.out_features != num_labels:
+            wrapper.original_module = nn.Linear(template.in_features, num_labels).to(template.weight.device)
