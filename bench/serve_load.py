@@ -54,7 +54,7 @@ def train_adapters(backbone: str, root: Path, n_train: int) -> dict[str, Path]:
 def sample_texts(n: int) -> dict[str, list[str]]:
     from transferlab.data.sources import load_dataset
 
-    return {task: [t[:1000] for t in load_dataset(dataset).texts[-n:]] for task, dataset in TASKS.items()}
+    return {task: [t[:1000] for t in load_dataset(dataset).inputs[-n:]] for task, dataset in TASKS.items()}
 
 
 async def load(url: str, jobs: list[tuple[str, str]], clients: int) -> tuple[list[float], int, float]:

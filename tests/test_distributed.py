@@ -59,7 +59,7 @@ def test_train_on_two_processes_matches_one(tmp_path, bert_without_dropout, sent
     from transferlab.data.sources import load_dataset
     from transferlab.data.splits import stratified_split
 
-    test = stratified_split(load_dataset(str(sentiment_csv)), 120, 40, config.val_fraction, 0).part("test").texts
+    test = stratified_split(load_dataset(str(sentiment_csv)), 120, 40, config.val_fraction, 0).part("test").inputs
     probs = load_model(tmp_path / "two" / "model").predict_proba(test)
     print(f"two processes vs one: largest probability difference {abs(probs - one.test_probs).max():.2e}")
     np.testing.assert_allclose(probs, one.test_probs, atol=1e-4, rtol=0)
