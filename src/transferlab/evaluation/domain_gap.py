@@ -33,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from transferlab.backbones import Preprocessor, TransferModel
+from transferlab.errors import UserError
 from transferlab.training.loop import pooled_features
 
 SAMPLE = 256  # target (and reference) inputs measured: stable statistics in a few seconds on 2 cores
@@ -129,8 +130,10 @@ def reference_inputs(modality: str, n: int = SAMPLE, seed: int = 0) -> list[Any]
 
 def photo_views(names: Sequence[str]) -> list[np.ndarray]:
     """Each scikit-image photograph whole and as five crops (corners and centre, 60% of each side)."""
-    import skimage.data
-
+    try:
+        import skimage.data
+    except ImportError:
+        raise UserError("the reference photographs come from scikit-image: pip install scikit-image") from None
     views = []
     for name in names:
         image = getattr(skimage.data, name)()
