@@ -15,7 +15,16 @@ from transferlab.backbones import build_classifier, load_preprocessor
 from transferlab.catalog import resolve_backbone
 from transferlab.data.images import FASHION_MNIST_DIR
 from transferlab.data.sources import load_dataset
-from transferlab.evaluation.domain_gap import bn_shift, domain_auroc, gap_bucket, measure_gap, photo_views, symmetric_kl, tokenizer_stats
+from transferlab.evaluation.domain_gap import (
+    REFERENCE_PHOTOS,
+    bn_shift,
+    domain_auroc,
+    gap_bucket,
+    measure_gap,
+    photo_views,
+    symmetric_kl,
+    tokenizer_stats,
+)
 
 
 class ConvBN(nn.Module):
@@ -137,3 +146,18 @@ def test_mobilenet_gap_orders_photographs_below_mnist(photo_gap):
     """Measured: MNIST digits 0.72 (large)."""
     digits = _gap("mobilenet-v2", load_dataset("mnist-5k", modality="image").inputs)
     assert digits.bucket == "large" and photo_gap.score < digits.score, (photo_gap, digits)
+
+
+def test_cnn_without_batch_norm_falls_back_to_the_linear_probe(tiny_cnn_dir):
+    """Photographs against the reference photographs: inseparable; flat grey noise: separable."""
+    asset = resolve_backbone(str(tiny_cnn_dir))
+    model = build_classifier(asset, ["a", "b"])
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            model.set_submodule(name, nn.Identity())
+    preprocessor = load_preprocessor(asset, image_size=64)
+    same = measure_gap(model, preprocessor, photo_views(REFERENCE_PHOTOS))
+    rng = np.random.default_rng(0)
+    noise = measure_gap(model, preprocessor, [rng.integers(100, 110, (64, 64, 3), dtype=np.uint8) for _ in range(54)])
+    assert same.signal == noise.signal == "domain_auroc"
+    assert same.bucket == "small" and noise.bucket == "large", (same, noise)

@@ -40,7 +40,7 @@ SAMPLE = 256  # target (and reference) inputs measured: stable statistics in a f
 BN_HALF = 1.0  # mean symmetric KL at which the BN signal reaches 0.5
 FERTILITY_FULL = 1.0  # relative fertility increase (+100%: twice the tokens per word) at which the signal saturates
 UNK_FULL = 0.05  # unknown-token rate at which the signal saturates
-SMALL_BELOW, LARGE_FROM = 0.3, 0.6  # bucket thresholds on the combined score
+SMALL_BELOW, LARGE_FROM = 0.3, 0.6  # bucket thresholds on the score, between the validation cases (docs/findings.md)
 
 # scikit-image photographs (no download needed): the reference for ImageNet CNNs.
 REFERENCE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "clock", "brick", "gravel")
