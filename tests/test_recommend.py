@@ -58,6 +58,8 @@ def test_verdict_reads_the_comparison_block():
     worse = verdict("head", _comparison("full", others))
     assert worse["within_noise"] is False and "significantly worse" in worse["verdict"]
     assert verdict("partial", _comparison("full", others))["within_noise"] is None
+    single = verdict("lora", _comparison("full", {"lora": {"gap": 0.02, "p_value": None, "within_noise": None}}))
+    assert single["within_noise"] is None and "untested against (one run each" in single["verdict"]
 
 
 def _cli(*args):

@@ -92,7 +92,13 @@ def verdict(strategy: str, comparison: dict[str, Any]) -> dict[str, Any]:
     if other is None:
         return {"best": best, "within_noise": None, "verdict": f"recommended {strategy} was not compared (best: {best})"}
     within = other["within_noise"]
-    how = "within noise of" if within else "cannot be tested against (one run)" if within is None else "significantly worse than"
+    how = (
+        "within noise of"
+        if within
+        else "untested against (one run each: use --cv or --seeds)"
+        if within is None
+        else "significantly worse than"
+    )
     gap = f"{other['gap']:.4f} below, p = {other['p_value']:.3g}" if other["p_value"] is not None else f"{other['gap']:.4f} below"
     return {"best": best, "within_noise": within, "verdict": f"recommended {strategy} was {how} the best, {best} ({gap})"}
 
