@@ -167,6 +167,13 @@ def compare(
     ] = "sequential",
     ray_address: Annotated[str | None, typer.Option(help="a Ray cluster to join (e.g. auto) [default: start Ray on this machine]")] = None,
     ray_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray, one run on each [default: all]")] = None,
+    recommend: Annotated[
+        bool,
+        typer.Option(
+            "--recommend",
+            help="first recommend a strategy (see 'transferlab recommend'); at the end, say if it was within noise of the best",
+        ),
+    ] = False,
 ) -> None:
     """Try each strategy on the same split and print one row per strategy."""
     from transferlab.recipes.compare import compare as run_compare
@@ -179,9 +186,41 @@ def compare(
     _quiet_unless_main()
     with _training_progress() as progress:
         runner = make_executor(executor, progress, ray_address, ray_cpus)
-        results = run_compare(run_config, target, log=_progress_logger(), executor=runner)
+        results = run_compare(run_config, target, log=_progress_logger(), executor=runner, recommend=recommend)
     print_results(results, out)
+    if recommend:
+        console.print(results["recommendation"]["verdict"], highlight=False)
     console.print(f"results: {target / 'results.json'}")
+
+
+@app.command("recommend")
+def recommend_command(
+    dataset: Annotated[str, typer.Option(help="catalog name or a .csv/.jsonl/.parquet file")],
+    backbone: Backbone = None,
+    n_train: Annotated[int | None, typer.Option(help="labelled examples you have: a stratified subset of this size [default: all]")] = None,
+    tasks: Annotated[int, typer.Option(help="tasks that will share the backbone")] = 1,
+    memory_gb: Annotated[float | None, typer.Option(help="memory available for training, in GB [default: not constrained]")] = None,
+    seed: Seed = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Recommend a strategy and its settings from data size, a measured domain gap, tasks and memory (seed 3.4)."""
+    from transferlab.catalog import DEFAULT_BACKBONE
+    from transferlab.recipes.recommend import format_recommendation, recommend
+
+    rec = recommend(
+        backbone or DEFAULT_BACKBONE,
+        dataset,
+        n_train,
+        tasks,
+        memory_gb,
+        seed or 0,
+        text_column or "text",
+        label_column or "label",
+        _progress_logger(),
+    )
+    for line in format_recommendation(rec):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

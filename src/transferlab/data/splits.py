@@ -90,6 +90,11 @@ def _training_pool(data: LabeledData, pool: np.ndarray, n_train: int | None, see
     return _stratified_take(data.labels, pool, n_train, seed, "training set")[0]
 
 
+def stratified_subset(data: LabeledData, n: int, seed: int = 0) -> LabeledData:
+    """`n` examples with the class proportions kept (all of them when `n` is the dataset's size or more)."""
+    return data.subset(_training_pool(data, np.arange(len(data)), min(n, len(data)), seed))
+
+
 def cross_validation_splits(data: LabeledData, n_train: int | None, folds: int, val_fraction: float = 0.1, seed: int = 0) -> list[Split]:
     """Stratified K-fold over `n_train` examples: each fold tests on its held-out part and trains on the rest."""
     pool = _training_pool(data, np.arange(len(data)), n_train, seed)

@@ -224,10 +224,15 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
     }
 
 
-def compare(config: RunConfig, out_dir: Path, log: Log = print, executor: Sequential | RayExecutor | None = None) -> dict[str, Any]:
-    """`executor` runs the strategy x fold x seed jobs (recipes/executors.py); by default one after another here."""
+def compare(
+    config: RunConfig, out_dir: Path, log: Log = print, executor: Sequential | RayExecutor | None = None, recommend: bool = False
+) -> dict[str, Any]:
+    """`executor` runs the strategy x fold x seed jobs (recipes/executors.py); by default one after another here.
+    `recommend`: the seed's recommendation first (recipes/recommend.py), checked against the comparison at the end."""
     from transferlab.recipes.executors import Job, Sequential
+    from transferlab.recipes.recommend import recommend_for_run, verdict
 
+    recommendation = recommend_for_run(config, log) if recommend else None
     experiment = prepare(config, log)
     start_run_dir(out_dir, config)
     record = run_record(experiment, "compare")
@@ -250,6 +255,8 @@ def compare(config: RunConfig, out_dir: Path, log: Log = print, executor: Sequen
             f"{summary['train_seconds']:.1f}s each"
         )
     record["comparison"] = compare_to_best(record["strategies"], metric)
+    if recommendation:
+        record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
     record["status"] = "complete"
     if is_main_process():
         atomic_write_json(out_dir / "results.json", record)

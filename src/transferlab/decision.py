@@ -1,0 +1,93 @@
+"""The seed's decision framework (3.4, with the gap table of 2.3): data size x domain gap x tasks x memory -> strategy.
+
+Pure logic, no models: `recipes/recommend.py` measures the inputs, this decides. Rules, first match wins:
+
+| scenario (seed) | strategy |
+|---|---|
+| several tasks share the backbone | lora (PEFT: one adapter per task) |
+| memory below what full fine-tuning needs | lora (PEFT: only the adapter trains and is stored) |
+| small data (< 1k), small gap | head (feature extraction, frozen backbone) |
+| small data, medium gap | partial (fine-tune with frozen early layers, 2.3) |
+| small data, large gap | lora (PEFT or gradual unfreezing) |
+| medium data (1k-10k), not in the tree: the 2.3 gap table | small gap lora (light fine-tuning), medium partial, large full |
+| large data (> 10k) | full (small gap: converges quickly; otherwise longer training) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SMALL_DATA, LARGE_DATA = 1_000, 10_000
+ADAM_BYTES_PER_PARAM = 16  # fp32 weights, gradients and Adam's two moments: full fine-tuning's floor before activations
+
+# Typical epochs (seed 4.5): (modality, kind) -> (normal, longer training for a large gap)
+EPOCHS = {
+    ("text", "full"): (3, 4),
+    ("image", "full"): (10, 15),
+    ("text", "peft"): (5, 10),
+    ("image", "peft"): (10, 15),
+}
+
+
+@dataclass(frozen=True)
+class Situation:
+    n_train: int
+    gap: str  # small | medium | large
+    tasks: int = 1
+    memory_gb: float | None = None  # memory available for training; None: not constrained
+    full_finetune_gb: float = 0.0  # what full fine-tuning of this backbone needs (ADAM_BYTES_PER_PARAM x parameters)
+    modality: str = "text"
+    gap_note: str = ""  # how the gap was measured, quoted in the reasons
+
+
+@dataclass(frozen=True)
+class Decision:
+    strategy: str
+    epochs: int | None  # None: the strategy does not train by epochs (head fits a logistic regression)
+    reasons: list[str]
+
+
+def data_bucket(n_train: int) -> str:
+    return "small" if n_train < SMALL_DATA else "large" if n_train > LARGE_DATA else "medium"
+
+
+def decide(s: Situation) -> Decision:
+    """The seed's first matching rule, with its reasons in the seed's words."""
+    size = data_bucket(s.n_train)
+    reasons = [
+        f"data size: {size} ({s.n_train:,} labelled examples; small < {SMALL_DATA:,}, large > {LARGE_DATA:,})",
+        f"domain gap: {s.gap}{s.gap_note}",
+        f"tasks: {s.tasks}",
+    ]
+    constrained = s.memory_gb is not None and s.memory_gb < s.full_finetune_gb
+    if s.memory_gb is not None:
+        fits = "below" if constrained else "enough for"
+        reasons.append(f"memory: {s.memory_gb:g} GB, {fits} full fine-tuning's {s.full_finetune_gb:.2f} GB (weights, gradients, Adam)")
+    longer = s.gap == "large"
+    if s.tasks > 1:
+        return _decision("lora", s, longer, reasons + ["multiple tasks, shared backbone: PEFT, one adapter per task"])
+    if constrained:
+        return _decision("lora", s, longer, reasons + ["memory constrained: PEFT, only the adapter deltas train and are stored"])
+    if size == "small":
+        rule = {
+            "small": ("head", "small data, small domain gap: feature extraction (frozen backbone)"),
+            "medium": ("partial", "small data, medium domain gap: fine-tune with frozen early layers"),
+            "large": ("lora", "small data, large domain gap: PEFT (LoRA) rather than full fine-tuning"),
+        }[s.gap]
+    elif size == "medium":
+        rule = {
+            "small": ("lora", "between the seed's small and large data, small gap: light fine-tuning (LoRA, the default PEFT)"),
+            "medium": ("partial", "between the seed's small and large data, medium gap: fine-tune with frozen early layers"),
+            "large": ("full", "between the seed's small and large data, large gap: full fine-tuning"),
+        }[s.gap]
+    else:
+        how = "with longer training" if longer else "(converges quickly)"
+        rule = ("full", f"large data, {s.gap} domain gap: full fine-tuning {how}")
+    return _decision(rule[0], s, longer, reasons + [rule[1]])
+
+
+def _decision(strategy: str, s: Situation, longer: bool, reasons: list[str]) -> Decision:
+    if strategy == "head":
+        return Decision(strategy, None, reasons)
+    normal, long = EPOCHS[(s.modality, "peft" if strategy == "lora" else "full")]
+    return Decision(strategy, long if longer else normal, reasons)
