@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from transferlab.training.memory import PeakMemory
@@ -9,7 +11,8 @@ from transferlab.training.memory import PeakMemory
 
 def test_peak_memory_sees_a_freed_allocation_and_resets_between_blocks():
     with PeakMemory() as big:
-        block = np.ones(25_000_000)  # 190.7 MiB, touched, then freed before the block ends
+        block = np.ones(25_000_000)  # 190.7 MiB, touched, held for a few samples, then freed before the block ends
+        time.sleep(0.1)
         del block
     with PeakMemory() as small:
         np.ones(5_000_000).sum()  # 38.1 MiB, alive during the call
