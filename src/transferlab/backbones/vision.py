@@ -372,14 +372,14 @@ class ImagePreprocessor(Preprocessor):
         from PIL import Image
 
         if isinstance(item, np.ndarray):
-            image = Image.fromarray(item)
+            image = Image.fromarray(item).convert("RGB")
         else:
             try:
                 with Image.open(item) as opened:
                     image = opened.convert("RGB")
             except (OSError, ValueError) as err:
                 raise UserError(f"{item}: cannot decode image: {err}") from None
-        return self._resize(v2.functional.pil_to_tensor(image.convert("RGB")))
+        return self._resize(v2.functional.pil_to_tensor(image))
 
     def encode(self, inputs: Sequence[Any], labels: Sequence[int] | None = None) -> list[dict[str, Any]]:
         features = [{"pixel_values": self._pixels(item)} for item in inputs]
