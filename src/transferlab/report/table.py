@@ -49,9 +49,13 @@ def results_table(results: dict[str, Any]) -> Table:
             f"{r['train_seconds']:.1f}",
             f"{r['peak_memory_mb']:.0f}",
         )
+    notes = []
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
-            table.add_row(name, f"{r['status']}: {r.get('reason', '')}", *[""] * (len(metrics) + 4))
+            table.add_row(name, r["status"], *[""] * (len(metrics) + 4))
+            notes.append(f"{name} {r['status']}: {r.get('reason', '')}")
+    if notes:
+        table.caption = "\n".join([caption, *notes])
     return table
 
 
