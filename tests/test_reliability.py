@@ -156,3 +156,16 @@ def test_weights_load_safely():
     loads = re.findall(r"torch\.load\(([^)]*)\)", source)
     assert loads and all("weights_only=True" in call for call in loads)
     assert "trust_remote_code=True" not in source
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_skipped(tmp_path):
+    """The Trainer writes trainer_state.json last: a checkpoint without it was interrupted mid-save."""
+    from transferlab.training.loop import last_complete_checkpoint
+
+    for step, complete in ((3, True), (6, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert not (tmp_path / "checkpoint-6").exists()
+    assert last_complete_checkpoint(tmp_path / "none") is None

@@ -104,10 +104,11 @@ class RunFolder:
         path = self.path / "strategies" / strategy / f"result-{job_name(fold, seed)}.json"
         if not path.is_file():
             return None
+        shutil.rmtree(self.workdir(strategy, fold, seed), ignore_errors=True)  # checkpoints a kill left behind
         return json.loads(path.read_text(encoding="utf-8"))
 
     def save_run(self, strategy: str, fold: int, seed: int, result: dict[str, Any], log_history: list[dict[str, Any]]) -> None:
-        """The log first, then the result that marks the run finished; its checkpoints are no longer needed."""
+        """The log first, then the result that marks the run finished; only then its checkpoints go."""
         folder = self.path / "strategies" / strategy
         name = job_name(fold, seed)
         atomic_write_text(folder / f"log-{name}.jsonl", "".join(json.dumps(entry, default=float) + "\n" for entry in log_history))

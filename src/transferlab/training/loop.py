@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -88,7 +89,9 @@ class FitData:
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
     label_names: list[str]
     length_of: Callable[[dict[str, Any]], int] = field(default=lambda feature: 1)
-    workdir: Path | None = None  # checkpoints go here; a temporary folder otherwise
+    # A run folder's job folder: full checkpoints, kept until the run is recorded, so a kill can resume.
+    # None: a temporary folder, removed at the end.
+    workdir: Path | None = None
     class_weights: np.ndarray | None = None  # per-class loss weights (seed 10.2), or None for plain cross-entropy
     train_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # random augmentation, training batches only
     log_history: list[dict[str, Any]] = field(default_factory=list)
@@ -300,22 +303,26 @@ def train_with_trainer(
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _ProgressCallback(), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # our log history and progress bar replace its prints
-    last = get_last_checkpoint(str(checkpoints)) if resumable and checkpoints.is_dir() else None
-    settled = False  # finished or failed; an interruption (Ctrl-C, a signal) is neither
     try:
-        trainer.train(resume_from_checkpoint=last)
+        trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoints) if resumable else None)
         trainer.accelerator.wait_for_everyone()  # every process has loaded the best checkpoint before it goes
-        settled = True
-    except Exception:
-        settled = True
-        raise
     finally:
         data.log_history.extend(trainer.state.log_history)
-        if trainer.is_world_process_zero() and (settled or not resumable):  # a run folder keeps them for the resume
-            shutil.rmtree(checkpoints if resumable else workdir, ignore_errors=True)
+        if not resumable and trainer.is_world_process_zero():  # a run folder removes them once the run is recorded
+            shutil.rmtree(workdir, ignore_errors=True)
     # Under mixed precision accelerate leaves an autocast wrapper on forward; evaluation and export
     # must see the fp32 model, or in-memory and exported predictions differ (seen on a GPU: 3e-4).
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that was fully written; a kill in the middle of a save leaves a newer
+    one without its trainer state (written last), which is removed."""
+    last = None
+    if is_main_process() and folder.is_dir():
+        while (last := get_last_checkpoint(str(folder))) is not None and not (Path(last) / TRAINER_STATE_NAME).is_file():
+            shutil.rmtree(last)
+    return broadcast(last)  # every process resumes from rank 0's choice
 
 
 def _shared_temporary_folder() -> Path:
