@@ -215,6 +215,7 @@ def recommend_command(
     memory_gb: Annotated[float | None, typer.Option(help="memory available for training, in GB [default: not constrained]")] = None,
     seed: Seed = None,
     text_column: TextColumn = None,
+    image_column: ImageColumn = None,
     label_column: LabelColumn = None,
 ) -> None:
     """Recommend a strategy and its settings from data size, a measured domain gap, tasks and memory (seed 3.4)."""
@@ -231,6 +232,7 @@ def recommend_command(
         text_column or "text",
         label_column or "label",
         _progress_logger(),
+        image_column or "path",
     )
     for line in format_recommendation(rec):
         out.print(line, highlight=False, soft_wrap=True)

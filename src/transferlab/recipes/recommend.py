@@ -32,12 +32,13 @@ def recommend(
     text_column: str = "text",
     label_column: str = "label",
     log: Log = print,
+    image_column: str = "path",
 ) -> dict[str, Any]:
     """The recommendation as a plain dict (printed by the CLI, stored in compare's results.json)."""
     if tasks < 1 or (n_train is not None and n_train < 2) or (memory_gb is not None and memory_gb <= 0):
         raise UserError("recommend needs --tasks >= 1, --n-train >= 2 and --memory-gb > 0")
     modality = backbone_modality(backbone)
-    data = load_dataset(dataset, text_column, label_column, modality)
+    data = load_dataset(dataset, text_column, label_column, modality, image_column)
     if n_train is not None:
         if n_train > len(data):
             raise UserError(f"--n-train {n_train} is more than the {len(data)} examples of {dataset}")
@@ -66,7 +67,10 @@ def recommend_for_run(config: Any, log: Log = print) -> dict[str, Any]:
     n_train = (
         config.n_train
         if config.n_train is not None
-        else min(DEFAULT_N_TRAIN, len(load_dataset(config.dataset, config.text_column, config.label_column, config.modality)))
+        else min(
+            DEFAULT_N_TRAIN,
+            len(load_dataset(config.dataset, config.text_column, config.label_column, config.modality, config.image_column)),
+        )
     )
     rec = recommend(
         config.backbone,
@@ -76,6 +80,7 @@ def recommend_for_run(config: Any, log: Log = print) -> dict[str, Any]:
         text_column=config.text_column,
         label_column=config.label_column,
         log=log,
+        image_column=config.image_column,
     )
     log(f"recommended: {rec['strategy']} ({rec['reasons'][-1]})")
     if rec["strategy"] not in config.strategies:
