@@ -231,6 +231,7 @@ def compare(
     `recommend`: the seed's recommendation first (recipes/recommend.py), checked against the comparison at the end."""
     from transferlab.recipes.executors import Job, Sequential
     from transferlab.recipes.recommend import recommend_for_run, verdict
+    from transferlab.report import write_report
 
     recommendation = recommend_for_run(config, log) if recommend else None
     experiment = prepare(config, log)
@@ -260,6 +261,7 @@ def compare(
     record["status"] = "complete"
     if is_main_process():
         atomic_write_json(out_dir / "results.json", record)
+        write_report(out_dir, record)
     return record
 
 

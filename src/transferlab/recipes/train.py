@@ -17,8 +17,9 @@ from transferlab.config import RunConfig
 from transferlab.distributed import is_main_process
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import aggregate_runs
-from transferlab.recipes.compare import Experiment, Log, StrategyRun, prepare, run_record, run_strategy, start_run_dir
+from transferlab.recipes.compare import Experiment, Log, StrategyRun, _write_log, prepare, run_record, run_strategy, start_run_dir
 from transferlab.recipes.predict import MANIFEST
+from transferlab.report import write_report
 from transferlab.runio import atomic_write_json, publish_directory
 
 
@@ -41,6 +42,8 @@ def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log
     if is_main_process():  # under `accelerate launch` every process holds the same trained model
         export(run, experiment, out_dir / "model", keep_adapter)
         atomic_write_json(out_dir / "results.json", record)
+        _write_log(out_dir / "strategies" / name / f"log-fold1-seed{config.training.seed}.jsonl", run.log_history)
+        write_report(out_dir, record)
     log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")
     return run, record
 

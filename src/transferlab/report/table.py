@@ -43,7 +43,7 @@ def results_table(results: dict[str, Any]) -> Table:
         table.add_row(
             name,
             *(format_metric(r["metrics"][m]) for m in metrics),
-            _versus_best(name, comparison),
+            versus_best(name, comparison),
             f"{r['trainable_params']:,}",
             f"{r['trainable_percent']:.2f}",
             f"{r['train_seconds']:.1f}",
@@ -55,7 +55,7 @@ def results_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def _versus_best(name: str, comparison: dict[str, Any]) -> str:
+def versus_best(name: str, comparison: dict[str, Any]) -> str:
     if comparison.get("best") == name:
         return "best"
     verdict = comparison.get("others", {}).get(name)

@@ -260,7 +260,12 @@ def train_with_trainer(
         eval_dataset=_ListDataset(data.val),
         data_collator=data.collate,
         compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _ProgressCallback(), *callbacks],
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=cfg.patience),
+            _ProgressCallback(),
+            *_tensorboard(data.workdir, cfg.seed),
+            *callbacks,
+        ],
     )
     trainer.remove_callback(PrinterCallback)  # our log history and progress bar replace its prints
     try:
@@ -275,6 +280,23 @@ def train_with_trainer(
     # Under mixed precision accelerate leaves an autocast wrapper on forward; evaluation and export
     # must see the fp32 model, or in-memory and exported predictions differ (seen on a GPU: 3e-4).
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
+def _tensorboard(workdir: Path | None, seed: int) -> list[TrainerCallback]:
+    """Live curves for `tensorboard --logdir RUN`: the Trainer's TensorBoard callback writing to
+    WORKDIR/tensorboard/seedS (seedS-2, -3 ... for further folds, which share the strategy's workdir).
+    Nothing without a run folder, on other processes than rank 0, or when tensorboard is not installed."""
+    if workdir is None or not is_main_process():
+        return []
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+    except ImportError:
+        return []
+    root = Path(workdir) / "tensorboard"
+    taken = sum(1 for p in root.glob(f"seed{seed}*") if p.name == f"seed{seed}" or p.name.startswith(f"seed{seed}-"))
+    name = f"seed{seed}" + (f"-{taken + 1}" if taken else "")
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(root / name)))]
 
 
 def _shared_temporary_folder() -> Path:
