@@ -48,7 +48,7 @@ class LrSweep(Study):
         held = spiked or gap >= COLLAPSE
         return held, (
             f"at {top['label']} validation loss went from {first:.3f} to a low of {low:.3f} (step {low_step:g}) "
-            f"and {'rose' if rise > 0 else 'stayed'} to {after:.3f} after it ({rise:+.0%}); "
+            f"and reached {after:.3f} after it ({rise:+.0%}); "
             f"test {results['primary_metric']} {score_text(results, top['label'])} against {score_text(results, best['label'])} "
-            f"at {best['label']}, the best lower rate ({gap:+.3f})"
+            f"at {best['label']}, the best lower rate ({-gap:+.3f})"
         )
