@@ -18,7 +18,7 @@ from typing import Any
 
 from transferlab.errors import UserError
 from transferlab.report import plots
-from transferlab.report.table import SHOWN_METRICS, format_metric, versus_best
+from transferlab.report.table import SHOWN_METRICS, row_cells
 from transferlab.runio import atomic_write_text
 
 STUDY_PLOT = "study.png"
@@ -96,17 +96,7 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str
         if r.get("status") != "ok":
             rows.append([name, f"{r.get('status')}: {r.get('reason', '')}"] + [""] * (len(header) - 2))
             continue
-        rows.append(
-            [
-                name,
-                *(format_metric(r["metrics"][m]) if m in r["metrics"] else "n/a" for m in metrics),
-                versus_best(name, comparison),
-                f"{r['trainable_params']:,}",
-                f"{r['trainable_percent']:.2f}",
-                f"{r['train_seconds']:.1f}",
-                f"{r['peak_memory_mb']:.0f}",
-            ]
-        )
+        rows.append([name, *row_cells(name, r, metrics, comparison)])
     return header, rows, comparison.get("best")
 
 

@@ -126,9 +126,8 @@ STUDIES: dict[str, type[Study]] = {}
 
 
 def register_study(cls: type[Study]) -> type[Study]:
-    if cls.name in STUDIES:
-        raise ValueError(f"study '{cls.name}' is registered twice")
-    STUDIES[cls.name] = cls
+    """Class decorator: the study under its name, in import order (`studies/__init__.py`)."""
+    assert STUDIES.setdefault(cls.name, cls) is cls, f"study '{cls.name}' is registered twice"
     return cls
 
 
