@@ -48,9 +48,9 @@ def test_ray_runs_give_the_sequential_results(tmp_path, tiny_bert_dir, sentiment
             }
             assert got["metrics"] == pytest.approx(expected["metrics"], abs=1e-6)
     assert on_ray["comparison"] == in_turn["comparison"]
-    assert sorted(p.name for p in (tmp_path / "ray" / "strategies" / "lora").iterdir()) == [
-        f"log-fold{f}-seed{s}.jsonl" for f in (1, 2) for s in (0, 1)
-    ]
+    assert sorted(p.name for p in (tmp_path / "ray" / "strategies" / "lora").iterdir()) == sorted(
+        f"{kind}-fold{f}-seed{s}.{ext}" for kind, ext in (("log", "jsonl"), ("result", "json")) for f in (1, 2) for s in (0, 1)
+    )
 
 
 def test_executor_options_are_checked():

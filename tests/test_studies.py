@@ -197,11 +197,19 @@ def test_a_study_end_to_end_on_a_tiny_model(tmp_path, tiny_bert_dir, sentiment_c
     assert all(p["curves"][0]["eval_loss"] for p in results["study"]["points"])
     for name in ("report.html", "report.md", "study.png", "strategies/flat/log-fold1-seed0.jsonl"):
         assert (out / name).is_file(), name
-    assert list((out / "strategies" / "flat" / "tensorboard" / "seed0").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard" / "flat-fold1-seed0").glob("events.out.tfevents.*"))
     (out / "report.html").unlink()
     code, _, stderr = _cli_here(monkeypatch, capsys, "report", out)
     assert code == 0, stderr
     assert (out / "report.html").read_text().count('<img alt="') == 3  # study, training curves, confusion matrices
+    # an interrupted study (no results.json yet) run again reads its finished runs back instead of training them
+    (out / "results.json").unlink()
+    (out / "strategies" / "flat" / "log-fold1-seed0.jsonl").write_text('{"marker": 1}\n')
+    code, _, stderr = _cli_here(monkeypatch, capsys, "study", "discriminative-lr", *args, "--out", out)
+    assert code == 0, stderr
+    again = json.loads((out / "results.json").read_text())
+    assert again["strategies"]["flat"]["metrics"] == results["strategies"]["flat"]["metrics"]
+    assert (out / "strategies" / "flat" / "log-fold1-seed0.jsonl").read_text() == '{"marker": 1}\n'  # not retrained
 
 
 @pytest.mark.integration

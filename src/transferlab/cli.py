@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from datetime import datetime
@@ -59,6 +60,13 @@ Normalization = Annotated[
 ImageColumn = Annotated[str | None, typer.Option(help="image path column of your table, relative to it [default: path]")]
 SkipBadImages = Annotated[bool | None, typer.Option("--skip-bad-images", help="leave unreadable images out with a warning")]
 OutDir = Annotated[Path | None, typer.Option("--out", help="run folder [default: runs/<command>-<time>]")]
+Resume = Annotated[
+    bool | None,
+    typer.Option(
+        "--resume/--restart",
+        help="--resume: carry on the unfinished run in --out (the default when its config is the same); --restart: discard it",
+    ),
+]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config; command-line options override it")]
 
 
@@ -162,6 +170,7 @@ def compare(
     label_column: LabelColumn = None,
     config: ConfigFile = None,
     out_dir: OutDir = None,
+    resume: Resume = None,
     executor: Annotated[
         str, typer.Option(help="sequential, or ray: the independent strategy x fold x seed runs as Ray tasks, same results.json")
     ] = "sequential",
@@ -186,11 +195,15 @@ def compare(
     _quiet_unless_main()
     with _training_progress() as progress:
         runner = make_executor(executor, progress, ray_address, ray_cpus)
-        results = run_compare(run_config, target, log=_progress_logger(), executor=runner, recommend=recommend)
+        results = run_compare(run_config, target, log=_progress_logger(), executor=runner, recommend=recommend, resume=resume)
     print_results(results, out)
     if recommend:
         console.print(results["recommendation"]["verdict"], highlight=False)
     console.print(f"results: {target / 'results.json'}")
+    failed = [name for name, r in results["strategies"].items() if r["status"] in ("failed", "diverged")]
+    if failed:
+        console.print(f"[red]{len(failed)} strateg{'y' if len(failed) == 1 else 'ies'} did not finish:[/red] {', '.join(failed)}")
+        raise typer.Exit(1)
 
 
 @app.command("recommend")
@@ -253,6 +266,7 @@ def train(
     keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,
     config: ConfigFile = None,
     out_dir: OutDir = None,
+    resume: Resume = None,
 ) -> None:
     """Train one strategy and export DIR/model (safetensors, tokenizer, label names)."""
     from transferlab.recipes.train import train as run_train
@@ -264,7 +278,7 @@ def train(
     _quiet_unless_main()
     with _training_progress() as progress:
         progress(strategy)
-        _, results = run_train(run_config, target, keep_adapter=keep_adapter, log=_progress_logger())
+        _, results = run_train(run_config, target, keep_adapter=keep_adapter, log=_progress_logger(), resume=resume)
     print_results(results, out)
     console.print(f"model: {target / 'model'}")
 
@@ -276,12 +290,13 @@ def predict(
     image: Annotated[list[Path] | None, typer.Option(help="an image file or a folder of images; repeat for several")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help=".csv/.jsonl/.parquet/.txt file of texts")] = None,
     text_column: Annotated[str, typer.Option(help="text column of --input")] = "text",
+    label_column: Annotated[str | None, typer.Option(help="true labels in --input: also report accuracy and macro-F1")] = None,
     output: Annotated[Path | None, typer.Option(help="write predictions here (.csv or .jsonl)")] = None,
 ) -> None:
     """Print the label and class probabilities for each text or image."""
     from transferlab.recipes.predict import predict_command
 
-    predict_command(model, text, image, input_file, text_column, output, out)
+    predict_command(model, text, image, input_file, text_column, output, out, label_column)
 
 
 @app.command()
@@ -322,6 +337,7 @@ def study(
     n_test: Annotated[int | None, typer.Option(help="held-out test examples [default: the study's budget]")] = None,
     epochs: Annotated[float | None, typer.Option(help="training epochs [default: the study's budget]")] = None,
     out_dir: OutDir = None,
+    resume: Resume = None,
 ) -> None:
     """Run one of the seed's experiments (section 12) and say, with numbers, whether its expectation held."""
     from transferlab.report.table import print_results
@@ -333,7 +349,7 @@ def study(
     _quiet_unless_main()
     with _training_progress() as progress:
         progress(name)
-        results = run_study(chosen, config, target, quick=quick, log=_progress_logger())
+        results = run_study(chosen, config, target, quick=quick, log=_progress_logger(), resume=resume)
     print_results(results, out)
     expectation = results["study"]["expectation"]
     word = {True: "held", False: "did not hold", None: "undecided"}[expectation["held"]]
@@ -421,16 +437,21 @@ class _training_progress:
         self._progress.stop()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped job unwinds like Ctrl-C: checkpoints kept, nothing half-written
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's `typer.Exit(n)` comes back as n
     except UserError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("interrupted")
+        console.print("interrupted: the same command with the same --out resumes where it stopped")
         sys.exit(130)
     except typer.Abort:
         sys.exit(130)
@@ -439,6 +460,7 @@ def main() -> None:
     except typer.TyperException as err:  # usage errors: unknown option, bad value
         err.show()
         sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,7 @@ class MissingAssetError(UserError):
 
 class AssetIntegrityError(UserError):
     """A packaged file does not match its recorded sha256."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite, or stayed far above where it started: the learning rate is too high."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 from transferlab.backbones.vision import IMAGE_SUFFIXES
 from transferlab.catalog import ResolvedAsset, package_file, sha256_of
-from transferlab.data.sources import LabeledData, encode_labels, read_table
+from transferlab.data.sources import LabeledData, encode_labels, read_table, require_columns
 from transferlab.errors import MissingAssetError, UserError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -109,9 +109,7 @@ def image_folder(root: Path, skip_bad: bool = False) -> LabeledData:
 def image_table(path: Path, image_column: str, label_column: str, skip_bad: bool = False) -> LabeledData:
     """A CSV (or other table) of image paths, relative to the table's folder, and labels."""
     frame = read_table(path)
-    for column in (image_column, label_column):
-        if column not in frame.columns:
-            raise UserError(f"{path}: no column '{column}'; columns are {', '.join(map(str, frame.columns))}")
+    require_columns(frame, [image_column, label_column], str(path))
     paths = []
     for row, value in enumerate(frame[image_column], start=1):
         if not isinstance(value, str) or not value.strip():

@@ -57,15 +57,20 @@ def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in values], dtype=np.int64), names
 
 
-def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: str, asset: ResolvedAsset | None) -> LabeledData:
-    """Validate the columns and values of a table and turn it into LabeledData."""
-    if frame.empty:
-        raise UserError(f"{where}: no rows")
-    for column in (text_column, label_column):
+def require_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
+    """A missing column is named, with the closest existing one when it looks misspelt."""
+    for column in columns:
         if column not in frame.columns:
             close = difflib.get_close_matches(column, [str(c) for c in frame.columns], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; columns are {', '.join(map(str, frame.columns))}"
             raise UserError(f"{where}: no column '{column}'{hint}")
+
+
+def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: str, asset: ResolvedAsset | None) -> LabeledData:
+    """Validate the columns and values of a table and turn it into LabeledData."""
+    if frame.empty:
+        raise UserError(f"{where}: no rows")
+    require_columns(frame, [text_column, label_column], where)
     texts = frame[text_column]
     empty = texts.isna() | (texts.astype(str).str.strip() == "")
     if empty.any():

@@ -10,7 +10,7 @@ others are within noise of it. Results are written atomically at the end.
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,20 +19,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import nn
 from transformers import set_seed
 
+from transferlab import faults
 from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor
 from transferlab.catalog import ResolvedAsset, resolve_backbone
 from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
 from transferlab.data.sources import LabeledData, load_dataset
 from transferlab.data.splits import Split, cross_validation_splits, make_imbalanced, stratified_split
-from transferlab.distributed import is_main_process
+from transferlab.distributed import broadcast, is_main_process
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
-from transferlab.runio import atomic_write_json, atomic_write_text, atomic_write_yaml
+from transferlab.recipes.run_folder import RunFolder
 from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.loop import FitData, default_device, predict_proba
 from transferlab.training.memory import PeakMemory
@@ -105,6 +107,7 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     started = time.perf_counter()
     features = preprocessor.encode([data.inputs[i] for i in used], data.labels[used])
     log(f"encoded {len(used)} examples in {time.perf_counter() - started:.1f}s")
+    faults.reached("encoded")
     return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)))
 
 
@@ -140,7 +143,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     seed = config.training.seed if seed is None else seed
     training = config.training_for_seed(seed)
     strategy = config.strategy(name)
-    set_seed(seed)
+    seed_deterministically(seed)
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
     reason = strategy.unsupported_reason(model)
     if reason:
@@ -182,18 +185,18 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     return StrategyRun(strategy, model, probs, result, data.log_history)
 
 
+def seed_deterministically(seed: int) -> None:
+    """The same seed on the same machine gives the same numbers: seeded RNGs and deterministic kernels
+    (an operation without one warns rather than stops the run)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # cuBLAS needs it for deterministic matmuls
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    set_seed(seed)
+
+
 def _base(model: nn.Module) -> Any:
     """The TransferModel inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def start_run_dir(out_dir: Path, config: RunConfig) -> None:
-    """The resolved config first; a results.json from an earlier run must not pass for this one."""
-    if not is_main_process():
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").unlink(missing_ok=True)
-    atomic_write_yaml(out_dir / "config.yaml", config.resolved())
 
 
 def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
@@ -225,46 +228,61 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
 
 
 def compare(
-    config: RunConfig, out_dir: Path, log: Log = print, executor: Sequential | RayExecutor | None = None, recommend: bool = False
+    config: RunConfig,
+    out_dir: Path,
+    log: Log = print,
+    executor: Sequential | RayExecutor | None = None,
+    recommend: bool = False,
+    resume: bool | None = None,
 ) -> dict[str, Any]:
     """`executor` runs the strategy x fold x seed jobs (recipes/executors.py); by default one after another here.
-    `recommend`: the seed's recommendation first (recipes/recommend.py), checked against the comparison at the end."""
+    `recommend`: the seed's recommendation first (recipes/recommend.py), checked against the comparison at the end.
+    `resume`: see `RunFolder.open`; by default an unfinished run of this config in `out_dir` is carried on."""
     from transferlab.recipes.executors import Job, Sequential
     from transferlab.recipes.recommend import recommend_for_run, verdict
     from transferlab.report import write_report
 
     recommendation = recommend_for_run(config, log) if recommend else None
     experiment = prepare(config, log)
-    start_run_dir(out_dir, config)
+    folder = open_run_folder(out_dir, config, resume, log)
     record = run_record(experiment, "compare")
     metric = config.training.metric
-    folds, seeds = range(len(experiment.splits)), experiment.seeds()
-    jobs = [Job(name, fold, seed) for name in config.strategies for fold in folds for seed in seeds]
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in config.strategies}
-    for job, outcome in zip(jobs, (executor or Sequential()).map(experiment, jobs, out_dir)):
-        _write_log(out_dir / "strategies" / job.strategy / f"log-fold{job.fold + 1}-seed{job.seed}.jsonl", outcome.log_history)
-        runs[job.strategy].append(outcome.result)
-        if len(runs[job.strategy]) < len(folds) * len(seeds):
-            continue
-        record["strategies"][job.strategy] = summary = aggregate_runs(runs[job.strategy])
-        if summary["status"] != "ok":
-            log(f"{job.strategy}: {summary['status']}: {summary['reason']}")
-            continue
-        m = summary["metrics"][metric]
-        log(
-            f"{job.strategy}: test {metric} {m['mean']:.4f} ± {m['std']:.4f} over {len(m['values'])} run(s), "
-            f"{summary['train_seconds']:.1f}s each"
-        )
+    jobs = [Job(name, fold, seed) for name in config.strategies for fold in range(len(experiment.splits)) for seed in experiment.seeds()]
+    # Rank 0 reads what finished before; every process must skip the same jobs.
+    results = broadcast({job: folder.finished_result(*job.key) for job in jobs} if is_main_process() else None)
+    done = sum(r is not None for r in results.values())
+    if done:
+        log(f"resuming {out_dir}: {done} of {len(jobs)} runs finished before")
+    pending = [job for job in jobs if results[job] is None]
+    for job, outcome in zip(pending, (executor or Sequential()).map(experiment, pending, out_dir)):
+        if is_main_process():
+            folder.save_run(*job.key, outcome.result, outcome.log_history)
+        results[job] = outcome.result
+        runs = [results[j] for j in jobs if j.strategy == job.strategy]
+        if all(runs):
+            _log_summary(job.strategy, aggregate_runs(runs), metric, log)
+    for name in config.strategies:
+        record["strategies"][name] = aggregate_runs([results[j] for j in jobs if j.strategy == name])
     record["comparison"] = compare_to_best(record["strategies"], metric)
     if recommendation:
         record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
-    record["status"] = "complete"
     if is_main_process():
-        atomic_write_json(out_dir / "results.json", record)
+        folder.complete(record)
         write_report(out_dir, record)
     return record
 
 
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+def open_run_folder(out_dir: Path, config: RunConfig, resume: bool | None, log: Log) -> RunFolder:
+    """The resolved config first; an unfinished run of the same config is carried on (rank 0 decides)."""
+    folder = RunFolder(out_dir)
     if is_main_process():
-        atomic_write_text(path, "".join(json.dumps(entry, default=float) + "\n" for entry in history))
+        folder.open(config.resolved(), resume, log)
+    return folder
+
+
+def _log_summary(name: str, summary: dict[str, Any], metric: str, log: Log) -> None:
+    if summary["status"] != "ok":
+        log(f"{name}: {summary['status']}: {summary['reason']}")
+        return
+    m = summary["metrics"][metric]
+    log(f"{name}: test {metric} {m['mean']:.4f} ± {m['std']:.4f} over {len(m['values'])} run(s), {summary['train_seconds']:.1f}s each")

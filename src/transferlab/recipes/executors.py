@@ -7,13 +7,17 @@ order; results come back in job order, so `results.json` is the same whichever e
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transferlab.errors import UserError
+import torch
+
+from transferlab.errors import TrainingDiverged, UserError
 from transferlab.recipes.compare import Experiment, run_strategy
+from transferlab.recipes.run_folder import RunFolder
 
 EXECUTORS = ("sequential", "ray")
 
@@ -24,6 +28,10 @@ class Job:
     fold: int
     seed: int
 
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.strategy, self.fold, self.seed)
+
 
 @dataclass
 class Outcome:
@@ -32,8 +40,21 @@ class Outcome:
 
 
 def run_job(experiment: Experiment, job: Job, workdir: Path | None) -> Outcome:
-    """One run, reduced to what the record needs (the trained model stays where it was trained)."""
-    run = run_strategy(experiment, job.strategy, workdir=workdir, fold=job.fold, seed=job.seed)
+    """One run, reduced to what the record needs (the trained model stays where it was trained).
+
+    A run that fails is recorded as failed or diverged, with the reason, and the comparison goes on:
+    one strategy must not sink the others. An interruption (Ctrl-C, a signal) still stops everything.
+    """
+    where = {"fold": job.fold, "seed": job.seed}
+    try:
+        run = run_strategy(experiment, job.strategy, workdir=workdir, fold=job.fold, seed=job.seed)
+    except TrainingDiverged as err:
+        return Outcome({"status": "diverged", "reason": str(err), **where}, [])
+    except (torch.OutOfMemoryError, MemoryError):
+        return Outcome({"status": "failed", "reason": "out of memory: try a smaller --batch-size or --max-length", **where}, [])
+    except Exception as err:
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"
+        return Outcome({"status": "failed", "reason": reason, "traceback": traceback.format_exc(), **where}, [])
     return Outcome(run.result, run.log_history)
 
 
@@ -48,7 +69,7 @@ class Sequential:
         for job in jobs:
             if self.progress:
                 self.progress(f"{job.strategy} fold {job.fold + 1} seed {job.seed}" if several else job.strategy)
-            yield run_job(experiment, job, out_dir / "strategies" / job.strategy)
+            yield run_job(experiment, job, RunFolder(out_dir).workdir(*job.key))
 
 
 class RayExecutor:

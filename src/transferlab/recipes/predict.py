@@ -19,8 +19,10 @@ from transformers import AutoModelForSequenceClassification
 from transferlab.backbones import ImagePreprocessor, Preprocessor, TextPreprocessor, build_classifier
 from transferlab.backbones.vision import IMAGE_SUFFIXES, build_vision_classifier
 from transferlab.catalog import resolve_backbone
-from transferlab.data.sources import read_table
+from transferlab.data.sources import read_table, require_columns
 from transferlab.errors import UserError
+from transferlab.evaluation.metrics import classification_metrics
+from transferlab.recipes.run_folder import CONFIG, RESULTS, is_complete
 from transferlab.runio import atomic_write_text
 from transferlab.training.loop import default_device, predict_proba
 
@@ -46,6 +48,9 @@ def load_model(model_dir: Path) -> LoadedModel:
     if not manifest_path.is_file():
         hint = " (the run may not have finished)" if model_dir.is_dir() else ""
         raise UserError(f"{model_dir} is not a model exported by 'transferlab train'{hint}: no {MANIFEST}")
+    run = model_dir.parent
+    if (run / CONFIG).is_file() and not is_complete(run):
+        raise UserError(f"{model_dir}: the run that wrote it did not finish (no complete {run / RESULTS}); run its command again to resume")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     image = manifest.get("modality") == "image"
     if image:
@@ -81,9 +86,11 @@ def image_files(paths: Sequence[Path]) -> list[str]:
     return files
 
 
-def read_texts(path: Path, text_column: str) -> list[str]:
-    """One text per line of a .txt file, or a column of a table."""
+def read_texts(path: Path, text_column: str, label_column: str | None = None) -> tuple[list[str], list[str] | None]:
+    """One text per line of a .txt file, or a column of a table; and its true labels when they are given."""
     if path.suffix.lower() == ".txt":
+        if label_column:
+            raise UserError(f"{path}: a .txt file has no label column; give a .csv/.jsonl/.parquet table for --label-column")
         if not path.is_file():
             raise UserError(f"{path}: no such file")
         try:
@@ -92,14 +99,24 @@ def read_texts(path: Path, text_column: str) -> list[str]:
             raise UserError(f"{path}: not valid UTF-8 (byte {err.start})") from None
         if not lines:
             raise UserError(f"{path}: no texts")
-        return lines
+        return lines, None
     frame = read_table(path)
-    if text_column not in frame.columns:
-        raise UserError(f"{path}: no column '{text_column}'; columns are {', '.join(map(str, frame.columns))}")
-    texts = frame[text_column]
-    if texts.isna().any():
-        raise UserError(f"{path}: row {int(np.flatnonzero(texts.isna().to_numpy())[0]) + 1} has an empty '{text_column}'")
-    return texts.astype(str).tolist()
+    columns = [c for c in (text_column, label_column) if c]
+    require_columns(frame, columns, str(path))
+    for column in columns:
+        if frame[column].isna().any():
+            raise UserError(f"{path}: row {int(np.flatnonzero(frame[column].isna().to_numpy())[0]) + 1} has an empty '{column}'")
+    labels = frame[label_column].astype(str).tolist() if label_column else None
+    return frame[text_column].astype(str).tolist(), labels
+
+
+def label_ids(labels: list[str], label_names: list[str], where: Path) -> np.ndarray:
+    """True labels as the model's class ids; a label it was never trained on is an error, not a silent miss."""
+    index = {name: i for i, name in enumerate(label_names)}
+    for row, label in enumerate(labels):
+        if label not in index:
+            raise UserError(f"{where}: row {row + 1} has label '{label}', which the model never saw (it knows {', '.join(label_names)})")
+    return np.array([index[label] for label in labels])
 
 
 def predictions_frame(inputs: Sequence[str], probs: np.ndarray, label_names: list[str], modality: str = "text") -> pd.DataFrame:
@@ -117,6 +134,7 @@ def predict_command(
     text_column: str,
     output: Path | None,
     console: Console,
+    label_column: str | None = None,
 ) -> None:
     if sum(map(bool, (texts, images, input_file))) != 1:
         raise UserError("give one of --text (one or more), --image (files or folders) or --input FILE")
@@ -127,8 +145,20 @@ def predict_command(
         raise UserError(
             f"{model_dir} classifies {loaded.modality}s: give {'--image' if loaded.modality == 'image' else '--text or --input'}"
         )
-    inputs = image_files(images) if images else list(texts) if texts else read_texts(Path(input_file), text_column)
-    frame = predictions_frame(inputs, loaded.predict_proba(inputs), loaded.label_names, loaded.modality)
+    if label_column and not input_file:
+        raise UserError("--label-column applies to an --input table")
+    truth = None
+    if images or texts:
+        inputs = image_files(images) if images else list(texts)
+    else:
+        inputs, labels = read_texts(Path(input_file), text_column, label_column)
+        truth = None if labels is None else label_ids(labels, loaded.label_names, Path(input_file))
+    probs = loaded.predict_proba(inputs)
+    frame = predictions_frame(inputs, probs, loaded.label_names, loaded.modality)
+    if truth is not None:
+        frame.insert(2, "true_label", [loaded.label_names[i] for i in truth])
+        scores = classification_metrics(truth, probs, len(loaded.label_names))
+        console.print(f"on {len(truth)} labelled examples: accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
     if output is not None:
         body = (
             frame.to_csv(index=False) if output.suffix.lower() == ".csv" else frame.to_json(orient="records", lines=True, force_ascii=False)
@@ -136,8 +166,11 @@ def predict_command(
         atomic_write_text(output, body)
         console.print(f"{len(frame)} predictions written to {output}")
         return
-    table = Table(frame.columns[0], "label", *(f"p({name})" for name in loaded.label_names))
-    for row in frame.itertuples(index=False):
-        text = row[0] if len(row[0]) <= 60 else row[0][:57] + "..."
-        table.add_row(text, row[1], *(f"{p:.4f}" for p in row[2:]))
+    probabilities = [f"p_{name}" for name in loaded.label_names]
+    shown = [column for column in frame.columns if column not in probabilities]
+    table = Table(*shown, *(f"p({name})" for name in loaded.label_names))
+    for row in frame.to_dict("records"):
+        cells = [str(row[column]) for column in shown]
+        cells[0] = cells[0] if len(cells[0]) <= 60 else cells[0][:57] + "..."
+        table.add_row(*cells, *(f"{row[p]:.4f}" for p in probabilities))
     console.print(table)

@@ -17,13 +17,16 @@ from transferlab.config import RunConfig
 from transferlab.distributed import is_main_process
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import aggregate_runs
-from transferlab.recipes.compare import Experiment, Log, StrategyRun, _write_log, prepare, run_record, run_strategy, start_run_dir
+from transferlab.recipes.compare import Experiment, Log, StrategyRun, open_run_folder, prepare, run_record, run_strategy
 from transferlab.recipes.predict import MANIFEST
 from transferlab.report import write_report
 from transferlab.runio import atomic_write_json, publish_directory
 
 
-def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log = print) -> tuple[StrategyRun, dict[str, Any]]:
+def train(
+    config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log = print, resume: bool | None = None
+) -> tuple[StrategyRun, dict[str, Any]]:
+    """`resume`: as for compare, an interrupted training continues from its last checkpoint."""
     if len(config.strategies) != 1:
         raise UserError(f"train takes one strategy, got {', '.join(config.strategies)}")
     name = config.strategies[0]
@@ -31,18 +34,18 @@ def train(config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log
     if keep_adapter and not config.strategy(name).uses_peft:
         raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
     experiment = prepare(config, log)
-    start_run_dir(out_dir, config)
+    folder = open_run_folder(out_dir, config, resume, log)
     record = run_record(experiment, "train")
-    run = run_strategy(experiment, name, workdir=out_dir / "strategies" / name)
+    seed = config.training.seed
+    run = run_strategy(experiment, name, workdir=folder.workdir(name, 0, seed), seed=seed)
     if run.model is None:
         raise UserError(f"{name} does not apply to {config.backbone}: {run.result['reason']}")
     record["strategies"][name] = aggregate_runs([run.result])
     record["model_dir"] = "model"
-    record["status"] = "complete"
     if is_main_process():  # under `accelerate launch` every process holds the same trained model
+        folder.save_run(name, 0, seed, run.result, run.log_history)
         export(run, experiment, out_dir / "model", keep_adapter)
-        atomic_write_json(out_dir / "results.json", record)
-        _write_log(out_dir / "strategies" / name / f"log-fold1-seed{config.training.seed}.jsonl", run.log_history)
+        folder.complete(record)
         write_report(out_dir, record)
     log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")
     return run, record

@@ -41,9 +41,13 @@ def results_table(results: dict[str, Any]) -> Table:
     ranked = sorted(finished.items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
     for name, r in ranked:
         table.add_row(name, *row_cells(name, r, metrics, comparison))
+    notes = []
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
-            table.add_row(name, f"{r['status']}: {r.get('reason', '')}", *[""] * (len(metrics) + 4))
+            table.add_row(name, r["status"], *[""] * (len(metrics) + 4))
+            notes.append(f"{name} {r['status']}: {r.get('reason', '')}")
+    if notes:
+        table.caption = "\n".join([caption, *notes])
     return table
 
 

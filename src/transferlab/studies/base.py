@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ import numpy as np
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
-from transferlab.recipes.compare import Experiment, _write_log, prepare, run_record, run_strategy, start_run_dir
-from transferlab.runio import atomic_write_json
+from transferlab.recipes.compare import Experiment, open_run_folder, prepare, run_record, run_strategy
+from transferlab.recipes.run_folder import RunFolder, job_name
 from transferlab.training.loop import TrainingConfig
 
 Log = Callable[[str], None]
@@ -82,18 +83,26 @@ class Study(ABC):
         return None
 
     def run_points(self, context: StudyContext, points: list[Point], log: Log) -> Iterator[Outcome]:
-        """Each point x seed through `run_strategy`, as `compare` runs a strategy."""
+        """Each point x seed through `run_strategy`, as `compare` runs a strategy; runs that finished
+        before (an interrupted study run again) are read back."""
         for point in points:
             experiment = context.experiment(point)
-            runs = [run_strategy(experiment, point.strategy, workdir=context.workdir(point), seed=seed) for seed in experiment.seeds()]
-            yield point, [r.result for r in runs], [r.log_history for r in runs]
+            results, histories = [], []
+            for seed in experiment.seeds():
+                done = context.finished(point, seed)
+                if done is None:
+                    run = run_strategy(experiment, point.strategy, workdir=context.folder.workdir(point.label, 0, seed), seed=seed)
+                    done = run.result, run.log_history
+                results.append(done[0])
+                histories.append(done[1])
+            yield point, results, histories
 
 
 class StudyContext:
     """Prepares (loads, splits, tokenises) once per backbone and data size; points share it."""
 
-    def __init__(self, base: RunConfig, out_dir: Path, log: Log):
-        self.base, self.out_dir, self.log = base, out_dir, log
+    def __init__(self, base: RunConfig, folder: RunFolder, log: Log):
+        self.base, self.folder, self.log = base, folder, log
         self._prepared: dict[tuple[str, int | None], Experiment] = {}
 
     def config(self, point: Point) -> RunConfig:
@@ -118,8 +127,22 @@ class StudyContext:
         config.training.metric = self.base.training.metric
         return dataclasses.replace(self._prepared[key], config=config)
 
-    def workdir(self, point: Point) -> Path:
-        return self.out_dir / "strategies" / point.label
+    def finished(self, point: Point, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A run's result and log history, when an earlier attempt at this study finished it."""
+        from transferlab.distributed import broadcast, is_main_process
+
+        result = broadcast(self.folder.finished_result(point.label, 0, seed) if is_main_process() else None)
+        if result is None:
+            return None
+        log = self.folder.path / "strategies" / point.label / f"log-{job_name(0, seed)}.jsonl"
+        lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
+        return result, [json.loads(line) for line in lines if line.strip()]
+
+    def save(self, point: Point, seed: int, result: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        from transferlab.distributed import is_main_process
+
+        if is_main_process() and result.get("status") == "ok":
+            self.folder.save_run(point.label, 0, seed, result, history)
 
 
 STUDIES: dict[str, type[Study]] = {}
@@ -169,15 +192,18 @@ def study_config(
     return config
 
 
-def run_study(study: Study, config: RunConfig, out_dir: Path, quick: bool = False, log: Log = print) -> dict[str, Any]:
-    """Every point x seed, then results.json (atomically) and the report beside it."""
+def run_study(
+    study: Study, config: RunConfig, out_dir: Path, quick: bool = False, log: Log = print, resume: bool | None = None
+) -> dict[str, Any]:
+    """Every point x seed, then results.json (atomically) and the report beside it. The run folder is
+    compare's (`recipes/run_folder.py`): each point is a strategy there, and an interrupted study resumes."""
     from transferlab.distributed import is_main_process
     from transferlab.report import write_report
 
     study.check(config)
     points = study.points(quick)
-    context = StudyContext(config, out_dir, log)
-    start_run_dir(out_dir, config)
+    folder = open_run_folder(out_dir, config, resume, log)
+    context = StudyContext(config, folder, log)
     record: dict[str, Any] | None = None
     entries = []
     for point, results, histories in study.run_points(context, points, log):
@@ -185,7 +211,7 @@ def run_study(study: Study, config: RunConfig, out_dir: Path, quick: bool = Fals
             record = run_record(context.experiment(point), f"study {study.name}")
             record["config"]["strategies"] = sorted({p.strategy for p in points})
         for result, history in zip(results, histories):
-            _write_log(out_dir / "strategies" / point.label / f"log-fold1-seed{result.get('seed', 0)}.jsonl", history)
+            context.save(point, result.get("seed", 0), result, history)
         record["strategies"][point.label] = summary = aggregate_runs(results)
         entries.append(
             {
@@ -218,10 +244,9 @@ def run_study(study: Study, config: RunConfig, out_dir: Path, quick: bool = Fals
     }
     held, verdict = study.expectation(record)
     record["study"]["expectation"] = {"held": held, "verdict": verdict}
-    record["status"] = "complete"
     log(f"{study.name}: {'held' if held else 'did not hold' if held is False else 'undecided'}: {verdict}")
     if is_main_process():
-        atomic_write_json(out_dir / "results.json", record)
+        folder.complete(record)
         write_report(out_dir, record)
     return record
 

@@ -7,6 +7,7 @@ metric, and length-grouped batches padded per batch.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,9 +20,11 @@ import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
 
+from transferlab import faults
 from transferlab.distributed import broadcast, is_main_process, state
-from transferlab.errors import UserError
+from transferlab.errors import TrainingDiverged, UserError
 from transferlab.evaluation.metrics import HEADLINE_METRICS, classification_metrics
 
 SCHEDULERS = ("linear", "cosine", "stlr")
@@ -34,6 +37,7 @@ class _ProgressCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for hook in PROGRESS_HOOKS:
             hook(state.global_step, state.max_steps)
+        faults.reached("train-step")
 
 
 @dataclass
@@ -113,6 +117,31 @@ def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio
     return (1 + max(p, 0.0) * (ratio - 1)) / ratio
 
 
+@dataclass
+class DivergenceGuard:
+    """Stops a run whose training loss is not finite, or above `factor` x its first step's loss (taken
+    before any update) for `patience` steps in a row: a learning rate too high destroys the
+    pretrained features (seed 4.2), and every further step is wasted time."""
+
+    factor: float = 4.0
+    patience: int = 5
+    start: float | None = None
+    above: int = 0
+
+    def check(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"the training loss became {loss} at step {step}")
+        if self.start is None:
+            self.start = loss
+            return
+        self.above = self.above + 1 if loss > self.factor * max(self.start, 1e-3) else 0
+        if self.above >= self.patience:
+            raise TrainingDiverged(
+                f"the training loss stayed above {self.factor:g}x its start ({self.start:.3f}) for {self.patience} steps "
+                f"(at {loss:.3g} by step {step}): the learning rate is too high"
+            )
+
+
 class _Trainer(Trainer):
     """The Trainer with per-parameter learning-rate scales and the slanted triangular schedule."""
 
@@ -130,15 +159,19 @@ class _Trainer(Trainer):
         # for losses summed over the global batch) nor skip dividing it over gradient-accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.lr_scale = lr_scale
+        self.divergence = DivergenceGuard()
         self.schedule = schedule
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
         if self.class_weights is None:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        loss = nn.functional.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(labels.device))
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        else:
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = nn.functional.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(labels.device))
+        if model.training:
+            self.divergence.check(loss.item(), self.state.global_step + 1)
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -208,7 +241,11 @@ def train_with_trainer(
     processes = state().num_processes
     if cfg.batch_size % processes or cfg.eval_batch_size % processes:
         raise UserError(f"the batch sizes ({cfg.batch_size}, eval {cfg.eval_batch_size}) must be multiples of the {processes} processes")
-    workdir = Path(data.workdir) if data.workdir else _shared_temporary_folder()
+    # In a run folder, checkpoints carry the optimizer, scheduler and RNG states too, so an interrupted
+    # run resumes from its last one exactly; without a folder they only serve best-model restoring.
+    resumable = data.workdir is not None
+    workdir = Path(data.workdir) if resumable else _shared_temporary_folder()
+    checkpoints = workdir / "checkpoints"
     metric = cfg.headline_metric
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
@@ -217,7 +254,7 @@ def train_with_trainer(
         return classification_metrics(prediction.label_ids, probs, len(data.label_names))
 
     args = TrainingArguments(
-        output_dir=str(workdir / "checkpoints"),
+        output_dir=str(checkpoints),
         num_train_epochs=epochs or cfg.epochs,
         # Under `accelerate launch` each step's batch is split over the processes, so the batch size
         # stays the global one and several processes take the same steps as one (up to float noise).
@@ -234,7 +271,7 @@ def train_with_trainer(
         save_strategy="steps",
         save_steps=eval_every,
         save_total_limit=1,
-        save_only_model=True,
+        save_only_model=not resumable,
         load_best_model_at_end=True,
         metric_for_best_model=metric,
         greater_is_better=True,
@@ -263,29 +300,34 @@ def train_with_trainer(
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=cfg.patience),
             _ProgressCallback(),
-            *_tensorboard(data.workdir, cfg.seed),
+            *_tensorboard(data.workdir),
             *callbacks,
         ],
     )
     trainer.remove_callback(PrinterCallback)  # our log history and progress bar replace its prints
+    last = get_last_checkpoint(str(checkpoints)) if resumable and checkpoints.is_dir() else None
+    settled = False  # finished or failed; an interruption (Ctrl-C, a signal) is neither
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=last)
         trainer.accelerator.wait_for_everyone()  # every process has loaded the best checkpoint before it goes
+        settled = True
+    except Exception:
+        settled = True
+        raise
     finally:
         data.log_history.extend(trainer.state.log_history)
-        if trainer.is_world_process_zero():
-            shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-            if not data.workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+        if trainer.is_world_process_zero() and (settled or not resumable):  # a run folder keeps them for the resume
+            shutil.rmtree(checkpoints if resumable else workdir, ignore_errors=True)
     # Under mixed precision accelerate leaves an autocast wrapper on forward; evaluation and export
     # must see the fp32 model, or in-memory and exported predictions differ (seen on a GPU: 3e-4).
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
-def _tensorboard(workdir: Path | None, seed: int) -> list[TrainerCallback]:
-    """Live curves for `tensorboard --logdir RUN`: the Trainer's TensorBoard callback writing to
-    WORKDIR/tensorboard/seedS (seedS-2, -3 ... for further folds, which share the strategy's workdir).
-    Nothing without a run folder, on other processes than rank 0, or when tensorboard is not installed."""
+def _tensorboard(workdir: Path | None) -> list[TrainerCallback]:
+    """Live curves for `tensorboard --logdir RUN/tensorboard`: the Trainer's TensorBoard callback, writing
+    a run's job folder RUN/strategies/NAME/foldK-seedS (recipes/run_folder.py) to RUN/tensorboard/NAME-foldK-seedS,
+    any other folder to WORKDIR/tensorboard. Nothing without a folder, on processes other than rank 0,
+    or when tensorboard is not installed."""
     if workdir is None or not is_main_process():
         return []
     try:
@@ -293,10 +335,10 @@ def _tensorboard(workdir: Path | None, seed: int) -> list[TrainerCallback]:
         from transformers.integrations import TensorBoardCallback
     except ImportError:
         return []
-    root = Path(workdir) / "tensorboard"
-    taken = sum(1 for p in root.glob(f"seed{seed}*") if p.name == f"seed{seed}" or p.name.startswith(f"seed{seed}-"))
-    name = f"seed{seed}" + (f"-{taken + 1}" if taken else "")
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(root / name)))]
+    workdir = Path(workdir)
+    in_run = len(workdir.parents) > 2 and workdir.parents[1].name == "strategies"
+    target = workdir.parents[2] / "tensorboard" / f"{workdir.parent.name}-{workdir.name}" if in_run else workdir / "tensorboard"
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(target)))]
 
 
 def _shared_temporary_folder() -> Path:

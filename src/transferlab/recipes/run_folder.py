@@ -1,0 +1,132 @@
+"""A run's folder: what it was asked to do, which of its runs have finished, and whether it is complete.
+
+    config.yaml                              the resolved config, written first
+    strategies/NAME/foldK-seedS/checkpoints  the Trainer's checkpoints while that run trains
+    strategies/NAME/log-foldK-seedS.jsonl    that run's training log
+    strategies/NAME/result-foldK-seedS.json  that run's result; written last, it marks the run finished
+    results.json                             the whole record; written last, it marks the folder complete
+
+Every file is written under a temporary name and renamed, so a kill at any moment leaves either
+the old state or the new one. A folder without `results.json` is unfinished, and running the same
+command again resumes it: finished runs are read back, an unfinished one continues from its last
+checkpoint. A different config is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferlab.errors import UserError
+from transferlab.runio import atomic_write_json, atomic_write_text, atomic_write_yaml
+
+RESULTS = "results.json"
+CONFIG = "config.yaml"
+# What a run writes here; a restart removes these and nothing else (the folder may hold the user's own files).
+RUN_ENTRIES = (CONFIG, RESULTS, "strategies", "model", "report.html", "report.md", "tensorboard")
+
+
+def job_name(fold: int, seed: int) -> str:
+    return f"fold{fold + 1}-seed{seed}"
+
+
+def is_complete(folder: Path) -> bool:
+    path = Path(folder) / RESULTS
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def open(self, config: dict[str, Any], resume: bool | None, log: Callable[[str], None]) -> None:
+        """Start here, or carry on with the unfinished run of this same config.
+
+        `resume`: None carries on when there is something to carry on; True insists on it; False
+        (`--restart`) discards whatever run is here first.
+        """
+        stored = self._stored_config()
+        current = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as it reads back from disk
+        if stored is None:
+            if resume:
+                raise UserError(f"{self.path}: nothing to resume, no run was started here")
+        elif resume is False:
+            log(f"{self.path}: discarding the run that was here (--restart)")
+            self._clear()
+        elif stored != current:
+            raise UserError(
+                f"{self.path} holds a run of a different config ({_differences(stored, current)}); "
+                "choose another --out, or pass --restart to replace it"
+            )
+        elif is_complete(self.path):
+            if resume:
+                raise UserError(f"{self.path}: the run here is complete, nothing to resume")
+            log(f"{self.path}: replacing the finished run of the same config")
+            self._clear()
+        else:
+            for stale in self.path.rglob(".*.tmp"):  # the temporary half of a write the kill interrupted
+                stale.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_yaml(self.path / CONFIG, config)
+
+    def _stored_config(self) -> dict[str, Any] | None:
+        path = self.path / CONFIG
+        if not path.is_file():
+            return None
+        try:
+            return yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            raise UserError(f"{path} is unreadable: pass --restart to replace this run, or choose another --out") from None
+
+    def _clear(self) -> None:
+        for name in RUN_ENTRIES:
+            entry = self.path / name
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def workdir(self, strategy: str, fold: int, seed: int) -> Path:
+        """Where one run keeps its checkpoints while it trains."""
+        return self.path / "strategies" / strategy / job_name(fold, seed)
+
+    def finished_result(self, strategy: str, fold: int, seed: int) -> dict[str, Any] | None:
+        path = self.path / "strategies" / strategy / f"result-{job_name(fold, seed)}.json"
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def save_run(self, strategy: str, fold: int, seed: int, result: dict[str, Any], log_history: list[dict[str, Any]]) -> None:
+        """The log first, then the result that marks the run finished; its checkpoints are no longer needed."""
+        folder = self.path / "strategies" / strategy
+        name = job_name(fold, seed)
+        atomic_write_text(folder / f"log-{name}.jsonl", "".join(json.dumps(entry, default=float) + "\n" for entry in log_history))
+        atomic_write_json(folder / f"result-{name}.json", result)
+        shutil.rmtree(folder / name, ignore_errors=True)
+
+    def complete(self, record: dict[str, Any]) -> None:
+        record["status"] = "complete"
+        atomic_write_json(self.path / RESULTS, record)
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str:
+    """The first few keys whose values differ, as `key: old -> new`."""
+    changes = []
+    for key in sorted(set(stored) | set(current), key=str):
+        old, new = stored.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            nested = _differences(old, new, f"{prefix}{key}.")
+            changes += [nested] if nested else []
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old} -> {new}")
+    return ", ".join(changes[:3])

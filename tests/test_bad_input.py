@@ -1,0 +1,142 @@
+"""Bad input, table-driven: each case exits with code 2 and ends with one error line that names the problem,
+without a traceback, and leaves nothing that looks like a finished result. Run in-process for speed."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import sentiment_texts
+
+OK_ROWS = "text,label\n" + "".join(f"{w} film,{'pos' if i % 2 else 'neg'}\n" for i, w in enumerate(["good", "bad"] * 20))
+
+
+def _write_inputs(d: Path) -> None:
+    """Every malformed input of the table below, written into one folder."""
+    (d / "ok.csv").write_text(OK_ROWS)
+    (d / "nolabel.csv").write_text("text,target\ngood,1\nbad,0\n")
+    (d / "empty.csv").write_text("")
+    (d / "oneclass.csv").write_text("text,label\ngood,1\nfine,1\n")
+    (d / "latin1.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,pos\nbad,neg\n".encode("latin-1"))
+    (d / "emptytext.csv").write_text("text,label\ngood,pos\n   ,neg\nbad,neg\n")
+    (d / "nanlabel.csv").write_text("text,label\ngood,pos\nbad,\nfine,pos\n")
+    (d / "few.csv").write_text(OK_ROWS + "meh,neutral\nhmm,neutral\n")
+    (d / "data.xlsx").write_text("not a spreadsheet")
+    (d / "broken.jsonl").write_text('{"text": "good", "label": 1}\n{"text": "bad", "lab\n')
+    (d / "rank0.yaml").write_text("strategies: [lora]\nstrategy_settings:\n  lora: {r: 0}\n")
+    (d / "typo.yaml").write_text("strategis: [lora]\n")
+    (d / "training-typo.yaml").write_text("training:\n  epoch: 2\n")
+    (d / "broken.yaml").write_text("strategies: [lora\n")
+    (d / "list.yaml").write_text("- lora\n- full\n")
+    (d / "unseen.csv").write_text("text,label\ngood film,pos\nso-so film,neutral\n")
+    other = d / "other-run"
+    other.mkdir()
+    (other / "config.yaml").write_text("backbone: minilm-l6\n")
+    images = d / "images"
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+    (images / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (images / "b" / "broken.png").write_bytes(b"GIF89a")
+
+
+COMPARE = ["compare", "--backbone", "{tiny}", "--out", "{d}/run"]
+PREDICT = ["predict", "--output", "{d}/predictions.csv"]
+
+CASES = {
+    "missing label column": (COMPARE + ["--dataset", "{d}/nolabel.csv"], "no column 'label'"),
+    "misspelt label column": (COMPARE + ["--dataset", "{d}/ok.csv", "--label-column", "lable"], "did you mean 'label'"),
+    "misspelt text column": (COMPARE + ["--dataset", "{d}/ok.csv", "--text-column", "txt"], "did you mean 'text'"),
+    "empty file": (COMPARE + ["--dataset", "{d}/empty.csv"], "the file is empty"),
+    "single class": (COMPARE + ["--dataset", "{d}/oneclass.csv"], "single class"),
+    "not UTF-8": (COMPARE + ["--dataset", "{d}/latin1.csv"], "not valid UTF-8"),
+    "empty text": (COMPARE + ["--dataset", "{d}/emptytext.csv"], "row 2 has an empty 'text'"),
+    "missing label value": (COMPARE + ["--dataset", "{d}/nanlabel.csv"], "row 2 has no label"),
+    "class smaller than the folds": (COMPARE + ["--dataset", "{d}/few.csv", "--cv", "5"], "fewer than the 5 folds"),
+    "no such file": (COMPARE + ["--dataset", "{d}/missing.csv"], "no such file"),
+    "unsupported file type": (COMPARE + ["--dataset", "{d}/data.xlsx"], "unsupported file type"),
+    "malformed JSONL": (COMPARE + ["--dataset", "{d}/broken.jsonl"], "cannot be read as JSONL"),
+    "unknown backbone": (COMPARE + ["--dataset", "{d}/ok.csv", "--backbone", "no-such-backbone"], "unknown backbone 'no-such-backbone'"),
+    "misspelt strategy": (COMPARE + ["--dataset", "{d}/ok.csv", "--strategies", "lorra"], "did you mean 'lora'"),
+    "negative epochs": (COMPARE + ["--dataset", "{d}/ok.csv", "--epochs", "-1"], "epochs must be positive"),
+    "negative learning rate": (COMPARE + ["--dataset", "{d}/ok.csv", "--lr", "-0.001"], "learning rate must be positive"),
+    "zero batch size": (COMPARE + ["--dataset", "{d}/ok.csv", "--batch-size", "0"], "batch size must be positive"),
+    "LoRA rank 0": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/rank0.yaml"], "rank r must be at least 1"),
+    "unknown config key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/typo.yaml"], "did you mean 'strategies'"),
+    "unknown training key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/training-typo.yaml"], "did you mean 'epochs'"),
+    "malformed YAML": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/broken.yaml"], "cannot read config"),
+    "YAML that is not a mapping": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/list.yaml"], "a config is a mapping"),
+    "misspelt metric": (COMPARE + ["--dataset", "{d}/ok.csv", "--metric", "accurcy"], "metric must be one of"),
+    "imbalance out of range": (COMPARE + ["--dataset", "{d}/ok.csv", "--imbalance", "2"], "must be in (0, 0.5]"),
+    "unknown augmentation": (COMPARE + ["--dataset", "{d}/ok.csv", "--augment", "shuffle"], "unknown text augmentation shuffle"),
+    "resume with nothing to resume": (COMPARE + ["--dataset", "{d}/ok.csv", "--resume"], "nothing to resume"),
+    "a different config in the run folder": (
+        ["compare", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--out", "{d}/other-run"],
+        "holds a run of a different config",
+    ),
+    "image that does not decode": (
+        ["compare", "--backbone", "{cnn}", "--dataset", "{d}/images", "--out", "{d}/run"],
+        "broken.png: not a readable image",
+    ),
+    "train with two strategies": (["train", "--strategy", "lora,full", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv"], "one strategy"),
+    "not a model folder": (PREDICT + ["--model", "{d}", "--text", "good"], "not a model exported"),
+    "a model from an unfinished run": (PREDICT + ["--model", "{unfinished}/model", "--text", "good"], "did not finish"),
+    "label the model never saw": (
+        PREDICT + ["--model", "{model}", "--input", "{d}/unseen.csv", "--label-column", "label"],
+        "row 2 has label 'neutral', which the model never saw",
+    ),
+    "misspelt predict column": (PREDICT + ["--model", "{model}", "--input", "{d}/ok.csv", "--text-column", "txt"], "did you mean 'text'"),
+    "predict input not UTF-8": (PREDICT + ["--model", "{model}", "--input", "{d}/latin1.csv"], "not valid UTF-8"),
+    "nothing to predict": (PREDICT + ["--model", "{model}"], "give one of --text"),
+}
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    """`transferlab ARGS` in this process: (exit code, stderr)."""
+    from transferlab import cli
+
+    argv = sys.argv
+    sys.argv = ["transferlab", *args]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    finally:
+        sys.argv = argv
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
+    """A finished `train` run, and a copy of it whose results.json is missing (as if killed before the end)."""
+    from transferlab.config import load_run_config
+    from transferlab.recipes.train import train
+
+    base = tmp_path_factory.mktemp("trained")
+    texts, labels = sentiment_texts(120)
+    pd.DataFrame({"text": texts, "label": ["pos" if y else "neg" for y in labels]}).to_csv(base / "data.csv", index=False)
+    config = load_run_config(None, strategies=["head"], backbone=str(tiny_bert_dir), dataset=str(base / "data.csv"), n_train=80, n_test=40)
+    train(config, base / "run", log=lambda message: None)
+    shutil.copytree(base / "run", base / "unfinished")
+    (base / "unfinished" / "results.json").unlink()
+    return {"model": base / "run" / "model", "unfinished": base / "unfinished"}
+
+
+def test_the_suite_covers_at_least_25_malformed_inputs():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_with_one_clear_line(case, tmp_path, capsys, tiny_bert_dir, tiny_cnn_dir, trained):
+    _write_inputs(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    template, message = CASES[case]
+    places = {"d": tmp_path, "tiny": tiny_bert_dir, "cnn": tiny_cnn_dir, **trained}
+    code, stderr = run_cli([part.format(**places) for part in template], capsys)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2, stderr
+    assert len(errors) == 1 and message in errors[0] and stderr.strip().endswith(errors[0]), stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "a failed command wrote output"

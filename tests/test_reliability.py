@@ -1,0 +1,158 @@
+"""Interrupted runs resume to identical metrics, a diverging strategy does not sink a comparison, and the
+same seed gives the same numbers in another process. The runs are real CLI processes on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import sentiment_texts, tiny_bert
+from transferlab.errors import TrainingDiverged
+from transferlab.recipes.run_folder import RunFolder
+from transferlab.training.loop import DivergenceGuard
+
+
+def _cli(*args, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFERLAB_KILL_AT"}
+    if kill_at:
+        env["TRANSFERLAB_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "transferlab.cli", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("reliability")
+    texts, labels = sentiment_texts(240)
+    pd.DataFrame({"text": texts, "label": ["positive" if y else "negative" for y in labels]}).to_csv(base / "data.csv", index=False)
+    return {"base": base, "backbone": tiny_bert(base / "tiny-bert"), "data": base / "data.csv"}
+
+
+def _compare(setup, out: Path, *extra, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    # head has no training steps, so lora is the second strategy to train: 108 examples, 7 steps an epoch,
+    # a checkpoint every 3 steps.
+    return _cli(
+        "compare",
+        "--backbone",
+        setup["backbone"],
+        "--dataset",
+        setup["data"],
+        "--strategies",
+        "head,lora,full",
+        "--n-train",
+        120,
+        "--n-test",
+        40,
+        "--cv",
+        1,
+        "--epochs",
+        2,
+        "--out",
+        out,
+        *extra,
+        kill_at=kill_at,
+    )
+
+
+def _metrics(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete"
+    return {name: r["metrics"] for name, r in results["strategies"].items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup) -> dict:
+    done = _compare(setup, setup["base"] / "uninterrupted")
+    assert done.returncode == 0, done.stderr
+    metrics = _metrics(setup["base"] / "uninterrupted")
+    assert set(metrics) == {"head", "lora", "full"}
+    return metrics
+
+
+@pytest.mark.parametrize(
+    "kill_at, finished_before",
+    [
+        ("encoded", 0),  # the data is tokenised, nothing is written yet
+        ("train-step@5", 1),  # mid-epoch in the second strategy, after its first checkpoint
+        ("write:results.json", 3),  # everything trained, results.json half-written
+    ],
+)
+def test_a_run_killed_at_any_point_resumes_to_identical_metrics(setup, uninterrupted, kill_at, finished_before):
+    out = setup["base"] / f"killed-{kill_at.replace(':', '-').replace('@', '-')}"
+    killed = _compare(setup, out, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "results.json").exists()
+    if kill_at.startswith("train-step"):
+        assert (out / "strategies" / "lora" / "fold1-seed0" / "checkpoints" / "checkpoint-3").is_dir()
+        assert not (out / "strategies" / "lora" / "result-fold1-seed0.json").exists()
+    finished = sorted(out.glob("strategies/*/result-*.json"))
+    stamps = {path: path.stat().st_mtime_ns for path in finished}
+    assert len(finished) == finished_before
+
+    resumed = _compare(setup, out)
+    assert resumed.returncode == 0, resumed.stderr
+    if finished_before:
+        assert f"{finished_before} of 3 runs finished before" in resumed.stderr
+    assert {path: path.stat().st_mtime_ns for path in finished} == stamps, "a finished run was run again"
+    assert _metrics(out) == uninterrupted
+    assert not list(out.rglob("checkpoints")) and not list(out.rglob(".*.tmp"))
+
+
+def test_two_processes_with_the_same_seed_give_identical_metrics(setup, uninterrupted):
+    out = setup["base"] / "again"
+    assert _compare(setup, out).returncode == 0
+    assert _metrics(out) == uninterrupted
+
+
+def test_a_diverging_strategy_is_reported_and_the_others_finish(setup, tmp_path):
+    config = tmp_path / "diverge.yaml"
+    config.write_text("strategy_settings:\n  full: {lr: 1.0}\n")
+    done = _compare(setup, tmp_path / "run", "--epochs", 3, "--config", config)
+    assert done.returncode == 1, done.stderr
+    assert "1 strategy did not finish: full" in done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "complete"
+    assert results["strategies"]["full"]["status"] == "diverged"
+    assert "learning rate is too high" in results["strategies"]["full"]["reason"]
+    for name in ("head", "lora"):
+        assert results["strategies"][name]["status"] == "ok"
+    assert results["comparison"]["best"] in ("head", "lora")
+
+
+def test_divergence_guard_stops_on_a_non_finite_loss_or_a_sustained_rise():
+    guard = DivergenceGuard(factor=4, patience=3)
+    for loss in (0.7, 3.0, 2.9, 0.6, 2.9, 2.9):  # never 3 steps in a row above 2.8
+        guard.check(loss, 1)
+    with pytest.raises(TrainingDiverged, match="for 3 steps"):
+        guard.check(3.0, 7)
+    with pytest.raises(TrainingDiverged, match="nan"):
+        DivergenceGuard().check(float("nan"), 1)
+
+
+def test_a_run_folder_refuses_another_config_and_a_restart_keeps_the_users_files(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.open({"backbone": "a", "training": {"lr": 1e-3}}, None, log=lambda m: None)
+    folder.save_run("lora", 0, 0, {"status": "ok"}, [])
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match=r"training.lr: 0.001 -> 0.01"):
+        folder.open({"backbone": "a", "training": {"lr": 1e-2}}, None, log=lambda m: None)
+    assert folder.finished_result("lora", 0, 0) == {"status": "ok"}
+    folder.open({"backbone": "a", "training": {"lr": 1e-2}}, False, log=lambda m: None)
+    assert folder.finished_result("lora", 0, 0) is None
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_weights_load_safely():
+    """Pickled weights only through `weights_only=True`, and no model code from a hub unless the user asks."""
+    import re
+
+    source = "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "src" / "transferlab").rglob("*.py"))
+    loads = re.findall(r"torch\.load\(([^)]*)\)", source)
+    assert loads and all("weights_only=True" in call for call in loads)
+    assert "trust_remote_code=True" not in source
