@@ -103,9 +103,17 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str
 def describe(results: dict[str, Any]) -> list[str]:
     evaluation = results.get("evaluation", {})
     seeds = evaluation.get("seeds", [results.get("seed", 0)])
+    points = results.get("study", {}).get("points", [])
+    sizes = sorted({p["n_train"] for p in points if "n_train" in p})
+    backbones = [p["backbone"] for p in points if "backbone" in p]
+    labelled = (
+        f"{', '.join(map(str, sizes))} labelled examples by point (10% of each validate)"
+        if sizes
+        else f"{results.get('n_train')} labelled examples ({results.get('n_fit')} train, {results.get('n_val')} validation)"
+    )
     lines = [
-        f"backbone {results.get('backbone')}, dataset {results.get('dataset')}: {results.get('n_train')} labelled examples "
-        f"({results.get('n_fit')} train, {results.get('n_val')} validation), {results.get('n_test')} test",
+        f"backbone {' and '.join(backbones) or results.get('backbone')}, dataset {results.get('dataset')}: {labelled}, "
+        f"{results.get('n_test')} test",
         f"{evaluation.get('folds', 1)} fold(s) x {len(seeds)} seed(s); headline metric {results.get('primary_metric')}; "
         f"mean ± std over runs",
         f"command: transferlab {results.get('command')}; created {results.get('created')}; status {results.get('status')}",
