@@ -31,16 +31,23 @@ $(FASHION_MNIST):
 	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 	  echo "note: dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist); its tests are skipped"
 
+# Chromium (Debian package) renders report.html in the report test; without it that test is skipped.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	-@command -v apt-get >/dev/null && ($(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	  echo "note: chromium is not installed (apt-get install chromium); the report rendering test is skipped"
+
 install: $(VENV)/.installed
 assets-large: $(VENV)/.assets-large
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/transferlab compare
 
-test: $(VENV)/.installed | $(FASHION_MNIST)
+test: $(VENV)/.installed | $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest -q
 
-test-slow: $(VENV)/.assets-large | $(FASHION_MNIST)
+test-slow: $(VENV)/.assets-large | $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest -q -m slow
 
 bench: $(VENV)/.installed

@@ -328,6 +328,45 @@ def serve(
     uvicorn.run(create_app(model, limits), host=host, port=port, log_level="warning")
 
 
+@app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="lr-sweep, epochs, discriminative-lr, layer-probe, lora-rank, learning-curve or model-size")],
+    backbone: Backbone = None,
+    dataset: Dataset = None,
+    quick: Annotated[bool, typer.Option("--quick", help="one seed and a smaller budget: under 10 minutes on 2 cores")] = False,
+    seeds: Annotated[int | None, typer.Option(help="runs per point [default: 3, 1 with --quick]")] = None,
+    n_train: Annotated[int | None, typer.Option(help="labelled examples [default: the study's budget]")] = None,
+    n_test: Annotated[int | None, typer.Option(help="held-out test examples [default: the study's budget]")] = None,
+    epochs: Annotated[float | None, typer.Option(help="training epochs [default: the study's budget]")] = None,
+    out_dir: OutDir = None,
+    resume: Resume = None,
+) -> None:
+    """Run one of the seed's experiments (section 12) and say, with numbers, whether its expectation held."""
+    from transferlab.report.table import print_results
+    from transferlab.studies import get_study, run_study, study_config
+
+    chosen = get_study(name)
+    config = study_config(chosen, quick, backbone, dataset, seeds, n_train, n_test, epochs)
+    target = _out_dir(out_dir, f"study-{name}")
+    _quiet_unless_main()
+    with _training_progress() as progress:
+        progress(name)
+        results = run_study(chosen, config, target, quick=quick, log=_progress_logger(), resume=resume)
+    print_results(results, out)
+    expectation = results["study"]["expectation"]
+    word = {True: "held", False: "did not hold", None: "undecided"}[expectation["held"]]
+    out.print(f"{chosen.seed_expectation}: {word}. {expectation['verdict']}", highlight=False, soft_wrap=True)
+    console.print(f"report: {target / 'report.html'}")
+
+
+@app.command()
+def report(directory: Annotated[Path, typer.Argument(help="a run folder holding results.json")]) -> None:
+    """Rebuild report.html and report.md from a run folder's results.json, without retraining."""
+    from transferlab.report import rebuild_report
+
+    console.print(f"report: {rebuild_report(directory)}")
+
+
 @app.command("lr-table")
 def lr_table(
     layers: Annotated[int, typer.Option(help="number of layers L")] = 6,

@@ -240,6 +240,7 @@ def compare(
     `resume`: see `RunFolder.open`; by default an unfinished run of this config in `out_dir` is carried on."""
     from transferlab.recipes.executors import Job, Sequential
     from transferlab.recipes.recommend import recommend_for_run, verdict
+    from transferlab.report import write_report
 
     recommendation = recommend_for_run(config, log) if recommend else None
     experiment = prepare(config, log)
@@ -267,6 +268,7 @@ def compare(
         record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
     if is_main_process():
         folder.complete(record)
+        write_report(out_dir, record)
     return record
 
 

@@ -40,15 +40,7 @@ def results_table(results: dict[str, Any]) -> Table:
     finished = {n: r for n, r in results["strategies"].items() if r["status"] == "ok"}
     ranked = sorted(finished.items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
     for name, r in ranked:
-        table.add_row(
-            name,
-            *(format_metric(r["metrics"][m]) for m in metrics),
-            _versus_best(name, comparison),
-            f"{r['trainable_params']:,}",
-            f"{r['trainable_percent']:.2f}",
-            f"{r['train_seconds']:.1f}",
-            f"{r['peak_memory_mb']:.0f}",
-        )
+        table.add_row(name, *row_cells(name, r, metrics, comparison))
     notes = []
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
@@ -59,7 +51,19 @@ def results_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def _versus_best(name: str, comparison: dict[str, Any]) -> str:
+def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict[str, Any]) -> list[str]:
+    """A finished row's cells after its name: metrics, 'vs best', trainable parameters, %, train s, peak MB."""
+    return [
+        *(format_metric(r["metrics"][m]) if m in r["metrics"] else "n/a" for m in metrics),
+        versus_best(name, comparison),
+        f"{r['trainable_params']:,}",
+        f"{r['trainable_percent']:.2f}",
+        f"{r['train_seconds']:.1f}",
+        f"{r['peak_memory_mb']:.0f}",
+    ]
+
+
+def versus_best(name: str, comparison: dict[str, Any]) -> str:
     if comparison.get("best") == name:
         return "best"
     verdict = comparison.get("others", {}).get(name)

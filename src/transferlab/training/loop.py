@@ -300,7 +300,12 @@ def train_with_trainer(
         eval_dataset=_ListDataset(data.val),
         data_collator=data.collate,
         compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _ProgressCallback(), *callbacks],
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=cfg.patience),
+            _ProgressCallback(),
+            *_tensorboard(data.workdir),
+            *callbacks,
+        ],
     )
     trainer.remove_callback(PrinterCallback)  # our log history and progress bar replace its prints
     try:
@@ -323,6 +328,24 @@ def last_complete_checkpoint(folder: Path) -> str | None:
         while (last := get_last_checkpoint(str(folder))) is not None and not (Path(last) / TRAINER_STATE_NAME).is_file():
             shutil.rmtree(last)
     return broadcast(last)  # every process resumes from rank 0's choice
+
+
+def _tensorboard(workdir: Path | None) -> list[TrainerCallback]:
+    """Live curves for `tensorboard --logdir RUN/tensorboard`: the Trainer's TensorBoard callback, writing
+    a run's job folder RUN/strategies/NAME/foldK-seedS (recipes/run_folder.py) to RUN/tensorboard/NAME-foldK-seedS,
+    any other folder to WORKDIR/tensorboard. Nothing without a folder, on processes other than rank 0,
+    or when tensorboard is not installed."""
+    if workdir is None or not is_main_process():
+        return []
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+    except ImportError:
+        return []
+    workdir = Path(workdir)
+    in_run = len(workdir.parents) > 2 and workdir.parents[1].name == "strategies"
+    target = workdir.parents[2] / "tensorboard" / f"{workdir.parent.name}-{workdir.name}" if in_run else workdir / "tensorboard"
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(target)))]
 
 
 def _shared_temporary_folder() -> Path:

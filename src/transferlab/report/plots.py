@@ -1,0 +1,144 @@
+"""The report's figures, drawn with matplotlib's Agg backend into PNG bytes (no display, no network)."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+MAX_CONFUSION = 6  # confusion matrices shown: the best rows first
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png(figure: Any) -> bytes:
+    """The figure as PNG, without the metadata matplotlib adds (its version and web address)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def training_curves(histories: dict[str, list[list[dict[str, Any]]]], metric: str) -> bytes | None:
+    """Training and validation loss, and the validation headline metric, against the step; one colour per row."""
+    plotted = {name: runs for name, runs in histories.items() if any("loss" in e or "eval_loss" in e for run in runs for e in run)}
+    if not plotted:
+        return None
+    plt = _pyplot()
+    figure, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colours = plt.get_cmap("tab10" if len(plotted) <= 10 else "tab20")
+    for i, (name, runs) in enumerate(plotted.items()):
+        colour = colours(i % colours.N)
+        for j, run in enumerate(runs):
+            label = name if j == 0 else None
+            for key, style in (("loss", "-"), ("eval_loss", "--")):
+                points = [(e["step"], e[key]) for e in run if key in e and "step" in e]
+                if points:
+                    loss_ax.plot(*zip(*points), style, color=colour, alpha=0.85, lw=1.3, label=label if key == "loss" else None)
+            points = [(e["step"], e[f"eval_{metric}"]) for e in run if f"eval_{metric}" in e]
+            if points:
+                metric_ax.plot(*zip(*points), "o-", color=colour, ms=3, lw=1.3, label=label)
+    loss_ax.set(xlabel="step", ylabel="loss", title="training loss (solid), validation loss (dashed)")
+    metric_ax.set(xlabel="step", ylabel=f"validation {metric}", title=f"validation {metric}")
+    for ax in (loss_ax, metric_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return png(figure)
+
+
+def confusion_matrices(results: dict[str, Any], order: list[str]) -> bytes | None:
+    """Summed over each row's runs (rows: true class, columns: predicted)."""
+    shown = [n for n in order if results["strategies"][n].get("confusion_matrix")][:MAX_CONFUSION]
+    if not shown:
+        return None
+    plt = _pyplot()
+    names = results.get("label_names") or [str(i) for i in range(len(results["strategies"][shown[0]]["confusion_matrix"]))]
+    columns = min(3, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    size = max(3.2, 0.5 * len(names) + 2)
+    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, shown):
+        matrix = np.asarray(results["strategies"][name]["confusion_matrix"])
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                color="white" if value > (matrix.min() + matrix.max()) / 2 else "black",
+                fontsize=8,
+            )
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true", title=name)
+    figure.tight_layout()
+    return png(figure)
+
+
+def study_plot(results: dict[str, Any]) -> bytes:
+    """The study's own figure: the test metric against its x (one line per series, ± std over seeds);
+    with validation-loss curves per point beside it when the study is about the loss (lr-sweep, epochs)."""
+    plt = _pyplot()
+    study = results["study"]
+    metric = results["primary_metric"]
+    entries = study["points"]
+    with_curves = study["name"] in ("lr-sweep", "epochs")
+    figure, axes = plt.subplots(1, 2 if with_curves else 1, figsize=(12 if with_curves else 7, 4.4), squeeze=False)
+    ax = axes[0][0]
+    categorical = any(isinstance(e["x"], str) for e in entries)
+    series: dict[str, list[tuple[Any, float, float]]] = {}
+    for e in entries:
+        summary = results["strategies"].get(e["label"], {})
+        if summary.get("status") != "ok":
+            continue
+        m = summary["metrics"][metric]
+        series.setdefault(e["series"] or metric, []).append((e["x"], m["mean"], m["std"]))
+    for name, rows in series.items():
+        xs = list(range(len(rows))) if categorical else [float(x) for x, _, _ in rows]
+        if categorical:
+            ax.bar(xs, [m for _, m, _ in rows], yerr=[s for _, _, s in rows], capsize=4, color="tab:blue", alpha=0.8)
+            ax.set_xticks(xs, [str(x) for x, _, _ in rows])
+            low = min(m - s for _, m, s in rows)
+            ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(m + s for _, m, s in rows) + 0.03))
+        else:
+            ax.errorbar(xs, [m for _, m, _ in rows], yerr=[s for _, _, s in rows], marker="o", capsize=4, label=name)
+    if study.get("log_x") and not categorical:
+        ax.set_xscale("log")
+    ax.set(xlabel=study["x_label"], ylabel=f"test {metric}", title=f"{study['name']}: test {metric} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    if with_curves:
+        from transferlab.studies.base import mean_curve
+
+        curve_ax = axes[0][1]
+        for e in entries:
+            curve = mean_curve(e.get("curves", []))
+            if curve:
+                x = [epoch for _, epoch, _ in curve] if study["name"] == "epochs" else [step for step, _, _ in curve]
+                curve_ax.plot(x, [v for _, _, v in curve], marker=".", label=e["label"])
+        curve_ax.set(
+            xlabel="epoch" if study["name"] == "epochs" else "step",
+            ylabel="validation loss",
+            title="validation loss (mean over seeds)",
+        )
+        if study["name"] == "lr-sweep":
+            curve_ax.set_yscale("log")
+        curve_ax.grid(alpha=0.3)
+        curve_ax.legend(fontsize=8)
+    figure.tight_layout()
+    return png(figure)

