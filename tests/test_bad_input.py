@@ -91,6 +91,7 @@ CASES = {
     "misspelt predict column": (PREDICT + ["--model", "{model}", "--input", "{d}/ok.csv", "--text-column", "txt"], "did you mean 'text'"),
     "predict input not UTF-8": (PREDICT + ["--model", "{model}", "--input", "{d}/latin1.csv"], "not valid UTF-8"),
     "nothing to predict": (PREDICT + ["--model", "{model}"], "give one of --text"),
+    "a report of an unfinished run": (["report", "{unfinished}"], "the run did not finish"),
 }
 
 

@@ -28,7 +28,7 @@ from transferlab.runio import atomic_write_json, atomic_write_text, atomic_write
 RESULTS = "results.json"
 CONFIG = "config.yaml"
 # What a run writes here; a restart removes these and nothing else (the folder may hold the user's own files).
-RUN_ENTRIES = (CONFIG, RESULTS, "strategies", "model", "report.html", "report.md", "tensorboard")
+RUN_ENTRIES = (CONFIG, RESULTS, "strategies", "model", "report.html", "report.md", "study.png", "tensorboard")
 
 
 def job_name(fold: int, seed: int) -> str:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from transferlab.errors import UserError
+from transferlab.recipes.run_folder import CONFIG, RESULTS
 from transferlab.report import plots
 from transferlab.report.table import SHOWN_METRICS, row_cells
-from transferlab.runio import atomic_write_text
+from transferlab.runio import atomic_write_bytes, atomic_write_text
 
 STUDY_PLOT = "study.png"
 
@@ -36,11 +35,16 @@ th:first-child, td:first-child { text-align: left; } tr.best td { font-weight: b
 def load_results(directory: Path) -> dict[str, Any]:
     path = Path(directory) / "results.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        results = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (Path(directory) / CONFIG).is_file():
+            raise UserError(f"{directory}: the run did not finish (no {RESULTS}); run its command again to resume it") from None
         raise UserError(f"{path} does not exist: give the folder of a finished compare, train or study run") from None
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: cannot read results: {err}") from None
+    if results.get("status") != "complete":
+        raise UserError(f"{path}: the run did not finish; run its command again to resume it")
+    return results
 
 
 def load_histories(directory: Path, names: list[str]) -> dict[str, list[list[dict[str, Any]]]]:
@@ -181,7 +185,7 @@ def write_report(directory: Path, results: dict[str, Any]) -> Path:
     images = figures(directory, results)
     for ident, _, data in images:
         if ident == "study":
-            _atomic_write_bytes(directory / STUDY_PLOT, data)
+            atomic_write_bytes(directory / STUDY_PLOT, data)
     atomic_write_text(directory / "report.md", render_markdown(results, images))
     atomic_write_text(directory / "report.html", render_html(results, images))
     return directory / "report.html"
@@ -190,15 +194,3 @@ def write_report(directory: Path, results: dict[str, Any]) -> Path:
 def rebuild_report(directory: Path) -> Path:
     """`transferlab report DIR`: the report again from results.json and the logs, without retraining."""
     return write_report(directory, load_results(directory))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
