@@ -32,6 +32,7 @@ from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
+from transferlab.recipes.forgetting import forgetting_probe, summarize_forgetting
 from transferlab.runio import atomic_write_json, atomic_write_text, atomic_write_yaml
 from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.loop import FitData, default_device, predict_proba
@@ -157,6 +158,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
     )
+    probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()
     with PeakMemory() as memory:
         model = strategy.fit(model, data, training)
@@ -179,6 +181,8 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         "settings": strategy.config.__dict__,
         **per_class_report(labels, probs, experiment.label_names),
     }
+    if probe is not None:
+        result["forgetting"] = probe.after(strategy, model)
     return StrategyRun(strategy, model, probs, result, data.log_history)
 
 
@@ -246,6 +250,8 @@ def compare(
         if len(runs[job.strategy]) < len(folds) * len(seeds):
             continue
         record["strategies"][job.strategy] = summary = aggregate_runs(runs[job.strategy])
+        if runs[job.strategy][0].get("forgetting"):
+            summary["forgetting"] = summarize_forgetting(runs[job.strategy])
         if summary["status"] != "ok":
             log(f"{job.strategy}: {summary['status']}: {summary['reason']}")
             continue

@@ -37,6 +37,9 @@ def results_table(results: dict[str, Any]) -> Table:
     table.add_column("vs best")
     for column in ("trainable", "%", "train s", "peak MB"):
         table.add_column(column, justify="right")
+    forgetting = any(r.get("forgetting") for r in results["strategies"].values())
+    if forgetting:
+        table.add_column("forgetting", justify="right")
     finished = {n: r for n, r in results["strategies"].items() if r["status"] == "ok"}
     ranked = sorted(finished.items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
     for name, r in ranked:
@@ -48,11 +51,18 @@ def results_table(results: dict[str, Any]) -> Table:
             f"{r['trainable_percent']:.2f}",
             f"{r['train_seconds']:.1f}",
             f"{r['peak_memory_mb']:.0f}",
+            *([_forgetting_cell(r.get("forgetting"))] if forgetting else []),
         )
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
-            table.add_row(name, f"{r['status']}: {r.get('reason', '')}", *[""] * (len(metrics) + 4))
+            table.add_row(name, f"{r['status']}: {r.get('reason', '')}", *[""] * (len(metrics) + 4 + forgetting))
     return table
+
+
+def _forgetting_cell(summary: dict[str, Any] | None) -> str:
+    from transferlab.recipes.forgetting import format_forgetting
+
+    return format_forgetting(summary)
 
 
 def _versus_best(name: str, comparison: dict[str, Any]) -> str:
