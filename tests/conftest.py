@@ -48,18 +48,15 @@ def _save_tiny(directory: Path, model: torch.nn.Module) -> Path:
     return directory
 
 
+# The shape every tiny text model shares: 2 layers, hidden 32, 4 heads, feed-forward 64.
+TINY_SHAPE = dict(
+    vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+)
+
+
 def tiny_bert(directory: Path, dropout: float = 0.1) -> Path:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
+    config = BertConfig(**TINY_SHAPE, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return _save_tiny(directory, BertModel(config))
 
 
@@ -72,17 +69,7 @@ def tiny_distilbert(directory: Path) -> Path:
 def tiny_llama(directory: Path) -> Path:
     """A decoder with its (tied) LM head, shaped like SmolLM2 (grouped-query attention), saved as a causal LM."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(**TINY_SHAPE, num_key_value_heads=2, pad_token_id=0, tie_word_embeddings=True)
     return _save_tiny(directory, LlamaForCausalLM(config))
 
 

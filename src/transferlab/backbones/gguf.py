@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from transferlab.catalog import sha256_of
+from transferlab.errors import MissingAssetError
 from transferlab.runio import atomic_write_json, publish_directory
 
 STAMP = "transferlab-cache.json"
@@ -70,9 +71,15 @@ def cached_build(folder: Path, source_sha256: str, build: Callable[[Path], None]
 
 def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise `gguf` into `target` as safetensors, config and tokenizer (padding on the right, a pad id set)."""
+    import importlib.util
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingAssetError(
+            "package 'gguf' is not installed: pip install --no-deps gguf==0.19.0 (pinned in requirements/assets-large.txt)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
