@@ -22,7 +22,6 @@ from torch import nn
 from transformers import set_seed
 
 from transferlab.backbones import build_classifier
-from transferlab.environment import describe_environment
 from transferlab.errors import UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.metrics import classification_metrics
@@ -36,6 +35,9 @@ if TYPE_CHECKING:
     from transferlab.strategies import Strategy
 
 _PRETRAINED_PERPLEXITY: dict[tuple[str, tuple[str, ...], int], float] = {}
+# Task A trained once per strategy, seed and settings in a process: mitigation arms compared in one process
+# (the slow test, docs/findings.md) start task B from the same model, and pay for task A once.
+_TASK_A: dict[str, tuple[nn.Module, float]] = {}
 
 
 def meter_for(model: nn.Module, requested: str | None) -> str:
@@ -185,7 +187,6 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print) -> dict[s
         record["strategies"][name] = {"runs": runs, **summarize_strategy(runs)}
     record["status"] = "complete"
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record["environment"] = describe_environment()
     atomic_write_json(out_dir / "results.json", record)
     return record
 
@@ -224,12 +225,15 @@ def run_sequential(a: Experiment, b: Experiment, name: str, seed: int, log: Log 
     from transferlab.recipes.compare import run_strategy
 
     cfg = a.config.forgetting
-    first = run_strategy(a, name, seed=seed)
-    if first.model is None:
-        return first.result
-    trained_a = first.strategy.export(first.model)
     a_metric = a.config.training.headline_metric
-    before = first.result["metrics"][a_metric]
+    key = repr((a.config.backbone, a.config.dataset, a.config.n_train, a.config.n_test, a.config.max_length, name, seed, a.config.training))
+    if key not in _TASK_A:
+        first = run_strategy(a, name, seed=seed)
+        if first.model is None:
+            return first.result
+        _TASK_A[key] = (first.strategy.export(first.model), first.result["metrics"][a_metric])
+        del first
+    trained_a, before = _TASK_A[key]
     head_a = fg.frozen_head(trained_a)
     a_train = a.features(a.split.train)
     regularizers: list[Any] = []
@@ -242,8 +246,7 @@ def run_sequential(a: Experiment, b: Experiment, name: str, seed: int, log: Log 
         elif mitigation == "replay":
             loss_of = fg.classification_replay_loss(head_a, a.preprocessor.collate)
             regularizers.append(fg.ReplayTerm(a_train, loss_of, cfg.replay_fraction, a.config.training.batch_size, seed))
-    body = {k: v for k, v in trained_a.backbone.state_dict().items()}
-    del first, trained_a
+    body = {k: v.clone() for k, v in trained_a.backbone.state_dict().items()}
 
     training = b.config.training_for_seed(seed)
     strategy = b.config.strategy(name)
