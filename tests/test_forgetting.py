@@ -283,3 +283,41 @@ def test_mitigations_from_pretrained_need_general_text_on_an_encoder(tiny_bert_d
         single_task_mitigations(config, model, pre.tokenizer, [], 16, 0)
     penalty = single_task_mitigations(fg.ForgettingConfig(mitigations=["l2sp"]), model, pre.tokenizer, [], 16, 0)
     assert float(penalty(model)) == 0.0  # at the pretrained weights
+
+
+def test_causal_lm_fine_tuning_moves_perplexity_and_lora_merges(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transferlab.recipes.forgetting import fine_tune_causal_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    task, _ = sentiment_texts(64, seed=5)
+    general = [f"{t} ." for t in sentiment_texts(16, seed=6)[0]]
+    readings = {}
+    for method, lr in (("lora", 1e-3), ("full", 1e-2)):
+        lm = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+        before = fg.perplexity(lm, tokenizer, task)
+        tuned = fine_tune_causal_lm(lm, tokenizer, task, method, lr, epochs=2, batch_size=8, max_length=16)
+        assert not any("lora_" in n for n, _ in tuned.named_parameters())  # merged: a plain LM again
+        readings[method] = (before, fg.perplexity(tuned, tokenizer, task), fg.perplexity(tuned, tokenizer, general))
+    assert readings["full"][1] < 0.8 * readings["full"][0]  # it learned the task text
+    assert readings["lora"][1] < readings["lora"][0]
+
+
+def test_lm_objective_reports_general_and_task_perplexity(tmp_path, tiny_llama_dir, sentiment_csv):
+    from transferlab.config import load_run_config
+    from transferlab.recipes.forgetting import run_forgetting
+
+    path = tmp_path / "run.yaml"
+    import yaml
+
+    settings = dict(
+        backbone=str(tiny_llama_dir), dataset=str(sentiment_csv), strategies=["full"], n_train=64, n_test=16,
+        training={"epochs": 1, "lr": 1e-2, "batch_size": 8}, forgetting={"meter": "perplexity", "objective": "lm", "general_examples": 8},
+    )  # fmt: skip
+    path.write_text(yaml.safe_dump(settings))
+    results = run_forgetting(load_run_config(path), tmp_path / "out", log=lambda _: None)
+    run = results["strategies"]["full"]["runs"][0]
+    assert run["objective"] == "lm" and run["forgetting"]["general_text"] == "bbc-news"
+    assert run["task_perplexity"]["after"] < run["task_perplexity"]["before"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "complete"

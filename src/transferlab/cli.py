@@ -92,7 +92,7 @@ RUN_OPTIONS = (
     "skip_bad_images",
 )
 TRAINING_OPTIONS = ("epochs", "seed", "lr", "batch_size", "metric", "scheduler")
-FORGETTING_OPTIONS = ("meter", "mitigations", "ewc_lambda", "l2sp_alpha", "replay_fraction", "task_b", "general_text")
+FORGETTING_OPTIONS = ("meter", "mitigations", "ewc_lambda", "l2sp_alpha", "replay_fraction", "task_b", "general_text", "objective")
 STRATEGY_WIDE_OPTIONS = ("freeze_below", "layer_decay")
 
 
@@ -215,6 +215,9 @@ def forgetting_command(
     replay_fraction: Annotated[float | None, typer.Option(help="share of each batch replayed [default: 0.25]")] = None,
     task_b: Annotated[str | None, typer.Option(help="second task of the sequential meter [default: bbc-news]")] = None,
     general_text: Annotated[str | None, typer.Option(help="auto, bbc-news or python-docs: held-out text for perplexity")] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="classification, or lm: fine-tune a decoder's LM on the task's texts (full or lora)")
+    ] = None,
     backbone: Backbone = None,
     dataset: Dataset = None,
     seeds: Seeds = None,
@@ -251,6 +254,9 @@ def forgetting_command(
                 f"task A ({results['dataset']}) {f['before']['mean']:.4f} ± {f['before']['std']:.4f} -> "
                 f"{f['after']['mean']:.4f} ± {f['after']['std']:.4f} after task B ({f['b_score']['mean']:.4f})"
             )
+        elif "task_perplexity" in summary:
+            t = summary["task_perplexity"]
+            line = f"general-text {format_forgetting(f)}; task-text ppl {t['before']['mean']:.1f} -> {t['after']['mean']:.1f}"
         else:
             line = f"{format_forgetting(f)}; task accuracy {summary['accuracy']['mean']:.4f}"
         out.print(f"{name} [{', '.join(f['mitigations']) or 'no mitigation'}]: {line}", highlight=False)

@@ -54,6 +54,7 @@ class ForgettingConfig:
     general_examples: int = 64  # general texts measured
     general_max_length: int = 64  # tokens per general text
     cka_examples: int = 256  # task examples the CKA is computed on
+    objective: str = "classification"  # or lm: a decoder fine-tuned on the task's texts with its own LM loss (full or lora)
 
     def validate(self) -> None:
         if self.meter is not None and self.meter not in ("auto", *METERS):
@@ -61,6 +62,8 @@ class ForgettingConfig:
         unknown = set(self.mitigations) - set(MITIGATIONS)
         if unknown:
             raise UserError(f"unknown mitigation {', '.join(sorted(unknown))}: choose from {', '.join(MITIGATIONS)}")
+        if self.objective not in ("classification", "lm"):
+            raise UserError(f"objective must be classification or lm, got '{self.objective}'")
         if self.general_text not in GENERAL_TEXTS:
             raise UserError(f"general_text must be one of {', '.join(GENERAL_TEXTS)}, got '{self.general_text}'")
         checks = [

@@ -179,6 +179,8 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print) -> dict[s
             started = time.perf_counter()
             if sequential_b is not None:
                 result = run_sequential(experiment, sequential_b, name, seed, log)
+            elif config.forgetting.objective == "lm":
+                result = run_causal_lm(experiment, name, seed)
             else:
                 result = run_strategy(experiment, name, seed=seed).result
             result["seconds"] = time.perf_counter() - started
@@ -197,6 +199,9 @@ def describe_reading(result: dict[str, Any]) -> str:
     f = result["forgetting"]
     if f["meter"] == "sequential":
         return f"task A {f['a_metric']} {f['before']:.4f} -> {f['after']:.4f} after task B ({f['b_metric']} {f['b_score']:.4f})"
+    if "task_perplexity" in result:
+        t = result["task_perplexity"]
+        return f"general-text perplexity {f['before']:.2f} -> {f['after']:.2f}; task-text perplexity {t['before']:.2f} -> {t['after']:.2f}"
     if f["meter"] == "perplexity":
         return f"perplexity {f['before']:.2f} -> {f['after']:.2f}; task {result['metrics']['accuracy']:.4f}"
     return (
@@ -211,6 +216,8 @@ def summarize_strategy(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {"status": "ok", "forgetting": summarize_forgetting(ok)}
     if ok[0]["forgetting"]["meter"] == "sequential":
         summary["forgetting"]["b_score"] = mean_std([r["forgetting"]["b_score"] for r in ok])
+    elif "task_perplexity" in ok[0]:
+        summary["task_perplexity"] = {k: mean_std([r["task_perplexity"][k] for r in ok]) for k in ("before", "after")}
     else:
         summary["accuracy"] = mean_std([r["metrics"]["accuracy"] for r in ok])
     return summary
@@ -296,5 +303,99 @@ def run_sequential(a: Experiment, b: Experiment, name: str, seed: int, log: Log 
             "after": after,
             "b_score": b_score,
             "mitigations": list(cfg.mitigations),
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------- causal-LM fine-tuning
+
+
+def fine_tune_causal_lm(
+    lm: nn.Module,
+    tokenizer: Any,
+    texts: list[str],
+    method: str,
+    lr: float,
+    epochs: float = 1,
+    batch_size: int = 16,
+    max_length: int = 64,
+    seed: int = 0,
+    regularizer: Any = None,
+) -> nn.Module:
+    """Fine-tune a decoder's own LM objective on `texts` ('full', or 'lora' on q_proj/v_proj, merged after).
+
+    A plain loop (AdamW, 6% linear warm-up then linear decay, no early stopping: there is no label to
+    stop on); `regularizer(model)` is added to each step's loss as in classification training.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if method not in ("full", "lora"):
+        raise UserError(f"causal-LM fine-tuning supports full and lora, not '{method}'")
+    set_seed(seed)
+    model = (
+        get_peft_model(lm, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
+        if method == "lora"
+        else lm
+    )
+    model.train()
+    device = next(model.parameters()).device
+    order = np.random.default_rng(seed).permutation(len(texts))
+    steps = max(1, int(len(texts) * epochs) // batch_size)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    warmup = max(1, int(0.06 * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    for step in range(steps):
+        chosen = [texts[order[(step * batch_size + i) % len(texts)]] for i in range(batch_size)]
+        batch = tokenizer(chosen, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        loss = fg._lm_nll(lambda i, m: model(input_ids=i, attention_mask=m).logits, ids, mask)[0]
+        if regularizer is not None:
+            loss = loss + regularizer(model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    return model.merge_and_unload() if method == "lora" else model
+
+
+def run_causal_lm(experiment: Experiment, name: str, seed: int) -> dict[str, Any]:
+    """`objective: lm`: fine-tune the decoder's own LM on the task's training texts; perplexity on general
+    text and on the task's test texts, before and after."""
+    from transformers import AutoModelForCausalLM
+
+    cfg, config = experiment.config.forgetting, experiment.config
+    if cfg.mitigations:
+        raise UserError("mitigations apply to classification training; the LM objective runs without them")
+    path, tokenizer = experiment.backbone.path, experiment.preprocessor.tokenizer
+    probe_model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
+    meter_for(probe_model, "perplexity")  # a decoder, or a clear error
+    del probe_model
+    choice, general = fg.general_texts(cfg.general_text, config.dataset, cfg.general_examples)
+    task_test = [experiment.data.inputs[i] for i in experiment.split.test[: cfg.general_examples]]
+    strategy = config.strategy(name)
+    training = config.training_for_seed(seed)
+    lm = AutoModelForCausalLM.from_pretrained(path).to(default_device())
+    before = (
+        fg.perplexity(lm, tokenizer, general, cfg.general_max_length),
+        fg.perplexity(lm, tokenizer, task_test, cfg.general_max_length),
+    )
+    texts = [experiment.data.inputs[i] for i in experiment.split.train]
+    lm = fine_tune_causal_lm(
+        lm, tokenizer, texts, name, strategy.learning_rate(training), training.epochs, training.batch_size, config.max_length, seed
+    )
+    after = (fg.perplexity(lm, tokenizer, general, cfg.general_max_length), fg.perplexity(lm, tokenizer, task_test, cfg.general_max_length))
+    return {
+        "status": "ok",
+        "seed": seed,
+        "objective": "lm",
+        "task_perplexity": {"before": before[1], "after": after[1]},
+        "forgetting": {
+            "meter": "perplexity",
+            "general_text": choice,
+            "texts": len(general),
+            "before": before[0],
+            "after": after[0],
+            "mitigations": [],
         },
     }
