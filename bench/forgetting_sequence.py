@@ -1,7 +1,8 @@
-"""Task A (rt-polarity) then task B (bbc-news) on one minilm-l6 body: how much of A each mitigation keeps.
+"""Task A (bbc-news) then task B (rt-polarity) on one minilm-l6 body: how much of A each mitigation keeps.
 
 Every arm starts task B from the same model trained on A (trained once per seed), so the arms differ
-only in the mitigation. Prints mean ± std over the seeds and writes the readings to --out (JSON).
+only in the mitigation. Topic classification is task A because minilm-l6 learns it from 160 examples in
+two epochs; rt-polarity at that size stays near chance, and forgetting a task never learned says nothing. Prints mean ± std over the seeds and writes the readings to --out (JSON).
 
     python bench/forgetting_sequence.py --seeds 3 --out runs/forgetting-sequence.json
 """
@@ -26,14 +27,14 @@ ARMS = {"none": {}, "replay": {"mitigations": ["replay"]}, "ewc": {"mitigations"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="minilm-l6")
-    parser.add_argument("--task-a", default="rt-polarity")
-    parser.add_argument("--task-b", default="bbc-news")
+    parser.add_argument("--task-a", default="bbc-news")
+    parser.add_argument("--task-b", default="rt-polarity")
     parser.add_argument("--strategy", default="full")
-    parser.add_argument("--n-train", type=int, default=300)
-    parser.add_argument("--n-test", type=int, default=300)
-    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--n-train", type=int, default=160)
+    parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=2)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--ewc-lambda", type=float, default=1e5)
     parser.add_argument("--replay-fraction", type=float, default=0.25)
     parser.add_argument("--seeds", type=int, default=3)
