@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=2)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-4, help="task A's learning rate")
+    parser.add_argument("--lr-b", type=float, default=5e-4, help="task B's: high enough that plain fine-tuning forgets A")
     parser.add_argument("--ewc-lambda", type=float, default=1e5)
     parser.add_argument("--replay-fraction", type=float, default=0.25)
     parser.add_argument("--seeds", type=int, default=3)
@@ -54,7 +55,8 @@ def main() -> None:
         forgetting={"meter": "sequential", "task_b": args.task_b, "ewc_lambda": args.ewc_lambda, "replay_fraction": args.replay_fraction},
     )
     a = prepare(config)
-    b_config = dataclasses.replace(config, dataset=args.task_b, training=dataclasses.replace(config.training, metric=None))
+    b_config = dataclasses.replace(config, dataset=args.task_b, training=dataclasses.replace(config.training, metric=None, lr=args.lr_b))
+    # (as `transferlab forgetting --meter sequential --task-b-lr` does for one mitigation at a time)
     b = prepare(b_config)
     readings: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for seed in range(args.seeds):

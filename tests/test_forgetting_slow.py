@@ -65,7 +65,7 @@ def test_ewc_or_replay_keep_more_of_task_a_than_plain_sequential_fine_tuning(tmp
     )  # fmt: skip
     kept = {}
     for mitigation in ([], ["ewc"], ["replay"]):
-        settings = {"meter": "sequential", "task_b": "rt-polarity", "mitigations": mitigation, "ewc_lambda": 1e5}
+        settings = {"meter": "sequential", "task_b": "rt-polarity", "task_b_lr": 5e-4, "mitigations": mitigation, "ewc_lambda": 1e5}
         run = _forgetting(tmp_path, "-".join(mitigation) or "plain", forgetting=settings, **common)
         kept["-".join(mitigation) or "plain"] = np.mean(run["strategies"]["full"]["forgetting"]["after"]["values"])
     assert max(kept["ewc"], kept["replay"]) > kept["plain"] + 0.01, kept

@@ -92,7 +92,17 @@ RUN_OPTIONS = (
     "skip_bad_images",
 )
 TRAINING_OPTIONS = ("epochs", "seed", "lr", "batch_size", "metric", "scheduler")
-FORGETTING_OPTIONS = ("meter", "mitigations", "ewc_lambda", "l2sp_alpha", "replay_fraction", "task_b", "general_text", "objective")
+FORGETTING_OPTIONS = (
+    "meter",
+    "mitigations",
+    "ewc_lambda",
+    "l2sp_alpha",
+    "replay_fraction",
+    "task_b",
+    "task_b_lr",
+    "general_text",
+    "objective",
+)
 STRATEGY_WIDE_OPTIONS = ("freeze_below", "layer_decay")
 
 
@@ -214,6 +224,7 @@ def forgetting_command(
     l2sp_alpha: Annotated[float | None, typer.Option(help="L2-SP weight alpha [default: 0.1]")] = None,
     replay_fraction: Annotated[float | None, typer.Option(help="share of each batch replayed [default: 0.25]")] = None,
     task_b: Annotated[str | None, typer.Option(help="second task of the sequential meter [default: bbc-news]")] = None,
+    task_b_lr: Annotated[float | None, typer.Option(help="task B's learning rate [default: --lr]")] = None,
     general_text: Annotated[str | None, typer.Option(help="auto, bbc-news or python-docs: held-out text for perplexity")] = None,
     objective: Annotated[
         str | None, typer.Option(help="classification, or lm: fine-tune a decoder's LM on the task's texts (full or lora)")

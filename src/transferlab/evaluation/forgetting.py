@@ -50,6 +50,7 @@ class ForgettingConfig:
     replay_fraction: float = 0.25  # share of each batch drawn from the previous task or general text
     fisher_examples: int = 128  # examples (or general texts) the diagonal Fisher is estimated on
     task_b: str = "bbc-news"  # the second task of the sequential meter
+    task_b_lr: float | None = None  # task B's learning rate (None: the run's or the strategy's)
     general_text: str = "auto"  # held-out text for perplexity: bbc-news articles, or the Python docs if the task is bbc-news
     general_examples: int = 64  # general texts measured
     general_max_length: int = 64  # tokens per general text
@@ -70,6 +71,7 @@ class ForgettingConfig:
             (self.ewc_lambda >= 0, f"ewc_lambda must not be negative, got {self.ewc_lambda}"),
             (self.l2sp_alpha >= 0, f"l2sp_alpha must not be negative, got {self.l2sp_alpha}"),
             (0 < self.replay_fraction < 1, f"replay_fraction must be in (0, 1), got {self.replay_fraction}"),
+            (self.task_b_lr is None or self.task_b_lr > 0, f"task_b_lr must be positive, got {self.task_b_lr}"),
         ]
         for name in ("fisher_examples", "general_examples", "general_max_length", "cka_examples"):
             checks.append((getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}"))

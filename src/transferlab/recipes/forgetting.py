@@ -171,7 +171,8 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print) -> dict[s
     record["forgetting"] = dataclasses.asdict(config.forgetting)
     sequential_b = None
     if config.forgetting.meter == "sequential":
-        task_b = dataclasses.replace(config, dataset=config.forgetting.task_b, training=dataclasses.replace(config.training, metric=None))
+        b_training = dataclasses.replace(config.training, metric=None, lr=config.forgetting.task_b_lr or config.training.lr)
+        task_b = dataclasses.replace(config, dataset=config.forgetting.task_b, training=b_training)
         sequential_b = prepare(task_b, log)
     for name in config.strategies:
         runs = []
