@@ -250,7 +250,7 @@ def test_forgetting_command_cka_and_sequential(tmp_path, tiny_bert_dir, sentimen
 
     done = _cli(
         "forgetting", "--backbone", tiny_bert_dir, "--dataset", sentiment_csv, "--strategy", "head,full", "--meter", "cka",
-        "--lr", 1e-2, "--n-train", 64, "--n-test", 16, "--epochs", 1, "--out", tmp_path / "cka",
+        "--lr", 1e-2, "--n-train", 80, "--n-test", 16, "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "cka",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "cka" / "results.json").read_text())
