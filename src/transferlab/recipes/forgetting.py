@@ -26,7 +26,7 @@ from transferlab.errors import UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.metrics import classification_metrics
 from transferlab.evaluation.stats import mean_std
-from transferlab.runio import atomic_write_json
+from transferlab.runio import atomic_write_json, atomic_write_yaml
 from transferlab.training.loop import FitData, default_device, map_batches
 
 if TYPE_CHECKING:
@@ -161,12 +161,14 @@ def summarize_forgetting(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print) -> dict[str, Any]:
     """Each strategy x seed: the meter before and after; results.json written atomically at the end."""
-    from transferlab.recipes.compare import prepare, run_record, run_strategy, start_run_dir
+    from transferlab.recipes.compare import prepare, run_record, run_strategy
 
     if config.cv is None:
         config.cv = 1  # one hold-out split: the meter, not cross-validation, is what this command reports
     experiment = prepare(config, log)
-    start_run_dir(out_dir, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").unlink(missing_ok=True)  # an earlier run's results must not pass for this one's
+    atomic_write_yaml(out_dir / "config.yaml", config.resolved())
     record = run_record(experiment, "forgetting")
     record["forgetting"] = dataclasses.asdict(config.forgetting)
     sequential_b = None
