@@ -248,11 +248,14 @@ def test_compare_forgetting_column_on_a_decoder(tmp_path, tiny_llama_dir, sentim
 def test_forgetting_command_cka_and_sequential(tmp_path, tiny_bert_dir, sentiment_csv):
     import pandas as pd
 
-    done = _cli(
-        "forgetting", "--backbone", tiny_bert_dir, "--dataset", sentiment_csv, "--strategy", "head,full", "--meter", "cka",
-        "--lr", 1e-2, "--n-train", 80, "--n-test", 16, "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "cka",
+    from transferlab.config import load_run_config
+    from transferlab.recipes.forgetting import run_forgetting
+
+    config = load_run_config(
+        None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head", "full"], n_train=80, n_test=16,
+        training={"lr": 1e-2, "epochs": 1, "batch_size": 8}, forgetting={"meter": "cka"},
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_forgetting(config, tmp_path / "cka", log=lambda _: None)  # in-process: the CLI runs below
     results = json.loads((tmp_path / "cka" / "results.json").read_text())
     assert results["status"] == "complete" and "environment" in results and results["config"]["forgetting"]["meter"] == "cka"
     head, full = (results["strategies"][n]["runs"][0]["forgetting"] for n in ("head", "full"))
