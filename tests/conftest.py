@@ -12,7 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "brilliant"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "terrible"]
@@ -40,18 +48,15 @@ def _save_tiny(directory: Path, model: torch.nn.Module) -> Path:
     return directory
 
 
+# The shape every tiny text model shares: 2 layers, hidden 32, 4 heads, feed-forward 64.
+TINY_SHAPE = dict(
+    vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+)
+
+
 def tiny_bert(directory: Path, dropout: float = 0.1) -> Path:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
+    config = BertConfig(**TINY_SHAPE, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return _save_tiny(directory, BertModel(config))
 
 
@@ -59,6 +64,13 @@ def tiny_distilbert(directory: Path) -> Path:
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=len(VOCAB), dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
     return _save_tiny(directory, DistilBertModel(config))
+
+
+def tiny_llama(directory: Path) -> Path:
+    """A decoder with its (tied) LM head, shaped like SmolLM2 (grouped-query attention), saved as a causal LM."""
+    torch.manual_seed(0)
+    config = LlamaConfig(**TINY_SHAPE, num_key_value_heads=2, pad_token_id=0, tie_word_embeddings=True)
+    return _save_tiny(directory, LlamaForCausalLM(config))
 
 
 TINY_BACKBONES = {"tiny-bert": tiny_bert, "tiny-distilbert": tiny_distilbert}
@@ -99,10 +111,10 @@ def tiny_cnn_dir(tmp_path_factory) -> Path:
     return tiny_cnn(tmp_path_factory.mktemp("tiny-cnn"))
 
 
-@pytest.fixture(scope="session", params=[*TINY_BACKBONES, "tiny-cnn"])
+@pytest.fixture(scope="session", params=[*TINY_BACKBONES, "tiny-llama", "tiny-cnn"])
 def any_tiny_backbone(request, tmp_path_factory) -> Path:
-    """Every tiny family, text and image: the strategy x backbone matrix runs over these."""
-    build = TINY_BACKBONES.get(request.param, tiny_cnn)
+    """Every tiny family, text (encoders and a decoder) and image: the strategy x backbone matrix runs over these."""
+    build = {**TINY_BACKBONES, "tiny-llama": tiny_llama}.get(request.param, tiny_cnn)
     return build(tmp_path_factory.mktemp(request.param))
 
 
@@ -110,6 +122,11 @@ def any_tiny_backbone(request, tmp_path_factory) -> Path:
 def tiny_backbone(request, tmp_path_factory) -> Path:
     """Each tiny backbone family in turn: a local Hugging Face model folder."""
     return TINY_BACKBONES[request.param](tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ Seed = Annotated[int | None, typer.Option(help="seed for the split, the head and
 Lr = Annotated[float | None, typer.Option(help="one learning rate for every strategy [default: each strategy's own]")]
 BatchSize = Annotated[int | None, typer.Option(help="training batch size [default: 16]")]
 MaxLength = Annotated[int | None, typer.Option(help="tokens per example after truncation [default: 128]")]
-Pooling = Annotated[str | None, typer.Option(help="mean or cls [default: mean]")]
+Pooling = Annotated[str | None, typer.Option(help="auto, mean, cls or last (token) [default: auto: mean, last for a decoder]")]
 Metric = Annotated[str | None, typer.Option(help="headline metric, also used for early stopping [default: accuracy]")]
 FreezeBelow = Annotated[int | None, typer.Option(help="partial fine-tuning: layer groups frozen from the bottom")]
 LayerDecay = Annotated[
@@ -100,6 +100,17 @@ RUN_OPTIONS = (
     "skip_bad_images",
 )
 TRAINING_OPTIONS = ("epochs", "seed", "lr", "batch_size", "metric", "scheduler")
+FORGETTING_OPTIONS = (
+    "meter",
+    "mitigations",
+    "ewc_lambda",
+    "l2sp_alpha",
+    "replay_fraction",
+    "task_b",
+    "task_b_lr",
+    "general_text",
+    "objective",
+)
 STRATEGY_WIDE_OPTIONS = ("freeze_below", "layer_decay")
 
 
@@ -114,6 +125,7 @@ def _run_config(strategies: list[str] | None, options: dict[str, Any]):
         strategy_wide={k: options[k] for k in STRATEGY_WIDE_OPTIONS},
         strategies=strategies,
         training={k: options[k] for k in TRAINING_OPTIONS},
+        forgetting={k: options.get(k) for k in FORGETTING_OPTIONS},
         **{k: options.get(k) for k in RUN_OPTIONS},
     )
 
@@ -183,6 +195,9 @@ def compare(
             help="first recommend a strategy (see 'transferlab recommend'); at the end, say if it was within noise of the best",
         ),
     ] = False,
+    forgetting: Annotated[
+        bool, typer.Option("--forgetting", help="measure forgetting per strategy: LM perplexity for a decoder, else per-layer CKA")
+    ] = False,
 ) -> None:
     """Try each strategy on the same split and print one row per strategy."""
     from transferlab.recipes.compare import compare as run_compare
@@ -191,6 +206,8 @@ def compare(
     from transferlab.strategies import parse_strategy_list
 
     run_config = _run_config(parse_strategy_list(strategies) if strategies else None, locals())
+    if forgetting and run_config.forgetting.meter is None:
+        run_config.forgetting.meter = "auto"
     target = _out_dir(out_dir, "compare")
     _quiet_unless_main()
     with _training_progress() as progress:
@@ -204,6 +221,70 @@ def compare(
     if failed:
         console.print(f"[red]{len(failed)} strateg{'y' if len(failed) == 1 else 'ies'} did not finish:[/red] {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+Mitigation = Annotated[str | None, typer.Option("--mitigation", help="comma-separated: ewc, replay, l2sp [default: none]")]
+
+
+@app.command("forgetting")
+def forgetting_command(
+    strategy: Annotated[str, typer.Option(help="comma-separated strategy names")] = "full",
+    meter: Annotated[
+        str | None, typer.Option(help="perplexity (decoders), sequential (task A then task B) or cka [default: by backbone]")
+    ] = None,
+    mitigation: Mitigation = None,
+    ewc_lambda: Annotated[float | None, typer.Option(help="EWC weight lambda [default: 1e4]")] = None,
+    l2sp_alpha: Annotated[float | None, typer.Option(help="L2-SP weight alpha [default: 0.1]")] = None,
+    replay_fraction: Annotated[float | None, typer.Option(help="share of each batch replayed [default: 0.25]")] = None,
+    task_b: Annotated[str | None, typer.Option(help="second task of the sequential meter [default: bbc-news]")] = None,
+    task_b_lr: Annotated[float | None, typer.Option(help="task B's learning rate [default: --lr]")] = None,
+    general_text: Annotated[str | None, typer.Option(help="auto, bbc-news or python-docs: held-out text for perplexity")] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="classification, or lm: fine-tune a decoder's LM on the task's texts (full or lora)")
+    ] = None,
+    backbone: Backbone = None,
+    dataset: Dataset = None,
+    seeds: Seeds = None,
+    seed: Seed = None,
+    n_train: NTrain = None,
+    n_test: NTest = None,
+    epochs: Epochs = None,
+    lr: Lr = None,
+    batch_size: BatchSize = None,
+    max_length: MaxLength = None,
+    pooling: Pooling = None,
+    config: ConfigFile = None,
+    out_dir: OutDir = None,
+) -> None:
+    """Measure what fine-tuning forgets: a meter before and after each strategy, with optional mitigations (seed 9)."""
+    from transferlab.recipes.forgetting import format_forgetting, run_forgetting
+    from transferlab.strategies import parse_strategy_list
+
+    mitigations = None if mitigation is None else [m.strip() for m in mitigation.split(",") if m.strip() not in ("", "none")]
+    options = {"freeze_below": None, "layer_decay": None, "metric": None, "scheduler": None, **locals(), "mitigations": mitigations}
+    options["meter"] = meter or "auto"
+    run_config = _run_config(parse_strategy_list(strategy), options)
+    target = _out_dir(out_dir, "forgetting")
+    with _training_progress() as progress:
+        progress("forgetting")
+        results = run_forgetting(run_config, target, log=_progress_logger())
+    for name, summary in results["strategies"].items():
+        if summary["status"] != "ok":
+            out.print(f"{name}: {summary['status']}: {summary.get('reason')}", highlight=False)
+            continue
+        f = summary["forgetting"]
+        if f["meter"] == "sequential":
+            line = (
+                f"task A ({results['dataset']}) {f['before']['mean']:.4f} ± {f['before']['std']:.4f} -> "
+                f"{f['after']['mean']:.4f} ± {f['after']['std']:.4f} after task B ({f['b_score']['mean']:.4f})"
+            )
+        elif "task_perplexity" in summary:
+            t = summary["task_perplexity"]
+            line = f"general-text {format_forgetting(f)}; task-text ppl {t['before']['mean']:.1f} -> {t['after']['mean']:.1f}"
+        else:
+            line = f"{format_forgetting(f)}; task accuracy {summary['accuracy']['mean']:.4f}"
+        out.print(f"{name} [{', '.join(f['mitigations']) or 'no mitigation'}]: {line}", highlight=False)
+    console.print(f"results: {target / 'results.json'}")
 
 
 @app.command("recommend")

@@ -17,6 +17,7 @@ from transferlab.data.augment import AUGMENTATIONS
 from transferlab.data.sources import DEFAULT_DATASET
 from transferlab.data.splits import DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA
 from transferlab.errors import UserError
+from transferlab.evaluation.forgetting import ForgettingConfig
 from transferlab.strategies import get_strategy
 from transferlab.training.loop import TrainingConfig
 
@@ -35,7 +36,7 @@ class RunConfig:
     n_test: int | None = None
     val_fraction: float = 0.1
     max_length: int = 128
-    pooling: str = "mean"
+    pooling: str = "auto"  # mean for encoders, the last non-pad token for decoders
     cv: int | None = None  # folds; None: 5 below 1,000 training examples, else one hold-out split
     seeds: int = 1  # training runs per split, seeds seed, seed + 1, ...
     class_weights: str = "none"  # none | balanced (w_c = N / (C n_c))
@@ -50,6 +51,7 @@ class RunConfig:
     normalization: str = "auto"  # auto: the weights' own mean/std; imagenet, half or none force one (to show the cost)
     skip_bad_images: bool = False  # leave unreadable images out with a warning instead of stopping
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)  # meter and mitigations (seed 9)
 
     def folds(self, dataset_size: int) -> int:
         """Cross-validation folds; 1 means a hold-out split."""
@@ -95,6 +97,7 @@ class RunConfig:
         if self.normalization != "auto" and self.normalization not in NORMALIZATIONS:
             raise UserError(f"normalization must be auto, {', '.join(NORMALIZATIONS)}; got '{self.normalization}'")
         self.training.validate()
+        self.forgetting.validate()
         for name in self.strategies:
             self.strategy(name)  # unknown names and bad settings fail here, before any work
         unused = set(self.strategy_settings) - set(self.strategies)
@@ -155,8 +158,10 @@ def load_run_config(path: Path | None, strategy_wide: dict[str, Any] | None = No
     _checked_fields(RunConfig, values, str(path))
     training = _checked_fields(TrainingConfig, dict(values.pop("training", None) or {}), f"{path}: training")
     training.update({k: v for k, v in overrides.pop("training", {}).items() if v is not None})
+    forgetting = _checked_fields(ForgettingConfig, dict(values.pop("forgetting", None) or {}), f"{path}: forgetting")
+    forgetting.update({k: v for k, v in overrides.pop("forgetting", {}).items() if v is not None})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    config = RunConfig(**values, training=TrainingConfig(**training))
+    config = RunConfig(**values, training=TrainingConfig(**training), forgetting=ForgettingConfig(**forgetting))
     apply_to_strategies(config, strategy_wide or {})
     config.validate()
     return config

@@ -23,7 +23,7 @@ def load_preprocessor(
         raise UserError(f"backbone '{asset.name}': cannot load its tokenizer: {str(err).splitlines()[0]}") from None
 
 
-def build_classifier(asset: ResolvedAsset, label_names: list[str], pooling: str = "mean") -> TransferModel:
+def build_classifier(asset: ResolvedAsset, label_names: list[str], pooling: str = "auto") -> TransferModel:
     """The pretrained backbone with a new head for these labels."""
     if asset.modality == "image":
         return build_vision_classifier(asset, label_names)

@@ -1,10 +1,11 @@
-"""Text encoders (BERT, MPNet, DistilBERT, RoBERTa, ...) through transformers' Auto classes.
+"""Text encoders (BERT, MPNet, DistilBERT, RoBERTa, ...) and decoders (Llama, ...) through transformers' Auto classes.
 
 The classifier is a `PreTrainedModel`, so `save_pretrained` writes safetensors and a config that
 `AutoModelForSequenceClassification.from_pretrained` loads once transferlab is imported.
 Pooling is ours, not the model family's: the sentence-transformers checkpoints we ship were
 trained for mean pooling, and BERT's own pooler (a tanh layer trained for next-sentence
-prediction) is not part of them.
+prediction) is not part of them. A decoder-only body (Llama) pools its last non-pad token, the one
+position that has seen the whole input, as transformers' own `*ForSequenceClassification` decoders do.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from transferlab.backbones.adapters import insert_adapters
 from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel
 from transferlab.errors import UserError
 
-POOLINGS = ("mean", "cls")
+# auto: mean for encoders, the last non-pad token for decoder-only backbones.
+POOLINGS = ("auto", "mean", "cls", "last")
+# Families whose blocks attend causally: no token but the last sees the whole input.
+DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "gpt_neox", "olmo", "opt", "falcon")
 # Which hidden states feed the head (seed 6.2): the last layer, the one before it, the last four
 # concatenated, or a learned softmax-weighted sum of the embeddings and every layer (ELMo's scalar mix).
 FEATURE_LAYERS = ("last", "second_to_last", "last4", "weighted")
@@ -65,6 +69,8 @@ class TextClassifierConfig(PretrainedConfig):
             # peft's prompt learning reads these from the top-level config.
             for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
                 setattr(self, key, getattr(backbone_config, key, None))
+            if getattr(backbone_config, "num_key_value_heads", None) is not None:  # grouped-query attention (Llama)
+                self.num_key_value_heads = backbone_config.num_key_value_heads
 
 
 class LayerMix(nn.Module):
@@ -76,6 +82,12 @@ class LayerMix(nn.Module):
 
     def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
         return torch.einsum("l,lbd->bd", torch.softmax(self.weights, 0), torch.stack(states))
+
+
+def is_decoder_only(config: PretrainedConfig) -> bool:
+    """A causal decoder (Llama, GPT-2, ...): it keeps a language-model head and pools its last token."""
+    architectures = getattr(config, "architectures", None) or []
+    return config.model_type in DECODER_FAMILIES or any(a.endswith("ForCausalLM") for a in architectures)
 
 
 def _layer_list(backbone: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
@@ -156,11 +168,27 @@ class TextClassifier(PreTrainedModel, TransferModel):
             + [LayerGroup("head", tuple(f"{name}." for name in self.head_modules))]
         )
 
+    @property
+    def is_decoder_only(self) -> bool:
+        return is_decoder_only(self.config.backbone_config)
+
+    def pooling(self) -> str:
+        """The pooling in effect: `auto` resolved for this family."""
+        choice = self.config.pooling
+        if choice == "auto":
+            return "last" if self.is_decoder_only else "mean"
+        return choice
+
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # Under prefix tuning the mask also covers the virtual keys in front: pool over the real tokens.
         attention_mask = attention_mask[:, -hidden.shape[1] :]
-        if self.config.pooling == "cls":
+        pooling = self.pooling()
+        if pooling == "cls":
             return hidden[:, 0]
+        if pooling == "last":  # the last position the mask keeps, whichever side the padding is on
+            positions = torch.arange(hidden.shape[1], device=hidden.device)
+            last = (attention_mask.to(torch.long) * positions).argmax(1)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
@@ -278,9 +306,11 @@ class TextPreprocessor(Preprocessor):
         return len(feature["input_ids"])
 
 
-def build_text_classifier(path: str, num_labels: int, label_names: list[str], pooling: str = "mean") -> TextClassifier:
-    """A pretrained encoder with a new, randomly initialised head for `num_labels` classes."""
+def build_text_classifier(path: str, num_labels: int, label_names: list[str], pooling: str = "auto") -> TextClassifier:
+    """A pretrained encoder (or decoder body) with a new, randomly initialised head for `num_labels` classes."""
     backbone = AutoModel.from_pretrained(path)
+    if pooling == "cls" and is_decoder_only(backbone.config):
+        raise UserError(f"cls pooling on the decoder {path}: its first token sees nothing else; use last or mean")
     dropout = getattr(backbone.config, "classifier_dropout", None)  # as Hugging Face's own classifiers choose it
     config = TextClassifierConfig(
         backbone_config=backbone.config,
@@ -290,4 +320,24 @@ def build_text_classifier(path: str, num_labels: int, label_names: list[str], po
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
     )
+    if getattr(backbone.config, "pad_token_id", None) is not None:
+        config.pad_token_id = backbone.config.pad_token_id  # decoders: padding must be known to find the last token
     return TextClassifier(config, backbone=backbone)
+
+
+def causal_lm_with_body(path: str, body: nn.Module) -> nn.Module:
+    """The decoder at `path` as a causal LM whose body is replaced by `body`'s current weights.
+
+    Measures what fine-tuning a classifier did to the language model: the body is shared with the LM,
+    and a tied LM head (SmolLM2's) is the fine-tuned embedding matrix itself. `body` must hold plain
+    weights: merge LoRA first (the strategy's `export`), so that the LM sees the adapted function.
+    """
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(path)
+    missing, unexpected = lm.get_decoder().load_state_dict(body.state_dict(), strict=False)
+    if unexpected or missing:
+        raise UserError(f"the fine-tuned body does not fit the language model of {path}: {(missing or unexpected)[:3]}")
+    if getattr(lm.config, "tie_word_embeddings", False):
+        lm.tie_weights()
+    return lm.to(next(body.parameters()).device).eval()

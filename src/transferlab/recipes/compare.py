@@ -34,6 +34,7 @@ from transferlab.distributed import broadcast, is_main_process
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
+from transferlab.recipes.forgetting import forgetting_probe, summarize_forgetting
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.loop import FitData, default_device, predict_proba
@@ -160,6 +161,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
     )
+    probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()
     with PeakMemory() as memory:
         model = strategy.fit(model, data, training)
@@ -182,6 +184,8 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         "settings": strategy.config.__dict__,
         **per_class_report(labels, probs, experiment.label_names),
     }
+    if probe is not None:
+        result["forgetting"] = probe.after(strategy, model)
     return StrategyRun(strategy, model, probs, result, data.log_history)
 
 
@@ -262,7 +266,10 @@ def compare(
         if all(runs):
             _log_summary(job.strategy, aggregate_runs(runs), metric, log)
     for name in config.strategies:
-        record["strategies"][name] = aggregate_runs([results[j] for j in jobs if j.strategy == name])
+        runs = [results[j] for j in jobs if j.strategy == name]
+        record["strategies"][name] = summary = aggregate_runs(runs)
+        if summary["status"] == "ok" and runs[0].get("forgetting"):
+            summary["forgetting"] = summarize_forgetting(runs)
     record["comparison"] = compare_to_best(record["strategies"], metric)
     if recommendation:
         record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}

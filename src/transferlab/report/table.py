@@ -37,14 +37,17 @@ def results_table(results: dict[str, Any]) -> Table:
     table.add_column("vs best")
     for column in ("trainable", "%", "train s", "peak MB"):
         table.add_column(column, justify="right")
+    forgetting = any(r.get("forgetting") for r in results["strategies"].values())
+    if forgetting:
+        table.add_column("forgetting", justify="right")
     finished = {n: r for n, r in results["strategies"].items() if r["status"] == "ok"}
     ranked = sorted(finished.items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
     for name, r in ranked:
-        table.add_row(name, *row_cells(name, r, metrics, comparison))
+        table.add_row(name, *row_cells(name, r, metrics, comparison), *([_forgetting_cell(r.get("forgetting"))] if forgetting else []))
     notes = []
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
-            table.add_row(name, r["status"], *[""] * (len(metrics) + 4))
+            table.add_row(name, r["status"], *[""] * (len(metrics) + 4 + forgetting))
             notes.append(f"{name} {r['status']}: {r.get('reason', '')}")
     if notes:
         table.caption = "\n".join([caption, *notes])
@@ -61,6 +64,12 @@ def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict
         f"{r['train_seconds']:.1f}",
         f"{r['peak_memory_mb']:.0f}",
     ]
+
+
+def _forgetting_cell(summary: dict[str, Any] | None) -> str:
+    from transferlab.recipes.forgetting import format_forgetting  # late: recipes import this module
+
+    return format_forgetting(summary)
 
 
 def versus_best(name: str, comparison: dict[str, Any]) -> str:

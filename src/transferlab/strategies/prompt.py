@@ -83,6 +83,8 @@ class PrefixTuning(VirtualTokens):
         return None
 
     def expected_trainable_params(self, model: TransferModel) -> int:
-        """2 k L d (a key and a value per virtual token and layer), plus the head."""
+        """2 k L d (a key and a value per virtual token and layer), plus the head; under grouped-query
+        attention (Llama) keys and values have d / heads x key-value heads dimensions."""
         cfg = model.config
-        return 2 * self.config.num_virtual_tokens * cfg.num_hidden_layers * cfg.hidden_size + model.head_size()
+        kv_dim = cfg.hidden_size // cfg.num_attention_heads * (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        return 2 * self.config.num_virtual_tokens * cfg.num_hidden_layers * kv_dim + model.head_size()

@@ -95,6 +95,8 @@ class FitData:
     class_weights: np.ndarray | None = None  # per-class loss weights (seed 10.2), or None for plain cross-entropy
     train_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # random augmentation, training batches only
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    # A term added to each training step's loss (EWC, L2-SP, replay: evaluation/forgetting.py), or None.
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -154,6 +156,7 @@ class _Trainer(Trainer):
         lr_scale: Callable[[str], float] | None = None,
         schedule: str = "linear",
         class_weights: np.ndarray | None = None,
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -165,8 +168,17 @@ class _Trainer(Trainer):
         self.divergence = DivergenceGuard()
         self.schedule = schedule
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.regularizer = regularizer
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
+        result = self._task_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        if self.regularizer is None or not model.training:
+            return result
+        if return_outputs:
+            return result[0] + self.regularizer(model), result[1]
+        return result + self.regularizer(model)
+
+    def _task_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
         if self.class_weights is None:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         else:
@@ -295,6 +307,7 @@ def train_with_trainer(
         lr_scale=lr_scale,
         schedule=cfg.scheduler,
         class_weights=data.class_weights,
+        regularizer=data.regularizer,
         args=args,
         train_dataset=_ListDataset(data.train, data.train_transform),
         eval_dataset=_ListDataset(data.val),
