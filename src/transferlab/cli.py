@@ -255,6 +255,7 @@ def forgetting_command(
     pooling: Pooling = None,
     config: ConfigFile = None,
     out_dir: OutDir = None,
+    resume: Resume = None,
 ) -> None:
     """Measure what fine-tuning forgets: a meter before and after each strategy, with optional mitigations (seed 9)."""
     from transferlab.recipes.forgetting import format_forgetting, run_forgetting
@@ -267,7 +268,7 @@ def forgetting_command(
     target = _out_dir(out_dir, "forgetting")
     with _training_progress() as progress:
         progress("forgetting")
-        results = run_forgetting(run_config, target, log=_progress_logger())
+        results = run_forgetting(run_config, target, log=_progress_logger(), resume=resume)
     for name, summary in results["strategies"].items():
         if summary["status"] != "ok":
             out.print(f"{name}: {summary['status']}: {summary.get('reason')}", highlight=False)

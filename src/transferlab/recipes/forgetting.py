@@ -26,7 +26,6 @@ from transferlab.errors import UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.metrics import classification_metrics
 from transferlab.evaluation.stats import mean_std
-from transferlab.runio import atomic_write_json, atomic_write_yaml
 from transferlab.training.loop import FitData, default_device, map_batches
 
 if TYPE_CHECKING:
@@ -159,16 +158,15 @@ def summarize_forgetting(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------------------- the command
 
 
-def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print) -> dict[str, Any]:
-    """Each strategy x seed: the meter before and after; results.json written atomically at the end."""
-    from transferlab.recipes.compare import prepare, run_record, run_strategy
+def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: bool | None = None) -> dict[str, Any]:
+    """Each strategy x seed: the meter before and after, each reading recorded as it finishes (an
+    interrupted run resumes like compare's); results.json written atomically at the end."""
+    from transferlab.recipes.compare import open_run_folder, prepare, run_record, run_strategy
 
     if config.cv is None:
         config.cv = 1  # one hold-out split: the meter, not cross-validation, is what this command reports
     experiment = prepare(config, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").unlink(missing_ok=True)  # an earlier run's results must not pass for this one's
-    atomic_write_yaml(out_dir / "config.yaml", config.resolved())
+    folder = open_run_folder(out_dir, config, resume, log)
     record = run_record(experiment, "forgetting")
     record["forgetting"] = dataclasses.asdict(config.forgetting)
     sequential_b = None
@@ -179,20 +177,22 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print) -> dict[s
     for name in config.strategies:
         runs = []
         for seed in experiment.seeds():
-            started = time.perf_counter()
-            if sequential_b is not None:
-                result = run_sequential(experiment, sequential_b, name, seed, log)
-            elif config.forgetting.objective == "lm":
-                result = run_causal_lm(experiment, name, seed)
-            else:
-                result = run_strategy(experiment, name, seed=seed).result
-            result["seconds"] = time.perf_counter() - started
+            result = folder.finished_result(name, 0, seed)
+            if result is None:
+                started = time.perf_counter()
+                if sequential_b is not None:
+                    result = run_sequential(experiment, sequential_b, name, seed, log)
+                elif config.forgetting.objective == "lm":
+                    result = run_causal_lm(experiment, name, seed)
+                else:
+                    result = run_strategy(experiment, name, seed=seed).result
+                result["seconds"] = time.perf_counter() - started
+                folder.save_run(name, 0, seed, result, [])
             runs.append(result)
             log(f"{name} seed {seed}: {describe_reading(result)}")
         record["strategies"][name] = {"runs": runs, **summarize_strategy(runs)}
-    record["status"] = "complete"
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(out_dir / "results.json", record)
+    folder.complete(record)
     return record
 
 
