@@ -79,6 +79,10 @@ class VisionConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_json_string(self) -> str:
+        """As a transformers config has it: the Trainer's TensorBoard callback logs the model's config."""
+        return json.dumps(self.to_timm_config(), indent=2)
+
     def to_timm_config(self) -> dict[str, Any]:
         """timm's hub config layout (architecture, num_classes, pretrained_cfg), plus our keys."""
         return {
