@@ -1,4 +1,4 @@
-"""results.json records built from made-up runs, the way compare and study build theirs (through aggregate_runs)."""
+"""results.json records built from made-up runs, the way compare and study build theirs (through summarize_runs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transferlab.evaluation.stats import aggregate_runs, compare_to_best
+from transferlab.evaluation.stats import compare_to_best
+from transferlab.recipes.compare import summarize_runs
 from transferlab.runio import atomic_write_json
 
 LABELS = ["negative", "positive"]
@@ -34,7 +35,7 @@ def run(accuracy: float, seed: int = 0, seconds: float = 10.0, total: int = 1000
 def record(rows: dict[str, list[float]], command: str = "compare", **per_row: dict[str, Any]) -> dict[str, Any]:
     """A finished run: one row per name with these accuracies (one per seed); `per_row[name]` overrides run fields."""
     strategies = {
-        name: aggregate_runs([{**run(a, seed=i), **per_row.get(name, {})} for i, a in enumerate(accuracies)])
+        name: summarize_runs([{**run(a, seed=i), **per_row.get(name, {})} for i, a in enumerate(accuracies)])
         for name, accuracies in rows.items()
     }
     seeds = max(len(a) for a in rows.values())
@@ -77,6 +78,7 @@ def study_record(name: str, points: list[dict[str, Any]], rows: dict[str, list[f
         "quick": quick,
         "x_label": study.x_label,
         "log_x": study.log_x,
+        "panel": study.panel,
         "seed_expectation": study.seed_expectation,
         "points": [{"series": "", "strategy": "full", "curves": [], **p} for p in points],
     }

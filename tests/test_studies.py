@@ -12,7 +12,7 @@ from tests.synthetic_results import curve, study_record
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.studies import STUDIES, get_study, run_study, study_config
 
-NAMES = ["lr-sweep", "epochs", "discriminative-lr", "layer-probe", "lora-rank", "learning-curve", "model-size"]
+NAMES = ["lr-sweep", "epochs", "discriminative-lr", "layer-probe", "lora-rank", "learning-curve", "model-size", "forgetting"]
 
 
 def _cli_here(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -44,8 +44,6 @@ def test_an_unknown_study_is_one_line_and_exit_code_2(monkeypatch, capsys):
     assert code == 2
     assert "unknown study 'lr-swep'; did you mean 'lr-sweep'?" in err and "layer-probe" in err
     assert len(err.strip().splitlines()) == 1
-    with pytest.raises(UserError, match="known: "):
-        get_study("forgetting")  # issue 6's meters: one more module in studies/ when they land
 
 
 def test_model_size_chooses_its_own_backbones_and_names_the_missing_one(monkeypatch, tmp_path):
@@ -74,6 +72,7 @@ def test_model_size_chooses_its_own_backbones_and_names_the_missing_one(monkeypa
         ("learning-curve", False, [50] * 3 + [200] * 3 + [1000] * 3 + [5000] * 3),
         ("model-size", True, ["minilm-l6", "mpnet-base"]),
         ("discriminative-lr", True, ["flat", "eta 0.95"]),
+        ("forgetting", False, [1e-5, 1e-4, 1e-3] * 2),
     ],
 )
 def test_points(name, quick, expected):
@@ -87,6 +86,9 @@ def test_points(name, quick, expected):
         assert {p.strategy for p in points} == {"head", "lora", "full"} and all(p.run["n_train"] == p.x for p in points)
     if name == "discriminative-lr":
         assert [(p.strategy, p.settings) for p in points] == [("full", {}), ("discriminative", {"layer_decay": 0.95})]
+    if name == "forgetting":
+        assert [p.series for p in points] == ["lora"] * 3 + ["full"] * 3 and all(p.settings == {"lr": p.x} for p in points)
+        assert study_config(get_study(name), quick).forgetting.meter == "auto"  # perplexity with an LM head, else CKA
 
 
 def _lr(spike: list[float], top: float):
@@ -119,6 +121,23 @@ def _curve_of(table: dict[int, tuple[float, float, float]]):
             points.append({"label": f"{strategy} n={n}", "x": n, "strategy": strategy, "series": strategy})
             rows[f"{strategy} n={n}"] = [a]
     return points, rows, {}
+
+
+def _drifts(meter: str, lora: list[float], full: list[float], before: float = 20.0):
+    """The forgetting study at 1e-5, 1e-4, 1e-3: each point's reading gives these drifts (None: the run failed)."""
+    points, rows, per_row = [], {}, {}
+    for strategy, drifts in (("lora", lora), ("full", full)):
+        for lr, drift in zip((1e-5, 1e-4, 1e-3), drifts):
+            label = f"{strategy} lr={lr:g}"
+            points.append({"label": label, "x": lr, "strategy": strategy, "series": strategy})
+            if drift is None:
+                per_row[label] = {"status": "diverged", "reason": "loss above 4x its first value"}
+                rows[label] = [0.5]
+                continue
+            after = before * (1 + drift) if meter == "perplexity" else 1 - drift
+            per_row[label] = {"forgetting": {"meter": meter, "before": before if meter == "perplexity" else 1.0, "after": after}}
+            rows[label] = [0.8]
+    return points, rows, per_row
 
 
 def _sizes(small: float, large: float, seconds: tuple[float, float]):
@@ -172,6 +191,12 @@ def _sizes(small: float, large: float, seconds: tuple[float, float]):
         ("model-size", _sizes(0.76, 0.82, (10, 40)), False, "0.060 lower"),
         ("model-size", _sizes(0.81, 0.82, (10, 12)), False, "1.2x faster"),
         ("epochs", ([{"label": "epochs=1", "x": 1}], {"epochs=1": [0.7]}, {}), None, "not all there"),
+        ("forgetting", _drifts("cka", [0.0, 0.01, 0.05], [0.01, 0.06, 0.4]), True, "lora: lr 1e-05 drift 0.000 (test 0.800)"),
+        ("forgetting", _drifts("perplexity", [0.0, 0.01, 0.05], [0.02, 0.5, 9.4]), True, "full: lr 1e-05 drift 0.020"),
+        ("forgetting", _drifts("cka", [0.0, 0.00005, 0.00005], [0.01, 0.06, 0.4]), False, "grows with the learning rate for full;"),
+        ("forgetting", _drifts("cka", [0.0, 0.2, 0.3], [0.01, 0.06, 0.4]), False, "drifts less than LoRA"),
+        ("forgetting", _drifts("cka", [0.0, 0.01, 0.05], [0.01, 0.08, 0.06]), False, "for lora;"),  # falls again: not growing
+        ("forgetting", _drifts("cka", [0.0, 0.01, 0.05], [None, None, 0.4]), None, "fewer than two learning rates"),
     ],
 )
 def test_expectation(name, case, held, says):
@@ -223,3 +248,20 @@ def test_layer_probe_on_minilm_beats_chance_at_every_layer(tmp_path):
     assert min(scores.values()) > 0.55 and max(scores.values()) > 0.65, scores  # two balanced classes: chance is 0.5
     assert results["study"]["expectation"]["held"] in (True, False)
     assert (tmp_path / "report.html").is_file() and (tmp_path / "study.png").is_file()
+
+
+def test_the_forgetting_study_measures_drift_on_a_tiny_model(tmp_path, tiny_bert_dir, sentiment_csv):
+    """Every point reads the CKA meter (no LM head); full fine-tuning at 1e-3 moves the layers far more than LoRA at 1e-5."""
+    study = get_study("forgetting")
+    config = study_config(study, quick=True, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), n_train=100, n_test=40, epochs=1)
+    results = run_study(study, config, tmp_path, quick=True, log=lambda _: None)
+    drifts = {label: row["forgetting"]["drift"]["mean"] for label, row in results["strategies"].items()}
+    assert sorted(drifts) == sorted(p.label for p in study.points(True))
+    assert {row["forgetting"]["meter"] for row in results["strategies"].values()} == {"cka"}
+    full = [drifts[f"full lr={lr:g}"] for lr in (1e-5, 1e-4, 1e-3)]
+    assert 0 < full[0] < full[1] < full[2], full  # a few steps move a random model's layers little, but in order
+    assert drifts["lora lr=0.001"] > max(1e-9, 100 * drifts["lora lr=1e-05"]), drifts  # above float32 noise
+    assert all(drifts[f"full lr={lr:g}"] > 10 * drifts[f"lora lr={lr:g}"] for lr in (1e-5, 1e-4, 1e-3)), drifts
+    assert results["study"]["expectation"]["held"] in (True, False) and "meter cka" in results["study"]["expectation"]["verdict"]
+    page = (tmp_path / "report.html").read_text()
+    assert "<th>forgetting</th>" in page and "CKA 0." in page and (tmp_path / "study.png").is_file()

@@ -412,7 +412,9 @@ def serve(
 
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="lr-sweep, epochs, discriminative-lr, layer-probe, lora-rank, learning-curve or model-size")],
+    name: Annotated[
+        str, typer.Argument(help="lr-sweep, epochs, discriminative-lr, layer-probe, lora-rank, learning-curve, model-size or forgetting")
+    ],
     backbone: Backbone = None,
     dataset: Dataset = None,
     quick: Annotated[bool, typer.Option("--quick", help="one seed and a smaller budget: under 10 minutes on 2 cores")] = False,

@@ -266,10 +266,7 @@ def compare(
         if all(runs):
             _log_summary(job.strategy, aggregate_runs(runs), metric, log)
     for name in config.strategies:
-        runs = [results[j] for j in jobs if j.strategy == name]
-        record["strategies"][name] = summary = aggregate_runs(runs)
-        if summary["status"] == "ok" and runs[0].get("forgetting"):
-            summary["forgetting"] = summarize_forgetting(runs)
+        record["strategies"][name] = summarize_runs([results[j] for j in jobs if j.strategy == name])
     record["comparison"] = compare_to_best(record["strategies"], metric)
     if recommendation:
         record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
@@ -277,6 +274,14 @@ def compare(
         folder.complete(record)
         write_report(out_dir, record)
     return record
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A strategy's row of results.json: metrics over its runs, and the forgetting meter's when it was read."""
+    summary = aggregate_runs(runs)
+    if summary["status"] == "ok" and runs[0].get("forgetting"):
+        summary["forgetting"] = summarize_forgetting(runs)
+    return summary
 
 
 def open_run_folder(out_dir: Path, config: RunConfig, resume: bool | None, log: Log) -> RunFolder:

@@ -139,7 +139,22 @@ def format_forgetting(summary: dict[str, Any] | None) -> str:
     if summary["meter"] == "perplexity":
         before, after = summary["before"]["mean"], summary["after"]["mean"]
         return f"ppl {before:.1f} -> {after:.1f} ({100 * (after / before - 1):+.0f}%)"
-    return f"CKA {summary['after']['mean']:.3f}"
+    if summary["meter"] == "sequential":
+        return f"task A {summary['before']['mean']:.3f} -> {summary['after']['mean']:.3f}"
+    return f"CKA {summary['after']['mean']:.4f}"
+
+
+def drift(reading: dict[str, Any]) -> float:
+    """One number per meter, larger when more was forgotten and 0 when nothing was: the relative rise in
+    perplexity, 1 - mean CKA to the pretrained layers, or the points of task A lost to task B."""
+    if reading["meter"] == "perplexity":
+        return reading["after"] / reading["before"] - 1
+    if reading["meter"] == "cka":
+        return 1.0 - reading["after"]
+    return reading["before"] - reading["after"]
+
+
+DRIFT_LABEL = {"perplexity": "relative perplexity rise", "cka": "1 - mean CKA to the pretrained layers", "sequential": "task A points lost"}
 
 
 def summarize_forgetting(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -151,6 +166,7 @@ def summarize_forgetting(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         "meter": readings[0]["meter"],
         "before": mean_std([r["before"] for r in readings]),
         "after": mean_std([r["after"] for r in readings]),
+        "drift": mean_std([drift(r) for r in readings]),
         "mitigations": readings[0].get("mitigations", []),
     }
 

@@ -17,7 +17,7 @@ from typing import Any
 from transferlab.errors import UserError
 from transferlab.recipes.run_folder import CONFIG, RESULTS
 from transferlab.report import plots
-from transferlab.report.table import SHOWN_METRICS, row_cells
+from transferlab.report.table import SHOWN_METRICS, has_forgetting, row_cells
 from transferlab.runio import atomic_write_bytes, atomic_write_text
 
 STUDY_PLOT = "study.png"
@@ -92,7 +92,9 @@ def figures(directory: Path, results: dict[str, Any]) -> list[tuple[str, str, by
 def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str | None]:
     primary = results.get("primary_metric", "accuracy")
     metrics = [primary] + [m for m in SHOWN_METRICS if m != primary]
+    forgetting = has_forgetting(results)
     header = ["point" if "study" in results else "strategy", *metrics, "vs best", "trainable", "%", "train s", "peak MB"]
+    header += ["forgetting"] if forgetting else []
     comparison = results.get("comparison", {})
     rows = []
     for name in rows_in_order(results):
@@ -100,7 +102,7 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str
         if r.get("status") != "ok":
             rows.append([name, f"{r.get('status')}: {r.get('reason', '')}"] + [""] * (len(header) - 2))
             continue
-        rows.append([name, *row_cells(name, r, metrics, comparison)])
+        rows.append([name, *row_cells(name, r, metrics, comparison, forgetting)])
     return header, rows, comparison.get("best")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -90,23 +91,18 @@ def confusion_matrices(results: dict[str, Any], order: list[str]) -> bytes | Non
 
 
 def study_plot(results: dict[str, Any]) -> bytes:
-    """The study's own figure: the test metric against its x (one line per series, ± std over seeds);
-    with validation-loss curves per point beside it when the study is about the loss (lr-sweep, epochs)."""
+    """The study's own figure: the test metric against its x (one line per series, ± std over seeds),
+    and beside it the study's second panel: validation-loss curves per point (lr-sweep, epochs) or the
+    forgetting meter against x (forgetting)."""
     plt = _pyplot()
     study = results["study"]
     metric = results["primary_metric"]
-    entries = study["points"]
-    with_curves = study["name"] in ("lr-sweep", "epochs")
-    figure, axes = plt.subplots(1, 2 if with_curves else 1, figsize=(12 if with_curves else 7, 4.4), squeeze=False)
+    panel = study.get("panel")
+    figure, axes = plt.subplots(1, 2 if panel else 1, figsize=(12 if panel else 7, 4.4), squeeze=False)
     ax = axes[0][0]
+    entries = study["points"]
     categorical = any(isinstance(e["x"], str) for e in entries)
-    series: dict[str, list[tuple[Any, float, float]]] = {}
-    for e in entries:
-        summary = results["strategies"].get(e["label"], {})
-        if summary.get("status") != "ok":
-            continue
-        m = summary["metrics"][metric]
-        series.setdefault(e["series"] or metric, []).append((e["x"], m["mean"], m["std"]))
+    series = _series(results, lambda summary: summary["metrics"][metric])
     for name, rows in series.items():
         xs = list(range(len(rows))) if categorical else [float(x) for x, _, _ in rows]
         if categorical:
@@ -115,30 +111,60 @@ def study_plot(results: dict[str, Any]) -> bytes:
             low = min(m - s for _, m, s in rows)
             ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(m + s for _, m, s in rows) + 0.03))
         else:
-            ax.errorbar(xs, [m for _, m, _ in rows], yerr=[s for _, _, s in rows], marker="o", capsize=4, label=name)
+            ax.errorbar(xs, [m for _, m, _ in rows], yerr=[s for _, _, s in rows], marker="o", capsize=4, label=name or metric)
     if study.get("log_x") and not categorical:
         ax.set_xscale("log")
     ax.set(xlabel=study["x_label"], ylabel=f"test {metric}", title=f"{study['name']}: test {metric} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
-    if with_curves:
-        from transferlab.studies.base import mean_curve
-
-        curve_ax = axes[0][1]
-        for e in entries:
-            curve = mean_curve(e.get("curves", []))
-            if curve:
-                x = [epoch for _, epoch, _ in curve] if study["name"] == "epochs" else [step for step, _, _ in curve]
-                curve_ax.plot(x, [v for _, _, v in curve], marker=".", label=e["label"])
-        curve_ax.set(
-            xlabel="epoch" if study["name"] == "epochs" else "step",
-            ylabel="validation loss",
-            title="validation loss (mean over seeds)",
-        )
-        if study["name"] == "lr-sweep":
-            curve_ax.set_yscale("log")
-        curve_ax.grid(alpha=0.3)
-        curve_ax.legend(fontsize=8)
+    if panel == "validation-loss":
+        _validation_loss_panel(axes[0][1], study)
+    elif panel == "forgetting":
+        _forgetting_panel(axes[0][1], results)
     figure.tight_layout()
     return png(figure)
+
+
+def _series(
+    results: dict[str, Any], value_of: Callable[[dict[str, Any]], dict[str, float] | None]
+) -> dict[str, list[tuple[Any, float, float]]]:
+    """(x, mean, std) per series, in point order, of the finished points whose summary has the value."""
+    series: dict[str, list[tuple[Any, float, float]]] = {}
+    for e in results["study"]["points"]:
+        summary = results["strategies"].get(e["label"], {})
+        value = value_of(summary) if summary.get("status") == "ok" else None
+        if value is not None:
+            series.setdefault(e["series"], []).append((e["x"], value["mean"], value["std"]))
+    return series
+
+
+def _validation_loss_panel(ax: Any, study: dict[str, Any]) -> None:
+    from transferlab.studies.base import mean_curve
+
+    by_epoch = study["name"] == "epochs"
+    for e in study["points"]:
+        curve = mean_curve(e.get("curves", []))
+        if curve:
+            ax.plot([epoch if by_epoch else step for step, epoch, _ in curve], [v for _, _, v in curve], marker=".", label=e["label"])
+    ax.set(xlabel="epoch" if by_epoch else "step", ylabel="validation loss", title="validation loss (mean over seeds)")
+    if study.get("log_x"):  # a sweep over orders of magnitude: the highest rate's loss dwarfs the others
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _forgetting_panel(ax: Any, results: dict[str, Any]) -> None:
+    from transferlab.recipes.forgetting import DRIFT_LABEL
+
+    study = results["study"]
+    meters = {s["forgetting"]["meter"] for s in results["strategies"].values() if s.get("forgetting")}
+    for name, rows in _series(results, lambda summary: (summary.get("forgetting") or {}).get("drift")).items():
+        ax.errorbar(
+            [float(x) for x, _, _ in rows], [m for _, m, _ in rows], yerr=[s for _, _, s in rows], marker="o", capsize=4, label=name
+        )
+    if study.get("log_x"):
+        ax.set_xscale("log")
+    ax.set(xlabel=study["x_label"], ylabel=" / ".join(DRIFT_LABEL[m] for m in sorted(meters)), title="forgetting (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()

@@ -37,13 +37,13 @@ def results_table(results: dict[str, Any]) -> Table:
     table.add_column("vs best")
     for column in ("trainable", "%", "train s", "peak MB"):
         table.add_column(column, justify="right")
-    forgetting = any(r.get("forgetting") for r in results["strategies"].values())
+    forgetting = has_forgetting(results)
     if forgetting:
         table.add_column("forgetting", justify="right")
     finished = {n: r for n, r in results["strategies"].items() if r["status"] == "ok"}
     ranked = sorted(finished.items(), key=lambda kv: -kv[1]["metrics"][primary]["mean"])
     for name, r in ranked:
-        table.add_row(name, *row_cells(name, r, metrics, comparison), *([_forgetting_cell(r.get("forgetting"))] if forgetting else []))
+        table.add_row(name, *row_cells(name, r, metrics, comparison, forgetting))
     notes = []
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
@@ -54,8 +54,14 @@ def results_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict[str, Any]) -> list[str]:
-    """A finished row's cells after its name: metrics, 'vs best', trainable parameters, %, train s, peak MB."""
+def has_forgetting(results: dict[str, Any]) -> bool:
+    """Whether the table needs the forgetting column (a run that read the forgetting meter)."""
+    return any(r.get("forgetting") for r in results["strategies"].values())
+
+
+def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict[str, Any], forgetting: bool = False) -> list[str]:
+    """A finished row's cells after its name: metrics, 'vs best', trainable parameters, %, train s, peak MB
+    (and the forgetting meter's reading when the table has that column)."""
     return [
         *(format_metric(r["metrics"][m]) if m in r["metrics"] else "n/a" for m in metrics),
         versus_best(name, comparison),
@@ -63,6 +69,7 @@ def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict
         f"{r['trainable_percent']:.2f}",
         f"{r['train_seconds']:.1f}",
         f"{r['peak_memory_mb']:.0f}",
+        *([_forgetting_cell(r.get("forgetting"))] if forgetting else []),
     ]
 
 

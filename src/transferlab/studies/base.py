@@ -22,8 +22,8 @@ import numpy as np
 
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
-from transferlab.evaluation.stats import aggregate_runs, compare_to_best
-from transferlab.recipes.compare import Experiment, open_run_folder, prepare, run_record, run_strategy
+from transferlab.evaluation.stats import compare_to_best
+from transferlab.recipes.compare import Experiment, open_run_folder, prepare, run_record, run_strategy, summarize_runs
 from transferlab.recipes.run_folder import RunFolder, job_name
 from transferlab.training.loop import TrainingConfig
 
@@ -66,6 +66,7 @@ class Study(ABC):
     full: ClassVar[Budget] = Budget(n_train=1000, n_test=1000)
     quick: ClassVar[Budget] = Budget(n_train=400, n_test=500, epochs=2, seeds=1)
     fixed_backbone: ClassVar[bool] = False  # the study chooses its backbones itself
+    panel: ClassVar[str | None] = None  # the plot's second panel: "validation-loss" curves, or "forgetting" against x
 
     def budget(self, quick: bool) -> Budget:
         return self.quick if quick else self.full
@@ -77,6 +78,10 @@ class Study(ABC):
     @abstractmethod
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
         """Whether the seed's expectation held on these results (None: cannot tell), and why, with numbers."""
+
+    def configure(self, config: RunConfig) -> None:
+        """Settings every point shares beyond the budget (the forgetting meter), set on the base config."""
+        return None
 
     def check(self, config: RunConfig) -> None:
         """Fail before any work when the study cannot run (a missing large asset)."""
@@ -188,6 +193,7 @@ def study_config(
         config.backbone = backbone
     if dataset:
         config.dataset = dataset
+    study.configure(config)
     config.validate()
     return config
 
@@ -212,7 +218,7 @@ def run_study(
             record["config"]["strategies"] = sorted({p.strategy for p in points})
         for result, history in zip(results, histories):
             context.save(point, result.get("seed", 0), result, history)
-        record["strategies"][point.label] = summary = aggregate_runs(results)
+        record["strategies"][point.label] = summary = summarize_runs(results)
         entries.append(
             {
                 "label": point.label,
@@ -239,6 +245,7 @@ def run_study(
         "quick": quick,
         "x_label": study.x_label,
         "log_x": study.log_x,
+        "panel": study.panel,
         "seed_expectation": study.seed_expectation,
         "points": entries,
     }

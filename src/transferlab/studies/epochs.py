@@ -21,6 +21,7 @@ class Epochs(Study):
     summary = "full fine-tuning for 1, 3 and 10 epochs (no early stopping)"
     seed_expectation = "fine-tuning saturates fast; 10 epochs likely overfit small data (seed 4.5)"
     x_label = "epochs"
+    panel = "validation-loss"
     full = Budget(n_train=500, n_test=1000)
     quick = Budget(n_train=250, n_test=500, seeds=1)
 

@@ -21,6 +21,7 @@ class LrSweep(Study):
     summary = "full fine-tuning at learning rates 1e-6 ... 1e-3, validation loss per step"
     seed_expectation = "too high a learning rate (1e-3) destroys pretrained features: validation loss falls, then spikes (seed 4.2)"
     x_label = "learning rate"
+    panel = "validation-loss"
     log_x = True
     full = Budget(n_train=1000, n_test=1000, epochs=3)
     quick = Budget(n_train=400, n_test=500, epochs=2, seeds=1)
