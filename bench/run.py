@@ -4,16 +4,22 @@ The baseline is written the way the Hugging Face docs teach: AutoModelForSequenc
 (CLS pooler head), `datasets.map` tokenisation, DataCollatorWithPadding, Trainer; peft for LoRA;
 a frozen base model for feature extraction. Both sides get the same examples (transferlab keeps
 10% of its training examples for validation; the baseline trains on all of them), the same
-epochs, batch size and token limit. The dense fp32 matmul throughput is measured in the same run
-and full fine-tuning's model FLOP utilisation is reported against it.
+epochs, batch size and token limit. transferlab's side is one real `compare` run (shared
+preparation, a run folder with resumable checkpoints), each strategy timed as it runs. The dense
+fp32 matmul throughput is measured in the same run and full fine-tuning's model FLOP utilisation
+is reported against it. Then: the layer-probe study against one forward pass over the same
+sentences, wall time of `head` and `full` at three training-set sizes with the fitted slope, and
+LoRA against full fine-tuning's peak memory on mpnet-base (each in a fresh process).
 
-    python bench/run.py [--n-train 2000] [--n-test 1000] [--epochs 2] [--out docs/benchmarks.json]
+    python bench/run.py [--n-train 2000] [--n-test 1000] [--epochs 2] [--scaling 500,2000,8000]
+                        [--memory-backbone mpnet-base] [--out runs/bench/benchmarks.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import time
 from pathlib import Path
@@ -24,9 +30,13 @@ from datasets import Dataset
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
+from transferlab.backbones import build_classifier
 from transferlab.catalog import resolve_backbone
 from transferlab.config import load_run_config
-from transferlab.recipes.compare import prepare, run_strategy
+from transferlab.recipes.compare import compare, prepare, run_strategy
+from transferlab.recipes.executors import Sequential
+from transferlab.studies import get_study, study_config
+from transferlab.training.loop import map_batches
 from transferlab.training.memory import PeakMemory
 
 BASELINE_LR = {"head": 1e-3, "full": 2e-5, "lora": 5e-4}
@@ -82,17 +92,108 @@ def baseline(
     return {"seconds": seconds, "accuracy": accuracy, "peak_memory_mb": memory.peak_mb}
 
 
-def transferlab_side(experiment, strategy: str) -> dict:
+class TimedJobs(Sequential):
+    """compare's default executor, with each job's wall time and peak memory taken as it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+        self.history: dict[str, list[dict]] = {}
+
+    def map(self, experiment, jobs, out_dir):
+        runs = super().map(experiment, jobs, out_dir)
+        for job in jobs:
+            started = time.perf_counter()
+            with PeakMemory() as memory:
+                outcome = next(runs)
+            self.seconds[job.strategy] = time.perf_counter() - started
+            self.peak_mb[job.strategy] = memory.peak_mb
+            self.history[job.strategy] = outcome.log_history
+            yield outcome
+
+
+def scaling(sizes: list[int], n_test: int, epochs: int, max_length: int, strategies=("head", "full")) -> dict:
+    """Wall time of one run per strategy and training-set size (preparation excluded), and the fitted
+    slope: seconds per 1,000 more sentences, and the exponent of time against size (1 = linear)."""
+    seconds: dict[str, list[float]] = {name: [] for name in strategies}
+    for n in sizes:
+        config = bench_config(list(strategies), n, n_test, epochs, max_length)
+        experiment = prepare(config, log=lambda _: None)
+        for name in strategies:
+            started = time.perf_counter()
+            run_strategy(experiment, name)
+            seconds[name].append(time.perf_counter() - started)
+            print(f"scaling: {name} on {n} sentences: {seconds[name][-1]:.1f}s")
+    fits = {}
+    for name, times in seconds.items():
+        per_sentence, _ = np.polyfit(sizes, times, 1)
+        exponent, _ = np.polyfit(np.log(sizes), np.log(times), 1)
+        fits[name] = {"seconds": times, "seconds_per_1000": 1000 * per_sentence, "exponent": exponent}
+    return {"sizes": sizes, "strategies": fits}
+
+
+def layer_probe_timing(n_train: int, n_test: int, max_length: int) -> dict:
+    """The layer-probe study's work (one forward pass keeping every hidden state, then a cross-validated
+    probe per layer) against one plain forward pass over the same examples."""
+    study = get_study("layer-probe")
+    config = study_config(study, quick=False, seeds=1, n_train=n_train, n_test=n_test)
+    config.max_length = max_length
+    experiment = prepare(config, log=lambda _: None)
+    pre, split = experiment.preprocessor, experiment.split
+    model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
+    examples = experiment.features(np.concatenate([split.train, split.val, split.test]))
     started = time.perf_counter()
+    map_batches(model, examples, pre.collate, lambda m, b: m(**b).logits, pre.length_of, config.training.eval_batch_size)
+    forward = time.perf_counter() - started
+
+    class Prepared:  # the study's context, with the experiment already prepared
+        def experiment(self, point):
+            return experiment
+
+    started = time.perf_counter()
+    outcomes = list(study.run_points(Prepared(), study.points(False), log=lambda _: None))
+    probe = time.perf_counter() - started
+    return {
+        "examples": len(examples),
+        "layers": len(outcomes),
+        "forward_seconds": forward,
+        "probe_seconds": probe,
+        "ratio": probe / forward,
+    }
+
+
+def _peak_of_run(backbone: str, strategy: str, n_train: int, max_length: int) -> dict:
+    config = bench_config([strategy], n_train, 100, 1, max_length, backbone=backbone)
+    experiment = prepare(config, log=lambda _: None)
     with PeakMemory() as memory:
         run = run_strategy(experiment, strategy)
-    return {
-        "seconds": time.perf_counter() - started,
-        "accuracy": run.result["metrics"]["accuracy"],
-        "peak_memory_mb": memory.peak_mb,
-        "train_seconds": run.result["train_seconds"],
-        "trained_tokens": _trained_tokens(run.log_history, experiment),
-    }
+    return {"peak_memory_mb": memory.peak_mb, "trainable_params": run.result["trainable_params"]}
+
+
+def memory_by_strategy(backbone: str, strategies: list[str], n_train: int, max_length: int) -> dict:
+    """Peak memory of each strategy's run, each in a fresh process (the CPU allocator keeps what an
+    earlier run freed, so runs in one process would hide each other's peaks)."""
+    context = multiprocessing.get_context("spawn")
+    out = {}
+    for name in strategies:
+        with context.Pool(1) as pool:
+            out[name] = pool.apply(_peak_of_run, (backbone, name, n_train, max_length))
+        print(f"memory: {backbone} {name}: {out[name]['peak_memory_mb']:.0f} MB")
+    return out
+
+
+def bench_config(strategies: list[str], n_train: int, n_test: int, epochs: int, max_length: int, backbone: str | None = None):
+    return load_run_config(
+        None,
+        strategies=strategies,
+        cv=1,
+        n_train=n_train,
+        n_test=n_test,
+        max_length=max_length,
+        training={"epochs": epochs, "batch_size": 16},
+        **({"backbone": backbone} if backbone else {}),
+    )
 
 
 def _trained_tokens(history, experiment) -> int:
@@ -110,28 +211,33 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--strategies", default="head,lora,full")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/benchmarks.json"))
+    parser.add_argument("--scaling", default="500,2000,8000", help="training-set sizes for the scaling fit ('' to skip)")
+    parser.add_argument("--layer-probe", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--memory-backbone", default="mpnet-base", help="LoRA vs full peak memory on this backbone ('' to skip)")
     args = parser.parse_args()
     strategies = args.strategies.split(",")
 
     peak_gflops = matmul_gflops()
-    config = load_run_config(
-        None,
-        strategies=strategies,
-        cv=1,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        max_length=args.max_length,
-        training={"epochs": args.epochs, "batch_size": 16},
-    )
+    config = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length)
+    jobs = TimedJobs()
+    workdir = args.out.parent
     compare_started = time.perf_counter()
-    experiment = prepare(config, log=print)
-    ours = {name: transferlab_side(experiment, name) for name in strategies}
+    results = compare(config, workdir / "compare", log=print, executor=jobs, resume=False)
     compare_seconds = time.perf_counter() - compare_started
+    ours = {
+        name: {
+            "seconds": jobs.seconds[name],
+            "accuracy": results["strategies"][name]["metrics"]["accuracy"]["mean"],
+            "peak_memory_mb": jobs.peak_mb[name],
+            "train_seconds": results["strategies"][name]["train_seconds"],
+        }
+        for name in strategies
+    }
 
+    experiment = prepare(config, log=lambda _: None)  # the same split again, for the baseline's texts
     train, val, test = (experiment.split.part(name) for name in ("train", "val", "test"))
     train_texts, train_labels = train.inputs + val.inputs, train.labels.tolist() + val.labels.tolist()
     model_path = resolve_backbone(config.backbone).path
-    workdir = args.out.parent
     theirs = {
         name: baseline(
             name, model_path, train_texts, train_labels, test.inputs, test.labels.tolist(), args.epochs, args.max_length, workdir
@@ -141,11 +247,11 @@ def main() -> None:
 
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    full = ours.get("full")
     mfu = None
-    if full:
-        flops = 6 * non_embedding * full["trained_tokens"]  # forward 2 N per token, training 3 x forward
-        mfu = flops / full["train_seconds"] / 1e9 / peak_gflops
+    if "full" in ours:
+        tokens = _trained_tokens(jobs.history["full"], experiment)
+        mfu = 6 * non_embedding * tokens / ours["full"]["train_seconds"] / 1e9 / peak_gflops  # forward 2N per token, training 3x
+    sizes = [int(n) for n in args.scaling.split(",")] if args.scaling else []
     report = {
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "matmul_gflops": peak_gflops},
         "setup": vars(args) | {"out": str(args.out)},
@@ -161,6 +267,9 @@ def main() -> None:
         "compare_seconds": compare_seconds,
         "compare_ratio_to_baseline_sum": compare_seconds / sum(t["seconds"] for t in theirs.values()),
         "full_model_flop_utilisation": mfu,
+        "layer_probe": layer_probe_timing(args.n_train, args.n_test, args.max_length) if args.layer_probe else None,
+        "scaling": scaling(sizes, args.n_test, args.epochs, args.max_length) if sizes else None,
+        "memory": memory_by_strategy(args.memory_backbone, ["lora", "full"], 200, args.max_length) if args.memory_backbone else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -176,6 +285,18 @@ def main() -> None:
     )
     if mfu is not None:
         print(f"full fine-tuning model FLOP utilisation: {mfu:.1%} of the measured matmul peak")
+    if probe := report["layer_probe"]:
+        print(
+            f"layer-probe over {probe['layers']} hidden states: {probe['probe_seconds']:.1f}s = {probe['ratio']:.2f} x "
+            f"one forward pass ({probe['forward_seconds']:.1f}s) over the same {probe['examples']} sentences"
+        )
+    if scale := report["scaling"]:
+        for name, fit in scale["strategies"].items():
+            times = ", ".join(f"{n}: {t:.1f}s" for n, t in zip(scale["sizes"], fit["seconds"]))
+            print(f"scaling {name}: {times}; {fit['seconds_per_1000']:.1f}s per 1,000 sentences, time ~ n^{fit['exponent']:.2f}")
+    if memory := report["memory"]:
+        lora, full = memory["lora"]["peak_memory_mb"], memory["full"]["peak_memory_mb"]
+        print(f"{args.memory_backbone} peak memory: lora {lora:.0f} MB, full {full:.0f} MB = {lora / full:.2f} x")
 
 
 if __name__ == "__main__":
