@@ -51,7 +51,7 @@ test: $(VENV)/.installed | $(FASHION_MNIST) $(CHROMIUM)
 test-slow: $(VENV)/.assets-large | $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest -q -m slow
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.assets-large
 	$(PY) bench/run.py
 	$(PY) bench/merge_latency.py
 	$(PY) bench/serve_load.py
