@@ -36,7 +36,7 @@ from transferlab.config import load_run_config
 from transferlab.recipes.compare import compare, prepare, run_strategy
 from transferlab.recipes.executors import Sequential
 from transferlab.studies import get_study, study_config
-from transferlab.training.loop import map_batches
+from transferlab.training.loop import cpu_has_bf16, map_batches
 from transferlab.training.memory import PeakMemory
 
 BASELINE_LR = {"head": 1e-3, "full": 2e-5, "lora": 5e-4}
@@ -183,7 +183,15 @@ def memory_by_strategy(backbone: str, strategies: list[str], n_train: int, max_l
     return out
 
 
-def bench_config(strategies: list[str], n_train: int, n_test: int, epochs: int, max_length: int, backbone: str | None = None):
+def bench_config(
+    strategies: list[str],
+    n_train: int,
+    n_test: int,
+    epochs: int,
+    max_length: int,
+    backbone: str | None = None,
+    mixed_precision: str = "auto",
+):
     return load_run_config(
         None,
         strategies=strategies,
@@ -191,9 +199,27 @@ def bench_config(strategies: list[str], n_train: int, n_test: int, epochs: int, 
         n_train=n_train,
         n_test=n_test,
         max_length=max_length,
-        training={"epochs": epochs, "batch_size": 16},
+        training={"epochs": epochs, "batch_size": 16, "mixed_precision": mixed_precision},
         **({"backbone": backbone} if backbone else {}),
     )
+
+
+def timed_compare(config, out_dir: Path) -> tuple[dict, float, TimedJobs]:
+    """One real `compare` run: per strategy its wall time, accuracy, peak memory and training seconds; the whole run's seconds."""
+    jobs = TimedJobs()
+    started = time.perf_counter()
+    results = compare(config, out_dir, log=print, executor=jobs, resume=False)
+    seconds = time.perf_counter() - started
+    rows = {
+        name: {
+            "seconds": jobs.seconds[name],
+            "accuracy": row["metrics"]["accuracy"]["mean"],
+            "peak_memory_mb": jobs.peak_mb[name],
+            "train_seconds": row["train_seconds"],
+        }
+        for name, row in results["strategies"].items()
+    }
+    return rows, seconds, jobs
 
 
 def _trained_tokens(history, experiment) -> int:
@@ -213,26 +239,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/benchmarks.json"))
     parser.add_argument("--scaling", default="500,2000,8000", help="training-set sizes for the scaling fit ('' to skip)")
     parser.add_argument("--layer-probe", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=True, help="a second compare run in bf16 where the CPU has it"
+    )
     parser.add_argument("--memory-backbone", default="mpnet-base", help="LoRA vs full peak memory on this backbone ('' to skip)")
     args = parser.parse_args()
     strategies = args.strategies.split(",")
 
     peak_gflops = matmul_gflops()
     config = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length)
-    jobs = TimedJobs()
     workdir = args.out.parent
-    compare_started = time.perf_counter()
-    results = compare(config, workdir / "compare", log=print, executor=jobs, resume=False)
-    compare_seconds = time.perf_counter() - compare_started
-    ours = {
-        name: {
-            "seconds": jobs.seconds[name],
-            "accuracy": results["strategies"][name]["metrics"]["accuracy"]["mean"],
-            "peak_memory_mb": jobs.peak_mb[name],
-            "train_seconds": results["strategies"][name]["train_seconds"],
-        }
-        for name in strategies
-    }
+    ours, compare_seconds, jobs = timed_compare(config, workdir / "compare")
+    bf16 = None
+    if args.bf16 and cpu_has_bf16() and not torch.cuda.is_available():
+        config_bf16 = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length, mixed_precision="bf16")
+        bf16, bf16_compare_seconds, _ = timed_compare(config_bf16, workdir / "compare-bf16")
 
     experiment = prepare(config, log=lambda _: None)  # the same split again, for the baseline's texts
     train, val, test = (experiment.split.part(name) for name in ("train", "val", "test"))
@@ -264,6 +285,20 @@ def main() -> None:
             }
             for name in strategies
         },
+        "bf16": None
+        if bf16 is None
+        else {
+            "strategies": {
+                name: {
+                    **row,
+                    "time_ratio": row["seconds"] / theirs[name]["seconds"],
+                    "accuracy_gain": row["accuracy"] - theirs[name]["accuracy"],
+                }
+                for name, row in bf16.items()
+            },
+            "compare_seconds": bf16_compare_seconds,
+            "compare_ratio_to_baseline_sum": bf16_compare_seconds / sum(t["seconds"] for t in theirs.values()),
+        },
         "compare_seconds": compare_seconds,
         "compare_ratio_to_baseline_sum": compare_seconds / sum(t["seconds"] for t in theirs.values()),
         "full_model_flop_utilisation": mfu,
@@ -285,6 +320,13 @@ def main() -> None:
     )
     if mfu is not None:
         print(f"full fine-tuning model FLOP utilisation: {mfu:.1%} of the measured matmul peak")
+    if report["bf16"]:
+        print("with training.mixed_precision: bf16 (this CPU computes bf16 natively):")
+        for name, r in report["bf16"]["strategies"].items():
+            print(
+                f"{name:<8} {r['seconds']:8.1f} {theirs[name]['seconds']:8.1f} {r['time_ratio']:6.2f} {r['accuracy']:9.3f} {theirs[name]['accuracy']:9.3f}"
+            )
+        print(f"compare, bf16: {report['bf16']['compare_ratio_to_baseline_sum']:.2f} x the baseline sum")
     if probe := report["layer_probe"]:
         print(
             f"layer-probe over {probe['layers']} hidden states: {probe['probe_seconds']:.1f}s = {probe['ratio']:.2f} x "

@@ -102,3 +102,42 @@ def test_freshly_applied_strategy_computes_the_pretrained_function(name, tiny_ba
         before = model(**batch).logits.clone()
         after = get_strategy(name).prepare(model).eval()(**batch).logits
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_the_cpu_only_when_asked_for_and_native(monkeypatch, native):
+    from transferlab.training.loop import _precision_flags
+
+    monkeypatch.setattr("transferlab.training.loop.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _precision_flags("auto") == _precision_flags("no") == _precision_flags("fp16") == {}  # fp32: the exact default
+    assert _precision_flags("bf16") == ({"bf16": True, "use_cpu": True} if native else {})
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() or not __import__("transferlab.training.loop").training.loop.cpu_has_bf16(),
+    reason="needs a CPU with native bf16",
+)
+def test_bf16_training_on_the_cpu_computes_in_bf16_and_keeps_fp32_weights(tiny_bert_dir):
+    torch.manual_seed(0)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"], "mean")
+    seen: set[torch.dtype] = set()
+    model.classifier.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype) if module.training else None)
+    data = _data(tiny_bert_dir)
+    get_strategy("full", lr=1e-3).fit(model, data, TrainingConfig(batch_size=16, epochs=1, mixed_precision="bf16"))
+    assert seen == {torch.bfloat16}  # the training forward ran under bf16 autocast
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # master weights stay fp32
+    losses = [e["loss"] for e in data.log_history if "loss" in e]
+    assert losses and all(loss == loss and loss < 5 for loss in losses)
+
+
+def test_inference_follows_the_training_precision(monkeypatch):
+    from transferlab.training.loop import inference_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("transferlab.training.loop.cpu_has_bf16", lambda: True)
+    x = torch.randn(4, 8)
+    with inference_precision(TrainingConfig()):
+        assert (x @ x.T).dtype == torch.float32  # auto on the CPU: fp32
+    with inference_precision(TrainingConfig(mixed_precision="bf16")):
+        assert (x @ x.T).dtype == torch.bfloat16

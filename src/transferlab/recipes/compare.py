@@ -37,7 +37,7 @@ from transferlab.evaluation.stats import aggregate_runs, compare_to_best
 from transferlab.recipes.forgetting import forgetting_probe, summarize_forgetting
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.strategies import Strategy, count_parameters
-from transferlab.training.loop import FitData, default_device, predict_proba
+from transferlab.training.loop import FitData, default_device, inference_precision, predict_proba
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
 
@@ -168,7 +168,8 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     train_seconds = time.perf_counter() - started
     trainable, total = count_parameters(model)
     trainable_head = sum(p.numel() for p in _base(model).head_parameters() if p.requires_grad)
-    probs = predict_proba(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
+    with inference_precision(training):
+        probs = predict_proba(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
     labels = experiment.data.labels[split.test]
     result = {
         "status": "ok",

@@ -26,7 +26,7 @@ from transferlab.backbones.text import FEATURE_LAYERS
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import sklearn_scorer
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
-from transferlab.training.loop import FitData, TrainingConfig, map_batches, pooled_features
+from transferlab.training.loop import FitData, TrainingConfig, inference_precision, map_batches, pooled_features
 
 
 @dataclass
@@ -80,18 +80,20 @@ class FeatureExtraction(Strategy):
         examples = data.train + data.val
         y = np.array([f["labels"] for f in examples])
         if self.config.layers == "weighted":
-            states = map_batches(
-                model,
-                examples,
-                data.collate,
-                lambda m, b: torch.stack(m.pooled_hidden_states(**b), 1),
-                data.length_of,
-                training.eval_batch_size,
-            )
+            with inference_precision(training):
+                states = map_batches(
+                    model,
+                    examples,
+                    data.collate,
+                    lambda m, b: torch.stack(m.pooled_hidden_states(**b), 1),
+                    data.length_of,
+                    training.eval_batch_size,
+                )
             mix = self._fit_layer_mix(model, states, y, len(data.train), data, training)
             x = np.einsum("l,nld->nd", mix, states)
         else:
-            x = pooled_features(model, examples, data.collate, data.length_of, training.eval_batch_size)
+            with inference_precision(training):
+                x = pooled_features(model, examples, data.collate, data.length_of, training.eval_batch_size)
         coef, intercept = self._fit_linear(x, y, len(data.label_names), data, training)
         with torch.no_grad():
             model.classifier.weight.copy_(torch.as_tensor(coef, dtype=model.classifier.weight.dtype))
