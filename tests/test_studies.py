@@ -191,8 +191,8 @@ def _sizes(small: float, large: float, seconds: tuple[float, float]):
         ("model-size", _sizes(0.76, 0.82, (10, 40)), False, "0.060 lower"),
         ("model-size", _sizes(0.81, 0.82, (10, 12)), False, "1.2x faster"),
         ("epochs", ([{"label": "epochs=1", "x": 1}], {"epochs=1": [0.7]}, {}), None, "not all there"),
-        ("forgetting", _drifts("cka", [0.0, 0.01, 0.05], [0.01, 0.06, 0.4]), True, "lora: lr 1e-05 drift 0.000 (test 0.800)"),
-        ("forgetting", _drifts("perplexity", [0.0, 0.01, 0.05], [0.02, 0.5, 9.4]), True, "full: lr 1e-05 drift 0.020"),
+        ("forgetting", _drifts("cka", [0.0, 0.01, 0.05], [0.01, 0.06, 0.4]), True, "lora: lr 1e-05 drift 0.0000 (test 0.800)"),
+        ("forgetting", _drifts("perplexity", [0.0, 0.01, 0.05], [0.02, 0.5, 9.4]), True, "full: lr 1e-05 drift 0.0200"),
         ("forgetting", _drifts("cka", [0.0, 0.00005, 0.00005], [0.01, 0.06, 0.4]), False, "grows with the learning rate for full;"),
         ("forgetting", _drifts("cka", [0.0, 0.2, 0.3], [0.01, 0.06, 0.4]), False, "drifts less than LoRA"),
         ("forgetting", _drifts("cka", [0.0, 0.01, 0.05], [0.01, 0.08, 0.06]), False, "for lora;"),  # falls again: not growing

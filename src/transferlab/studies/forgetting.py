@@ -62,7 +62,7 @@ class Forgetting(Study):
         full_more = all(table["full"][lr] >= table["lora"][lr] - TOLERANCE for lr in shared)
         rows = "; ".join(
             f"{s}: "
-            + ", ".join(f"lr {lr:g} drift {d:.3f} (test {score_text(results, labels[s, lr])})" for lr, d in sorted(table[s].items()))
+            + ", ".join(f"lr {lr:g} drift {d:.4f} (test {score_text(results, labels[s, lr])})" for lr, d in sorted(table[s].items()))
             for s in STRATEGIES
         )
         meter = next(s["forgetting"]["meter"] for s in results["strategies"].values() if s.get("forgetting"))
