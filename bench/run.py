@@ -163,6 +163,19 @@ def layer_probe_timing(n_train: int, n_test: int, max_length: int) -> dict:
     }
 
 
+def frozen_cache_timing(n_train: int, n_test: int, epochs: int, max_length: int) -> dict:
+    """Partial fine-tuning (its default: the embeddings and all blocks but the top two frozen) with the frozen
+    blocks computed once per example and with them computed at every step, on the same split."""
+    runs = {}
+    for cached in (True, False):
+        config = bench_config(["partial"], n_train, n_test, epochs, max_length, strategy_settings={"partial": {"cache_frozen": cached}})
+        experiment = prepare(config, log=lambda _: None)
+        started = time.perf_counter()
+        run = run_strategy(experiment, "partial")
+        runs["cached" if cached else "computed"] = {"seconds": time.perf_counter() - started, "accuracy": run.result["metrics"]["accuracy"]}
+    return runs | {"ratio": runs["cached"]["seconds"] / runs["computed"]["seconds"]}
+
+
 def _peak_of_run(backbone: str, strategy: str, n_train: int, max_length: int) -> dict:
     config = bench_config([strategy], n_train, 100, 1, max_length, backbone=backbone)
     experiment = prepare(config, log=lambda _: None)
@@ -191,10 +204,12 @@ def bench_config(
     max_length: int,
     backbone: str | None = None,
     mixed_precision: str = "auto",
+    strategy_settings: dict | None = None,
 ):
     return load_run_config(
         None,
         strategies=strategies,
+        strategy_settings=strategy_settings or {},
         cv=1,
         n_train=n_train,
         n_test=n_test,
@@ -239,6 +254,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/benchmarks.json"))
     parser.add_argument("--scaling", default="500,2000,8000", help="training-set sizes for the scaling fit ('' to skip)")
     parser.add_argument("--layer-probe", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--frozen-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="partial fine-tuning with and without its frozen-layer cache",
+    )
     parser.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=True, help="a second compare run in bf16 where the CPU has it"
     )
@@ -303,6 +324,7 @@ def main() -> None:
         "compare_ratio_to_baseline_sum": compare_seconds / sum(t["seconds"] for t in theirs.values()),
         "full_model_flop_utilisation": mfu,
         "layer_probe": layer_probe_timing(args.n_train, args.n_test, args.max_length) if args.layer_probe else None,
+        "frozen_cache": frozen_cache_timing(args.n_train, args.n_test, args.epochs, args.max_length) if args.frozen_cache else None,
         # 500 test sentences: rt-polarity's 8,530 leave 7,530 for training beside 1,000
         "scaling": scaling(sizes, 500, args.epochs, args.max_length) if sizes else None,
         "memory": memory_by_strategy(args.memory_backbone, ["lora", "full"], 200, args.max_length) if args.memory_backbone else None,
@@ -332,6 +354,12 @@ def main() -> None:
         print(
             f"layer-probe over {probe['layers']} hidden states: {probe['probe_seconds']:.1f}s = {probe['ratio']:.2f} x "
             f"one forward pass ({probe['forward_seconds']:.1f}s) over the same {probe['examples']} sentences"
+        )
+    if cache := report["frozen_cache"]:
+        cached, computed = cache["cached"], cache["computed"]
+        print(
+            f"partial fine-tuning with its frozen blocks cached: {cached['seconds']:.1f}s (acc {cached['accuracy']:.3f}) against "
+            f"{computed['seconds']:.1f}s computed at every step (acc {computed['accuracy']:.3f}) = {cache['ratio']:.2f} x"
         )
     if scale := report["scaling"]:
         for name, fit in scale["strategies"].items():

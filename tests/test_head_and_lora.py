@@ -10,8 +10,8 @@ from sklearn.preprocessing import StandardScaler
 
 from transferlab.backbones import TextPreprocessor, build_classifier
 from transferlab.catalog import resolve_backbone
+from transferlab.evaluation.probe import fold_standardisation
 from transferlab.strategies import get_strategy
-from transferlab.strategies.head import fold_standardisation
 
 from .conftest import sentiment_texts
 

@@ -138,8 +138,7 @@ class TextClassifier(PreTrainedModel, TransferModel):
 
     def add_adapters(self, kind: str, r: int) -> None:
         """Bottleneck adapters in every layer; recorded in the config so that loading rebuilds them."""
-        _, stack = _layer_list(self.backbone, self.config.backbone_config.num_hidden_layers)
-        insert_adapters(stack, self.config.backbone_config.hidden_size, kind, r)
+        insert_adapters(self.layer_stack(), self.config.backbone_config.hidden_size, kind, r)
         self.config.adapters = {"kind": kind, "r": r}
         self.to(self.backbone.device)
 
@@ -150,6 +149,10 @@ class TextClassifier(PreTrainedModel, TransferModel):
             nn.init.zeros_(module.bias)
         elif isinstance(module, LayerMix):
             nn.init.zeros_(module.weights)
+
+    def layer_stack(self) -> nn.ModuleList:
+        """The backbone's blocks, bottom first (what the `layer.i` groups own)."""
+        return _layer_list(self.backbone, self.config.backbone_config.num_hidden_layers)[1]
 
     # ------------------------------------------------------------------ the contract
     def layer_groups(self) -> list[LayerGroup]:

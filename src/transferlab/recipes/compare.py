@@ -37,7 +37,7 @@ from transferlab.evaluation.stats import aggregate_runs, compare_to_best
 from transferlab.recipes.forgetting import forgetting_probe, summarize_forgetting
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.strategies import Strategy, count_parameters
-from transferlab.training.loop import FitData, default_device, inference_precision, predict_proba
+from transferlab.training.loop import FitData, cpu_has_bf16, default_device, inference_precision, predict_proba
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
 
@@ -108,6 +108,10 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     started = time.perf_counter()
     features = preprocessor.encode([data.inputs[i] for i in used], data.labels[used])
     log(f"encoded {len(used)} examples in {time.perf_counter() - started:.1f}s")
+    if config.training.mixed_precision == "auto" and default_device().type == "cpu" and cpu_has_bf16():
+        log(
+            "this CPU computes bf16 natively: `training: {mixed_precision: bf16}` trains about 1.5x faster at the same accuracy (docs/benchmarks.md); auto stays exact fp32"
+        )
     faults.reached("encoded")
     return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)))
 

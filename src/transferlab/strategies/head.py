@@ -14,17 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from transferlab.backbones.base import TransferModel
 from transferlab.backbones.text import FEATURE_LAYERS
 from transferlab.errors import UserError
-from transferlab.evaluation.metrics import sklearn_scorer
+from transferlab.evaluation.probe import ProbeSettings, fit_probe
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
 from transferlab.training.loop import FitData, TrainingConfig, inference_precision, map_batches, pooled_features
 
@@ -43,17 +38,6 @@ class HeadConfig(StrategyConfig):
             raise UserError(f"c_grid must hold positive values, got {self.c_grid}")
         if self.cv_folds < 2:
             raise UserError(f"cv_folds must be at least 2, got {self.cv_folds}")
-
-
-def fold_standardisation(clf: LogisticRegression, scaler: StandardScaler, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (classes x features) and bias acting on raw features, equal to scaler-then-classifier.
-
-    A binary regression has one weight row w: softmax over (-w/2, +w/2) is exactly sigmoid(w).
-    """
-    coef, intercept = clf.coef_ / scaler.scale_, clf.intercept_ - (clf.coef_ * scaler.mean_ / scaler.scale_).sum(1)
-    if num_classes == 2:
-        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-    return coef, intercept
 
 
 @register_strategy
@@ -103,59 +87,20 @@ class FeatureExtraction(Strategy):
     def _fit_linear(
         self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Cross-validated logistic regression; returns weights acting on raw features.
+        """The cross-validated probe (evaluation/probe.py); its C search goes to the run's log history."""
+        probe = fit_probe(x, y, num_classes, self.probe_settings(data, training))
+        data.log_history.extend(probe.log_entries(training.headline_metric))
+        return probe.coef, probe.intercept
 
-        Features that are (nearly) constant carry no information, and standardising them would
-        fold a huge 1 / std into the head's weights (MiniLM has mean-pooled dimensions with std
-        2e-9), which breaks any later fine-tuning from this head (LP-FT): they get weight zero.
-        """
-        spread = x.std(0)
-        informative = spread > 1e-6 * spread.max()
-        coef, intercept = self._cross_validated_regression(x[:, informative], y, num_classes, data, training)
-        full = np.zeros((coef.shape[0], x.shape[1]), dtype=coef.dtype)
-        full[:, informative] = coef
-        return full, intercept
-
-    def _cross_validated_regression(
-        self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
-    ) -> tuple[np.ndarray, np.ndarray]:
-        with threadpool_limits(1):
-            return self._grid_search(x, y, num_classes, data, training)
-
-    def _grid_search(
-        self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One BLAS thread (the caller's limit): beside torch's OpenMP threads, several BLAS threads on these
-        small solves spin against each other and run 40x slower (0.8 s vs 33 s measured on 2 cores)."""
-        folds = min(self.config.cv_folds, int(np.bincount(y, minlength=num_classes).min()))
-        if folds < 2:
-            raise UserError("the head's cross-validation needs at least 2 examples of every class")
-        search = GridSearchCV(
-            Pipeline(
-                [
-                    ("scale", StandardScaler()),
-                    # scikit-learn's "balanced" weights are the seed's w_c = N / (C n_c)
-                    (
-                        "clf",
-                        LogisticRegression(
-                            max_iter=self.config.max_iter,
-                            random_state=training.seed,
-                            class_weight="balanced" if data.class_weights is not None else None,
-                        ),
-                    ),
-                ]
-            ),
-            {"clf__C": self.config.c_grid},
-            scoring=sklearn_scorer(training.headline_metric, num_classes),
-            cv=StratifiedKFold(folds, shuffle=True, random_state=training.seed),
-        ).fit(x, y)
-        for c, score in zip(self.config.c_grid, search.cv_results_["mean_test_score"]):
-            data.log_history.append({"C": c, f"cv_{training.headline_metric}": float(score)})
-        data.log_history.append(
-            {"chosen_C": search.best_params_["clf__C"], f"best_cv_{training.headline_metric}": float(search.best_score_)}
+    def probe_settings(self, data: FitData, training: TrainingConfig) -> ProbeSettings:
+        return ProbeSettings(
+            c_grid=tuple(self.config.c_grid),
+            folds=self.config.cv_folds,
+            max_iter=self.config.max_iter,
+            seed=training.seed,
+            metric=training.headline_metric,
+            balanced=data.class_weights is not None,
         )
-        best = search.best_estimator_
-        return fold_standardisation(best.named_steps["clf"], best.named_steps["scale"], num_classes)
 
     def _fit_layer_mix(
         self, model: TransferModel, states: np.ndarray, y: np.ndarray, n_train: int, data: FitData, training: TrainingConfig

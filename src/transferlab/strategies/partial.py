@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +13,7 @@ from transformers import TrainerCallback
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
+from transferlab.training.frozen_cache import FrozenLayerCache, cache_size_mb
 from transferlab.training.loop import FitData, TrainingConfig, steps_per_epoch, train_with_trainer
 
 
@@ -23,12 +26,16 @@ def _check_freeze_below(k: int, groups: int) -> None:
 class PartialConfig(TrainedStrategyConfig):
     lr: float = 5e-5
     freeze_below: int | None = None  # layer groups frozen from the bottom; None: all but the top two layers and the head
+    # A text backbone's frozen blocks run once per example, without dropout, and are looked up at every step
+    # (training/frozen_cache.py), unless the cache would pass cache_limit_mb or training augments the inputs.
+    cache_frozen: bool = True
+    cache_limit_mb: float = 2048.0
 
 
 @register_strategy
 class PartialFineTuning(Strategy):
     name = "partial"
-    summary = "the bottom k layer groups frozen (--freeze-below k), the rest fine-tuned"
+    summary = "the bottom k layer groups frozen (--freeze-below k) and computed once, the rest fine-tuned"
     config_class = PartialConfig
 
     def frozen_groups(self, model: TransferModel) -> int:
@@ -45,6 +52,39 @@ class PartialFineTuning(Strategy):
     def expected_trainable_params(self, model: TransferModel) -> int:
         trainable = model.layer_groups()[self.frozen_groups(model) :]
         return sum(p.numel() for name, p in model.named_parameters() if any(g.owns(name) for g in trainable))
+
+    def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
+        prepared = self.prepare(model)
+        cache = self._frozen_layer_cache(model, data, training)
+        with cache.serving() if cache is not None else nullcontext():
+            return train_with_trainer(
+                prepared, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training)
+            )
+
+    def _frozen_layer_cache(self, model: TransferModel, data: FitData, training: TrainingConfig) -> FrozenLayerCache | None:
+        blocks = self.frozen_groups(model) - 1  # a text backbone's groups: the embeddings, then one per block
+        if not self.config.cache_frozen or model.modality != "text" or blocks < 1 or data.train_transform is not None:
+            return None
+        examples = data.train + data.val
+        size = cache_size_mb(examples, data.length_of, model.config.backbone_config.hidden_size)
+        if size > self.config.cache_limit_mb:
+            data.log_history.append(
+                {"frozen_layer_cache": f"off: {size:.0f} MB would pass cache_limit_mb ({self.config.cache_limit_mb:.0f})"}
+            )
+            return None
+        started = time.perf_counter()
+        cache = FrozenLayerCache(model, blocks).fill(examples, data.collate, data.length_of, training.eval_batch_size)
+        data.log_history.append(
+            {
+                "frozen_layer_cache": {
+                    "blocks": blocks,
+                    "examples": len(cache.rows),
+                    "mb": round(size, 1),
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+            }
+        )
+        return cache
 
 
 @dataclass

@@ -3,8 +3,8 @@
 The frozen backbone runs once over the training, validation and test examples with every hidden state
 pooled (`pooled_hidden_states`: the embeddings, then layers 1..L). Each layer's features get the head
 strategy's probe: logistic regression on standardised features, its strength chosen by 5-fold
-cross-validation over training and validation examples, then tested. The seed expects the best layer
-to be L-1 or L-2 rather than the last.
+cross-validation over training and validation examples, then tested; the probes are independent and
+fit side by side on the machine's cores. The seed expects the best layer to be L-1 or L-2 rather than the last.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from transferlab.backbones import build_classifier
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
+from transferlab.evaluation.probe import fit_probes
 from transferlab.strategies import count_parameters
 from transferlab.strategies.head import FeatureExtraction
 from transferlab.studies.base import Budget, Outcome, Point, Study, StudyContext, register_study, score, score_text
@@ -64,33 +65,41 @@ class LayerProbe(Study):
         total = count_parameters(model)[1]
         if len(points) != states.shape[1]:  # a backbone whose depth the point list did not know
             points = self.points(False, states.shape[1] - 1)
+        # every (layer, seed) probe is independent: fitted side by side on the machine's cores
         probe = FeatureExtraction()
+        no_examples = FitData([], [], pre.collate, experiment.label_names)  # a probe reads only class weights
+        jobs = [(int(point.x), seed) for point in points for seed in experiment.seeds()]
+        started = time.perf_counter()
+        fits = fit_probes(
+            [(states[fit_rows, layer], y, k, probe.probe_settings(no_examples, config.training_for_seed(seed))) for layer, seed in jobs]
+        )
+        seconds_each = (time.perf_counter() - started) / len(jobs) + forward / len(points)
+        fitted = dict(zip(jobs, fits))
         for point in points:
             layer = int(point.x)
             results, histories = [], []
             for seed in experiment.seeds():
-                data = FitData(experiment.features(split.train), experiment.features(split.val), pre.collate, experiment.label_names)
-                started = time.perf_counter()
-                coef, intercept = probe._fit_linear(states[fit_rows, layer], y, k, data, config.training_for_seed(seed))
-                logits = torch.as_tensor(states[test_rows, layer] @ coef.T + intercept)
+                fit = fitted[layer, seed]
+                logits = torch.as_tensor(states[test_rows, layer] @ fit.coef.T + fit.intercept)
                 probs = torch.softmax(logits.float(), -1).numpy()
+                trainable = int(fit.coef.size + fit.intercept.size)
                 results.append(
                     {
                         "status": "ok",
                         "fold": 0,
                         "seed": seed,
                         "metrics": classification_metrics(y_test, probs, k),
-                        "trainable_params": int(coef.size + intercept.size),
+                        "trainable_params": trainable,
                         "trainable_params_without_head": 0,
                         "total_params": total,
-                        "trainable_percent": 100.0 * (coef.size + intercept.size) / total,
-                        "train_seconds": time.perf_counter() - started + forward / len(points),
+                        "trainable_percent": 100.0 * trainable / total,
+                        "train_seconds": seconds_each,
                         "peak_memory_mb": memory.peak_mb,
                         "settings": {"layer": layer, "features": "pooled hidden state"},
                         **per_class_report(y_test, probs, experiment.label_names),
                     }
                 )
-                histories.append(data.log_history)
+                histories.append(fit.log_entries(config.training.headline_metric))
             yield point, results, histories
 
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:

@@ -1,0 +1,117 @@
+"""A cross-validated linear probe on cached features: the head strategy's classifier and the layer-probe
+study's measurement.
+
+L2-regularised logistic regression on standardised features, its strength C chosen by stratified k-fold
+cross-validation and then refitted on every row. scikit-learn's `LogisticRegressionCV` walks each fold
+along the C grid (smallest C first) warm-starting every fit from the previous one: 2.9 s against 5.2 s
+for a grid search of cold fits over the 7 layer probes of minilm-l6 on 2,000 sentences, at the same
+accuracy (docs/benchmarks.md). The scaler is fitted once on all rows rather than per fold: a mean and a
+standard deviation, which see no labels.
+
+This module imports only numpy and scikit-learn, so `fit_probes` can spread probes over worker processes
+that start in a fraction of a second (a worker that imported torch would take seconds).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from joblib import Parallel, cpu_count, delayed
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from transferlab.errors import UserError
+from transferlab.evaluation.metrics import sklearn_scorer
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    c_grid: tuple[float, ...]
+    folds: int = 5
+    max_iter: int = 3000
+    seed: int = 0
+    metric: str = "accuracy"  # the cross-validation score that picks C
+    balanced: bool = False  # scikit-learn's "balanced" class weights, the seed's w_c = N / (C n_c)
+
+
+@dataclass(frozen=True)
+class Probe:
+    coef: np.ndarray  # classes x features, acting on raw features (standardisation folded in)
+    intercept: np.ndarray
+    cv_scores: dict[float, float]  # mean cross-validated score of each C
+    chosen_c: float
+
+    @property
+    def best_score(self) -> float:
+        return self.cv_scores[self.chosen_c]
+
+    def log_entries(self, metric: str) -> list[dict[str, float]]:
+        """For a run's log history: the score of every C, then the choice."""
+        return [{"C": c, f"cv_{metric}": s} for c, s in self.cv_scores.items()] + [
+            {"chosen_C": self.chosen_c, f"best_cv_{metric}": self.best_score}
+        ]
+
+
+def fold_standardisation(clf: LogisticRegression, scaler: StandardScaler, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (classes x features) and bias acting on raw features, equal to scaler-then-classifier.
+
+    A binary regression has one weight row w: softmax over (-w/2, +w/2) is exactly sigmoid(w).
+    """
+    coef, intercept = clf.coef_ / scaler.scale_, clf.intercept_ - (clf.coef_ * scaler.mean_ / scaler.scale_).sum(1)
+    if num_classes == 2:
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    return coef, intercept
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings) -> Probe:
+    """Features that are (nearly) constant carry no information, and standardising them would fold a
+    huge 1 / std into the weights (MiniLM has mean-pooled dimensions with std 2e-9), which breaks any
+    later fine-tuning from this head (LP-FT): they get weight zero.
+
+    One BLAS thread: beside torch's OpenMP threads, several BLAS threads on these small solves spin
+    against each other and run 40x slower (0.8 s vs 33 s measured on 2 cores).
+    """
+    folds = min(settings.folds, int(np.bincount(y, minlength=num_classes).min()))
+    if folds < 2:
+        raise UserError("the linear probe's cross-validation needs at least 2 examples of every class")
+    spread = x.std(0)
+    informative = spread > 1e-6 * spread.max()
+    search = LogisticRegressionCV(
+        Cs=list(settings.c_grid),
+        cv=StratifiedKFold(folds, shuffle=True, random_state=settings.seed),
+        scoring=sklearn_scorer(settings.metric, num_classes),
+        max_iter=settings.max_iter,
+        random_state=settings.seed,
+        class_weight="balanced" if settings.balanced else None,
+    )
+    model = Pipeline([("scale", StandardScaler()), ("clf", search)])
+    with threadpool_limits(1), warnings.catch_warnings():
+        # scikit-learn 1.9-1.11 announce new defaults and attribute layouts; both are read below
+        warnings.simplefilter("ignore", FutureWarning)
+        model.fit(x[:, informative], y)
+    coef, intercept = fold_standardisation(search, model.named_steps["scale"], num_classes)
+    full = np.zeros((coef.shape[0], x.shape[1]), dtype=coef.dtype)
+    full[:, informative] = coef
+    scores = search.scores_
+    scores = next(iter(scores.values())) if isinstance(scores, dict) else scores  # legacy: {class: folds x Cs}
+    mean = np.asarray(scores).reshape(folds, -1).mean(0)
+    return Probe(
+        coef=full,
+        intercept=intercept,
+        cv_scores={float(c): float(s) for c, s in zip(settings.c_grid, mean)},
+        chosen_c=float(np.ravel(search.C_)[0]),
+    )
+
+
+def fit_probes(tasks: list[tuple[np.ndarray, np.ndarray, int, ProbeSettings]]) -> list[Probe]:
+    """`fit_probe` on each (x, y, num_classes, settings), spread over the machine's cores: the probes of a
+    layer study are independent, and each one runs on a single thread."""
+    jobs = min(len(tasks), cpu_count())
+    if jobs <= 1:
+        return [fit_probe(*task) for task in tasks]
+    return Parallel(n_jobs=jobs)(delayed(fit_probe)(*task) for task in tasks)

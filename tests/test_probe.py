@@ -1,0 +1,64 @@
+"""The cross-validated linear probe (evaluation/probe.py): warm-started along the C path, it must choose and
+score C as independent cold fits do, and fitting probes side by side must not change them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from transferlab.errors import UserError
+from transferlab.evaluation.probe import ProbeSettings, fit_probe, fit_probes
+
+C_GRID = (1e-3, 1e-2, 0.1, 1.0)
+
+
+def _problem(seed: int, n: int = 300, d: int = 12, classes: int = 3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, size=(n, d))
+    y = (x[:, :classes] + rng.normal(scale=4.0, size=(n, classes))).argmax(1)
+    return x, y
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_probe_scores_every_c_like_cold_fits(classes):
+    x, y = _problem(0, classes=classes)
+    settings = ProbeSettings(c_grid=C_GRID, folds=5, seed=0)
+    probe = fit_probe(x, y, classes, settings)
+    scaled = StandardScaler().fit_transform(x)
+    cold = {}
+    for c in C_GRID:
+        scores = []
+        for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(scaled, y):
+            clf = LogisticRegression(C=c, max_iter=3000).fit(scaled[train], y[train])
+            scores.append((clf.predict(scaled[test]) == y[test]).mean())
+        cold[c] = float(np.mean(scores))
+    assert list(probe.cv_scores) == list(C_GRID)
+    np.testing.assert_allclose(list(probe.cv_scores.values()), list(cold.values()), atol=0.01)
+    assert probe.cv_scores[probe.chosen_c] == max(probe.cv_scores.values())
+    # the refit on every row, with the scaler folded in, is the cold fit at the chosen C
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(C=probe.chosen_c, max_iter=3000).fit(scaler.transform(x), y)
+    logits = x @ probe.coef.T + probe.intercept
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, reference.predict_proba(scaler.transform(x)), atol=2e-3)
+    assert probe.log_entries("accuracy")[-1] == {"chosen_C": probe.chosen_c, "best_cv_accuracy": probe.best_score}
+
+
+def test_probes_side_by_side_equal_one_by_one():
+    tasks = [(*_problem(seed), 3, ProbeSettings(c_grid=C_GRID, seed=seed)) for seed in range(3)]
+    together, alone = fit_probes(tasks), [fit_probe(*task) for task in tasks]
+    for a, b in zip(together, alone):
+        np.testing.assert_array_equal(a.coef, b.coef)
+        assert a.cv_scores == b.cv_scores and a.chosen_c == b.chosen_c
+
+
+def test_probe_needs_two_examples_of_every_class():
+    x, y = _problem(0, n=20, classes=2)
+    y[:] = 0
+    y[0] = 1
+    with pytest.raises(UserError, match="at least 2 examples of every class"):
+        fit_probe(x, y, 2, ProbeSettings(c_grid=C_GRID))
