@@ -3,13 +3,13 @@ study's measurement.
 
 L2-regularised logistic regression on standardised features, its strength C chosen by stratified k-fold
 cross-validation and then refitted on every row. scikit-learn's `LogisticRegressionCV` walks each fold
-along the C grid (smallest C first) warm-starting every fit from the previous one: 2.9 s against 5.2 s
+along the C grid (smallest C first) warm-starting every fit from the previous one: about 3 s against 5.2 s
 for a grid search of cold fits over the 7 layer probes of minilm-l6 on 2,000 sentences, at the same
-accuracy (docs/benchmarks.md). The scaler is fitted once on all rows rather than per fold: a mean and a
+test accuracy to 0.001 (docs/benchmarks.md). The scaler is fitted once on all rows rather than per fold: a mean and a
 standard deviation, which see no labels.
 
-This module imports only numpy and scikit-learn, so `fit_probes` can spread probes over worker processes
-that start in a fraction of a second (a worker that imported torch would take seconds).
+This module imports only numpy and scikit-learn, so the worker processes `fit_probes` spreads probes over
+load those and not torch (starting two still costs 1.5-2 s the first time, docs/benchmarks.md).
 """
 
 from __future__ import annotations
