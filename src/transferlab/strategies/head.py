@@ -88,18 +88,18 @@ class FeatureExtraction(Strategy):
         self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
     ) -> tuple[np.ndarray, np.ndarray]:
         """The cross-validated probe (evaluation/probe.py); its C search goes to the run's log history."""
-        probe = fit_probe(x, y, num_classes, self.probe_settings(data, training))
+        probe = fit_probe(x, y, num_classes, self.probe_settings(training, balanced=data.class_weights is not None))
         data.log_history.extend(probe.log_entries(training.headline_metric))
         return probe.coef, probe.intercept
 
-    def probe_settings(self, data: FitData, training: TrainingConfig) -> ProbeSettings:
+    def probe_settings(self, training: TrainingConfig, balanced: bool = False) -> ProbeSettings:
         return ProbeSettings(
             c_grid=tuple(self.config.c_grid),
             folds=self.config.cv_folds,
             max_iter=self.config.max_iter,
             seed=training.seed,
             metric=training.headline_metric,
-            balanced=data.class_weights is not None,
+            balanced=balanced,
         )
 
     def _fit_layer_mix(

@@ -22,7 +22,7 @@ from transferlab.evaluation.probe import fit_probes
 from transferlab.strategies import count_parameters
 from transferlab.strategies.head import FeatureExtraction
 from transferlab.studies.base import Budget, Outcome, Point, Study, StudyContext, register_study, score, score_text
-from transferlab.training.loop import FitData, default_device, map_batches
+from transferlab.training.loop import default_device, map_batches
 from transferlab.training.memory import PeakMemory
 
 LAYERS_OF = {"minilm-l6": 6, "mpnet-base": 12}  # for the point list before the model is loaded; others: read at run time
@@ -67,12 +67,9 @@ class LayerProbe(Study):
             points = self.points(False, states.shape[1] - 1)
         # every (layer, seed) probe is independent: fitted side by side on the machine's cores
         probe = FeatureExtraction()
-        no_examples = FitData([], [], pre.collate, experiment.label_names)  # a probe reads only class weights
         jobs = [(int(point.x), seed) for point in points for seed in experiment.seeds()]
         started = time.perf_counter()
-        fits = fit_probes(
-            [(states[fit_rows, layer], y, k, probe.probe_settings(no_examples, config.training_for_seed(seed))) for layer, seed in jobs]
-        )
+        fits = fit_probes([(states[fit_rows, layer], y, k, probe.probe_settings(config.training_for_seed(seed))) for layer, seed in jobs])
         seconds_each = (time.perf_counter() - started) / len(jobs) + forward / len(points)
         fitted = dict(zip(jobs, fits))
         for point in points:
