@@ -10,7 +10,6 @@ from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
     f1_score,
-    make_scorer,
     matthews_corrcoef,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -42,18 +41,29 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: i
     }
 
 
-def sklearn_scorer(metric: str, num_classes: int) -> str | object:
-    """The scikit-learn scorer that computes `metric` the way `classification_metrics` does."""
-    binary = num_classes == 2
-    return {
-        "accuracy": "accuracy",
-        "macro_f1": "f1_macro",
-        "precision": "precision" if binary else "precision_macro",
-        "recall": "recall" if binary else "recall_macro",
-        "f1": "f1" if binary else "f1_macro",
-        "auroc": "roc_auc" if binary else "roc_auc_ovr",
-        "mcc": make_scorer(matthews_corrcoef),
-    }[metric]
+class MetricScorer:
+    """A scikit-learn scorer, `scorer(estimator, x, y)`, that scores with `classification_metrics` itself, so a
+    cross-validated choice (the probe's C) optimises exactly the metric the run reports.
+
+    An object rather than a scoring string: scikit-learn 1.9's `LogisticRegressionCV` rebuilds string scorers
+    with its own `pos_label` and fails on binary data for "f1_macro" and the other averaged scorers. A
+    module-level class pickles into the worker processes that fit probes side by side.
+    """
+
+    def __init__(self, metric: str, num_classes: int):
+        if metric not in HEADLINE_METRICS:
+            raise ValueError(f"unknown metric {metric!r}")
+        self.metric = metric
+        self.num_classes = num_classes
+
+    def __call__(self, estimator, x: np.ndarray, y: np.ndarray) -> float:
+        fitted = estimator.predict_proba(x)
+        probs = np.zeros((len(fitted), self.num_classes), dtype=fitted.dtype)
+        probs[:, np.asarray(estimator.classes_, dtype=int)] = fitted  # a fold's model knows only the classes it saw
+        return classification_metrics(y, probs, self.num_classes)[self.metric]
+
+    def __repr__(self) -> str:
+        return f"MetricScorer({self.metric!r}, {self.num_classes})"
 
 
 def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:

@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from transferlab.errors import UserError
-from transferlab.evaluation.metrics import sklearn_scorer
+from transferlab.evaluation.metrics import MetricScorer
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     search = LogisticRegressionCV(
         Cs=list(settings.c_grid),
         cv=StratifiedKFold(folds, shuffle=True, random_state=settings.seed),
-        scoring=sklearn_scorer(settings.metric, num_classes),
+        scoring=MetricScorer(settings.metric, num_classes),
         max_iter=settings.max_iter,
         random_state=settings.seed,
         class_weight="balanced" if settings.balanced else None,
