@@ -14,9 +14,10 @@ $(VENV)/.torch: requirements/torch.txt
 	$(PIP) install -r requirements/torch.txt
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml requirements/constraints.txt requirements/assets.txt
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml requirements/constraints.txt requirements/assets.txt requirements/gauntlet.txt
 	$(PIP) install -c requirements/constraints.txt -e '.[test]'
 	$(PIP) install --no-deps -r requirements/assets.txt
+	$(PIP) install --no-deps -r requirements/gauntlet.txt
 	touch $@
 
 $(VENV)/.assets-large: $(VENV)/.installed requirements/assets-large.txt

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import sentiment_texts
 
-OK_ROWS = "text,label\n" + "".join(f"{w} film,{'pos' if i % 2 else 'neg'}\n" for i, w in enumerate(["good", "bad"] * 20))
+OK_ROWS = "text,label\n" + "".join(f"{w} film {i},{'pos' if i % 2 else 'neg'}\n" for i, w in enumerate(["good", "bad"] * 20))
 
 
 def _write_inputs(d: Path) -> None:
@@ -22,7 +22,7 @@ def _write_inputs(d: Path) -> None:
     (d / "empty.csv").write_text("")
     (d / "oneclass.csv").write_text("text,label\ngood,1\nfine,1\n")
     (d / "latin1.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,pos\nbad,neg\n".encode("latin-1"))
-    (d / "emptytext.csv").write_text("text,label\ngood,pos\n   ,neg\nbad,neg\n")
+    (d / "emptytext.csv").write_text("text,label\n  ,pos\n   ,neg\n,neg\n")
     (d / "nanlabel.csv").write_text("text,label\ngood,pos\nbad,\nfine,pos\n")
     (d / "few.csv").write_text(OK_ROWS + "meh,neutral\nhmm,neutral\n")
     (d / "data.xlsx").write_text("not a spreadsheet")
@@ -53,7 +53,16 @@ CASES = {
     "empty file": (COMPARE + ["--dataset", "{d}/empty.csv"], "the file is empty"),
     "single class": (COMPARE + ["--dataset", "{d}/oneclass.csv"], "single class"),
     "not UTF-8": (COMPARE + ["--dataset", "{d}/latin1.csv"], "not valid UTF-8"),
-    "empty text": (COMPARE + ["--dataset", "{d}/emptytext.csv"], "row 2 has an empty 'text'"),
+    "every text empty": (COMPARE + ["--dataset", "{d}/emptytext.csv"], "every 'text' is empty"),
+    "validation file without a test file": (
+        COMPARE + ["--dataset", "{d}/ok.csv", "--validation-dataset", "{d}/ok.csv"],
+        "--validation-dataset needs --test-dataset",
+    ),
+    "folds with a test file": (COMPARE + ["--dataset", "{d}/ok.csv", "--test-dataset", "{d}/ok.csv", "--cv", "5"], "use --seeds"),
+    "test file with a new class": (
+        COMPARE + ["--dataset", "{d}/ok.csv", "--test-dataset", "{d}/few.csv"],
+        "does not occur in the training data",
+    ),
     "missing label value": (COMPARE + ["--dataset", "{d}/nanlabel.csv"], "row 2 has no label"),
     "class smaller than the folds": (COMPARE + ["--dataset", "{d}/few.csv", "--cv", "5"], "fewer than the 5 folds"),
     "no such file": (COMPARE + ["--dataset", "{d}/missing.csv"], "no such file"),

@@ -45,7 +45,7 @@ def test_integer_labels_keep_numeric_order(tmp_path):
         ("", "the file is empty"),
         ("text,label\n", "no rows"),
         ("text,label\nhello,1\nworld,1\n", "single class"),
-        ("text,label\nhello,1\n,0\n", "row 2 has an empty 'text'"),
+        ("text,label\n ,1\n,0\n", "every 'text' is empty"),
         ("text,label\nhello,1\nworld,\n", "row 2 has no label"),
     ],
 )
@@ -54,6 +54,15 @@ def test_bad_files_give_one_clear_message(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(UserError, match=message):
         load_user_file(path)
+
+
+def test_empty_texts_are_left_out_with_their_rows(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nhello,1\n  ,0\nworld,0\n,1\nagain,1\n")
+    data = load_user_file(path)
+    assert data.inputs == ["hello", "world", "again"]
+    assert data.labels.tolist() == [1, 0, 1]
+    assert data.rows.tolist() == [1, 3, 5] and data.empty_rows == [2, 4]
 
 
 def test_non_utf8_and_unknown_type(tmp_path):

@@ -28,6 +28,12 @@ Backbone = Annotated[str | None, typer.Option(help="catalog name (see 'transferl
 Dataset = Annotated[str | None, typer.Option(help="catalog name or a .csv/.jsonl/.parquet file")]
 TextColumn = Annotated[str | None, typer.Option(help="text column of your file [default: text]")]
 LabelColumn = Annotated[str | None, typer.Option(help="label column of your file [default: label]")]
+TestDataset = Annotated[
+    str | None, typer.Option(help="your own test file (same columns): evaluated as given; training drops its inputs [default: a split]")
+]
+ValidationDataset = Annotated[
+    str | None, typer.Option(help="your own validation file, with --test-dataset [default: carved from --dataset]")
+]
 NTrain = Annotated[int | None, typer.Option(help="labelled examples to learn from, validation included [default: 2000]")]
 NTest = Annotated[int | None, typer.Option(help="held-out test examples [default: 1000]")]
 Epochs = Annotated[float | None, typer.Option(help="training epochs [default: 3]")]
@@ -82,6 +88,8 @@ def _quiet_libraries() -> None:
 RUN_OPTIONS = (
     "backbone",
     "dataset",
+    "test_dataset",
+    "validation_dataset",
     "n_train",
     "n_test",
     "max_length",
@@ -155,6 +163,8 @@ def _progress_logger():
 def compare(
     backbone: Backbone = None,
     dataset: Dataset = None,
+    test_dataset: TestDataset = None,
+    validation_dataset: ValidationDataset = None,
     strategies: Annotated[str | None, typer.Option(help="comma-separated names, or 'all' [default: head,full,lora]")] = None,
     n_train: NTrain = None,
     n_test: NTest = None,
@@ -288,6 +298,38 @@ def forgetting_command(
     console.print(f"results: {target / 'results.json'}")
 
 
+@app.command("check")
+def check_command(
+    dataset: Dataset = None,
+    backbone: Backbone = None,
+    test_dataset: TestDataset = None,
+    validation_dataset: ValidationDataset = None,
+    n_train: NTrain = None,
+    n_test: NTest = None,
+    max_length: MaxLength = None,
+    cv: Cv = None,
+    seed: Seed = None,
+    imbalance: Imbalance = None,
+    text_column: TextColumn = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
+    skip_bad_images: SkipBadImages = None,
+    config: ConfigFile = None,
+    out_dir: OutDir = None,
+) -> None:
+    """Check the data before training: duplicates, conflicting labels, short and cut texts, imbalance, likely label errors."""
+    from transferlab.data.checks import describe
+    from transferlab.recipes.check import CHECKS, check
+
+    options = {k: None for k in ("augment", "freeze_below", "layer_decay", *TRAINING_OPTIONS)} | locals()
+    run_config = _run_config(None, options)
+    target = _out_dir(out_dir, "check")
+    record = check(run_config, target, log=_progress_logger())
+    for line in describe(record["data_checks"]):
+        out.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(f"checks: {target / CHECKS}")
+
+
 @app.command("recommend")
 def recommend_command(
     dataset: Annotated[str, typer.Option(help="catalog name or a .csv/.jsonl/.parquet file")],
@@ -325,6 +367,8 @@ def train(
     strategy: Annotated[str, typer.Option(help="one strategy name")] = "lora",
     backbone: Backbone = None,
     dataset: Dataset = None,
+    test_dataset: TestDataset = None,
+    validation_dataset: ValidationDataset = None,
     n_train: NTrain = None,
     n_test: NTest = None,
     epochs: Epochs = None,
@@ -417,6 +461,10 @@ def study(
     ],
     backbone: Backbone = None,
     dataset: Dataset = None,
+    test_dataset: TestDataset = None,
+    validation_dataset: ValidationDataset = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
     quick: Annotated[bool, typer.Option("--quick", help="one seed and a smaller budget: under 10 minutes on 2 cores")] = False,
     seeds: Annotated[int | None, typer.Option(help="runs per point [default: 3, 1 with --quick]")] = None,
     n_train: Annotated[int | None, typer.Option(help="labelled examples [default: the study's budget]")] = None,
@@ -430,7 +478,13 @@ def study(
     from transferlab.studies import get_study, run_study, study_config
 
     chosen = get_study(name)
-    config = study_config(chosen, quick, backbone, dataset, seeds, n_train, n_test, epochs)
+    files = {
+        "test_dataset": test_dataset,
+        "validation_dataset": validation_dataset,
+        "text_column": text_column,
+        "label_column": label_column,
+    }
+    config = study_config(chosen, quick, backbone, dataset, seeds, n_train, n_test, epochs, files)
     target = _out_dir(out_dir, f"study-{name}")
     _quiet_unless_main()
     with _training_progress() as progress:

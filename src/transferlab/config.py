@@ -14,6 +14,7 @@ from transferlab.backbones.text import POOLINGS
 from transferlab.backbones.vision import DEFAULT_IMAGE_AUGMENT, IMAGE_AUGMENTATIONS, IMAGE_STRATEGY_DEFAULTS, NORMALIZATIONS
 from transferlab.catalog import DEFAULT_BACKBONE, backbone_modality
 from transferlab.data.augment import AUGMENTATIONS
+from transferlab.data.checks import NEAR_DUPLICATE_COSINE
 from transferlab.data.sources import DEFAULT_DATASET
 from transferlab.data.splits import DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA
 from transferlab.errors import UserError
@@ -30,6 +31,8 @@ class RunConfig:
     dataset: str = DEFAULT_DATASET
     text_column: str = "text"
     label_column: str = "label"
+    test_dataset: str | None = None  # the user's own test file: evaluated as given, never split
+    validation_dataset: str | None = None  # and validation file (with a test file); else carved from --dataset
     strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"lora": {"r": 16}}
     n_train: int | None = None
@@ -50,6 +53,8 @@ class RunConfig:
     image_size: int = 224  # input resolution of a CNN backbone
     normalization: str = "auto"  # auto: the weights' own mean/std; imagenet, half or none force one (to show the cost)
     skip_bad_images: bool = False  # leave unreadable images out with a warning instead of stopping
+    near_duplicate_cosine: float | None = NEAR_DUPLICATE_COSINE  # texts this similar count as copies; None: no check
+    label_issues: bool = True  # rank likely label errors with cleanlab (label_issues.csv)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)  # meter and mitigations (seed 9)
 
@@ -57,6 +62,8 @@ class RunConfig:
         """Cross-validation folds; 1 means a hold-out split."""
         if self.cv is not None:
             return self.cv
+        if self.test_dataset is not None:
+            return 1
         n_train = self.n_train if self.n_train is not None else min(DEFAULT_N_TRAIN, dataset_size)
         return DEFAULT_FOLDS if n_train < SMALL_DATA else 1
 
@@ -88,6 +95,12 @@ class RunConfig:
         ):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be positive, got {value}")
+        if self.test_dataset is not None and self.cv is not None and self.cv > 1:
+            raise UserError("--cv splits --dataset into folds, but --test-dataset fixes the test set: use --seeds for repeated runs")
+        if self.validation_dataset is not None and self.test_dataset is None:
+            raise UserError("--validation-dataset needs --test-dataset: without it the test set is carved from --dataset")
+        if self.near_duplicate_cosine is not None and not 0 < self.near_duplicate_cosine <= 1:
+            raise UserError(f"near_duplicate_cosine must be in (0, 1], got {self.near_duplicate_cosine}")
         if self.class_weights not in ("none", "balanced"):
             raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
         known = IMAGE_AUGMENTATIONS if self.modality == "image" else AUGMENTATIONS

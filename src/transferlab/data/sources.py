@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from transferlab.errors import UserError
 class LabeledData:
     """Inputs (texts, or images as file paths or pixel arrays) with integer labels indexing `label_names`.
 
-    `modality` says which backbone family can read them; `asset` says where they came from.
+    `modality` says which backbone family can read them; `asset` says where they came from; `rows` is each
+    example's row in its file (1-based, as error messages count), and `empty_rows` the rows left out as empty.
     """
 
     inputs: list[Any]
@@ -28,12 +30,26 @@ class LabeledData:
     label_names: list[str]
     asset: ResolvedAsset | None = None
     modality: str = "text"
+    rows: np.ndarray | None = None
+    empty_rows: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = np.arange(1, len(self.inputs) + 1)
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def subset(self, indices: np.ndarray) -> LabeledData:
-        return LabeledData([self.inputs[i] for i in indices], self.labels[indices], self.label_names, self.asset, self.modality)
+        return LabeledData(
+            [self.inputs[i] for i in indices],
+            self.labels[indices],
+            self.label_names,
+            self.asset,
+            self.modality,
+            self.rows[indices],
+            self.empty_rows,
+        )
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.label_names))
@@ -72,14 +88,41 @@ def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: 
         raise UserError(f"{where}: no rows")
     require_columns(frame, [text_column, label_column], where)
     texts = frame[text_column]
-    empty = texts.isna() | (texts.astype(str).str.strip() == "")
-    if empty.any():
-        row = int(np.flatnonzero(empty.to_numpy())[0])
-        raise UserError(f"{where}: row {row + 1} has an empty '{text_column}'")
-    labels, names = encode_labels(frame[label_column], where)
+    empty = (texts.isna() | (texts.astype(str).str.strip() == "")).to_numpy()
+    if empty.all():
+        raise UserError(f"{where}: every '{text_column}' is empty")
+    labels, names = encode_labels(frame[label_column][~empty], where)
     if len(names) < 2:
         raise UserError(f"{where}: column '{label_column}' has a single class ({names[0]}); at least 2 are needed")
-    return LabeledData(texts.astype(str).tolist(), labels, names, asset)
+    rows = np.arange(1, len(frame) + 1)
+    return LabeledData(texts[~empty].astype(str).tolist(), labels, names, asset, rows=rows[~empty], empty_rows=rows[empty].tolist())
+
+
+def with_label_names(data: LabeledData, names: list[str], where: str) -> LabeledData:
+    """`data` relabelled to index `names` (the training data's classes): a held-out file is read on its own,
+    and may lack classes but not add any."""
+    unknown = sorted(set(data.label_names) - set(names))
+    if unknown:
+        raise UserError(f"{where}: class {', '.join(unknown)} does not occur in the training data ({', '.join(names)})")
+    mapping = np.array([names.index(name) for name in data.label_names])
+    return dataclasses.replace(data, labels=mapping[data.labels], label_names=names)
+
+
+def concatenate(parts: list[LabeledData]) -> tuple[LabeledData, list[np.ndarray]]:
+    """One dataset from several with the same classes, and each part's indices into it, so that one
+    tokenisation and the duplicate groups span them all."""
+    first = parts[0]
+    data = LabeledData(
+        [x for part in parts for x in part.inputs],
+        np.concatenate([part.labels for part in parts]),
+        first.label_names,
+        first.asset,
+        first.modality,
+        np.concatenate([part.rows for part in parts]),
+        first.empty_rows,
+    )
+    offsets = np.cumsum([0] + [len(part) for part in parts])
+    return data, [np.arange(start, stop) for start, stop in zip(offsets[:-1], offsets[1:])]
 
 
 def read_table(path: Path) -> pd.DataFrame:

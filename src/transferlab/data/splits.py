@@ -1,7 +1,10 @@
 """Stratified splits with a fixed seed: one hold-out split, or K cross-validation folds.
 
 A split is three index arrays into one dataset, so that every fold and seed of a comparison
-shares a single tokenisation of the examples it uses.
+shares a single tokenisation of the examples it uses. Given duplicate groups (data/checks.py), all
+copies of an input land on the same side: whole groups are drawn, stratified by their label, in the
+spirit of scikit-learn's `StratifiedGroupKFold` (which makes the folds). Without copies the splits are
+scikit-learn's plain stratified ones.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from transferlab.data.checks import has_copies
 from transferlab.data.sources import LabeledData
 from transferlab.errors import UserError
 
@@ -27,6 +31,7 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    removed: int = 0  # training examples left out because they (nearly) duplicate a test example
 
     def part(self, name: str) -> LabeledData:
         return self.data.subset(getattr(self, name))
@@ -35,23 +40,48 @@ class Split:
         return {name: self.part(name).class_counts() for name in ("train", "val", "test")}
 
 
-def _stratified_take(labels: np.ndarray, pool: np.ndarray, size: int, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(taken, rest) indices of `pool`, `size` of them taken with class proportions kept."""
+def _stratified_take(
+    labels: np.ndarray, pool: np.ndarray, size: int, seed: int, what: str, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(taken, rest) indices of `pool`, `size` of them taken with class proportions kept.
+
+    With copies in the pool whole groups are taken, as many as make `size` examples on average, each
+    group stratified by its most common label, so `taken` is near `size` rather than exactly it.
+    """
     if size >= len(pool):
         return pool, pool[:0]
+    units, unit_labels = pool, labels[pool]
+    grouped = groups is not None and has_copies(groups[pool])
+    if grouped:
+        units, inverse = np.unique(groups[pool], return_inverse=True)
+        votes = np.zeros((len(units), int(labels.max()) + 1), dtype=np.int64)
+        np.add.at(votes, (inverse, labels[pool]), 1)
+        unit_labels = votes.argmax(1)
+        classes = len(np.unique(unit_labels))
+        size = round(size * len(units) / len(pool))
+        if len(units) - size < classes:  # the rest could not hold a group of every class: take them all
+            return pool, pool[:0]
+        size = max(size, classes)
     try:
-        taken, rest = train_test_split(pool, train_size=size, stratify=labels[pool], random_state=seed)
+        taken, _ = train_test_split(units, train_size=size, stratify=unit_labels, random_state=seed)
     except ValueError as err:
-        raise UserError(f"cannot draw a stratified {what} of {size} examples: {err}") from None
-    return np.sort(taken), np.sort(rest)
+        raise UserError(f"cannot draw a stratified {what} of {size} {'groups of ' if grouped else ''}examples: {err}") from None
+    chosen = np.isin(groups[pool] if grouped else pool, taken)
+    return np.sort(pool[chosen]), np.sort(pool[~chosen])
 
 
-def _carve_validation(data: LabeledData, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int) -> Split:
+def _carve_validation(
+    data: LabeledData, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int, groups: np.ndarray | None = None
+) -> Split:
     n_val = max(len(data.label_names), round(val_fraction * len(train)))
-    val, fit = _stratified_take(data.labels, train, n_val, seed, "validation set")
+    val, fit = _stratified_take(data.labels, train, n_val, seed, "validation set", groups)
     if len(fit) == 0:
         raise UserError(f"--n-train {n_train} is too small to keep a validation set")
-    split = Split(data, fit, val, test)
+    return checked(Split(data, fit, val, test))
+
+
+def checked(split: Split) -> Split:
+    """Every class must be present in each part."""
     for name, counts in split.summary().items():
         missing = [c for c, n in counts.items() if n == 0]
         if missing:
@@ -65,6 +95,7 @@ def stratified_split(
     n_test: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Split:
     """Test first, then train from the rest; validation is carved out of train.
 
@@ -77,17 +108,43 @@ def stratified_split(
         n_test = min(DEFAULT_N_TEST, max(len(data.label_names), round(DEFAULT_TEST_FRACTION * total)))
     if n_test >= total:
         raise UserError(f"--n-test {n_test} leaves no training data: the dataset has {total} examples")
-    test, pool = _stratified_take(data.labels, np.arange(total), n_test, seed, "test set")
-    train = _training_pool(data, pool, n_train, seed)
-    return _carve_validation(data, train, test, val_fraction, seed, len(train))
+    test, pool = _stratified_take(data.labels, np.arange(total), n_test, seed, "test set", groups)
+    train = _training_pool(data, pool, n_train, seed, groups)
+    return _carve_validation(data, train, test, val_fraction, seed, len(train), groups)
 
 
-def _training_pool(data: LabeledData, pool: np.ndarray, n_train: int | None, seed: int) -> np.ndarray:
+def given_test_split(
+    data: LabeledData,
+    pool: np.ndarray,
+    test: np.ndarray,
+    val: np.ndarray | None,
+    n_train: int | None,
+    val_fraction: float,
+    seed: int,
+    groups: np.ndarray,
+) -> Split:
+    """The user's own test (and validation) examples, unchanged; training draws from `pool` less every
+    example with a copy among them."""
+    held = np.concatenate([test, val if val is not None else test[:0]])
+    clean = pool[~np.isin(groups[pool], groups[held])]
+    if len(clean) == 0:
+        raise UserError("every training example also occurs in the test or validation data")
+    train = _training_pool(data, clean, n_train, seed, groups)
+    split = (
+        _carve_validation(data, train, test, val_fraction, seed, len(train), groups)
+        if val is None
+        else checked(Split(data, train, val, test))
+    )
+    split.removed = len(pool) - len(clean)
+    return split
+
+
+def _training_pool(data: LabeledData, pool: np.ndarray, n_train: int | None, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     if n_train is None:
         n_train = min(DEFAULT_N_TRAIN, len(pool))
     if n_train > len(pool):
         raise UserError(f"--n-train {n_train} is more than the {len(pool)} examples available")
-    return _stratified_take(data.labels, pool, n_train, seed, "training set")[0]
+    return _stratified_take(data.labels, pool, n_train, seed, "training set", groups)[0]
 
 
 def stratified_subset(data: LabeledData, n: int, seed: int = 0) -> LabeledData:
@@ -95,18 +152,25 @@ def stratified_subset(data: LabeledData, n: int, seed: int = 0) -> LabeledData:
     return data.subset(_training_pool(data, np.arange(len(data)), min(n, len(data)), seed))
 
 
-def cross_validation_splits(data: LabeledData, n_train: int | None, folds: int, val_fraction: float = 0.1, seed: int = 0) -> list[Split]:
-    """Stratified K-fold over `n_train` examples: each fold tests on its held-out part and trains on the rest."""
-    pool = _training_pool(data, np.arange(len(data)), n_train, seed)
-    smallest = int(np.bincount(data.labels[pool], minlength=len(data.label_names)).min())
+def cross_validation_splits(
+    data: LabeledData, n_train: int | None, folds: int, val_fraction: float = 0.1, seed: int = 0, groups: np.ndarray | None = None
+) -> list[Split]:
+    """Stratified K-fold over `n_train` examples: each fold tests on its held-out part and trains on the rest.
+    With copies among them, whole groups go to a fold (scikit-learn's `StratifiedGroupKFold`)."""
+    pool = _training_pool(data, np.arange(len(data)), n_train, seed, groups)
+    grouped = groups is not None and has_copies(groups[pool])
+    units = np.unique(groups[pool], return_index=True)[1] if grouped else np.arange(len(pool))
+    per_class = np.bincount(data.labels[pool][units], minlength=len(data.label_names))
+    smallest = int(per_class.min())
     if smallest < folds:
-        name = data.label_names[int(np.argmin(np.bincount(data.labels[pool], minlength=len(data.label_names))))]
-        raise UserError(f"class '{name}' has {smallest} examples, fewer than the {folds} folds: use fewer folds or more data")
-    kfold = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return [
-        _carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool))
-        for train, test in kfold.split(pool, data.labels[pool])
-    ]
+        name = data.label_names[int(np.argmin(per_class))]
+        what = "distinct inputs" if grouped else "examples"
+        raise UserError(f"class '{name}' has {smallest} {what}, fewer than the {folds} folds: use fewer folds or more data")
+    if grouped:
+        parts = StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(pool, data.labels[pool], groups[pool])
+    else:
+        parts = StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool, data.labels[pool])
+    return [_carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool), groups) for train, test in parts]
 
 
 def make_imbalanced(data: LabeledData, minority_share: float, seed: int = 0) -> LabeledData:

@@ -28,14 +28,16 @@ from transferlab.backbones import Preprocessor, build_classifier, load_preproces
 from transferlab.catalog import ResolvedAsset, resolve_backbone
 from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
-from transferlab.data.sources import LabeledData, load_dataset
-from transferlab.data.splits import Split, cross_validation_splits, make_imbalanced, stratified_split
+from transferlab.data.sources import LabeledData
+from transferlab.data.splits import Split
 from transferlab.distributed import broadcast, is_main_process
 from transferlab.environment import describe_environment
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
+from transferlab.recipes.dataset import Findings, check_data, load_run_data, make_splits
 from transferlab.recipes.forgetting import forgetting_probe, summarize_forgetting
 from transferlab.recipes.run_folder import RunFolder
+from transferlab.runio import atomic_write_text
 from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.loop import FitData, cpu_has_bf16, default_device, inference_precision, predict_proba
 from transferlab.training.memory import PeakMemory
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 
+LABEL_ISSUES = "label_issues.csv"
 IMBALANCED = 1.5  # largest / smallest class count above which the headline metric defaults to macro-F1
 
 
@@ -59,6 +62,7 @@ class Experiment:
     splits: list[Split]
     preprocessor: Preprocessor
     encoded: dict[int, dict[str, Any]] = field(default_factory=dict)
+    findings: Findings | None = None  # the data checks (recipes/dataset.py)
 
     @property
     def split(self) -> Split:
@@ -81,39 +85,39 @@ class Experiment:
 
 def prepare(config: RunConfig, log: Log = print) -> Experiment:
     """Everything that can fail on bad input fails here, before any output is written."""
-    modality = config.modality
-    data = load_dataset(config.dataset, config.text_column, config.label_column, modality, config.image_column, config.skip_bad_images)
-    if config.imbalance is not None:
-        data = make_imbalanced(data, config.imbalance, config.training.seed)
+    run_data = load_run_data(config)
+    data = run_data.data
     backbone = resolve_backbone(config.backbone)
-    folds = config.folds(len(data))
-    if folds > 1:
-        splits = cross_validation_splits(data, config.n_train, folds, config.val_fraction, config.training.seed)
-    else:
-        splits = [stratified_split(data, config.n_train, config.n_test, config.val_fraction, config.training.seed)]
-    counts = np.bincount(data.labels, minlength=len(data.label_names))
+    folds = config.folds(len(run_data.parts["train"]))
+    splits = make_splits(config, run_data, folds)
+    counts = np.bincount(data.labels[run_data.parts["train"]], minlength=len(data.label_names))
     if config.training.metric is None:
         config.training.metric = "macro_f1" if counts.max() / max(1, counts.min()) > IMBALANCED else "accuracy"
-    log(f"{config.dataset}: {len(data)} examples, classes {_counts(data.class_counts())}; headline metric {config.training.metric}")
     log(
-        f"{f'{folds} stratified folds' if folds > 1 else 'hold-out split'} x {config.seeds} seed(s); "
-        + ", ".join(
-            f"{name} {len(getattr(splits[0], name))} {_counts(splits[0].part(name).class_counts())}" for name in ("train", "val", "test")
-        )
-        + (" (fold 1)" if folds > 1 else "")
+        f"{config.dataset}: {len(run_data.parts['train'])} examples, classes {_counts(dict(zip(data.label_names, counts.tolist())))}; headline metric {config.training.metric}"
     )
+    split_kind = f"{folds} stratified folds" if folds > 1 else "your test file" if config.test_dataset else "hold-out split"
+    modality = config.modality
     augment = config.augmentations() if modality == "image" else []  # text augmentation adds copies instead
     preprocessor = load_preprocessor(backbone, config.max_length, config.image_size, config.normalization, augment)
     used = np.unique(np.concatenate([np.concatenate([s.train, s.val, s.test]) for s in splits]))
     started = time.perf_counter()
     features = preprocessor.encode([data.inputs[i] for i in used], data.labels[used])
     log(f"encoded {len(used)} examples in {time.perf_counter() - started:.1f}s")
+    findings = check_data(config, run_data, splits, used, features, backbone, preprocessor, log)
+    log(
+        f"{split_kind} x {config.seeds} seed(s); "
+        + ", ".join(
+            f"{name} {len(getattr(splits[0], name))} {_counts(splits[0].part(name).class_counts())}" for name in ("train", "val", "test")
+        )
+        + (" (fold 1)" if folds > 1 else "")
+    )
     if config.training.mixed_precision == "auto" and default_device().type == "cpu" and cpu_has_bf16():
         log(
             "this CPU computes bf16 natively: `training: {mixed_precision: bf16}` trains about 1.5x faster at the same accuracy (docs/benchmarks.md); auto stays exact fp32"
         )
     faults.reached("encoded")
-    return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)))
+    return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)), findings)
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -129,16 +133,17 @@ class StrategyRun:
     log_history: list[dict[str, Any]]
 
 
-def _training_examples(experiment: Experiment, split: Split, seed: int) -> list[dict[str, Any]]:
-    """The fold's training examples, oversampled and augmented as configured (never val or test)."""
+def _training_examples(experiment: Experiment, split: Split, seed: int) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """The fold's training examples, oversampled and augmented as configured (never val or test), and their
+    indices into the data when every one of them is an original example."""
     config = experiment.config
     indices = oversample(split.train, experiment.data.labels, seed) if config.oversample else split.train
     examples = experiment.features(indices)
     if config.modality == "text" and config.augmentations():
         texts = [experiment.data.inputs[i] for i in indices]
         extra_texts, extra_labels = augment_texts(texts, experiment.data.labels[indices], config.augment, config.augment_copies, seed)
-        examples = examples + experiment.preprocessor.encode(extra_texts, extra_labels)
-    return examples
+        return examples + experiment.preprocessor.encode(extra_texts, extra_labels), None
+    return examples, indices
 
 
 def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None, fold: int = 0, seed: int | None = None) -> StrategyRun:
@@ -153,7 +158,11 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     reason = strategy.unsupported_reason(model)
     if reason:
         return StrategyRun(strategy, None, None, {"status": "skipped", "reason": reason}, [])
-    train_examples = _training_examples(experiment, split, seed)
+    train_examples, train_indices = _training_examples(experiment, split, seed)
+    findings = experiment.findings
+    frozen = None
+    if strategy.reads_frozen_features() and train_indices is not None and findings is not None and findings.features is not None:
+        frozen = findings.features_of(np.concatenate([train_indices, split.val]))
     train_labels = np.array([f["labels"] for f in train_examples])
     data = FitData(
         train=train_examples,
@@ -164,12 +173,17 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         workdir=workdir,
         class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
+        frozen_features=frozen,
     )
     probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()
     with PeakMemory() as memory:
         model = strategy.fit(model, data, training)
     train_seconds = time.perf_counter() - started
+    peak_mb = memory.peak_mb
+    if frozen is not None:  # the features the checks computed count as this strategy's work
+        train_seconds += findings.feature_seconds * len(frozen) / len(findings.used)
+        peak_mb = max(peak_mb, findings.feature_peak_mb)
     trainable, total = count_parameters(model)
     trainable_head = sum(p.numel() for p in _base(model).head_parameters() if p.requires_grad)
     with inference_precision(training):
@@ -185,7 +199,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / total,
         "train_seconds": train_seconds,
-        "peak_memory_mb": memory.peak_mb,
+        "peak_memory_mb": peak_mb,
         "settings": strategy.config.__dict__,
         **per_class_report(labels, probs, experiment.label_names),
     }
@@ -220,13 +234,18 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
         "evaluation": {
             "folds": len(experiment.splits),
             "seeds": experiment.seeds(),
-            "test_examples": "each fold's held-out part" if len(experiment.splits) > 1 else "a stratified hold-out set",
+            "test_examples": "each fold's held-out part"
+            if len(experiment.splits) > 1
+            else f"your test file {experiment.config.test_dataset}"
+            if experiment.config.test_dataset
+            else "a stratified hold-out set",
         },
         "n_train": len(split.train) + len(split.val),
         "n_fit": len(split.train),
         "n_val": len(split.val),
         "n_test": len(split.test),
         "class_counts": [s.summary() for s in experiment.splits],
+        "data_checks": experiment.findings.summary if experiment.findings else None,
         "seed": experiment.config.training.seed,
         "primary_metric": experiment.config.training.metric,
         "config": experiment.config.resolved(),
@@ -276,9 +295,17 @@ def compare(
     if recommendation:
         record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
     if is_main_process():
+        write_label_issues(out_dir, experiment)
         folder.complete(record)
         write_report(out_dir, record)
     return record
+
+
+def write_label_issues(out_dir: Path, experiment: Experiment) -> None:
+    """label_issues.csv in the run folder: every example cleanlab flags, most likely mislabelled first."""
+    findings = experiment.findings
+    if findings is not None and findings.label_issues is not None:
+        atomic_write_text(out_dir / LABEL_ISSUES, findings.label_issues.to_csv(index=False))
 
 
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:

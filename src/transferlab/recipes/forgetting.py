@@ -177,7 +177,7 @@ def summarize_forgetting(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: bool | None = None) -> dict[str, Any]:
     """Each strategy x seed: the meter before and after, each reading recorded as it finishes (an
     interrupted run resumes like compare's); results.json written atomically at the end."""
-    from transferlab.recipes.compare import open_run_folder, prepare, run_record, run_strategy
+    from transferlab.recipes.compare import open_run_folder, prepare, run_record, run_strategy, write_label_issues
 
     if config.cv is None:
         config.cv = 1  # one hold-out split: the meter, not cross-validation, is what this command reports
@@ -208,6 +208,7 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: b
             log(f"{name} seed {seed}: {describe_reading(result)}")
         record["strategies"][name] = {"runs": runs, **summarize_strategy(runs)}
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_label_issues(out_dir, experiment)
     folder.complete(record)
     return record
 

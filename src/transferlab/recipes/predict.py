@@ -158,7 +158,7 @@ def predict_command(
     if truth is not None:
         frame.insert(2, "true_label", [loaded.label_names[i] for i in truth])
         scores = classification_metrics(truth, probs, len(loaded.label_names))
-        console.print(f"on {len(truth)} labelled examples: accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
+        console.print(f"on {len(truth)} labelled examples: " + ", ".join(f"{name} {value:.6f}" for name, value in scores.items()))
     if output is not None:
         body = (
             frame.to_csv(index=False) if output.suffix.lower() == ".csv" else frame.to_json(orient="records", lines=True, force_ascii=False)

@@ -17,7 +17,7 @@ from transferlab.config import RunConfig
 from transferlab.distributed import is_main_process
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import aggregate_runs
-from transferlab.recipes.compare import Experiment, Log, StrategyRun, open_run_folder, prepare, run_record, run_strategy
+from transferlab.recipes.compare import Experiment, Log, StrategyRun, open_run_folder, prepare, run_record, run_strategy, write_label_issues
 from transferlab.recipes.predict import MANIFEST
 from transferlab.report import write_report
 from transferlab.runio import atomic_write_json, publish_directory
@@ -45,6 +45,7 @@ def train(
     if is_main_process():  # under `accelerate launch` every process holds the same trained model
         folder.save_run(name, 0, seed, run.result, run.log_history)
         export(run, experiment, out_dir / "model", keep_adapter)
+        write_label_issues(out_dir, experiment)
         folder.complete(record)
         write_report(out_dir, record)
     log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from transferlab.data.checks import describe as describe_checks
 from transferlab.errors import UserError
 from transferlab.recipes.run_folder import CONFIG, RESULTS
 from transferlab.report import plots
@@ -159,6 +160,8 @@ def render_html(results: dict[str, Any], images: list[tuple[str, str, bytes]]) -
         css = ' class="best"' if row[0] == best else ""
         parts.append(f"<tr{css}>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
     parts.append("</tbody></table>")
+    if checks := results.get("data_checks"):
+        parts.append("<h2>Data checks</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in describe_checks(checks)) + "</ul>")
     for ident, heading, data in images:
         encoded = base64.b64encode(data).decode("ascii")
         parts.append(f'<h2 id="{ident}">{e(heading)}</h2><img alt="{e(heading)}" src="data:image/png;base64,{encoded}">')
@@ -175,6 +178,8 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str, bytes]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
     lines.append("")
+    if checks := results.get("data_checks"):
+        lines += ["## Data checks", "", *(f"- {line.strip().replace('|', '/')}" for line in describe_checks(checks)), ""]
     if any(ident == "study" for ident, _, _ in images):
         lines += [f"![study plot]({STUDY_PLOT})", ""]
     lines.append(f"Plots ({', '.join(heading.lower() for _, heading, _ in images)}): report.html")

@@ -69,6 +69,11 @@ class Strategy(ABC):
         config.validate()
         self.config = config
 
+    def reads_frozen_features(self) -> bool:
+        """Whether `fit` starts from the pretrained backbone's last-layer pooled features (`FitData.frozen_features`),
+        so features computed once for the data checks can stand in for a forward pass."""
+        return False
+
     def unsupported_reason(self, model: TransferModel) -> str | None:
         """Why this strategy cannot apply to this backbone, or None when it can."""
         if model.modality not in self.modalities:

@@ -52,6 +52,9 @@ class FeatureExtraction(Strategy):
         set_trainable(model, lambda name: id(model.get_parameter(name)) in head)
         return model
 
+    def reads_frozen_features(self) -> bool:
+        return self.config.layers == "last"
+
     def expected_trainable_params(self, model: TransferModel) -> int:
         """A linear head, (features + 1) x classes, plus one mixing weight per layer state when weighted."""
         features = model.feature_dim() * (4 if self.config.layers == "last4" else 1)
@@ -75,6 +78,8 @@ class FeatureExtraction(Strategy):
                 )
             mix = self._fit_layer_mix(model, states, y, len(data.train), data, training)
             x = np.einsum("l,nld->nd", mix, states)
+        elif data.frozen_features is not None and self.config.layers == "last":
+            x = data.frozen_features
         else:
             with inference_precision(training):
                 x = pooled_features(model, examples, data.collate, data.length_of, training.eval_batch_size)

@@ -30,6 +30,9 @@ class LinearProbeThenFineTune(Strategy):
     def expected_trainable_params(self, model: TransferModel) -> int:
         return sum(p.numel() for p in model.parameters())
 
+    def reads_frozen_features(self) -> bool:
+        return True
+
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         probed = FeatureExtraction().fit(model, data, training)
         set_trainable(probed, lambda name: True)

@@ -23,7 +23,7 @@ import numpy as np
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import compare_to_best
-from transferlab.recipes.compare import Experiment, open_run_folder, prepare, run_record, run_strategy, summarize_runs
+from transferlab.recipes.compare import Experiment, open_run_folder, prepare, run_record, run_strategy, summarize_runs, write_label_issues
 from transferlab.recipes.run_folder import RunFolder, job_name
 from transferlab.training.loop import TrainingConfig
 
@@ -176,8 +176,11 @@ def study_config(
     n_train: int | None = None,
     n_test: int | None = None,
     epochs: float | None = None,
+    data_files: dict[str, str | None] | None = None,
 ) -> RunConfig:
-    """The base run config: the study's budget, then the caller's overrides; one hold-out split, repeated over seeds."""
+    """`data_files`: text_column, label_column, test_dataset and validation_dataset, where given.
+
+    The base run config: the study's budget, then the caller's overrides; one hold-out split, repeated over seeds."""
     if backbone and study.fixed_backbone:
         raise UserError(f"{study.name} chooses its backbones itself; --backbone does not apply")
     budget = study.budget(quick)
@@ -193,6 +196,9 @@ def study_config(
         config.backbone = backbone
     if dataset:
         config.dataset = dataset
+    for key, value in (data_files or {}).items():
+        if value is not None:
+            setattr(config, key, value)
     study.configure(config)
     config.validate()
     return config
@@ -214,7 +220,8 @@ def run_study(
     entries = []
     for point, results, histories in study.run_points(context, points, log):
         if record is None:
-            record = run_record(context.experiment(point), f"study {study.name}")
+            experiment = context.experiment(point)  # the first point's data: its checks stand for the study's
+            record = run_record(experiment, f"study {study.name}")
             record["config"]["strategies"] = sorted({p.strategy for p in points})
         for result, history in zip(results, histories):
             context.save(point, result.get("seed", 0), result, history)
@@ -253,6 +260,7 @@ def run_study(
     record["study"]["expectation"] = {"held": held, "verdict": verdict}
     log(f"{study.name}: {'held' if held else 'did not hold' if held is False else 'undecided'}: {verdict}")
     if is_main_process():
+        write_label_issues(out_dir, experiment)
         folder.complete(record)
         write_report(out_dir, record)
     return record

@@ -95,6 +95,9 @@ class FitData:
     workdir: Path | None = None
     class_weights: np.ndarray | None = None  # per-class loss weights (seed 10.2), or None for plain cross-entropy
     train_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # random augmentation, training batches only
+    # The pretrained backbone's pooled features of train + val in that order, when the data checks computed them:
+    # the head then fits on these instead of running the backbone again.
+    frozen_features: np.ndarray | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     # A term added to each training step's loss (EWC, L2-SP, replay: evaluation/forgetting.py), or None.
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None

@@ -1,0 +1,229 @@
+"""A run's data, before any training: the files read into one dataset, its duplicate groups, the splits, and
+the checks (data/checks.py) with the two that need the frozen backbone: near-duplicates and likely label errors.
+
+Copies never straddle a split: exact copies are grouped before splitting; near-duplicates, known only once the
+examples are encoded, are removed from the training side of each split (the test set is never changed); and an
+input of the user's own test file that also occurs in the training file leaves training.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from transferlab.data.checks import NEAR_DUPLICATE_MAX_SHARE, SHOWN, duplicate_groups, inspect, near_duplicate_pairs, preview
+from transferlab.data.sources import LabeledData, concatenate, load_dataset, with_label_names
+from transferlab.data.splits import Split, checked, cross_validation_splits, given_test_split, make_imbalanced, stratified_split
+from transferlab.errors import UserError
+
+if TYPE_CHECKING:
+    from transferlab.backbones import Preprocessor
+    from transferlab.catalog import ResolvedAsset
+    from transferlab.config import RunConfig
+
+PARTS = ("train", "validation", "test")  # the files a run reads: --dataset, --validation-dataset, --test-dataset
+
+
+@dataclass
+class RunData:
+    """The examples of every file in one dataset; `parts` holds each file's indices into it."""
+
+    data: LabeledData
+    parts: dict[str, np.ndarray]
+    files: dict[str, str]
+    groups: np.ndarray  # duplicate group of each example (data/checks.py)
+
+    def file_and_row(self, index: int) -> tuple[str, int]:
+        part = next(name for name, indices in self.parts.items() if index in indices)
+        return self.files[part], int(self.data.rows[index])
+
+
+def load_run_data(config: RunConfig) -> RunData:
+    """--dataset, then the optional --validation-dataset and --test-dataset read with the same columns and
+    relabelled to the training classes."""
+
+    def read(spec: str) -> LabeledData:
+        return load_dataset(spec, config.text_column, config.label_column, config.modality, config.image_column, config.skip_bad_images)
+
+    train = read(config.dataset)
+    if config.imbalance is not None:
+        train = make_imbalanced(train, config.imbalance, config.training.seed)
+    files = {"train": config.dataset}
+    parts = [train]
+    for name, spec in (("validation", config.validation_dataset), ("test", config.test_dataset)):
+        if spec is not None:
+            parts.append(with_label_names(read(spec), train.label_names, spec))
+            files[name] = spec
+    data, indices = concatenate(parts)
+    return RunData(data, dict(zip(files, indices)), files, duplicate_groups(data.inputs, data.modality))
+
+
+def make_splits(config: RunConfig, run: RunData, folds: int) -> list[Split]:
+    data, seed = run.data, config.training.seed
+    if "test" in run.parts:
+        return [
+            given_test_split(
+                data,
+                run.parts["train"],
+                run.parts["test"],
+                run.parts.get("validation"),
+                config.n_train,
+                config.val_fraction,
+                seed,
+                run.groups,
+            )
+        ]
+    if "validation" in run.parts:
+        raise UserError("--validation-dataset needs --test-dataset: a run tests on a split of --dataset or on your own test file")
+    if folds > 1:
+        return cross_validation_splits(data, config.n_train, folds, config.val_fraction, seed, run.groups)
+    return [stratified_split(data, config.n_train, config.n_test, config.val_fraction, seed, run.groups)]
+
+
+@dataclass
+class Findings:
+    """What the checks found: the JSON-ready summary for results.json and the ranked label issues."""
+
+    summary: dict[str, Any]
+    label_issues: pd.DataFrame | None
+    used: np.ndarray  # the examples checked, sorted
+    features: np.ndarray | None  # their frozen features, when a check needed them
+    feature_seconds: float = 0.0  # what computing them cost, charged pro rata to a strategy that reuses them
+    feature_peak_mb: float = 0.0
+
+    def features_of(self, indices: np.ndarray) -> np.ndarray:
+        return self.features[np.searchsorted(self.used, indices)]
+
+
+def check_data(
+    config: RunConfig,
+    run: RunData,
+    splits: list[Split],
+    used: np.ndarray,
+    encoded: list[dict[str, Any]],
+    backbone: ResolvedAsset,
+    preprocessor: Preprocessor,
+    log,
+) -> Findings:
+    """Checks on the examples the run uses; removes near-duplicates of test examples from each split's training side."""
+    data = run.data
+    token_counts = None
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is not None:
+        token_counts = np.array([len(ids) for ids in tokenizer([data.inputs[i] for i in used])["input_ids"]])
+    summary = inspect(
+        [data.inputs[i] for i in used],
+        data.labels[used],
+        data.label_names,
+        _regroup(run.groups[used]),
+        data.modality,
+        token_counts,
+        config.max_length,
+        data.empty_rows,
+    )
+    if "test" in run.parts and splits[0].removed:
+        summary["warnings"].append(f"{splits[0].removed} training input(s) also occur in the test or validation file: left out of training")
+    summary["removed_from_training"] = {"copies_of_held_out_inputs": splits[0].removed}
+    features = None
+    wants_near = config.near_duplicate_cosine is not None and data.modality == "text"
+    seconds = peak = 0.0
+    if wants_near or config.label_issues:
+        from transferlab.training.memory import PeakMemory
+
+        started = time.perf_counter()
+        with PeakMemory() as memory:
+            features = _frozen_features(backbone, data.label_names, config, encoded, preprocessor)
+        seconds, peak = time.perf_counter() - started, memory.peak_mb
+    if wants_near:
+        _drop_near_duplicates(summary, splits, used, run.groups, features, config.near_duplicate_cosine, data.inputs)
+    issues = None
+    if config.label_issues:
+        issues = _label_issues(run, used, features, config.training.seed)
+        summary["label_issues"] = {"flagged": len(issues), "top": issues.head(10).to_dict("records")}
+    for line in summary["warnings"]:
+        log(f"data check: {line}")
+    if issues is not None:
+        log(f"cleanlab flags {len(issues)} of {len(used)} labels as possibly wrong, ranked in label_issues.csv")
+    return Findings(summary, issues, used, features, seconds, peak)
+
+
+def _regroup(groups: np.ndarray) -> np.ndarray:
+    """Group ids renumbered to the first position of each group within this subset."""
+    first: dict[int, int] = {}
+    return np.array([first.setdefault(int(g), i) for i, g in enumerate(groups)], dtype=np.int64)
+
+
+def _frozen_features(
+    backbone: ResolvedAsset, label_names: list[str], config: RunConfig, encoded: list[dict[str, Any]], preprocessor: Preprocessor
+) -> np.ndarray:
+    """The pretrained backbone's pooled features (what the head strategy sees) of every example used."""
+    import torch
+
+    from transferlab.backbones import build_classifier
+    from transferlab.training.loop import default_device, inference_precision, pooled_features
+
+    model = build_classifier(backbone, label_names, config.pooling).to(default_device())
+    with torch.no_grad(), inference_precision(config.training):
+        return pooled_features(model, encoded, preprocessor.collate, preprocessor.length_of, config.training.eval_batch_size)
+
+
+def _drop_near_duplicates(
+    summary: dict[str, Any], splits: list[Split], used: np.ndarray, groups: np.ndarray, features: np.ndarray, threshold: float, inputs
+) -> None:
+    """Near-duplicate pairs (not exact copies, which are grouped); in each split, a training or validation
+    example whose near-duplicate is a test example leaves training."""
+    pairs = used[near_duplicate_pairs(features, threshold)]
+    pairs = pairs[groups[pairs[:, 0]] != groups[pairs[:, 1]]]
+    share = len(np.unique(pairs)) / len(used)
+    summary["near_duplicates"] = {"cosine_at_least": threshold, "pairs": len(pairs), "share_of_examples": share, "examples": []}
+    summary["removed_from_training"]["near_duplicates_of_test_inputs"] = 0
+    if share > NEAR_DUPLICATE_MAX_SHARE:
+        summary["near_duplicates"]["skipped"] = True
+        summary["warnings"].append(
+            f"near-duplicate check skipped: {share:.0%} of the examples have a neighbour at cosine >= {threshold}, so this "
+            "backbone's features do not tell inputs apart"
+        )
+        return
+    removed = 0
+    for split in splits:
+        in_test = np.isin(pairs, split.test)
+        partners = np.concatenate([pairs[in_test[:, 1] & ~in_test[:, 0], 0], pairs[in_test[:, 0] & ~in_test[:, 1], 1]])
+        out = np.isin(split.train, partners).sum() + np.isin(split.val, partners).sum()
+        split.train, split.val = split.train[~np.isin(split.train, partners)], split.val[~np.isin(split.val, partners)]
+        split.removed += int(out)
+        removed += int(out)
+        checked(split)
+    summary["near_duplicates"]["examples"] = [{"a": preview(inputs[i]), "b": preview(inputs[j])} for i, j in pairs[:SHOWN]]
+    summary["removed_from_training"]["near_duplicates_of_test_inputs"] = removed
+    if removed:
+        summary["warnings"].append(
+            f"{len(pairs)} near-duplicate pair(s) (cosine >= {threshold}); {removed} training example(s) nearly copying "
+            f"a test example left out{' (over all folds)' if len(splits) > 1 else ''}"
+        )
+
+
+def _label_issues(run: RunData, used: np.ndarray, features: np.ndarray, seed: int) -> pd.DataFrame:
+    """cleanlab's ranking of likely label errors, from the head's probe predicting every example out of fold."""
+    from transferlab.evaluation.label_issues import LABEL_ISSUE_COLUMNS, find_label_issues, out_of_fold_probabilities
+    from transferlab.evaluation.probe import ProbeSettings
+    from transferlab.strategies.head import HeadConfig
+
+    data = run.data
+    labels = data.labels[used]
+    head = HeadConfig()
+    settings = ProbeSettings(c_grid=tuple(head.c_grid), folds=head.cv_folds, max_iter=head.max_iter, seed=seed)
+    try:
+        probs = out_of_fold_probabilities(features, labels, len(data.label_names), settings)
+    except UserError:  # a class with a single example: no out-of-fold model has seen its class
+        return pd.DataFrame(columns=["file", *LABEL_ISSUE_COLUMNS, "input"])
+    issues = find_label_issues(probs, labels, data.label_names, rows=np.arange(len(used)))
+    positions = issues["row"].to_numpy(dtype=np.int64)
+    where = [run.file_and_row(int(used[i])) for i in positions]
+    issues.insert(0, "file", [f for f, _ in where])
+    issues["row"] = [r for _, r in where]
+    issues["input"] = [preview(data.inputs[int(used[i])], 200) for i in positions]
+    return issues

@@ -1,0 +1,212 @@
+"""Data checks and the splits that keep copies together: expected values worked out by hand on small inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transferlab.config import load_run_config
+from transferlab.data.checks import duplicate_groups, inspect, near_duplicate_pairs
+from transferlab.data.sources import LabeledData
+from transferlab.data.splits import cross_validation_splits, given_test_split, stratified_split
+
+from .conftest import sentiment_texts
+
+
+def test_texts_are_the_same_after_whitespace_and_case():
+    texts = ["A good film", "a  good\tfilm ", "A GOOD FILM", "a good film!", "dull"]
+    groups = duplicate_groups(texts)
+    assert groups.tolist() == [0, 0, 0, 3, 4]
+
+
+def test_images_are_the_same_when_their_bytes_are(tmp_path):
+    a, b = np.zeros((4, 4), np.uint8), np.ones((4, 4), np.uint8)
+    assert duplicate_groups([a, b, a.copy(), a.reshape(2, 8)], "image").tolist() == [0, 1, 0, 3]
+    for name, content in (("x.png", b"one"), ("y.png", b"two"), ("z.png", b"one")):
+        (tmp_path / name).write_bytes(content)
+    assert duplicate_groups([str(tmp_path / n) for n in ("x.png", "y.png", "z.png")], "image").tolist() == [0, 1, 0]
+
+
+def test_inspect_counts_copies_conflicts_short_and_cut_texts():
+    texts = ["good film", "Good film", "good film", "bad film", "bad  film", "fine", "a long enough text here"]
+    labels = np.array([1, 1, 0, 0, 0, 1, 1])
+    findings = inspect(
+        texts, labels, ["neg", "pos"], duplicate_groups(texts), token_counts=np.array([4, 4, 4, 4, 4, 3, 9]), max_length=5, empty_rows=[8]
+    )
+    assert findings["exact_duplicates"]["groups"] == 2  # {0,1,2} and {3,4}
+    assert findings["exact_duplicates"]["extra_copies"] == 3
+    assert findings["exact_duplicates"]["largest"][0]["copies"] == 3
+    assert findings["conflicting_labels"]["groups"] == 1
+    assert findings["conflicting_labels"]["examples"][0]["labels"] == {"neg": 1, "pos": 2}
+    assert findings["short"]["count"] == 6  # every text but the last has under 3 words
+    assert findings["class_counts"] == {"neg": 3, "pos": 4}
+    assert findings["imbalance_ratio"] == pytest.approx(4 / 3)
+    assert findings["truncated"]["share"] == pytest.approx(1 / 7)
+    assert findings["empty_dropped"] == {"count": 1, "rows": [8]}
+    assert any("1 input(s) appear with conflicting labels" in w for w in findings["warnings"])
+
+
+def test_short_counts_every_text_under_three_words():
+    texts = ["one", "one two", "one two three"]
+    assert inspect(texts, np.array([0, 1, 0]), ["a", "b"], duplicate_groups(texts))["short"]["count"] == 2
+
+
+def test_near_duplicate_pairs_by_cosine_of_centred_features():
+    x = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [-0.99, -0.14]])  # mean (0, 0)
+    # cosines: (0,1) and (3,5) 0.990; (1,2) 0.14; (0,3) and (2,4) -1
+    assert {tuple(p) for p in near_duplicate_pairs(x, 0.98, block=2)} == {(0, 1), (3, 5)}
+    # a direction shared by every example (raw cosines all near 1) is taken out first
+    assert {tuple(p) for p in near_duplicate_pairs(x + 100.0, 0.98)} == {(0, 1), (3, 5)}
+
+
+def _repeated(distinct: int = 30, copies: int = 10) -> tuple[LabeledData, np.ndarray]:
+    texts, labels = sentiment_texts(distinct, seed=3)
+    data = LabeledData(texts * copies, np.array(labels * copies), ["negative", "positive"])
+    return data, duplicate_groups(data.inputs)
+
+
+def _sides(split, groups):
+    return {name: set(groups[getattr(split, name)]) for name in ("train", "val", "test")}
+
+
+def test_hold_out_split_keeps_copies_on_one_side():
+    data, groups = _repeated()
+    split = stratified_split(data, n_test=60, groups=groups)
+    sides = _sides(split, groups)
+    assert not (sides["train"] & sides["test"]) and not (sides["val"] & sides["test"]) and not (sides["train"] & sides["val"])
+    assert len(split.test) == 60  # 6 whole groups of 10
+    assert set(data.labels[split.test]) == {0, 1}
+
+
+def test_asking_for_nearly_every_group_takes_them_all():
+    """196 distinct inputs among 200 rows, 3 classes: 199 rows asked for leave no room for a stratified rest."""
+    from transferlab.data.splits import _stratified_take
+
+    texts, _ = sentiment_texts(196, seed=7)
+    texts = texts + texts[:4]
+    labels = np.array([i % 3 for i in range(196)] + [0, 1, 2, 0])
+    groups = duplicate_groups(texts)
+    taken, rest = _stratified_take(labels, np.arange(200), 199, 0, "training set", groups)
+    assert len(taken) == 200 and len(rest) == 0
+    taken, rest = _stratified_take(labels, np.arange(200), 100, 0, "training set", groups)
+    assert 90 <= len(taken) <= 110 and not set(groups[taken]) & set(groups[rest])
+
+
+def test_folds_keep_copies_on_one_side():
+    data, groups = _repeated()
+    splits = cross_validation_splits(data, None, 5, groups=groups)
+    assert len(splits) == 5
+    tested = np.concatenate([s.test for s in splits])
+    assert sorted(tested.tolist()) == list(range(300))  # every example tested once
+    for split in splits:
+        sides = _sides(split, groups)
+        assert not (sides["train"] | sides["val"]) & sides["test"]
+
+
+def test_without_copies_the_split_is_the_plain_stratified_one():
+    texts, labels = sentiment_texts(200)
+    data = LabeledData(texts, np.array(labels), ["negative", "positive"])
+    distinct = np.arange(200)
+    grouped, plain = stratified_split(data, 100, 50, groups=distinct), stratified_split(data, 100, 50)
+    for name in ("train", "val", "test"):
+        assert np.array_equal(getattr(grouped, name), getattr(plain, name))
+    for a, b in zip(cross_validation_splits(data, 100, 4, groups=distinct), cross_validation_splits(data, 100, 4)):
+        assert np.array_equal(a.test, b.test)
+
+
+def test_a_given_test_set_is_kept_and_its_copies_leave_training():
+    texts, labels = sentiment_texts(100)
+    train_texts, test_texts = texts[:80], texts[80:] + [texts[3].upper()]  # one test input repeats a training one
+    data = LabeledData(train_texts + test_texts, np.array(labels[:80] + labels[80:] + [labels[3]]), ["negative", "positive"])
+    groups = duplicate_groups(data.inputs)
+    pool, test = np.arange(80), np.arange(80, 101)
+    repeats_of_test = {i for i in range(80) if groups[i] in set(groups[test])}
+    split = given_test_split(data, pool, test, None, None, 0.1, 0, groups)
+    assert np.array_equal(split.test, test)
+    assert split.removed == len(repeats_of_test) >= 1
+    assert not repeats_of_test & (set(split.train.tolist()) | set(split.val.tolist()))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "transferlab.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_thirty_sentences_repeated_ten_times(tmp_path, tiny_bert_dir):
+    """The score comes from unseen inputs only, and the output names the 30 groups."""
+    texts, labels = sentiment_texts(30, seed=5)
+    path = tmp_path / "repeated.csv"
+    pd.DataFrame({"review": texts * 10, "sentiment": [["neg", "pos"][y] for y in labels] * 10}).sample(frac=1, random_state=0).to_csv(
+        path, index=False
+    )
+    from transferlab.recipes.compare import prepare
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(path), text_column="review", label_column="sentiment")
+    experiment = prepare(config, log=lambda _: None)
+    groups = duplicate_groups(experiment.data.inputs)
+    for split in experiment.splits:
+        assert not set(groups[split.test]) & set(groups[np.concatenate([split.train, split.val])])
+    done = _cli("compare", "--backbone", tiny_bert_dir, "--dataset", path, "--text-column", "review", "--label-column", "sentiment",
+                "--strategies", "head", "--out", tmp_path / "run")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "30 group(s) of exact duplicates (270 extra copies)" in done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["data_checks"]["exact_duplicates"]["groups"] == 30
+    assert (tmp_path / "run" / "label_issues.csv").is_file()
+
+
+def test_check_command_writes_its_findings(tmp_path, tiny_bert_dir):
+    texts, labels = sentiment_texts(120, seed=2)
+    labels = [1 - y if i < 6 else y for i, y in enumerate(labels)]  # six flipped labels
+    texts[7] = "   "  # an empty row: left out, reported
+    texts[8] = texts[9].upper()  # a copy
+    path = tmp_path / "d.tsv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, sep="\t", index=False)
+    done = _cli("check", "--backbone", tiny_bert_dir, "--dataset", path, "--out", tmp_path / "c")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "c" / "checks.json").read_text())
+    checks = record["data_checks"]
+    assert checks["empty_dropped"] == {"count": 1, "rows": [8]}  # data row 8 (1-based) is texts[7]
+    assert checks["exact_duplicates"]["groups"] == 1
+    issues = pd.read_csv(tmp_path / "c" / "label_issues.csv")
+    assert list(issues.columns) == ["file", "row", "given_label", "suggested_label", "score", "input"]
+    assert re.search(r"exact duplicates: 1 group", done.stdout)
+
+
+def test_user_test_file_gives_the_metrics_predict_gives(tmp_path, tiny_bert_dir):
+    """compare --test-dataset F and predict --input F on train's export with the same settings agree to 1e-6."""
+    texts, labels = sentiment_texts(200, seed=4)
+    train_file, test_file = tmp_path / "train.jsonl", tmp_path / "test.csv"
+    names = [["bad", "good"][y] for y in labels]
+    pd.DataFrame({"body": texts[:150], "y": names[:150]}).to_json(train_file, orient="records", lines=True)
+    pd.DataFrame({"body": texts[150:], "y": names[150:]}).to_csv(test_file, index=False)
+    common = ["--backbone", tiny_bert_dir, "--dataset", train_file, "--test-dataset", test_file, "--text-column", "body",
+              "--label-column", "y", "--epochs", "1"]  # fmt: skip
+    done = _cli("compare", *common, "--strategies", "head", "--out", tmp_path / "cmp")
+    assert done.returncode == 0, done.stderr
+    compared = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert compared["n_test"] == 50
+    done = _cli("train", *common, "--strategy", "head", "--out", tmp_path / "tr")
+    assert done.returncode == 0, done.stderr
+    done = _cli("predict", "--model", tmp_path / "tr" / "model", "--input", test_file, "--text-column", "body", "--label-column", "y",
+                "--output", tmp_path / "p.csv")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = dict(re.findall(r"(\w+) (\d\.\d{6})", done.stderr + done.stdout))
+    for metric in ("accuracy", "macro_f1", "auroc", "mcc"):
+        assert float(printed[metric]) == pytest.approx(compared["strategies"]["head"]["metrics"][metric]["mean"], abs=1e-6)
+
+
+def test_a_test_file_with_an_unknown_class_is_refused(tmp_path, tiny_bert_dir):
+    texts, labels = sentiment_texts(60)
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"text": texts[:5], "label": [0, 1, 2, 0, 1]}).to_csv(tmp_path / "t.csv", index=False)
+    done = _cli("compare", "--backbone", tiny_bert_dir, "--dataset", tmp_path / "a.csv", "--test-dataset", tmp_path / "t.csv",
+                "--strategies", "head", "--out", tmp_path / "r")  # fmt: skip
+    assert done.returncode == 2
+    assert "class 2 does not occur in the training data" in done.stderr
+    assert not (tmp_path / "r").exists()
