@@ -265,3 +265,22 @@ def test_the_forgetting_study_measures_drift_on_a_tiny_model(tmp_path, tiny_bert
     assert results["study"]["expectation"]["held"] in (True, False) and "meter cka" in results["study"]["expectation"]["verdict"]
     page = (tmp_path / "report.html").read_text()
     assert "<th>forgetting</th>" in page and "CKA 0." in page and (tmp_path / "study.png").is_file()
+
+
+def test_a_study_on_the_users_own_files(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """--test-dataset with other column names: every point is tested on that file, unchanged."""
+    import pandas as pd
+
+    from .conftest import sentiment_texts
+
+    texts, labels = sentiment_texts(150, seed=6)
+    frame = pd.DataFrame({"review": texts, "stars": [["low", "high"][y] for y in labels]})
+    frame[:110].to_csv(tmp_path / "train.csv", index=False)
+    frame[110:].to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    args = ["--backbone", tiny_bert_dir, "--dataset", tmp_path / "train.csv", "--test-dataset", tmp_path / "test.jsonl",
+            "--text-column", "review", "--label-column", "stars", "--quick", "--n-train", 100, "--epochs", 1]  # fmt: skip
+    code, _, stderr = _cli_here(monkeypatch, capsys, "study", "discriminative-lr", *args, "--out", tmp_path / "s")
+    assert code == 0, stderr
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert results["n_test"] == 40 and results["class_counts"][0]["test"] == {"high": 20, "low": 20}
+    assert results["data_checks"]["examples"] == 140

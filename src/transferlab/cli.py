@@ -267,7 +267,7 @@ def forgetting_command(
     out_dir: OutDir = None,
     resume: Resume = None,
 ) -> None:
-    """Measure what fine-tuning forgets: a meter before and after each strategy, with optional mitigations (seed 9)."""
+    """Measure what fine-tuning forgets: a meter before and after each strategy, with optional mitigations (EWC, L2-SP, replay)."""
     from transferlab.recipes.forgetting import format_forgetting, run_forgetting
     from transferlab.strategies import parse_strategy_list
 
@@ -342,7 +342,7 @@ def recommend_command(
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
 ) -> None:
-    """Recommend a strategy and its settings from data size, a measured domain gap, tasks and memory (seed 3.4)."""
+    """Recommend a strategy and its settings from data size, a measured domain gap, tasks and memory, by the decision framework in docs/architecture.md."""
     from transferlab.catalog import DEFAULT_BACKBONE
     from transferlab.recipes.recommend import format_recommendation, recommend
 
@@ -473,7 +473,7 @@ def study(
     out_dir: OutDir = None,
     resume: Resume = None,
 ) -> None:
-    """Run one of the seed's experiments (section 12) and say, with numbers, whether its expectation held."""
+    """Run one of the classic transfer-learning experiments and say, with numbers, whether the expected result held."""
     from transferlab.report.table import print_results
     from transferlab.studies import get_study, run_study, study_config
 
@@ -511,7 +511,7 @@ def lr_table(
     lr: Annotated[float, typer.Option(help="base learning rate (the head's)")] = 3e-5,
     eta: Annotated[float, typer.Option(help="decay factor per layer")] = 0.95,
 ) -> None:
-    """Discriminative learning rates lr * eta^(L - l), head first (seed 4.3)."""
+    """Discriminative learning rates lr * eta^(L - l), head first (ULMFiT's discriminative fine-tuning)."""
     from rich.table import Table
 
     from transferlab.strategies.base import layer_lr_table

@@ -56,7 +56,7 @@ class RunConfig:
     near_duplicate_cosine: float | None = NEAR_DUPLICATE_COSINE  # texts this similar count as copies; None: no check
     label_issues: bool = True  # rank likely label errors with cleanlab (label_issues.csv)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)  # meter and mitigations (seed 9)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)  # meter and mitigations of catastrophic forgetting
 
     def folds(self, dataset_size: int) -> int:
         """Cross-validation folds; 1 means a hold-out split."""

@@ -1,4 +1,4 @@
-"""Offline text augmentation for small data (seed 10.1): random word deletion and random word swap.
+"""Offline text augmentation for small data (EDA, Wei & Zou 2019): random word deletion and random word swap.
 
 From "EDA" (Wei & Zou 2019). Written by hand: the libraries that offer it (nlpaug, textattack) are
 unmaintained or pull in large models; these two operations need no resources and no network.

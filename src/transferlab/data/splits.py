@@ -21,7 +21,7 @@ from transferlab.errors import UserError
 DEFAULT_N_TRAIN = 2000
 DEFAULT_N_TEST = 1000
 DEFAULT_TEST_FRACTION = 0.2
-SMALL_DATA = 1000  # below this many training examples, comparisons cross-validate by default (seed 10.1)
+SMALL_DATA = 1000  # below this many training examples, comparisons cross-validate by default: one hold-out split is too noisy there
 DEFAULT_FOLDS = 5
 
 

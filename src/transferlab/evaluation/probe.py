@@ -36,7 +36,7 @@ class ProbeSettings:
     max_iter: int = 3000
     seed: int = 0
     metric: str = "accuracy"  # the cross-validation score that picks C
-    balanced: bool = False  # scikit-learn's "balanced" class weights, the seed's w_c = N / (C n_c)
+    balanced: bool = False  # scikit-learn's "balanced" class weights, w_c = N / (C n_c)
 
 
 @dataclass(frozen=True)

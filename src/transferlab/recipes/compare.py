@@ -80,7 +80,8 @@ class Experiment:
         return [self.config.training.seed + k for k in range(self.config.seeds)]
 
     def assets(self) -> dict[str, Any]:
-        return {"backbone": self.backbone.__dict__, "dataset": self.data.asset.__dict__ if self.data.asset else None}
+        files = self.findings.assets if self.findings else {"dataset": self.data.asset.__dict__ if self.data.asset else None}
+        return {"backbone": self.backbone.__dict__, **files}
 
 
 def prepare(config: RunConfig, log: Log = print) -> Experiment:
@@ -264,7 +265,7 @@ def compare(
     resume: bool | None = None,
 ) -> dict[str, Any]:
     """`executor` runs the strategy x fold x seed jobs (recipes/executors.py); by default one after another here.
-    `recommend`: the seed's recommendation first (recipes/recommend.py), checked against the comparison at the end.
+    `recommend`: the decision framework's recommendation first (recipes/recommend.py), checked against the comparison at the end.
     `resume`: see `RunFolder.open`; by default an unfinished run of this config in `out_dir` is carried on."""
     from transferlab.recipes.executors import Job, Sequential
     from transferlab.recipes.recommend import recommend_for_run, verdict

@@ -36,6 +36,7 @@ class RunData:
     parts: dict[str, np.ndarray]
     files: dict[str, str]
     groups: np.ndarray  # duplicate group of each example (data/checks.py)
+    assets: dict[str, Any]  # where each file came from, with its sha256
 
     def file_and_row(self, index: int) -> tuple[str, int]:
         part = next(name for name, indices in self.parts.items() if index in indices)
@@ -59,7 +60,8 @@ def load_run_data(config: RunConfig) -> RunData:
             parts.append(with_label_names(read(spec), train.label_names, spec))
             files[name] = spec
     data, indices = concatenate(parts)
-    return RunData(data, dict(zip(files, indices)), files, duplicate_groups(data.inputs, data.modality))
+    assets = {"dataset" if name == "train" else f"{name}_dataset": part.asset and part.asset.__dict__ for name, part in zip(files, parts)}
+    return RunData(data, dict(zip(files, indices)), files, duplicate_groups(data.inputs, data.modality), assets)
 
 
 def make_splits(config: RunConfig, run: RunData, folds: int) -> list[Split]:
@@ -90,6 +92,7 @@ class Findings:
 
     summary: dict[str, Any]
     label_issues: pd.DataFrame | None
+    assets: dict[str, Any]  # each data file's origin and sha256
     used: np.ndarray  # the examples checked, sorted
     features: np.ndarray | None  # their frozen features, when a check needed them
     feature_seconds: float = 0.0  # what computing them cost, charged pro rata to a strategy that reuses them
@@ -148,7 +151,7 @@ def check_data(
         log(f"data check: {line}")
     if issues is not None:
         log(f"cleanlab flags {len(issues)} of {len(used)} labels as possibly wrong, ranked in label_issues.csv")
-    return Findings(summary, issues, used, features, seconds, peak)
+    return Findings(summary, issues, run.assets, used, features, seconds, peak)
 
 
 def _regroup(groups: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Feature extraction (seed 3.1, 6): a frozen backbone runs once per example; a linear head fits its features.
+"""Feature extraction: a frozen backbone runs once per example; a linear head fits its features.
 
 The head is scikit-learn's L2-regularised logistic regression trained to convergence on the
 cached, standardised features. Its strength is chosen by stratified 5-fold cross-validation over
@@ -26,7 +26,7 @@ from transferlab.training.loop import FitData, TrainingConfig, inference_precisi
 
 @dataclass
 class HeadConfig(StrategyConfig):
-    layers: str = "last"  # last | second_to_last | last4 | weighted (seed 6.2)
+    layers: str = "last"  # last | second_to_last | last4 | weighted (ELMo scalar mix)
     c_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
     cv_folds: int = 5
     max_iter: int = 3000
