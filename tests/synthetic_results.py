@@ -79,7 +79,7 @@ def study_record(name: str, points: list[dict[str, Any]], rows: dict[str, list[f
         "x_label": study.x_label,
         "log_x": study.log_x,
         "panel": study.panel,
-        "seed_expectation": study.seed_expectation,
+        "expected_result": study.expected_result,
         "points": [{"series": "", "strategy": "full", "curves": [], **p} for p in points],
     }
     held, verdict = study.expectation(out)

@@ -1,4 +1,4 @@
-"""The domain-gap score: its math on tiny models, and its ordering of real cases (seed 2.3)."""
+"""The domain-gap score: its math on tiny models, and its ordering of real cases."""
 
 from __future__ import annotations
 

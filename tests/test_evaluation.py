@@ -44,7 +44,7 @@ def test_within_noise_by_paired_t_test():
     assert "paired t-test" in result["test"]
 
 
-def test_balanced_weights_are_the_seeds_formula():
+def test_balanced_weights_are_the_inverse_frequency_formula():
     labels = np.array([0] * 9 + [1])
     np.testing.assert_allclose(balanced_class_weights(labels, 2), [10 / (2 * 9), 10 / (2 * 1)])
 

@@ -16,7 +16,7 @@ from transferlab.training.loop import FitData, TrainingConfig, slanted_triangula
 
 from .conftest import sentiment_texts
 
-SEED_TABLE = [  # seed section 4.3: L = 6, lr 3e-5, eta 0.95, head first
+EXPECTED_TABLE = [  # discriminative fine-tuning (ULMFiT): L = 6, lr 3e-5, eta 0.95, head first
     ("Head (classifier)", "3.00e-05"),
     ("Layer 6", "2.85e-05"),
     ("Layer 5", "2.71e-05"),
@@ -28,10 +28,10 @@ SEED_TABLE = [  # seed section 4.3: L = 6, lr 3e-5, eta 0.95, head first
 ]
 
 
-def test_lr_table_reproduces_the_seed():
+def test_lr_table_reproduces_the_expected_rates():
     names = ["Embeddings"] + [f"Layer {i}" for i in range(1, 7)] + ["Head (classifier)"]
     table = list(reversed(layer_lr_table(names, 3e-5, 0.95)))
-    assert [(name, f"{lr:.2e}") for name, lr in table] == SEED_TABLE
+    assert [(name, f"{lr:.2e}") for name, lr in table] == EXPECTED_TABLE
 
 
 def test_lr_table_command():
@@ -42,7 +42,7 @@ def test_lr_table_command():
     )
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "e-05" in line]
-    assert [tuple(part.strip() for part in row.strip("│┃ ").split("│")) for row in rows] == SEED_TABLE
+    assert [tuple(part.strip() for part in row.strip("│┃ ").split("│")) for row in rows] == EXPECTED_TABLE
 
 
 def test_slanted_triangular_shape():
@@ -82,7 +82,7 @@ def test_discriminative_rates_reach_the_optimizer(tiny_bert_dir):
     assert rates == pytest.approx(sorted({1e-3 * s for s in expected.values()}))
 
 
-def test_gradual_unfreezing_follows_the_seeds_stage_order(tiny_bert_dir):
+def test_gradual_unfreezing_follows_ulmfits_stage_order(tiny_bert_dir):
     torch.manual_seed(0)
     model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"], "mean")
     data = _data(tiny_bert_dir)

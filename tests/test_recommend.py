@@ -1,4 +1,4 @@
-"""`transferlab recommend` and `compare --recommend`: the seed's decision framework (3.4) as a table, the command's output and errors."""
+"""`transferlab recommend` and `compare --recommend`: the decision framework (decision.py) as a table, the command's output and errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from transferlab.decision import Situation, data_bucket, decide
 from transferlab.errors import UserError
 from transferlab.recipes.recommend import recommend, verdict
 
-# (n_train, gap, tasks, memory_gb, full fine-tuning GB, modality) -> (strategy, epochs): the seed's table, row by row
+# (n_train, gap, tasks, memory_gb, full fine-tuning GB, modality) -> (strategy, epochs): the decision framework's table, row by row
 FRAMEWORK = [
     ((50, "small", 1, None, 0.4, "text"), ("head", None)),  # small data, small gap: feature extraction
     ((999, "medium", 1, None, 0.4, "text"), ("partial", 3)),  # medium gap: frozen early layers (2.3)
@@ -30,13 +30,13 @@ FRAMEWORK = [
 
 
 @pytest.mark.parametrize(("situation", "expected"), FRAMEWORK)
-def test_decision_framework_follows_the_seed(situation, expected):
+def test_decision_framework_follows_its_table(situation, expected):
     decision = decide(Situation(*situation))
     assert (decision.strategy, decision.epochs) == expected
     assert decision.reasons[0].startswith(f"data size: {data_bucket(situation[0])}")
 
 
-def test_data_size_buckets_at_the_seed_boundaries():
+def test_data_size_buckets_at_the_framework_boundaries():
     assert [data_bucket(n) for n in (999, 1_000, 10_000, 10_001)] == ["small", "medium", "medium", "large"]
 
 

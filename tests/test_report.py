@@ -67,9 +67,18 @@ def test_a_study_report_states_the_expectation_and_keeps_the_point_order(tmp_pat
     _self_contained(page)
     assert page.count(IMAGE) == 3  # the study's plot, training curves, confusion matrices
     assert page.index("<td>r=1</td>") < page.index("<td>r=8</td>") < page.index("<td>r=64</td>")
-    assert "diminishing returns after r of about 8" in page and "On this data it held (--quick" in page
+    assert "The expected result: diminishing returns after r of about 8" in page and "On this data it held (--quick" in page
     assert (folder / "study.png").read_bytes()[:4] == b"\x89PNG"
     assert "![study plot](study.png)" in (folder / "report.md").read_text()
+
+
+def test_a_study_results_json_with_the_older_expectation_key_still_reports(tmp_path):
+    points = [{"label": f"r={r}", "x": r, "strategy": "lora", "curves": [curve([0.7, 0.6, 0.5])]} for r in (1, 8, 64)]
+    results = study_record("lora-rank", points, {"r=1": [0.79], "r=8": [0.80], "r=64": [0.80]})
+    results["study"]["seed_expectation"] = results["study"].pop("expected_result")  # as results.json was written before the rename
+    folder = write_run_folder(tmp_path / "old", results)
+    rebuild_report(folder)
+    assert "The expected result: diminishing returns after r of about 8" in (folder / "report.html").read_text()
 
 
 def test_without_logs_the_report_has_no_training_curves(tmp_path):

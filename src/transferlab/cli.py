@@ -493,7 +493,7 @@ def study(
     print_results(results, out)
     expectation = results["study"]["expectation"]
     word = {True: "held", False: "did not hold", None: "undecided"}[expectation["held"]]
-    out.print(f"{chosen.seed_expectation}: {word}. {expectation['verdict']}", highlight=False, soft_wrap=True)
+    out.print(f"{chosen.expected_result}: {word}. {expectation['verdict']}", highlight=False, soft_wrap=True)
     console.print(f"report: {target / 'report.html'}")
 
 

@@ -1,15 +1,15 @@
-"""The seed's decision framework (3.4, with the gap table of 2.3): data size x domain gap x tasks x memory -> strategy.
+"""The decision framework, with its domain-gap table: data size x domain gap x tasks x memory -> strategy.
 
 Pure logic, no models: `recipes/recommend.py` measures the inputs, this decides. Rules, first match wins:
 
-| scenario (seed) | strategy |
+| scenario | strategy |
 |---|---|
 | several tasks share the backbone | lora (PEFT: one adapter per task) |
 | memory below what full fine-tuning needs | lora (PEFT: only the adapter trains and is stored) |
 | small data (< 1k), small gap | head (feature extraction, frozen backbone) |
-| small data, medium gap | partial (fine-tune with frozen early layers, 2.3) |
+| small data, medium gap | partial (fine-tune with frozen early layers, per the gap table) |
 | small data, large gap | lora (PEFT or gradual unfreezing) |
-| medium data (1k-10k), not in the tree: the 2.3 gap table | small gap lora (light fine-tuning), medium partial, large full |
+| medium data (1k-10k), not in the tree: the gap table | small gap lora (light fine-tuning), medium partial, large full |
 | large data (> 10k) | full (small gap: converges quickly; otherwise longer training) |
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 SMALL_DATA, LARGE_DATA = 1_000, 10_000
 ADAM_BYTES_PER_PARAM = 16  # fp32 weights, gradients and Adam's two moments: full fine-tuning's floor before activations
 
-# Typical epochs (seed 4.5): (modality, kind) -> (normal, longer training for a large gap)
+# Typical epochs: (modality, kind) -> (normal, longer training for a large gap)
 EPOCHS = {
     ("text", "full"): (3, 4),
     ("image", "full"): (10, 15),
@@ -52,7 +52,7 @@ def data_bucket(n_train: int) -> str:
 
 
 def decide(s: Situation) -> Decision:
-    """The seed's first matching rule, with its reasons in the seed's words."""
+    """The decision framework's first matching rule, with its reasons in plain words."""
     size = data_bucket(s.n_train)
     reasons = [
         f"data size: {size} ({s.n_train:,} labelled examples; small < {SMALL_DATA:,}, large > {LARGE_DATA:,})",
@@ -76,9 +76,9 @@ def decide(s: Situation) -> Decision:
         }[s.gap]
     elif size == "medium":
         rule = {
-            "small": ("lora", "between the seed's small and large data, small gap: light fine-tuning (LoRA, the default PEFT)"),
-            "medium": ("partial", "between the seed's small and large data, medium gap: fine-tune with frozen early layers"),
-            "large": ("full", "between the seed's small and large data, large gap: full fine-tuning"),
+            "small": ("lora", "between small and large data, small gap: light fine-tuning (LoRA, the default PEFT)"),
+            "medium": ("partial", "between small and large data, medium gap: fine-tune with frozen early layers"),
+            "large": ("full", "between small and large data, large gap: full fine-tuning"),
         }[s.gap]
     else:
         how = "with longer training" if longer else "(converges quickly)"

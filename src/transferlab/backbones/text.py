@@ -35,8 +35,8 @@ from transferlab.errors import UserError
 POOLINGS = ("auto", "mean", "cls", "last")
 # Families whose blocks attend causally: no token but the last sees the whole input.
 DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "gpt_neox", "olmo", "opt", "falcon")
-# Which hidden states feed the head (seed 6.2): the last layer, the one before it, the last four
-# concatenated, or a learned softmax-weighted sum of the embeddings and every layer (ELMo's scalar mix).
+# Which hidden states feed the head: the last layer, the one before it, the last four
+# concatenated, or a learned softmax-weighted sum of the embeddings and every layer (ELMo's scalar mix, Peters et al. 2018).
 FEATURE_LAYERS = ("last", "second_to_last", "last4", "weighted")
 
 # peft's tables know BERT and RoBERTa; these families name their projections differently.
@@ -128,7 +128,7 @@ class TextClassifier(PreTrainedModel, TransferModel):
         self._init_weights(self.classifier)
 
     def set_feature_layers(self, choice: str) -> None:
-        """Feed the head from other layers (seed 6.2); the head is rebuilt, so call this before training."""
+        """Feed the head from other layers; the head is rebuilt, so call this before training."""
         if choice not in FEATURE_LAYERS:
             raise UserError(f"feature layers must be one of {', '.join(FEATURE_LAYERS)}, got '{choice}'")
         if choice != self.config.feature_layers:

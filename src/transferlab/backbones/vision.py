@@ -32,7 +32,7 @@ from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel
 from transferlab.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# --normalization: "auto" takes mean/std from the weights' own configuration (seed 8.1); the others
+# --normalization: "auto" takes mean/std from the weights' own configuration; the others
 # force one on purpose, to show what the wrong one costs: another family's statistics, none at all
 # (pixels in [0, 1]), or raw 0-255 pixel values (the classic forgotten division).
 NORMALIZATIONS = {

@@ -1,4 +1,4 @@
-"""A label-free domain-gap score in [0, 1] (seed 2.3): how far the target data sits from what the backbone saw.
+"""A label-free domain-gap score in [0, 1]: how far the target data sits from what the backbone saw.
 
 One signal per backbone family, mapped to [0, 1]:
 

@@ -1,4 +1,4 @@
-"""Catastrophic forgetting (seed 9): meters that measure it and penalties that mitigate it.
+"""Catastrophic forgetting: meters that measure it and penalties that mitigate it.
 
 Meters, chosen by what the backbone keeps of its pre-training:
 - perplexity: a decoder keeps its language-model head; the classifier shares the LM's body, so after

@@ -1,4 +1,4 @@
-"""`transferlab recommend`: measure the domain gap, then apply the seed's decision framework (3.4).
+"""`transferlab recommend`: measure the domain gap, then apply the decision framework (decision.py).
 
 Read top to bottom: load the data (a stratified subset of --n-train examples), load the backbone,
 measure the label-free gap score on the data (evaluation/domain_gap.py), put data size, gap, tasks

@@ -139,7 +139,8 @@ def verdict(results: dict[str, Any]) -> tuple[str, str] | None:
     held = expectation.get("held")
     word, css = {True: ("held", "held"), False: ("did not hold", "refuted"), None: ("undecided", "undecided")}[held]
     quick = " (--quick: one seed, smaller budget)" if study.get("quick") else ""
-    return css, f"Seed's expectation: {study['seed_expectation']}. On this data it {word}{quick}: {expectation.get('verdict', '')}."
+    expected = study.get("expected_result", study.get("seed_expectation"))  # the older key, in results.json written before the rename
+    return css, f"The expected result: {expected}. On this data it {word}{quick}: {expectation.get('verdict', '')}."
 
 
 def render_html(results: dict[str, Any], images: list[tuple[str, str, bytes]]) -> str:

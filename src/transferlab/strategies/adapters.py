@@ -1,4 +1,4 @@
-"""Bottleneck adapters (seed 5.1): Houlsby (after attention and after the feed-forward block) and
+"""Bottleneck adapters: Houlsby (after attention and after the feed-forward block) and
 Pfeiffer (after the feed-forward block only); the backbone stays frozen. See backbones/adapters.py."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from transferlab.strategies.base import Strategy, TrainedStrategyConfig, registe
 @dataclass
 class AdapterConfig(TrainedStrategyConfig):
     lr: float = 1e-3
-    r: int = 64  # the bottleneck width (seed 5.1)
+    r: int = 64  # the bottleneck width
 
     def validate(self) -> None:
         super().validate()

@@ -32,8 +32,8 @@ class StrategyConfig:
 class TrainedStrategyConfig(StrategyConfig):
     """For strategies trained by gradient descent; `lr` applies unless the run sets one for all.
 
-    `layer_decay` (eta < 1) turns on discriminative learning rates (seed 4.3): the head trains at
-    `lr`, each layer group below it at one more factor eta.
+    `layer_decay` (eta < 1) turns on discriminative learning rates (ULMFiT's discriminative fine-tuning,
+    Howard & Ruder 2018): the head trains at `lr`, each layer group below it at one more factor eta.
     """
 
     lr: float = 2e-5

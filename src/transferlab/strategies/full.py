@@ -1,4 +1,4 @@
-"""Full fine-tuning (seed 3.2): every parameter trains, with AdamW, a small learning rate and weight decay."""
+"""Full fine-tuning: every parameter trains, with AdamW, a small learning rate and weight decay."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from transferlab.strategies.base import Strategy, TrainedStrategyConfig, registe
 
 @dataclass
 class FullConfig(TrainedStrategyConfig):
-    # Above the seed's 2e-5: the randomly initialised head shares this rate, and with a few
+    # Above the usual 2e-5: the randomly initialised head shares this rate, and with a few
     # thousand examples and a small encoder 2e-5 leaves it undertrained within 3 epochs.
     lr: float = 5e-5
 

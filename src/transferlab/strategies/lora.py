@@ -1,4 +1,4 @@
-"""LoRA (seed 5.2) through peft: W' = W + (alpha / r) B A on the attention projections; merged on export."""
+"""LoRA (Hu et al. 2021) through peft: W' = W + (alpha / r) B A on the attention projections; merged on export."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class Lora(Strategy):
             raise UserError(f"LoRA cannot be applied: {err}") from None
 
     def expected_trainable_params(self, model: TransferModel) -> int:
-        """r (d_in + d_out) for every adapted linear layer (seed 5.2), plus the new head in full.
+        """r (d_in + d_out) for every adapted linear layer, plus the new head in full.
 
         A convolution's A is itself a convolution of the same kernel (r x d_in x k x k) and B a 1x1 one (d_out x r).
         """

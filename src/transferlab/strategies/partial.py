@@ -1,4 +1,4 @@
-"""Partial fine-tuning (seed 3.3) and gradual unfreezing (ULMFiT), both by the backbone's layer groups."""
+"""Partial fine-tuning (frozen early layers) and gradual unfreezing (ULMFiT), both by the backbone's layer groups."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class PartialFineTuning(Strategy):
 class GradualConfig(TrainedStrategyConfig):
     lr: float = 5e-5
     epochs_per_stage: float = 1.0
-    stages: int = 4  # head; + top layer; + top two layers; then everything (seed 3.3)
+    stages: int = 4  # head; + top layer; + top two layers; then everything (ULMFiT's gradual unfreezing)
 
     def validate(self) -> None:
         super().validate()

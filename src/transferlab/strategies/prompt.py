@@ -1,4 +1,4 @@
-"""Prompt tuning (Lester et al. 2021) and prefix tuning (Li & Liang 2021) through peft (seed 5.3).
+"""Prompt tuning (Lester et al. 2021) and prefix tuning (Li & Liang 2021) through peft.
 
 Prompt tuning learns k virtual token embeddings in front of the input (k d parameters); prefix
 tuning learns k keys and values for every layer's attention (2 k L d parameters). Both keep the

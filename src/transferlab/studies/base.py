@@ -1,10 +1,10 @@
-"""A study: one of the seed's suggested experiments (section 12) as a list of points repeated over seeds.
+"""A study: one classic transfer-learning experiment as a list of points repeated over seeds.
 
 Each point is a strategy with its settings (and, where the study varies them, a data size or a backbone).
 It runs through compare's machinery (`prepare`, `run_strategy`, `aggregate_runs`) and lands in
 results.json as one row of `strategies`, keyed by the point's label, so the comparison table and the
 report need no study-specific code. `study` in results.json holds each point's x value, its
-validation-loss curves, and whether the seed's expectation held, in a sentence with the numbers.
+validation-loss curves, and whether the expected result held, in a sentence with the numbers.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ Outcome = tuple[Point, list[dict[str, Any]], list[list[dict[str, Any]]]]  # poin
 class Study(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
-    seed_expectation: ClassVar[str]  # the seed's words (section 12), with the section it refers to
+    expected_result: ClassVar[str]  # what the literature leads one to expect, with its source where there is one
     x_label: ClassVar[str]
     log_x: ClassVar[bool] = False
     full: ClassVar[Budget] = Budget(n_train=1000, n_test=1000)
@@ -77,7 +77,7 @@ class Study(ABC):
 
     @abstractmethod
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
-        """Whether the seed's expectation held on these results (None: cannot tell), and why, with numbers."""
+        """Whether the expected result held on these results (None: cannot tell), and why, with numbers."""
 
     def configure(self, config: RunConfig) -> None:
         """Settings every point shares beyond the budget (the forgetting meter), set on the base config."""
@@ -253,7 +253,7 @@ def run_study(
         "x_label": study.x_label,
         "log_x": study.log_x,
         "panel": study.panel,
-        "seed_expectation": study.seed_expectation,
+        "expected_result": study.expected_result,
         "points": entries,
     }
     held, verdict = study.expectation(record)

@@ -1,6 +1,6 @@
-"""discriminative-lr (seed 4.3, section 12): eta = 0.95 per layer against one flat rate, same base rate.
+"""discriminative-lr (discriminative fine-tuning, ULMFiT): eta = 0.95 per layer against one flat rate, same base rate.
 
-The seed: discriminative rates may gain 0.5-1 point on tasks with a moderate domain gap. The gain is
+The expected result: discriminative rates may gain 0.5-1 point on tasks with a moderate domain gap. The gain is
 paired run by run (same split and seed), and compare's paired t-test says whether it is noise.
 """
 
@@ -19,7 +19,7 @@ GAIN = 0.005  # half a point
 class DiscriminativeLr(Study):
     name = "discriminative-lr"
     summary = "full fine-tuning with lr * 0.95^(L - l) per layer against one flat rate"
-    seed_expectation = "discriminative learning rates (eta 0.95) may gain 0.5-1 point of accuracy (seed 4.3)"
+    expected_result = "discriminative learning rates (ULMFiT, Howard & Ruder 2018; eta 0.95) may gain 0.5-1 point of accuracy"
     x_label = "learning rates"
     full = Budget(n_train=1000, n_test=1000)
     quick = Budget(n_train=500, n_test=500, epochs=2, seeds=1)

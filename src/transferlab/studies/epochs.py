@@ -1,6 +1,6 @@
-"""epochs (seed 4.5, section 12): full fine-tuning for 1, 3 and 10 epochs.
+"""epochs: full fine-tuning for 1, 3 and 10 epochs.
 
-The seed: fine-tuning saturates fast, and 10 epochs overfit small data. Early stopping is off so
+The expected result: fine-tuning saturates fast, and 10 epochs overfit small data. Early stopping is off so
 each run trains its full length; the Trainer still restores the best validation checkpoint (as a user's
 run would), so overfitting shows in the validation loss rising after its minimum, which is recorded.
 """
@@ -19,7 +19,7 @@ OVERFIT = 0.10  # validation loss ends 10% above its minimum
 class Epochs(Study):
     name = "epochs"
     summary = "full fine-tuning for 1, 3 and 10 epochs (no early stopping)"
-    seed_expectation = "fine-tuning saturates fast; 10 epochs likely overfit small data (seed 4.5)"
+    expected_result = "fine-tuning saturates fast; 10 epochs likely overfit small data"
     x_label = "epochs"
     panel = "validation-loss"
     full = Budget(n_train=500, n_test=1000)

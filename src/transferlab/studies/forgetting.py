@@ -1,6 +1,6 @@
-"""forgetting (seed 9, section 12): the forgetting meter for LoRA and full fine-tuning at three learning rates.
+"""forgetting (catastrophic forgetting): the forgetting meter for LoRA and full fine-tuning at three learning rates.
 
-The seed: the further fine-tuning moves the pretrained weights, the more the model forgets, so drift
+The expected result: the further fine-tuning moves the pretrained weights, the more the model forgets, so drift
 grows with the learning rate and is larger for full fine-tuning than for LoRA, which leaves the
 pretrained weights untouched. The meter is the forgetting command's (`forgetting.meter: auto`): the
 relative rise of general-text perplexity on a backbone with its LM head (smollm2-135m), else
@@ -30,9 +30,7 @@ def drift_of(results: dict[str, Any], label: str) -> float | None:
 class Forgetting(Study):
     name = "forgetting"
     summary = "LoRA and full fine-tuning at learning rates 1e-5, 1e-4, 1e-3: the forgetting meter against the task score"
-    seed_expectation = (
-        "forgetting (perplexity rise or representation drift) grows with the learning rate and with full fine-tuning (seed 9)"
-    )
+    expected_result = "forgetting (perplexity rise or representation drift) grows with the learning rate and with full fine-tuning"
     x_label = "learning rate"
     log_x = True
     panel = "forgetting"

@@ -1,10 +1,10 @@
-"""layer-probe (seed 6.2, section 12): a linear probe on the pooled output of every layer, from one forward pass.
+"""layer-probe: a linear probe on the pooled output of every layer, from one forward pass.
 
 The frozen backbone runs once over the training, validation and test examples with every hidden state
 pooled (`pooled_hidden_states`: the embeddings, then layers 1..L). Each layer's features get the head
 strategy's probe: logistic regression on standardised features, its strength chosen by 5-fold
 cross-validation over training and validation examples, then tested; the probes are independent and
-fit side by side on the machine's cores. The seed expects the best layer to be L-1 or L-2 rather than the last.
+fit side by side on the machine's cores. The expected result: the best layer is L-1 or L-2 rather than the last.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ LAYERS_OF = {"minilm-l6": 6, "mpnet-base": 12}  # for the point list before the 
 class LayerProbe(Study):
     name = "layer-probe"
     summary = "a linear probe on every layer's pooled output, all from one forward pass"
-    seed_expectation = "probe accuracy peaks at layer L-1 or L-2, not at the last layer (seed 6.2)"
+    expected_result = "probe accuracy peaks at layer L-1 or L-2, not at the last layer"
     x_label = "layer (0 = embeddings)"
     full = Budget(n_train=2000, n_test=1000, max_length=128)
     quick = Budget(n_train=1000, n_test=500, seeds=1)

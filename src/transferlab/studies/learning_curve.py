@@ -1,6 +1,6 @@
-"""learning-curve (seed 10.1, section 12): 50, 200, 1000, 5000 labelled examples x head, LoRA, full.
+"""learning-curve: 50, 200, 1000, 5000 labelled examples x head, LoRA, full.
 
-The seed: feature extraction dominates at 50 examples, fine-tuning catches up by 1000. Every size is
+The expected result: feature extraction dominates at 50 examples, fine-tuning catches up by 1000. Every size is
 tested on the same held-out examples (the split takes the test set first). A size larger than the
 dataset allows is recorded as skipped.
 """
@@ -21,7 +21,7 @@ CAUGHT_UP = 0.005  # fine-tuning within half a point of the head, or ahead
 class LearningCurve(Study):
     name = "learning-curve"
     summary = "head, LoRA and full fine-tuning on 50, 200, 1000 and 5000 labelled examples"
-    seed_expectation = "feature extraction wins at 50 examples; fine-tuning catches up by 1000 (seed 10.1)"
+    expected_result = "feature extraction wins at 50 examples; fine-tuning catches up by 1000"
     x_label = "labelled examples (validation included)"
     log_x = True
     full = Budget(n_train=5000, n_test=1000)

@@ -1,6 +1,6 @@
-"""lora-rank (seed 5.2, section 12): LoRA with r in {1, 4, 8, 16, 64}, alpha 16 throughout.
+"""lora-rank (LoRA, Hu et al. 2021): LoRA with r in {1, 4, 8, 16, 64}, alpha 16 throughout.
 
-The seed: returns diminish after r of about 8, and r = 1 is surprisingly competitive.
+The expected result: returns diminish after r of about 8, and r = 1 is surprisingly competitive.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ COMPETITIVE = 0.02  # r = 1 within 2 points of the best rank
 class LoraRank(Study):
     name = "lora-rank"
     summary = "LoRA with rank r in 1, 4, 8, 16, 64 (alpha 16)"
-    seed_expectation = "diminishing returns after r of about 8; r = 1 is surprisingly competitive (seed 5.2)"
+    expected_result = "diminishing returns after r of about 8; r = 1 is surprisingly competitive (Hu et al. 2021)"
     x_label = "LoRA rank r"
     log_x = True
     full = Budget(n_train=1000, n_test=1000)

@@ -1,6 +1,6 @@
-"""lr-sweep (seed 4.2, section 12): full fine-tuning from 1e-6 to 1e-3, validation loss per step.
+"""lr-sweep: full fine-tuning from 1e-6 to 1e-3, validation loss per step.
 
-The seed: too high a rate (1e-3, 100x the usual) destroys the pretrained features, so validation loss
+The expected result: too high a rate (1e-3, 100x the usual) destroys the pretrained features, so validation loss
 may fall at first and then spike. Early stopping is off and the loss is evaluated 8 times per epoch,
 so each curve shows the whole run.
 """
@@ -20,7 +20,9 @@ COLLAPSE = 0.05  # or a test metric 5 points below the best rate's
 class LrSweep(Study):
     name = "lr-sweep"
     summary = "full fine-tuning at learning rates 1e-6 ... 1e-3, validation loss per step"
-    seed_expectation = "too high a learning rate (1e-3) destroys pretrained features: validation loss falls, then spikes (seed 4.2)"
+    expected_result = (
+        "too high a learning rate (1e-3) destroys pretrained features: validation loss falls, then spikes (catastrophic forgetting)"
+    )
     x_label = "learning rate"
     panel = "validation-loss"
     log_x = True

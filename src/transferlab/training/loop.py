@@ -93,7 +93,7 @@ class FitData:
     # A run folder's job folder: full checkpoints, kept until the run is recorded, so a kill can resume.
     # None: a temporary folder, removed at the end.
     workdir: Path | None = None
-    class_weights: np.ndarray | None = None  # per-class loss weights (seed 10.2), or None for plain cross-entropy
+    class_weights: np.ndarray | None = None  # per-class loss weights, or None for plain cross-entropy
     train_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # random augmentation, training batches only
     # The pretrained backbone's pooled features of train + val in that order, when the data checks computed them:
     # the head then fits on these instead of running the backbone again.
@@ -130,7 +130,7 @@ def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio
 class DivergenceGuard:
     """Stops a run whose training loss is not finite, or above `factor` x its first step's loss (taken
     before any update) for `patience` steps in a row: a learning rate too high destroys the
-    pretrained features (seed 4.2), and every further step is wasted time."""
+    pretrained features (catastrophic forgetting), and every further step is wasted time."""
 
     factor: float = 4.0
     patience: int = 5

@@ -1,4 +1,4 @@
-"""Class imbalance: weights for the loss and oversampling of the training examples (seed 10.2)."""
+"""Class imbalance: weights for the loss and oversampling of the training examples."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """w_c = N / (C n_c): scikit-learn's 'balanced' weights, which are exactly the seed's formula."""
+    """w_c = N / (C n_c): scikit-learn's 'balanced' weights, which are exactly the usual inverse-frequency formula."""
     present = np.unique(labels)
     weights = np.ones(num_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
