@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.config import load_run_config
-from transferlab.recipes.compare import prepare
+from transferlab.recipes.experiment import prepare
 from transferlab.recipes.forgetting import run_sequential
 from transferlab.runio import atomic_write_json
 

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import VOCAB, sentiment_texts  # noqa: E402
 
 from transferlab.config import load_run_config  # noqa: E402
-from transferlab.recipes.compare import compare, prepare  # noqa: E402
+from transferlab.recipes.compare import compare  # noqa: E402
+from transferlab.recipes.experiment import prepare
 from transferlab.recipes.predict import load_model  # noqa: E402
 from transferlab.recipes.train import train  # noqa: E402
 

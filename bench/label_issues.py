@@ -33,7 +33,7 @@ from cleanlab.rank import get_label_quality_scores  # noqa: E402
 
 from transferlab.backbones import build_classifier, load_preprocessor  # noqa: E402
 from transferlab.catalog import resolve_backbone  # noqa: E402
-from transferlab.data.sources import load_dataset  # noqa: E402
+from transferlab.data.catalog import load_dataset  # noqa: E402
 from transferlab.data.splits import stratified_subset  # noqa: E402
 from transferlab.errors import MissingAssetError  # noqa: E402
 from transferlab.evaluation.label_issues import find_label_issues, out_of_fold_probabilities  # noqa: E402

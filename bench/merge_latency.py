@@ -20,7 +20,7 @@ import torch
 
 from transferlab.backbones import build_classifier, load_preprocessor
 from transferlab.catalog import resolve_backbone
-from transferlab.data.sources import load_dataset
+from transferlab.data.catalog import load_dataset
 from transferlab.strategies import get_strategy
 from transferlab.training.loop import predict_proba
 

@@ -38,7 +38,7 @@ def main() -> None:
 
     from transferlab.backbones import build_classifier, load_preprocessor
     from transferlab.catalog import resolve_backbone
-    from transferlab.data.sources import load_dataset
+    from transferlab.data.catalog import load_dataset
     from transferlab.data.splits import stratified_subset
     from transferlab.training.loop import pooled_features
 

@@ -30,14 +30,14 @@ PHASES = [
     ("head: cross-validated regression", "fit_probe", "evaluation/probe"),
     ("test predictions", "predict_proba", "training/loop"),
     ("model build", "build_classifier", "backbones"),
-    ("preparation (data, tokenisation)", "prepare", "recipes/compare"),
+    ("preparation (data, tokenisation)", "prepare", "recipes/experiment"),
     ("peak-memory sampler thread", "_sample", "training/memory"),
 ]
 
 
 def run_once(strategy: str, n_train: int, n_test: int, epochs: int, max_length: int, mixed_precision: str, run_folder: bool) -> None:
     from transferlab.config import load_run_config
-    from transferlab.recipes.compare import prepare, run_strategy
+    from transferlab.recipes.experiment import prepare, run_strategy
 
     config = load_run_config(
         None,

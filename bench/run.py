@@ -33,8 +33,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from transferlab.backbones import build_classifier
 from transferlab.catalog import resolve_backbone
 from transferlab.config import load_run_config
-from transferlab.recipes.compare import compare, prepare, run_strategy
+from transferlab.recipes.compare import compare
 from transferlab.recipes.executors import Sequential
+from transferlab.recipes.experiment import prepare, run_strategy
 from transferlab.studies import get_study, study_config
 from transferlab.training.loop import cpu_has_bf16, map_batches
 from transferlab.training.memory import PeakMemory

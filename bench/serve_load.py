@@ -52,7 +52,7 @@ def train_adapters(backbone: str, root: Path, n_train: int) -> dict[str, Path]:
 
 
 def sample_texts(n: int) -> dict[str, list[str]]:
-    from transferlab.data.sources import load_dataset
+    from transferlab.data.catalog import load_dataset
 
     return {task: [t[:1000] for t in load_dataset(dataset).inputs[-n:]] for task, dataset in TASKS.items()}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.evaluation.stats import compare_to_best
-from transferlab.recipes.compare import summarize_runs
+from transferlab.recipes.experiment import summarize_runs
 from transferlab.runio import atomic_write_json
 
 LABELS = ["negative", "positive"]

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transferlab.data.sources import load_dataset, load_user_file
+from transferlab.data.catalog import load_dataset
+from transferlab.data.sources import load_user_file
 from transferlab.data.splits import stratified_split
 from transferlab.errors import UserError
 

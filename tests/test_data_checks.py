@@ -144,7 +144,7 @@ def test_thirty_sentences_repeated_ten_times(tmp_path, tiny_bert_dir):
     pd.DataFrame({"review": texts * 10, "sentiment": [["neg", "pos"][y] for y in labels] * 10}).sample(frac=1, random_state=0).to_csv(
         path, index=False
     )
-    from transferlab.recipes.compare import prepare
+    from transferlab.recipes.experiment import prepare
 
     config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(path), text_column="review", label_column="sentiment")
     experiment = prepare(config, log=lambda _: None)

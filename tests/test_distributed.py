@@ -56,7 +56,7 @@ def test_train_on_two_processes_matches_one(tmp_path, bert_without_dropout, sent
     assert steps and steps[-1] == 18  # 9 steps an epoch, the same count in both runs
     for name, value in one.result["metrics"].items():
         assert two["metrics"][name]["mean"] == pytest.approx(value, abs=1e-4), name
-    from transferlab.data.sources import load_dataset
+    from transferlab.data.catalog import load_dataset
     from transferlab.data.splits import stratified_split
 
     test = stratified_split(load_dataset(str(sentiment_csv)), 120, 40, config.val_fraction, 0).part("test").inputs

@@ -13,8 +13,8 @@ from torch import nn
 
 from transferlab.backbones import build_classifier, load_preprocessor
 from transferlab.catalog import resolve_backbone
+from transferlab.data.catalog import load_dataset
 from transferlab.data.images import FASHION_MNIST_DIR
-from transferlab.data.sources import load_dataset
 from transferlab.evaluation.domain_gap import (
     REFERENCE_PHOTOS,
     bn_shift,

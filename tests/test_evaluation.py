@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from transferlab.data.augment import augment_texts
-from transferlab.data.sources import load_dataset
+from transferlab.data.catalog import load_dataset
 from transferlab.data.splits import cross_validation_splits, make_imbalanced
 from transferlab.evaluation.stats import compare_to_best, mean_std
 from transferlab.training.sampling import balanced_class_weights, oversample

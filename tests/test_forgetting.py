@@ -161,7 +161,7 @@ def _fake_build(counter):
 
 
 def test_gguf_cache_is_reused_then_rebuilt_when_corrupt(tmp_path, capsys):
-    from transferlab.backbones.gguf import STAMP, cached_build
+    from transferlab.gguf_cache import STAMP, cached_build
 
     folder, calls = tmp_path / "models" / "decoder", []
     first = cached_build(folder, "abc", _fake_build(calls), "converting (once)")
@@ -183,7 +183,7 @@ def test_gguf_cache_is_reused_then_rebuilt_when_corrupt(tmp_path, capsys):
 
 
 def test_an_interrupted_conversion_leaves_no_cache(tmp_path):
-    from transferlab.backbones.gguf import cached_build
+    from transferlab.gguf_cache import cached_build
 
     def failing(staging):
         (staging / "model.safetensors").write_bytes(b"half")
@@ -278,7 +278,7 @@ def test_forgetting_command_cka_and_sequential(tmp_path, tiny_bert_dir, sentimen
 
 
 def test_mitigations_from_pretrained_need_general_text_on_an_encoder(tiny_bert_dir):
-    from transferlab.recipes.forgetting import single_task_mitigations
+    from transferlab.evaluation.forgetting_meter import single_task_mitigations
 
     model, pre, _ = _tiny_model_and_batch(tiny_bert_dir)
     config = fg.ForgettingConfig(mitigations=["l2sp", "ewc"])

@@ -146,10 +146,10 @@ def test_inference_follows_the_training_precision(monkeypatch):
 @pytest.mark.parametrize("native, precision, hinted", [(True, "auto", True), (True, "no", False), (False, "auto", False)])
 def test_a_native_bf16_cpu_is_pointed_out_when_precision_is_auto(monkeypatch, tiny_bert_dir, sentiment_csv, native, precision, hinted):
     from transferlab.config import load_run_config
-    from transferlab.recipes.compare import prepare
+    from transferlab.recipes.experiment import prepare
 
-    monkeypatch.setattr("transferlab.recipes.compare.cpu_has_bf16", lambda: native)
-    monkeypatch.setattr("transferlab.recipes.compare.default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr("transferlab.recipes.experiment.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("transferlab.recipes.experiment.default_device", lambda: torch.device("cpu"))
     config = load_run_config(
         None, strategies=["head"], backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), training={"mixed_precision": precision}
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from transferlab.config import load_run_config
-from transferlab.recipes.compare import prepare, run_strategy
+from transferlab.recipes.experiment import prepare, run_strategy
 
 pytestmark = pytest.mark.integration
 

@@ -55,7 +55,7 @@ def test_exported_model_predicts_like_the_trained_one(tmp_path, tiny_bert_dir, s
     assert {"tokenizer.json", "transferlab.json"} <= files
     loaded = load_model(out / "model")
     assert loaded.label_names == ["negative", "positive"]
-    from transferlab.data.sources import load_dataset
+    from transferlab.data.catalog import load_dataset
     from transferlab.data.splits import stratified_split
 
     config = load_run_config(None, dataset=str(sentiment_csv), n_train=120, n_test=40)
@@ -83,7 +83,7 @@ def test_a_folder_without_a_finished_export_is_refused(tmp_path):
 
 
 def test_same_seed_same_numbers(tiny_bert_dir, sentiment_csv):
-    from transferlab.recipes.compare import prepare, run_strategy
+    from transferlab.recipes.experiment import prepare, run_strategy
 
     config = load_run_config(
         None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), n_train=120, n_test=40, training={"epochs": 1, "batch_size": 8}

@@ -18,8 +18,8 @@ from transferlab.backbones import build_classifier, load_preprocessor
 from transferlab.backbones.vision import ImagePreprocessor, build_vision_classifier
 from transferlab.catalog import resolve_backbone
 from transferlab.config import load_run_config
+from transferlab.data.catalog import load_dataset
 from transferlab.data.images import FASHION_MNIST_DIR
-from transferlab.data.sources import load_dataset
 from transferlab.errors import UserError
 from transferlab.strategies import get_strategy
 
@@ -192,7 +192,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 
 
 def _head_accuracy(normalization: str) -> float:
-    from transferlab.recipes.compare import prepare, run_strategy
+    from transferlab.recipes.experiment import prepare, run_strategy
 
     config = load_run_config(
         None,
@@ -219,7 +219,7 @@ def test_wrong_normalisation_measurably_lowers_feature_extraction():
 
 @pytest.mark.integration
 def test_mnist_digits_through_the_packaged_efficientnet():
-    from transferlab.recipes.compare import prepare, run_strategy
+    from transferlab.recipes.experiment import prepare, run_strategy
 
     config = load_run_config(
         None, backbone="efficientnet-lite0", dataset="mnist-5k", n_train=400, n_test=300, cv=1, image_size=96, strategies=["head"]

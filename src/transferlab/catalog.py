@@ -5,7 +5,6 @@ Packages are located without importing them: some of them run code or load data 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -17,17 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab.errors import AssetIntegrityError, MissingAssetError, UserError
+from transferlab.hashing import sha256_of
 
 # TRANSFERLAB_CACHE, else $XDG_CACHE_HOME/transferlab, else ~/.cache/transferlab (tests point it at a temporary folder).
 CACHE_DIR = Path(os.environ.get("TRANSFERLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transferlab")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_file(pip_name: str, relative: str) -> Path:
@@ -134,14 +126,14 @@ class GgufModel:
 
     Loading the GGUF dequantises every tensor (about 20 s); the cached folder loads in seconds. The cache
     records the sha256 of the GGUF it came from and of each file it wrote, so a corrupt or stale folder is
-    rebuilt, not trusted (backbones/gguf.py).
+    rebuilt, not trusted (gguf_cache.py).
     """
 
     weights: PackagedFile
     description: str
 
     def resolve(self, name: str) -> ResolvedAsset:
-        from transferlab.backbones.gguf import cached_gguf_folder
+        from transferlab.gguf_cache import cached_gguf_folder
 
         gguf = self.weights.verified_path()
         folder, hashes = cached_gguf_folder(gguf, self.weights.sha256, CACHE_DIR / "models" / name)

@@ -268,7 +268,8 @@ def forgetting_command(
     resume: Resume = None,
 ) -> None:
     """Measure what fine-tuning forgets: a meter before and after each strategy, with optional mitigations (EWC, L2-SP, replay)."""
-    from transferlab.recipes.forgetting import format_forgetting, run_forgetting
+    from transferlab.evaluation.forgetting_meter import format_forgetting
+    from transferlab.recipes.forgetting import run_forgetting
     from transferlab.strategies import parse_strategy_list
 
     mitigations = None if mitigation is None else [m.strip() for m in mitigation.split(",") if m.strip() not in ("", "none")]
@@ -529,7 +530,7 @@ def lr_table(
 def list_assets() -> None:
     """Backbones, datasets and strategies known by name."""
     from transferlab.catalog import BACKBONES
-    from transferlab.data.sources import DATASETS
+    from transferlab.data.catalog import DATASETS
     from transferlab.strategies import STRATEGIES
 
     out.print("[bold]backbones[/bold] (or a local Hugging Face or timm model folder, a hub id, or timm:NAME=FILE / torchvision:NAME=FILE)")

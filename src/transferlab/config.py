@@ -14,8 +14,8 @@ from transferlab.backbones.text import POOLINGS
 from transferlab.backbones.vision import DEFAULT_IMAGE_AUGMENT, IMAGE_AUGMENTATIONS, IMAGE_STRATEGY_DEFAULTS, NORMALIZATIONS
 from transferlab.catalog import DEFAULT_BACKBONE, backbone_modality
 from transferlab.data.augment import AUGMENTATIONS
+from transferlab.data.catalog import DEFAULT_DATASET
 from transferlab.data.checks import NEAR_DUPLICATE_COSINE
-from transferlab.data.sources import DEFAULT_DATASET
 from transferlab.data.splits import DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA
 from transferlab.errors import UserError
 from transferlab.evaluation.forgetting import ForgettingConfig

@@ -13,6 +13,9 @@ import yaml
 
 from transferlab import faults
 
+RESULTS = "results.json"  # a run folder's whole record, written last: its presence marks the run complete
+CONFIG = "config.yaml"  # the resolved config, written first
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))

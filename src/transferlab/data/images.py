@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from transferlab.backbones.vision import IMAGE_SUFFIXES
-from transferlab.catalog import ResolvedAsset, package_file, sha256_of
+from transferlab.catalog import ResolvedAsset, package_file
 from transferlab.data.sources import LabeledData, encode_labels, read_table, require_columns
 from transferlab.errors import MissingAssetError, UserError
+from transferlab.hashing import sha256_of
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {

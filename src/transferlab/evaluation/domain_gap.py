@@ -121,7 +121,7 @@ def reference_inputs(modality: str, n: int = SAMPLE, seed: int = 0) -> list[Any]
     """The offline reference sample of the backbone's pretraining domain: English review sentences, or photographs."""
     if modality == "image":
         return photo_views(REFERENCE_PHOTOS)
-    from transferlab.data.sources import load_dataset
+    from transferlab.data.catalog import load_dataset
 
     data = load_dataset("rt-polarity")
     rng = np.random.default_rng(seed)

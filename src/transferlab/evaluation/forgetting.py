@@ -161,7 +161,7 @@ def general_texts(choice: str, task_dataset: str | None, n: int, seed: int = 123
     if choice == "auto":
         choice = "python-docs" if task_dataset == "bbc-news" else "bbc-news"
     if choice == "bbc-news":
-        from transferlab.data.sources import load_dataset
+        from transferlab.data.catalog import load_dataset
 
         texts = [" ".join(t.split()) for t in load_dataset("bbc-news").inputs]
     else:

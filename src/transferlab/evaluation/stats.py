@@ -64,3 +64,12 @@ def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str) -> dict[
             p = 0.0
         others[name] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
     return {"metric": metric, "best": best, "test": TEST_NAME, "others": others}
+
+
+def mean_curve(curves: list[dict[str, list[list[float]]]], key: str = "eval_loss") -> list[tuple[float, float, float]]:
+    """(step, epoch, mean value) over the runs that logged that step."""
+    by_step: dict[float, list[tuple[float, float]]] = {}
+    for curve in curves:
+        for step, epoch, value in curve.get(key, []):
+            by_step.setdefault(step, []).append((epoch, value))
+    return [(step, float(np.mean([e for e, _ in v])), float(np.mean([x for _, x in v]))) for step, v in sorted(by_step.items())]

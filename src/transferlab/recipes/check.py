@@ -12,7 +12,7 @@ from typing import Any
 
 from transferlab.config import RunConfig
 from transferlab.environment import describe_environment
-from transferlab.recipes.compare import Log, prepare, write_label_issues
+from transferlab.recipes.experiment import Log, prepare, write_label_issues
 from transferlab.runio import atomic_write_json
 
 CHECKS = "checks.json"

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from transferlab.data.catalog import load_dataset
 from transferlab.data.checks import NEAR_DUPLICATE_MAX_SHARE, SHOWN, duplicate_groups, inspect, near_duplicate_pairs, preview
-from transferlab.data.sources import LabeledData, concatenate, load_dataset, with_label_names
+from transferlab.data.sources import LabeledData, concatenate, with_label_names
 from transferlab.data.splits import Split, checked, cross_validation_splits, given_test_split, make_imbalanced, stratified_split
 from transferlab.errors import UserError
 

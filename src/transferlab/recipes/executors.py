@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from transferlab.errors import TrainingDiverged, UserError
-from transferlab.recipes.compare import Experiment, run_strategy
+from transferlab.recipes.experiment import Experiment, run_strategy
 from transferlab.recipes.run_folder import RunFolder
 
 EXECUTORS = ("sequential", "ray")

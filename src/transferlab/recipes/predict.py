@@ -22,8 +22,8 @@ from transferlab.catalog import resolve_backbone
 from transferlab.data.sources import read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics
-from transferlab.recipes.run_folder import CONFIG, RESULTS, is_complete
-from transferlab.runio import atomic_write_text
+from transferlab.recipes.run_folder import is_complete
+from transferlab.runio import CONFIG, RESULTS, atomic_write_text
 from transferlab.training.loop import default_device, predict_proba
 
 MANIFEST = "transferlab.json"

@@ -13,7 +13,7 @@ from typing import Any
 from transferlab.backbones import build_classifier, load_preprocessor
 from transferlab.catalog import backbone_modality, resolve_backbone
 from transferlab.config import strategy_for
-from transferlab.data.sources import load_dataset
+from transferlab.data.catalog import load_dataset
 from transferlab.data.splits import DEFAULT_N_TRAIN, stratified_subset
 from transferlab.decision import ADAM_BYTES_PER_PARAM, Situation, decide
 from transferlab.errors import UserError

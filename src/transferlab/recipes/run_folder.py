@@ -23,10 +23,8 @@ from typing import Any
 import yaml
 
 from transferlab.errors import UserError
-from transferlab.runio import atomic_write_json, atomic_write_text, atomic_write_yaml
+from transferlab.runio import CONFIG, RESULTS, atomic_write_json, atomic_write_text, atomic_write_yaml
 
-RESULTS = "results.json"
-CONFIG = "config.yaml"
 # What a run writes here; a restart removes these and nothing else (the folder may hold the user's own files).
 RUN_ENTRIES = (CONFIG, RESULTS, "strategies", "model", "report.html", "report.md", "study.png", "tensorboard")
 

@@ -17,7 +17,16 @@ from transferlab.config import RunConfig
 from transferlab.distributed import is_main_process
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import aggregate_runs
-from transferlab.recipes.compare import Experiment, Log, StrategyRun, open_run_folder, prepare, run_record, run_strategy, write_label_issues
+from transferlab.recipes.experiment import (
+    Experiment,
+    Log,
+    StrategyRun,
+    open_run_folder,
+    prepare,
+    run_record,
+    run_strategy,
+    write_label_issues,
+)
 from transferlab.recipes.predict import MANIFEST
 from transferlab.report import write_report
 from transferlab.runio import atomic_write_json, publish_directory

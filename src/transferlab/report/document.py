@@ -16,10 +16,9 @@ from typing import Any
 
 from transferlab.data.checks import describe as describe_checks
 from transferlab.errors import UserError
-from transferlab.recipes.run_folder import CONFIG, RESULTS
 from transferlab.report import plots
 from transferlab.report.table import SHOWN_METRICS, has_forgetting, row_cells
-from transferlab.runio import atomic_write_bytes, atomic_write_text
+from transferlab.runio import CONFIG, RESULTS, atomic_write_bytes, atomic_write_text
 
 STUDY_PLOT = "study.png"
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from transferlab.evaluation.stats import mean_curve
+
 MAX_CONFUSION = 6  # confusion matrices shown: the best rows first
 
 
@@ -140,8 +142,6 @@ def _series(
 
 
 def _validation_loss_panel(ax: Any, study: dict[str, Any]) -> None:
-    from transferlab.studies.base import mean_curve
-
     by_epoch = study["name"] == "epochs"
     for e in study["points"]:
         curve = mean_curve(e.get("curves", []))
@@ -155,7 +155,7 @@ def _validation_loss_panel(ax: Any, study: dict[str, Any]) -> None:
 
 
 def _forgetting_panel(ax: Any, results: dict[str, Any]) -> None:
-    from transferlab.recipes.forgetting import DRIFT_LABEL
+    from transferlab.evaluation.forgetting_meter import DRIFT_LABEL
 
     study = results["study"]
     meters = {s["forgetting"]["meter"] for s in results["strategies"].values() if s.get("forgetting")}

@@ -74,7 +74,7 @@ def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict
 
 
 def _forgetting_cell(summary: dict[str, Any] | None) -> str:
-    from transferlab.recipes.forgetting import format_forgetting  # late: recipes import this module
+    from transferlab.evaluation.forgetting_meter import format_forgetting
 
     return format_forgetting(summary)
 

@@ -23,7 +23,15 @@ import numpy as np
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
 from transferlab.evaluation.stats import compare_to_best
-from transferlab.recipes.compare import Experiment, open_run_folder, prepare, run_record, run_strategy, summarize_runs, write_label_issues
+from transferlab.recipes.experiment import (
+    Experiment,
+    open_run_folder,
+    prepare,
+    run_record,
+    run_strategy,
+    summarize_runs,
+    write_label_issues,
+)
 from transferlab.recipes.run_folder import RunFolder, job_name
 from transferlab.training.loop import TrainingConfig
 
@@ -297,15 +305,6 @@ def score_text(results: dict[str, Any], label: str) -> str:
         return "n/a"
     m = summary["metrics"][results["primary_metric"]]
     return f"{m['mean']:.3f}" + (f" ± {m['std']:.3f}" if len(m["values"]) > 1 else "")
-
-
-def mean_curve(curves: list[dict[str, list[list[float]]]], key: str = "eval_loss") -> list[tuple[float, float, float]]:
-    """(step, epoch, mean value) over the runs that logged that step."""
-    by_step: dict[float, list[tuple[float, float]]] = {}
-    for curve in curves:
-        for step, epoch, value in curve.get(key, []):
-            by_step.setdefault(step, []).append((epoch, value))
-    return [(step, float(np.mean([e for e, _ in v])), float(np.mean([x for _, x in v]))) for step, v in sorted(by_step.items())]
 
 
 def rise_after_minimum(curve: list[tuple[float, float, float]]) -> tuple[float, float, float, float] | None:

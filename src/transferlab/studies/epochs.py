@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transferlab.studies.base import Budget, Point, Study, mean_curve, register_study, rise_after_minimum, score, score_text
+from transferlab.evaluation.stats import mean_curve
+from transferlab.studies.base import Budget, Point, Study, register_study, rise_after_minimum, score, score_text
 
 SATURATED = 0.01  # 10 epochs gain at most a point over 3
 OVERFIT = 0.10  # validation loss ends 10% above its minimum

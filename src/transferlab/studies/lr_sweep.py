@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transferlab.studies.base import Budget, Point, Study, mean_curve, register_study, rise_after_minimum, score, score_text
+from transferlab.evaluation.stats import mean_curve
+from transferlab.studies.base import Budget, Point, Study, register_study, rise_after_minimum, score, score_text
 
 RATES = (1e-6, 1e-5, 1e-4, 1e-3)
 SPIKE = 0.10  # a rise of 10% above the run's lowest validation loss counts as a spike

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from transferlab.catalog import sha256_of
 from transferlab.errors import MissingAssetError
+from transferlab.hashing import sha256_of
 from transferlab.runio import atomic_write_json, publish_directory
 
 STAMP = "transferlab-cache.json"

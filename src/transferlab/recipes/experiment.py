@@ -1,0 +1,272 @@
+"""The run engine every command builds on: the prepared experiment (data, splits, checks, one encoding) and
+one run of a strategy on one split and seed, measured; the run record and the run folder around them.
+
+`compare`, `train`, `study` and `forgetting` are recipes over these pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import set_seed
+
+from transferlab import faults
+from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor
+from transferlab.catalog import ResolvedAsset, resolve_backbone
+from transferlab.config import RunConfig
+from transferlab.data.augment import augment_texts
+from transferlab.data.sources import LabeledData
+from transferlab.data.splits import Split
+from transferlab.distributed import is_main_process
+from transferlab.environment import describe_environment
+from transferlab.evaluation.forgetting_meter import forgetting_probe, summarize_forgetting
+from transferlab.evaluation.metrics import classification_metrics, per_class_report
+from transferlab.evaluation.stats import aggregate_runs
+from transferlab.recipes.dataset import Findings, check_data, load_run_data, make_splits
+from transferlab.recipes.run_folder import RunFolder
+from transferlab.runio import atomic_write_text
+from transferlab.strategies import Strategy, count_parameters
+from transferlab.training.loop import FitData, cpu_has_bf16, default_device, inference_precision, predict_proba
+from transferlab.training.memory import PeakMemory
+from transferlab.training.sampling import balanced_class_weights, oversample
+
+Log = Callable[[str], None]
+
+LABEL_ISSUES = "label_issues.csv"
+IMBALANCED = 1.5  # largest / smallest class count above which the headline metric defaults to macro-F1
+
+
+@dataclass
+class Experiment:
+    """Everything shared by the strategies of one run: the data, its splits, and one tokenisation."""
+
+    config: RunConfig
+    backbone: ResolvedAsset
+    data: LabeledData
+    splits: list[Split]
+    preprocessor: Preprocessor
+    encoded: dict[int, dict[str, Any]] = field(default_factory=dict)
+    findings: Findings | None = None  # the data checks (recipes/dataset.py)
+
+    @property
+    def split(self) -> Split:
+        """The first (for a hold-out run, the only) split."""
+        return self.splits[0]
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.data.label_names
+
+    def features(self, indices: np.ndarray) -> list[dict[str, Any]]:
+        return [self.encoded[int(i)] for i in indices]
+
+    def seeds(self) -> list[int]:
+        return [self.config.training.seed + k for k in range(self.config.seeds)]
+
+    def assets(self) -> dict[str, Any]:
+        files = self.findings.assets if self.findings else {"dataset": self.data.asset.__dict__ if self.data.asset else None}
+        return {"backbone": self.backbone.__dict__, **files}
+
+
+def prepare(config: RunConfig, log: Log = print) -> Experiment:
+    """Everything that can fail on bad input fails here, before any output is written."""
+    run_data = load_run_data(config)
+    data = run_data.data
+    backbone = resolve_backbone(config.backbone)
+    folds = config.folds(len(run_data.parts["train"]))
+    splits = make_splits(config, run_data, folds)
+    counts = np.bincount(data.labels[run_data.parts["train"]], minlength=len(data.label_names))
+    if config.training.metric is None:
+        config.training.metric = "macro_f1" if counts.max() / max(1, counts.min()) > IMBALANCED else "accuracy"
+    log(
+        f"{config.dataset}: {len(run_data.parts['train'])} examples, classes {_counts(dict(zip(data.label_names, counts.tolist())))}; headline metric {config.training.metric}"
+    )
+    split_kind = f"{folds} stratified folds" if folds > 1 else "your test file" if config.test_dataset else "hold-out split"
+    modality = config.modality
+    augment = config.augmentations() if modality == "image" else []  # text augmentation adds copies instead
+    preprocessor = load_preprocessor(backbone, config.max_length, config.image_size, config.normalization, augment)
+    used = np.unique(np.concatenate([np.concatenate([s.train, s.val, s.test]) for s in splits]))
+    started = time.perf_counter()
+    features = preprocessor.encode([data.inputs[i] for i in used], data.labels[used])
+    log(f"encoded {len(used)} examples in {time.perf_counter() - started:.1f}s")
+    findings = check_data(config, run_data, splits, used, features, backbone, preprocessor, log)
+    log(
+        f"{split_kind} x {config.seeds} seed(s); "
+        + ", ".join(
+            f"{name} {len(getattr(splits[0], name))} {_counts(splits[0].part(name).class_counts())}" for name in ("train", "val", "test")
+        )
+        + (" (fold 1)" if folds > 1 else "")
+    )
+    if config.training.mixed_precision == "auto" and default_device().type == "cpu" and cpu_has_bf16():
+        log(
+            "this CPU computes bf16 natively: `training: {mixed_precision: bf16}` trains about 1.5x faster at the same accuracy (docs/benchmarks.md); auto stays exact fp32"
+        )
+    faults.reached("encoded")
+    return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)), findings)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return "(" + " / ".join(f"{k}: {v}" for k, v in counts.items()) + ")"
+
+
+@dataclass
+class StrategyRun:
+    strategy: Strategy
+    model: nn.Module | None  # None when the strategy does not apply to the backbone
+    test_probs: np.ndarray | None
+    result: dict[str, Any]
+    log_history: list[dict[str, Any]]
+
+
+def _training_examples(experiment: Experiment, split: Split, seed: int) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """The fold's training examples, oversampled and augmented as configured (never val or test), and their
+    indices into the data when every one of them is an original example."""
+    config = experiment.config
+    indices = oversample(split.train, experiment.data.labels, seed) if config.oversample else split.train
+    examples = experiment.features(indices)
+    if config.modality == "text" and config.augmentations():
+        texts = [experiment.data.inputs[i] for i in indices]
+        extra_texts, extra_labels = augment_texts(texts, experiment.data.labels[indices], config.augment, config.augment_copies, seed)
+        return examples + experiment.preprocessor.encode(extra_texts, extra_labels), None
+    return examples, indices
+
+
+def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None, fold: int = 0, seed: int | None = None) -> StrategyRun:
+    """Fresh pretrained classifier -> fit -> test metrics, with time, memory and parameter counts."""
+    config = experiment.config
+    split = experiment.splits[fold]
+    seed = config.training.seed if seed is None else seed
+    training = config.training_for_seed(seed)
+    strategy = config.strategy(name)
+    seed_deterministically(seed)
+    model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
+    reason = strategy.unsupported_reason(model)
+    if reason:
+        return StrategyRun(strategy, None, None, {"status": "skipped", "reason": reason}, [])
+    train_examples, train_indices = _training_examples(experiment, split, seed)
+    findings = experiment.findings
+    frozen = None
+    if strategy.reads_frozen_features() and train_indices is not None and findings is not None and findings.features is not None:
+        frozen = findings.features_of(np.concatenate([train_indices, split.val]))
+    train_labels = np.array([f["labels"] for f in train_examples])
+    data = FitData(
+        train=train_examples,
+        val=experiment.features(split.val),
+        collate=experiment.preprocessor.collate,
+        label_names=experiment.label_names,
+        length_of=experiment.preprocessor.length_of,
+        workdir=workdir,
+        class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
+        train_transform=getattr(experiment.preprocessor, "train_transform", None),
+        frozen_features=frozen,
+    )
+    probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
+    started = time.perf_counter()
+    with PeakMemory() as memory:
+        model = strategy.fit(model, data, training)
+    train_seconds = time.perf_counter() - started
+    peak_mb = memory.peak_mb
+    if frozen is not None:  # the features the checks computed count as this strategy's work
+        train_seconds += findings.feature_seconds * len(frozen) / len(findings.used)
+        peak_mb = max(peak_mb, findings.feature_peak_mb)
+    trainable, total = count_parameters(model)
+    trainable_head = sum(p.numel() for p in _base(model).head_parameters() if p.requires_grad)
+    with inference_precision(training):
+        probs = predict_proba(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
+    labels = experiment.data.labels[split.test]
+    result = {
+        "status": "ok",
+        "fold": fold,
+        "seed": seed,
+        "metrics": classification_metrics(labels, probs, len(experiment.label_names)),
+        "trainable_params": trainable,
+        "trainable_params_without_head": trainable - trainable_head,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / total,
+        "train_seconds": train_seconds,
+        "peak_memory_mb": peak_mb,
+        "settings": strategy.config.__dict__,
+        **per_class_report(labels, probs, experiment.label_names),
+    }
+    if probe is not None:
+        result["forgetting"] = probe.after(strategy, model)
+    return StrategyRun(strategy, model, probs, result, data.log_history)
+
+
+def seed_deterministically(seed: int) -> None:
+    """The same seed on the same machine gives the same numbers: seeded RNGs and deterministic kernels
+    (an operation without one warns rather than stops the run)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # cuBLAS needs it for deterministic matmuls
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    set_seed(seed)
+
+
+def _base(model: nn.Module) -> Any:
+    """The TransferModel inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
+    split = experiment.split
+    return {
+        "command": command,
+        "status": "running",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": experiment.config.backbone,
+        "dataset": experiment.config.dataset,
+        "label_names": experiment.label_names,
+        "evaluation": {
+            "folds": len(experiment.splits),
+            "seeds": experiment.seeds(),
+            "test_examples": "each fold's held-out part"
+            if len(experiment.splits) > 1
+            else f"your test file {experiment.config.test_dataset}"
+            if experiment.config.test_dataset
+            else "a stratified hold-out set",
+        },
+        "n_train": len(split.train) + len(split.val),
+        "n_fit": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "class_counts": [s.summary() for s in experiment.splits],
+        "data_checks": experiment.findings.summary if experiment.findings else None,
+        "seed": experiment.config.training.seed,
+        "primary_metric": experiment.config.training.metric,
+        "config": experiment.config.resolved(),
+        "assets": experiment.assets(),
+        "environment": describe_environment(),
+        "strategies": {},
+    }
+
+
+def write_label_issues(out_dir: Path, experiment: Experiment) -> None:
+    """label_issues.csv in the run folder: every example cleanlab flags, most likely mislabelled first."""
+    findings = experiment.findings
+    if findings is not None and findings.label_issues is not None:
+        atomic_write_text(out_dir / LABEL_ISSUES, findings.label_issues.to_csv(index=False))
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A strategy's row of results.json: metrics over its runs, and the forgetting meter's when it was read."""
+    summary = aggregate_runs(runs)
+    if summary["status"] == "ok" and runs[0].get("forgetting"):
+        summary["forgetting"] = summarize_forgetting(runs)
+    return summary
+
+
+def open_run_folder(out_dir: Path, config: RunConfig, resume: bool | None, log: Log) -> RunFolder:
+    """The resolved config first; an unfinished run of the same config is carried on (rank 0 decides)."""
+    folder = RunFolder(out_dir)
+    if is_main_process():
+        folder.open(config.resolved(), resume, log)
+    return folder
