@@ -1,0 +1,64 @@
+"""A finished run's record (results.json) with the views a notebook wants; pandas only, no torch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from transferlab.errors import UserError
+from transferlab.runio import RESULTS
+
+
+@dataclass
+class Results:
+    """What `compare`, `train` and `study` wrote: `record` is results.json as a dict, `folder` the run folder."""
+
+    record: dict[str, Any]
+    folder: Path | None = None
+
+    @classmethod
+    def read(cls, folder: Path | str) -> Results:
+        path = Path(folder) / RESULTS
+        if not path.is_file():
+            raise UserError(f"{folder}: no {RESULTS} (not a run folder, or the run did not finish)")
+        return cls(json.loads(path.read_text(encoding="utf-8")), Path(folder))
+
+    @property
+    def metric(self) -> str:
+        """The headline metric the strategies are ranked by."""
+        return self.record["primary_metric"]
+
+    @property
+    def best(self) -> str | None:
+        return self.record.get("comparison", {}).get("best")
+
+    @property
+    def data_checks(self) -> dict[str, Any] | None:
+        return self.record.get("data_checks")
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per strategy, ranked by the headline metric: every metric's mean and std over the runs, the gap
+        to the best and whether it is within noise, trainable parameters, seconds and peak memory."""
+        comparison = self.record.get("comparison", {})
+        rows = []
+        for name, summary in self.record["strategies"].items():
+            row: dict[str, Any] = {"strategy": name, "status": summary["status"]}
+            if summary["status"] == "ok":
+                for metric, value in summary["metrics"].items():
+                    row[metric], row[f"{metric}_std"] = value["mean"], value["std"]
+                other = comparison.get("others", {}).get(name, {})
+                row["gap_to_best"] = 0.0 if name == comparison.get("best") else other.get("gap")
+                row["within_noise"] = other.get("within_noise")
+                for key in ("trainable_params", "total_params", "train_seconds", "peak_memory_mb"):
+                    row[key] = summary[key]
+            else:
+                row["reason"] = summary.get("reason")
+            rows.append(row)
+        table = pd.DataFrame(rows).set_index("strategy")
+        if self.metric in table:
+            table = table.sort_values(self.metric, ascending=False, na_position="last")
+        return table
