@@ -284,3 +284,24 @@ def test_a_study_on_the_users_own_files(tmp_path, tiny_bert_dir, monkeypatch, ca
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     assert results["n_test"] == 40 and results["class_counts"][0]["test"] == {"high": 20, "low": 20}
     assert results["data_checks"]["examples"] == 140
+
+
+def test_a_failing_point_is_recorded_and_the_study_finishes(tmp_path, tiny_bert_dir, sentiment_csv, monkeypatch):
+    """One point raising must not sink the others: it is recorded as failed, with its reason."""
+    import transferlab.recipes.experiment as engine
+
+    real = engine.run_strategy
+
+    def failing_with_layer_decay(experiment, name, **kwargs):
+        if experiment.config.strategy(name).config.layer_decay is not None:
+            raise RuntimeError("simulated failure")
+        return real(experiment, name, **kwargs)
+
+    monkeypatch.setattr(engine, "run_strategy", failing_with_layer_decay)
+    study = get_study("discriminative-lr")
+    config = study_config(study, quick=True, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), n_train=100, n_test=40, epochs=1)
+    results = run_study(study, config, tmp_path, quick=True, log=lambda _: None)
+    assert results["status"] == "complete"
+    assert results["strategies"]["flat"]["status"] == "ok"
+    assert results["strategies"]["eta=0.95"] == {"status": "failed", "reason": "RuntimeError: simulated failure"}
+    assert results["study"]["expectation"]["held"] is None

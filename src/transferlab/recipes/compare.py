@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from transferlab.config import RunConfig
 from transferlab.distributed import broadcast, is_main_process
 from transferlab.evaluation.stats import aggregate_runs, compare_to_best
-from transferlab.recipes.experiment import Log, open_run_folder, prepare, run_record, summarize_runs, write_label_issues
+from transferlab.recipes.experiment import Job, Log, open_run_folder, prepare, run_record, summarize_runs, write_label_issues
 
 if TYPE_CHECKING:
     from transferlab.recipes.executors import RayExecutor, Sequential
@@ -33,7 +33,7 @@ def compare(
     """`executor` runs the strategy x fold x seed jobs (recipes/executors.py); by default one after another here.
     `recommend`: the decision framework's recommendation first (recipes/recommend.py), checked against the comparison at the end.
     `resume`: see `RunFolder.open`; by default an unfinished run of this config in `out_dir` is carried on."""
-    from transferlab.recipes.executors import Job, Sequential
+    from transferlab.recipes.executors import Sequential
     from transferlab.recipes.recommend import recommend_for_run, verdict
     from transferlab.report import write_report
 

@@ -7,55 +7,14 @@ order; results come back in job order, so `results.json` is the same whichever e
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from transferlab.errors import TrainingDiverged, UserError
-from transferlab.recipes.experiment import Experiment, run_strategy
+from transferlab.errors import UserError
+from transferlab.recipes.experiment import Experiment, Job, Outcome, run_job
 from transferlab.recipes.run_folder import RunFolder
 
 EXECUTORS = ("sequential", "ray")
-
-
-@dataclass(frozen=True)
-class Job:
-    strategy: str
-    fold: int
-    seed: int
-
-    @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.strategy, self.fold, self.seed)
-
-
-@dataclass
-class Outcome:
-    result: dict[str, Any]
-    log_history: list[dict[str, Any]]
-
-
-def run_job(experiment: Experiment, job: Job, workdir: Path | None) -> Outcome:
-    """One run, reduced to what the record needs (the trained model stays where it was trained).
-
-    A run that fails is recorded as failed or diverged, with the reason, and the comparison goes on:
-    one strategy must not sink the others. An interruption (Ctrl-C, a signal) still stops everything.
-    """
-    where = {"fold": job.fold, "seed": job.seed}
-    try:
-        run = run_strategy(experiment, job.strategy, workdir=workdir, fold=job.fold, seed=job.seed)
-    except TrainingDiverged as err:
-        return Outcome({"status": "diverged", "reason": str(err), **where}, [])
-    except (torch.OutOfMemoryError, MemoryError):
-        return Outcome({"status": "failed", "reason": "out of memory: try a smaller --batch-size or --max-length", **where}, [])
-    except Exception as err:
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"
-        return Outcome({"status": "failed", "reason": reason, "traceback": traceback.format_exc(), **where}, [])
-    return Outcome(run.result, run.log_history)
 
 
 class Sequential:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from transferlab.data.sources import LabeledData
 from transferlab.data.splits import Split
 from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
+from transferlab.errors import TrainingDiverged
 from transferlab.evaluation.forgetting_meter import forgetting_probe, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import aggregate_runs
@@ -200,6 +202,42 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     if probe is not None:
         result["forgetting"] = probe.after(strategy, model)
     return StrategyRun(strategy, model, probs, result, data.log_history)
+
+
+@dataclass(frozen=True)
+class Job:
+    strategy: str
+    fold: int
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.strategy, self.fold, self.seed)
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    log_history: list[dict[str, Any]]
+
+
+def run_job(experiment: Experiment, job: Job, workdir: Path | None) -> Outcome:
+    """One run, reduced to what the record needs (the trained model stays where it was trained).
+
+    A run that fails is recorded as failed or diverged, with the reason, and the comparison goes on:
+    one strategy must not sink the others. An interruption (Ctrl-C, a signal) still stops everything.
+    """
+    where = {"fold": job.fold, "seed": job.seed}
+    try:
+        run = run_strategy(experiment, job.strategy, workdir=workdir, fold=job.fold, seed=job.seed)
+    except TrainingDiverged as err:
+        return Outcome({"status": "diverged", "reason": str(err), **where}, [])
+    except (torch.OutOfMemoryError, MemoryError):
+        return Outcome({"status": "failed", "reason": "out of memory: try a smaller --batch-size or --max-length", **where}, [])
+    except Exception as err:
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"
+        return Outcome({"status": "failed", "reason": reason, "traceback": traceback.format_exc(), **where}, [])
+    return Outcome(run.result, run.log_history)
 
 
 def seed_deterministically(seed: int) -> None:

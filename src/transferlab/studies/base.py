@@ -25,10 +25,11 @@ from transferlab.errors import UserError
 from transferlab.evaluation.stats import compare_to_best
 from transferlab.recipes.experiment import (
     Experiment,
+    Job,
     open_run_folder,
     prepare,
+    run_job,
     run_record,
-    run_strategy,
     summarize_runs,
     write_label_issues,
 )
@@ -103,9 +104,9 @@ class Study(ABC):
             results, histories = [], []
             for seed in experiment.seeds():
                 done = context.finished(point, seed)
-                if done is None:
-                    run = run_strategy(experiment, point.strategy, workdir=context.folder.workdir(point.label, 0, seed), seed=seed)
-                    done = run.result, run.log_history
+                if done is None:  # a run that fails is recorded as failed, and the study goes on
+                    outcome = run_job(experiment, Job(point.strategy, 0, seed), context.folder.workdir(point.label, 0, seed))
+                    done = outcome.result, outcome.log_history
                 results.append(done[0])
                 histories.append(done[1])
             yield point, results, histories
