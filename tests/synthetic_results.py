@@ -69,6 +69,7 @@ def curve(losses: list[float], steps_per_epoch: int = 10) -> dict[str, list[list
 def study_record(name: str, points: list[dict[str, Any]], rows: dict[str, list[float]], quick: bool = True, **per_row) -> dict[str, Any]:
     """A finished study: `points` are the study entries (label, x, series, strategy, curves)."""
     from transferlab.studies import get_study
+    from transferlab.studies.base import judge
 
     study = get_study(name)
     out = record(rows, command=f"study {name}", **per_row)
@@ -82,8 +83,7 @@ def study_record(name: str, points: list[dict[str, Any]], rows: dict[str, list[f
         "expected_result": study.expected_result,
         "points": [{"series": "", "strategy": "full", "curves": [], **p} for p in points],
     }
-    held, verdict = study.expectation(out)
-    out["study"]["expectation"] = {"held": held, "verdict": verdict}
+    out["study"]["expectation"] = judge(study, out)
     return out
 
 

@@ -305,3 +305,39 @@ def test_a_failing_point_is_recorded_and_the_study_finishes(tmp_path, tiny_bert_
     assert results["strategies"]["flat"]["status"] == "ok"
     assert results["strategies"]["eta=0.95"] == {"status": "failed", "reason": "RuntimeError: simulated failure"}
     assert results["study"]["expectation"]["held"] is None
+
+
+def test_gap_within_noise_by_hand():
+    from transferlab.evaluation.stats import gap_within_noise
+
+    def summary(*values):
+        return {"metrics": {"accuracy": {"values": list(values)}}}
+
+    # one run each: z = gap / sqrt((p1 q1 + p2 q2) / n); 0.002 / 0.0269 = 0.07 on 500, 0.1 / 0.0192 = 5.2 on 1,000
+    assert gap_within_noise(summary(0.764), summary(0.762), "accuracy", 500)[0] is True
+    assert gap_within_noise(summary(0.80), summary(0.70), "accuracy", 1000)[0] is False
+    # paired runs: the paired t-test; a steady gap of 0.1 is not noise, a gap that changes sign is
+    assert gap_within_noise(summary(0.80, 0.82, 0.81), summary(0.70, 0.71, 0.72), "accuracy", 50)[0] is False
+    assert gap_within_noise(summary(0.80, 0.70, 0.75), summary(0.72, 0.78, 0.74), "accuracy", 50)[0] is True
+
+
+@pytest.mark.parametrize(
+    "l1, last, n_test, outcome",
+    [
+        (0.764, 0.762, 500, "within noise"),
+        (0.80, 0.70, 1000, "held"),
+        (0.70, 0.80, 1000, "did not hold"),
+        (0.75, 0.76, 500, "within noise"),
+    ],
+)
+def test_the_layer_probe_verdict_says_when_the_gap_is_noise(l1, last, n_test, outcome):
+    points = [{"label": f"layer {i}", "x": i, "strategy": "head", "series": "probe"} for i in range(7)]
+    rows = {f"layer {i}": [0.60 + 0.01 * i] for i in range(5)} | {"layer 5": [l1], "layer 6": [last]}
+    record = study_record("layer-probe", points, rows)
+    record["n_test"] = n_test
+    from transferlab.studies import get_study
+    from transferlab.studies.base import judge
+
+    expectation = judge(get_study("layer-probe"), record)
+    assert expectation["outcome"] == outcome, expectation["verdict"]
+    assert "layer 5 against layer 6" in expectation["verdict"]

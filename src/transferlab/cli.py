@@ -493,8 +493,7 @@ def study(
         results = run_study(chosen, config, target, quick=quick, log=_progress_logger(), resume=resume)
     print_results(results, out)
     expectation = results["study"]["expectation"]
-    word = {True: "held", False: "did not hold", None: "undecided"}[expectation["held"]]
-    out.print(f"{chosen.expected_result}: {word}. {expectation['verdict']}", highlight=False, soft_wrap=True)
+    out.print(f"{chosen.expected_result}: {expectation['outcome']}. {expectation['verdict']}", highlight=False, soft_wrap=True)
     console.print(f"report: {target / 'report.html'}")
 
 

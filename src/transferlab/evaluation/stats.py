@@ -73,3 +73,23 @@ def mean_curve(curves: list[dict[str, list[list[float]]]], key: str = "eval_loss
         for step, epoch, value in curve.get(key, []):
             by_step.setdefault(step, []).append((epoch, value))
     return [(step, float(np.mean([e for e, _ in v])), float(np.mean([x for _, x in v]))) for step, v in sorted(by_step.items())]
+
+
+def gap_within_noise(a: dict[str, Any], b: dict[str, Any], metric: str, n_test: int) -> tuple[bool, str]:
+    """Whether the difference between two summaries' `metric` is within noise, and the test that says so.
+
+    With two or more paired runs each (the same folds and seeds), the paired t-test compare uses for 'vs best'.
+    With one run each, a two-proportion z-test at the test set's size: exact for accuracy, an approximation
+    for the other metrics (their spread over test sets is of the same order).
+    """
+    x, y = np.asarray(a["metrics"][metric]["values"]), np.asarray(b["metrics"][metric]["values"])
+    if len(x) >= 2 and len(x) == len(y):
+        differences = x - y
+        p = 1.0 if np.allclose(differences, 0) else float(stats.ttest_rel(x, y).pvalue)
+        p = 0.0 if math.isnan(p) else p
+        return bool(p >= SIGNIFICANCE), f"paired t-test over {len(x)} runs, p = {p:.2f}"
+    p1, p2 = float(x.mean()), float(y.mean())
+    se = math.sqrt(max(p1 * (1 - p1) + p2 * (1 - p2), 1e-12) / max(n_test, 1))
+    z = abs(p1 - p2) / se
+    within = bool(z < stats.norm.ppf(1 - SIGNIFICANCE / 2))
+    return within, f"one run each: |gap| {abs(p1 - p2):.3f} against a standard error of {se:.3f} on {n_test} test examples"

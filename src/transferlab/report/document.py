@@ -136,7 +136,8 @@ def verdict(results: dict[str, Any]) -> tuple[str, str] | None:
         return None
     expectation = study.get("expectation", {})
     held = expectation.get("held")
-    word, css = {True: ("held", "held"), False: ("did not hold", "refuted"), None: ("undecided", "undecided")}[held]
+    word = expectation.get("outcome") or {True: "held", False: "did not hold", None: "undecided"}[held]  # older records: no outcome
+    css = {"held": "held", "did not hold": "refuted"}.get(word, "undecided")
     quick = " (--quick: one seed, smaller budget)" if study.get("quick") else ""
     expected = study.get("expected_result", study.get("seed_expectation"))  # the older key, in results.json written before the rename
     return css, f"The expected result: {expected}. On this data it {word}{quick}: {expectation.get('verdict', '')}."

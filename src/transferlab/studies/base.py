@@ -22,7 +22,7 @@ import numpy as np
 
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
-from transferlab.evaluation.stats import compare_to_best
+from transferlab.evaluation.stats import compare_to_best, gap_within_noise
 from transferlab.recipes.experiment import (
     Experiment,
     Job,
@@ -87,6 +87,11 @@ class Study(ABC):
     @abstractmethod
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
         """Whether the expected result held on these results (None: cannot tell), and why, with numbers."""
+
+    def deciding_pair(self, results: dict[str, Any]) -> tuple[str, str] | None:
+        """The two points whose difference the verdict rests on, when it rests on one: if that difference is within
+        noise, the study reports "within noise" rather than held or not held."""
+        return None
 
     def configure(self, config: RunConfig) -> None:
         """Settings every point shares beyond the budget (the forgetting meter), set on the base config."""
@@ -265,9 +270,8 @@ def run_study(
         "expected_result": study.expected_result,
         "points": entries,
     }
-    held, verdict = study.expectation(record)
-    record["study"]["expectation"] = {"held": held, "verdict": verdict}
-    log(f"{study.name}: {'held' if held else 'did not hold' if held is False else 'undecided'}: {verdict}")
+    expectation = record["study"]["expectation"] = judge(study, record)
+    log(f"{study.name}: {expectation['outcome']}: {expectation['verdict']}")
     if is_main_process():
         write_label_issues(out_dir, experiment)
         folder.complete(record)
@@ -298,6 +302,20 @@ def score(results: dict[str, Any], label: str, metric: str | None = None) -> flo
     if summary.get("status") != "ok":
         return float("nan")
     return float(summary["metrics"][metric or results["primary_metric"]]["mean"])
+
+
+def judge(study: Study, record: dict[str, Any]) -> dict[str, Any]:
+    """The study's verdict with the noise test compare uses: held, did not hold, within noise (when the difference
+    the verdict rests on could be chance), or undecided."""
+    held, verdict = study.expectation(record)
+    outcome = {True: "held", False: "did not hold", None: "undecided"}[held]
+    pair = study.deciding_pair(record) if held is not None else None
+    if pair and all(record["strategies"].get(label, {}).get("status") == "ok" for label in pair):
+        a, b = (record["strategies"][label] for label in pair)
+        noise, test = gap_within_noise(a, b, record["primary_metric"], record["n_test"])
+        verdict += f"; {pair[0]} against {pair[1]}: {test}"
+        outcome = "within noise" if noise else outcome
+    return {"held": held, "outcome": outcome, "verdict": verdict}
 
 
 def score_text(results: dict[str, Any], label: str) -> str:

@@ -27,6 +27,9 @@ class DiscriminativeLr(Study):
     def points(self, quick: bool) -> list[Point]:
         return [Point("flat", "flat", "full"), Point("eta=0.95", "eta 0.95", "discriminative", {"layer_decay": 0.95})]
 
+    def deciding_pair(self, results: dict[str, Any]) -> tuple[str, str] | None:
+        return "eta=0.95", "flat"
+
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
         metric = results["primary_metric"]
         flat, layered = results["strategies"].get("flat", {}), results["strategies"].get("eta=0.95", {})

@@ -99,6 +99,15 @@ class LayerProbe(Study):
                 histories.append(fit.log_entries(config.training.headline_metric))
             yield point, results, histories
 
+    def deciding_pair(self, results: dict[str, Any]) -> tuple[str, str] | None:
+        """The better of L-1 and L-2 against the last layer."""
+        layers = {int(e["x"]): e["label"] for e in results["study"]["points"]}
+        last = max(layers)
+        if last < 2:
+            return None
+        candidates = [layers[last - 1], layers[last - 2]]
+        return max(candidates, key=lambda label: score(results, label)), layers[last]
+
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
         entries = results["study"]["points"]
         scores = {int(e["x"]): score(results, e["label"]) for e in entries}
