@@ -3,6 +3,8 @@ one short fit runs, and only the parameters the strategy trains move. New strate
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -60,13 +62,18 @@ def _pretrained_name(wrapped: str) -> str:
     return name
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
-def test_one_short_fit_moves_only_trainable_parameters(name, any_tiny_backbone):
+def _takes_layer_decay(name: str) -> bool:
+    return "layer_decay" in {f.name for f in dataclasses.fields(STRATEGIES[name].config_class)}
+
+
+@pytest.mark.parametrize("name, layer_decay", [(n, None) for n in STRATEGIES] + [(n, 0.8) for n in STRATEGIES if _takes_layer_decay(n)])
+def test_one_short_fit_moves_only_trainable_parameters(name, layer_decay, any_tiny_backbone):
+    """Every strategy, and every one that takes discriminative learning rates with them (`--layer-decay`)."""
     torch.manual_seed(0)
     _, data = _fit_data(any_tiny_backbone)
     model = build_classifier(resolve_backbone(str(any_tiny_backbone)), ["negative", "positive"], "mean")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    strategy = get_strategy(name)
+    strategy = get_strategy(name, **({} if layer_decay is None else {"layer_decay": layer_decay}))
     _skip_if_unsupported(strategy, model)
     fitted = strategy.fit(model, data, TrainingConfig(epochs=1, batch_size=8, evals_per_epoch=1))
     changed = set()

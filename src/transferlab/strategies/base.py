@@ -101,7 +101,14 @@ class Strategy(ABC):
         table = layer_lr_table(names, self.learning_rate(training), eta)
         data.log_history.append({"lr_table": dict(table)})
         scales = {name: lr / self.learning_rate(training) for name, lr in table}
-        return lambda parameter: scales[model.group_of(parameter)]
+
+        def scale(parameter: str) -> float:
+            try:
+                return scales[model.group_of(parameter)]
+            except KeyError:  # a parameter the strategy added outside every layer (prompt and prefix tuning's
+                return 1.0  # virtual tokens): new, like the head, so it trains at the head's rate
+
+        return scale
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         """The trainable-parameter count this strategy should produce on `model`, from its formula.
