@@ -210,3 +210,20 @@ def test_a_test_file_with_an_unknown_class_is_refused(tmp_path, tiny_bert_dir):
     assert done.returncode == 2
     assert "class 2 does not occur in the training data" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_feature_checks_can_be_turned_off(tmp_path, tiny_bert_dir):
+    """`label_issues: false` and `near_duplicate_cosine: null`: no forward pass for the checks, no label_issues.csv."""
+    from transferlab.recipes.check import check
+
+    texts, labels = sentiment_texts(80, seed=9)
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+    (tmp_path / "run.yaml").write_text("label_issues: false\nnear_duplicate_cosine: null\n")
+    config = load_run_config(tmp_path / "run.yaml", backbone=str(tiny_bert_dir), dataset=str(path))
+    record = check(config, tmp_path / "c", log=lambda _: None)
+    checks = record["data_checks"]
+    assert "label_issues" not in checks and "near_duplicates" not in checks
+    assert not (tmp_path / "c" / "label_issues.csv").exists()
+    on = check(load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(path)), tmp_path / "on", log=lambda _: None)
+    assert "label_issues" in on["data_checks"] and "near_duplicates" in on["data_checks"]
