@@ -54,6 +54,35 @@ def test_lora_formula_by_hand(tiny_bert_dir):
     assert trainable == 2 * 2 * 8 * (32 + 32) + (32 + 1) * 2
 
 
+# The tiny BERT's shape (conftest.TINY_SHAPE) and its parameter count worked out by hand, not by the predicates
+# the strategies use: embeddings (word, position, token type, LayerNorm), then per layer query/key/value and the
+# attention output (weights and biases), two LayerNorms, the feed-forward pair; the new head on mean pooling.
+V, H, L, FF, P = 29, 32, 2, 64, 64  # vocabulary, hidden, layers, feed-forward width, positions
+EMBEDDINGS = V * H + P * H + 2 * H + 2 * H
+LAYER = 4 * (H * H + H) + 2 * (2 * H) + (H * FF + FF) + (FF * H + H)
+HEAD = (H + 1) * 2
+TOTAL = EMBEDDINGS + L * LAYER + HEAD
+LAYER_BIASES = 4 * H + 2 * H + FF + H  # attention projections, LayerNorms, feed-forward
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("full", TOTAL),
+        ("discriminative", TOTAL),
+        ("lp-ft", TOTAL),
+        ("gradual", TOTAL),  # every group trains by the last stage
+        ("partial", TOTAL - EMBEDDINGS),  # by default the embeddings stay frozen
+        ("head", HEAD),
+        ("bitfit", H + L * LAYER_BIASES + HEAD),  # every bias (the embeddings' LayerNorm too) and the head
+    ],
+)
+def test_trainable_parameters_by_hand(name, expected, tiny_bert_dir):
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["negative", "positive"], "mean")
+    assert count_parameters(model) == (TOTAL, TOTAL)
+    assert count_parameters(get_strategy(name).prepare(model))[0] == expected
+
+
 def _pretrained_name(wrapped: str) -> str:
     """A parameter's name in the unwrapped model, whatever peft or our adapters wrapped around it."""
     name = wrapped.removeprefix("base_model.model.").removeprefix("base_model.")
