@@ -108,8 +108,8 @@ def test_head_beats_the_majority_class(name, tmp_path, capsys):
 # LoRA at its default 3 epochs takes 30 or fewer optimizer steps on these ~180 training examples and stays near the
 # majority class (measured: reuters-r8 0.100 against a baseline of 0.073, slo-opinion 0.163 / 0.155, grimm-tales
 # 0.378 / 0.364, convention-speeches-2012 0.472 / 0.394, drug-reviews 0.240 / 0.255, crowdflower-tweets 0.265 / 0.199);
-# a minimum budget of optimizer
-# steps for small data is what would fix it. Strict: a fix makes these pass, and then the marks must go.
+# a minimum budget of optimizer steps for small data is what would fix it. Strict: a fix makes these pass, and
+# then the marks must go.
 LORA_TOO_FEW_STEPS = {"reuters-r8", "slo-opinion", "grimm-tales", "convention-speeches-2012", "drug-reviews", "crowdflower-tweets"}
 
 
