@@ -343,7 +343,7 @@ def recommend_command(
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
 ) -> None:
-    """Recommend a strategy and its settings from data size, a measured domain gap, tasks and memory, by the decision framework in docs/architecture.md."""
+    """Recommend a strategy and its settings from data size, a measured domain gap, tasks and memory (rules of thumb, with reasons)."""
     from transferlab.catalog import DEFAULT_BACKBONE
     from transferlab.recipes.recommend import format_recommendation, recommend
 
