@@ -10,7 +10,23 @@ from typing import Any
 import pandas as pd
 
 from transferlab.errors import UserError
-from transferlab.runio import RESULTS
+from transferlab.runio import CONFIG, RESULTS
+
+
+def load_results(directory: Path) -> dict[str, Any]:
+    """A finished run's results.json; an unfinished or missing run is one clear line."""
+    path = Path(directory) / RESULTS
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if (Path(directory) / CONFIG).is_file():
+            raise UserError(f"{directory}: the run did not finish (no {RESULTS}); run its command again to resume it") from None
+        raise UserError(f"{path} does not exist: give the folder of a finished compare, train or study run") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot read results: {err}") from None
+    if results.get("status") != "complete":
+        raise UserError(f"{path}: the run did not finish; run its command again to resume it")
+    return results
 
 
 @dataclass
@@ -22,10 +38,7 @@ class Results:
 
     @classmethod
     def read(cls, folder: Path | str) -> Results:
-        path = Path(folder) / RESULTS
-        if not path.is_file():
-            raise UserError(f"{folder}: no {RESULTS} (not a run folder, or the run did not finish)")
-        return cls(json.loads(path.read_text(encoding="utf-8")), Path(folder))
+        return cls(load_results(Path(folder)), Path(folder))
 
     @property
     def metric(self) -> str:

@@ -40,11 +40,15 @@ def image_key(item: Any) -> str:
     return hashlib.sha256(Path(item).read_bytes()).hexdigest()
 
 
+def first_occurrence(keys: list[Any]) -> np.ndarray:
+    """For each position, the first position holding an equal key: group ids that index into the list."""
+    first: dict[Any, int] = {}
+    return np.array([first.setdefault(key, i) for i, key in enumerate(keys)], dtype=np.int64)
+
+
 def duplicate_groups(inputs: list[Any], modality: str = "text") -> np.ndarray:
     """A group id per example, the index of the first example with the same content."""
-    keys = [image_key(x) for x in inputs] if modality == "image" else [normalised_text(x) for x in inputs]
-    first: dict[str, int] = {}
-    return np.array([first.setdefault(key, i) for i, key in enumerate(keys)], dtype=np.int64)
+    return first_occurrence([image_key(x) for x in inputs] if modality == "image" else [normalised_text(x) for x in inputs])
 
 
 def has_copies(groups: np.ndarray) -> bool:

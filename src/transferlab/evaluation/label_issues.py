@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from transferlab.errors import UserError
-from transferlab.evaluation.probe import ProbeSettings, fit_probe
+from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features
 
 LABEL_ISSUE_COLUMNS = ("row", "given_label", "suggested_label", "score")
 
@@ -60,8 +60,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, se
     compact = np.searchsorted(present, y)
     probe = fit_probe(x, compact, len(present), settings)
     folds = min(settings.folds, int(counts[present].min()))
-    spread = x.std(0)
-    informative = spread > 1e-6 * spread.max() if spread.max() > 0 else np.ones(x.shape[1], dtype=bool)
+    informative = informative_features(x)  # as fit_probe drops them, which has run on `x` above
     model = Pipeline(
         [
             ("scale", StandardScaler()),

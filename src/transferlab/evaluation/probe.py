@@ -68,6 +68,12 @@ def fold_standardisation(clf: LogisticRegression, scaler: StandardScaler, num_cl
     return coef, intercept
 
 
+def informative_features(x: np.ndarray) -> np.ndarray:
+    """Which feature columns vary: a column whose spread is under a millionth of the largest is (nearly) constant."""
+    spread = x.std(0)
+    return spread > 1e-6 * spread.max()
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings) -> Probe:
     """Features that are (nearly) constant carry no information, and standardising them would fold a
     huge 1 / std into the weights (MiniLM has mean-pooled dimensions with std 2e-9), which breaks any
@@ -79,8 +85,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     folds = min(settings.folds, int(np.bincount(y, minlength=num_classes).min()))
     if folds < 2:
         raise UserError("the linear probe's cross-validation needs at least 2 examples of every class")
-    spread = x.std(0)
-    informative = spread > 1e-6 * spread.max()
+    informative = informative_features(x)
     search = LogisticRegressionCV(
         Cs=list(settings.c_grid),
         cv=StratifiedKFold(folds, shuffle=True, random_state=settings.seed),

@@ -42,6 +42,14 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided paired t-test over the same folds and seeds: 1 when the runs are identical, 0 when every run
+    differs by the same non-zero amount (no variance to test against)."""
+    differences = a - b
+    p = 1.0 if np.allclose(differences, differences[0]) and differences[0] == 0 else float(stats.ttest_rel(a, b).pvalue)
+    return 0.0 if math.isnan(p) else p
+
+
 def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
     """Mark the best strategy by mean `metric`, and test every other one's gap against it."""
     finished = {n: s for n, s in strategies.items() if s["status"] == "ok" and not math.isnan(s["metrics"][metric]["mean"])}
@@ -58,10 +66,7 @@ def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str) -> dict[
         if len(values) < 2 or len(values) != len(reference):
             others[name] = {"gap": gap, "p_value": None, "within_noise": None}
             continue
-        differences = reference - values
-        p = 1.0 if np.allclose(differences, differences[0]) and differences[0] == 0 else float(stats.ttest_rel(reference, values).pvalue)
-        if math.isnan(p):  # identical differences across runs: no variance to test against
-            p = 0.0
+        p = paired_p_value(reference, values)
         others[name] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
     return {"metric": metric, "best": best, "test": TEST_NAME, "others": others}
 
@@ -84,9 +89,7 @@ def gap_within_noise(a: dict[str, Any], b: dict[str, Any], metric: str, n_test: 
     """
     x, y = np.asarray(a["metrics"][metric]["values"]), np.asarray(b["metrics"][metric]["values"])
     if len(x) >= 2 and len(x) == len(y):
-        differences = x - y
-        p = 1.0 if np.allclose(differences, 0) else float(stats.ttest_rel(x, y).pvalue)
-        p = 0.0 if math.isnan(p) else p
+        p = paired_p_value(x, y)
         return bool(p >= SIGNIFICANCE), f"paired t-test over {len(x)} runs, p = {p:.2f}"
     p1, p2 = float(x.mean()), float(y.mean())
     se = math.sqrt(max(p1 * (1 - p1) + p2 * (1 - p2), 1e-12) / max(n_test, 1))

@@ -16,7 +16,15 @@ import numpy as np
 import pandas as pd
 
 from transferlab.data.catalog import load_dataset
-from transferlab.data.checks import NEAR_DUPLICATE_MAX_SHARE, SHOWN, duplicate_groups, inspect, near_duplicate_pairs, preview
+from transferlab.data.checks import (
+    NEAR_DUPLICATE_MAX_SHARE,
+    SHOWN,
+    duplicate_groups,
+    first_occurrence,
+    inspect,
+    near_duplicate_pairs,
+    preview,
+)
 from transferlab.data.sources import LabeledData, concatenate, with_label_names
 from transferlab.data.splits import Split, checked, cross_validation_splits, given_test_split, make_imbalanced, stratified_split
 from transferlab.errors import UserError
@@ -25,8 +33,6 @@ if TYPE_CHECKING:
     from transferlab.backbones import Preprocessor
     from transferlab.catalog import ResolvedAsset
     from transferlab.config import RunConfig
-
-PARTS = ("train", "validation", "test")  # the files a run reads: --dataset, --validation-dataset, --test-dataset
 
 
 @dataclass
@@ -93,7 +99,6 @@ class Findings:
 
     summary: dict[str, Any]
     label_issues: pd.DataFrame | None
-    assets: dict[str, Any]  # each data file's origin and sha256
     used: np.ndarray  # the examples checked, sorted
     features: np.ndarray | None  # their frozen features, when a check needed them
     feature_seconds: float = 0.0  # what computing them cost, charged pro rata to a strategy that reuses them
@@ -123,7 +128,7 @@ def check_data(
         [data.inputs[i] for i in used],
         data.labels[used],
         data.label_names,
-        _regroup(run.groups[used]),
+        first_occurrence(run.groups[used].tolist()),
         data.modality,
         token_counts,
         config.max_length,
@@ -152,13 +157,7 @@ def check_data(
         log(f"data check: {line}")
     if issues is not None:
         log(f"cleanlab flags {len(issues)} of {len(used)} labels as possibly wrong, ranked in label_issues.csv")
-    return Findings(summary, issues, run.assets, used, features, seconds, peak)
-
-
-def _regroup(groups: np.ndarray) -> np.ndarray:
-    """Group ids renumbered to the first position of each group within this subset."""
-    first: dict[int, int] = {}
-    return np.array([first.setdefault(int(g), i) for i, g in enumerate(groups)], dtype=np.int64)
+    return Findings(summary, issues, used, features, seconds, peak)
 
 
 def _frozen_features(
@@ -196,10 +195,11 @@ def _drop_near_duplicates(
     for split in splits:
         in_test = np.isin(pairs, split.test)
         partners = np.concatenate([pairs[in_test[:, 1] & ~in_test[:, 0], 0], pairs[in_test[:, 0] & ~in_test[:, 1], 1]])
-        out = np.isin(split.train, partners).sum() + np.isin(split.val, partners).sum()
-        split.train, split.val = split.train[~np.isin(split.train, partners)], split.val[~np.isin(split.val, partners)]
-        split.removed += int(out)
-        removed += int(out)
+        train_out, val_out = np.isin(split.train, partners), np.isin(split.val, partners)
+        split.train, split.val = split.train[~train_out], split.val[~val_out]
+        out = int(train_out.sum() + val_out.sum())
+        split.removed += out
+        removed += out
         checked(split)
     summary["near_duplicates"]["examples"] = [{"a": preview(inputs[i]), "b": preview(inputs[j])} for i, j in pairs[:SHOWN]]
     summary["removed_from_training"]["near_duplicates_of_test_inputs"] = removed
@@ -224,7 +224,7 @@ def _label_issues(run: RunData, used: np.ndarray, features: np.ndarray, seed: in
         probs = out_of_fold_probabilities(features, labels, len(data.label_names), settings)
     except UserError:  # a class with a single example: no out-of-fold model has seen its class
         return pd.DataFrame(columns=["file", *LABEL_ISSUE_COLUMNS, "input"])
-    issues = find_label_issues(probs, labels, data.label_names, rows=np.arange(len(used)))
+    issues = find_label_issues(probs, labels, data.label_names)  # `row` is the position in `used`, mapped below
     positions = issues["row"].to_numpy(dtype=np.int64)
     where = [run.file_and_row(int(used[i])) for i in positions]
     issues.insert(0, "file", [f for f, _ in where])

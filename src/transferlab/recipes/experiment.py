@@ -10,7 +10,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,9 @@ class Experiment:
     data: LabeledData
     splits: list[Split]
     preprocessor: Preprocessor
-    encoded: dict[int, dict[str, Any]] = field(default_factory=dict)
-    findings: Findings | None = None  # the data checks (recipes/dataset.py)
+    encoded: dict[int, dict[str, Any]]  # one encoding of every example a split uses, by index into `data`
+    findings: Findings  # the data checks (recipes/dataset.py)
+    files: dict[str, Any]  # each data file's origin and sha256
 
     @property
     def split(self) -> Split:
@@ -75,8 +76,7 @@ class Experiment:
         return [self.config.training.seed + k for k in range(self.config.seeds)]
 
     def assets(self) -> dict[str, Any]:
-        files = self.findings.assets if self.findings else {"dataset": self.data.asset.__dict__ if self.data.asset else None}
-        return {"backbone": self.backbone.__dict__, **files}
+        return {"backbone": self.backbone.__dict__, **self.files}
 
 
 def prepare(config: RunConfig, log: Log = print) -> Experiment:
@@ -113,7 +113,8 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
             "this CPU computes bf16 natively: `training: {mixed_precision: bf16}` trains about 1.5x faster at the same accuracy (docs/benchmarks.md); auto stays exact fp32"
         )
     faults.reached("encoded")
-    return Experiment(config, backbone, data, splits, preprocessor, dict(zip(used.tolist(), features, strict=True)), findings)
+    encoded = dict(zip(used.tolist(), features, strict=True))
+    return Experiment(config, backbone, data, splits, preprocessor, encoded, findings, run_data.assets)
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -157,7 +158,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     train_examples, train_indices = _training_examples(experiment, split, seed)
     findings = experiment.findings
     frozen = None
-    if strategy.reads_frozen_features() and train_indices is not None and findings is not None and findings.features is not None:
+    if strategy.reads_frozen_features() and train_indices is not None and findings.features is not None:
         frozen = findings.features_of(np.concatenate([train_indices, split.val]))
     train_labels = np.array([f["labels"] for f in train_examples])
     data = FitData(
@@ -277,7 +278,7 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
         "n_val": len(split.val),
         "n_test": len(split.test),
         "class_counts": [s.summary() for s in experiment.splits],
-        "data_checks": experiment.findings.summary if experiment.findings else None,
+        "data_checks": experiment.findings.summary,
         "seed": experiment.config.training.seed,
         "primary_metric": experiment.config.training.metric,
         "config": experiment.config.resolved(),
@@ -289,9 +290,9 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
 
 def write_label_issues(out_dir: Path, experiment: Experiment) -> None:
     """label_issues.csv in the run folder: every example cleanlab flags, most likely mislabelled first."""
-    findings = experiment.findings
-    if findings is not None and findings.label_issues is not None:
-        atomic_write_text(out_dir / LABEL_ISSUES, findings.label_issues.to_csv(index=False))
+    issues = experiment.findings.label_issues
+    if issues is not None:
+        atomic_write_text(out_dir / LABEL_ISSUES, issues.to_csv(index=False))
 
 
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.data.checks import describe as describe_checks
-from transferlab.errors import UserError
 from transferlab.report import plots
 from transferlab.report.table import SHOWN_METRICS, has_forgetting, row_cells
-from transferlab.runio import CONFIG, RESULTS, atomic_write_bytes, atomic_write_text
+from transferlab.results import load_results
+from transferlab.runio import atomic_write_bytes, atomic_write_text
 
 STUDY_PLOT = "study.png"
 
@@ -30,21 +30,6 @@ th:first-child, td:first-child { text-align: left; } tr.best td { font-weight: b
 .meta { color: #555; font-size: 0.9rem; } .held { background: #e7f6e7; } .refuted { background: #fbe9e9; } .undecided { background: #f3f3f3; }
 .verdict { padding: 0.7rem 1rem; border-radius: 6px; } img { max-width: 100%; height: auto; }
 """
-
-
-def load_results(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / "results.json"
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if (Path(directory) / CONFIG).is_file():
-            raise UserError(f"{directory}: the run did not finish (no {RESULTS}); run its command again to resume it") from None
-        raise UserError(f"{path} does not exist: give the folder of a finished compare, train or study run") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read results: {err}") from None
-    if results.get("status") != "complete":
-        raise UserError(f"{path}: the run did not finish; run its command again to resume it")
-    return results
 
 
 def load_histories(directory: Path, names: list[str]) -> dict[str, list[list[dict[str, Any]]]]:
