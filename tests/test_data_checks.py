@@ -227,3 +227,23 @@ def test_the_feature_checks_can_be_turned_off(tmp_path, tiny_bert_dir):
     assert not (tmp_path / "c" / "label_issues.csv").exists()
     on = check(load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(path)), tmp_path / "on", log=lambda _: None)
     assert "label_issues" in on["data_checks"] and "near_duplicates" in on["data_checks"]
+
+
+def test_check_on_an_image_folder_finds_copied_files(tmp_path, tiny_cnn_dir):
+    """Images: identical files are one group (content hash, whatever their names); --image-size reaches the CNN."""
+    from PIL import Image
+
+    from .conftest import bright_side_images
+
+    images, labels = bright_side_images(40, seed=3)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "photos" / ["dark", "bright"][label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (tmp_path / "photos" / "dark" / "copy-of-0.png").write_bytes((tmp_path / "photos" / "dark" / "0.png").read_bytes())
+    done = _cli("check", "--backbone", tiny_cnn_dir, "--dataset", tmp_path / "photos", "--image-size", 32, "--cv", 1, "--n-test", 10,
+                "--out", tmp_path / "c")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    checks = json.loads((tmp_path / "c" / "checks.json").read_text())
+    assert checks["data_checks"]["exact_duplicates"]["groups"] == 1 and checks["data_checks"]["exact_duplicates"]["extra_copies"] == 1
+    assert checks["config"]["image_size"] == 32

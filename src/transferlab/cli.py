@@ -314,6 +314,8 @@ def check_command(
     text_column: TextColumn = None,
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
+    image_size: ImageSize = None,
+    normalization: Normalization = None,
     skip_bad_images: SkipBadImages = None,
     config: ConfigFile = None,
     out_dir: OutDir = None,
