@@ -34,7 +34,8 @@ def test_hidden_states_one_per_layer_and_last_is_the_feature(tiny_backbone):
         states = model.pooled_hidden_states(**batch)
         features = model.forward_features(**batch)
     assert len(states) == model.config.backbone_config.num_hidden_layers + 1
-    torch.testing.assert_close(states[-1], features)
+    # exactly: the data checks cache states[-1] for the head, which then serves through forward_features
+    assert torch.equal(states[-1], features)
 
 
 def test_mean_pooling_ignores_padding(tiny_bert_dir):

@@ -20,8 +20,9 @@ from tests.conftest import tiny_bert
 from transferlab.config import load_run_config
 from transferlab.recipes.predict import load_model
 from transferlab.recipes.train import train
+from transferlab.training.loop import MIN_STEPS
 
-OPTIONS = {"cv": 1, "n_train": 120, "n_test": 40, "max_length": 32}  # 108 training examples: 9 steps of 12
+OPTIONS = {"cv": 1, "n_train": 120, "n_test": 40, "max_length": 32}  # 120 examples (the 12 validating join training)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def test_train_on_two_processes_matches_one(tmp_path, bert_without_dropout, sent
     record = json.loads((tmp_path / "two" / "results.json").read_text())
     assert record["status"] == "complete" and record["environment"]["processes"] == 2
     two = record["strategies"]["full"]
-    steps = [e["step"] for e in one.log_history if "eval_loss" in e]
-    assert steps and steps[-1] == 18  # 9 steps an epoch, the same count in both runs
+    # 108 examples and the 12 validating (too few to evaluate on: they join training) are 10 steps an epoch of 12;
+    # 2 epochs are under the floor, so both runs take MIN_STEPS
+    assert max(e["step"] for e in one.log_history if "step" in e) == MIN_STEPS
     for name, value in one.result["metrics"].items():
         assert two["metrics"][name]["mean"] == pytest.approx(value, abs=1e-4), name
     from transferlab.data.catalog import load_dataset

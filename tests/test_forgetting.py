@@ -111,11 +111,13 @@ def test_replay_takes_its_fraction_of_every_batch():
 
 
 def test_the_regularizer_hook_runs_once_per_training_step(tiny_bert_dir):
-    model, pre, features = _tiny_model_and_batch(tiny_bert_dir, n=48)
+    model, pre, features = _tiny_model_and_batch(tiny_bert_dir, n=98)
     head = fg.frozen_head(model)
     replay = fg.ReplayTerm(features[:16], fg.classification_replay_loss(head, pre.collate), 0.25, 8)
-    data = FitData(features[16:], features[:8], pre.collate, ["negative", "positive"], pre.length_of, regularizer=replay)
-    train_with_trainer(model, data, TrainingConfig(epochs=1, batch_size=8, evals_per_epoch=1), lr=1e-3)
+    # 32 training and 50 validation examples (enough to evaluate on), one epoch without the step floor: 4 steps
+    data = FitData(features[16:48], features[48:], pre.collate, ["negative", "positive"], pre.length_of, regularizer=replay)
+    train_with_trainer(model, data, TrainingConfig(epochs=1, batch_size=8, evals_per_epoch=1, min_steps=0), lr=1e-3)
+    assert any("eval_loss" in entry for entry in data.log_history)
     assert replay.drawn == [2] * (32 // 8)  # every step, and only training steps, drew round(0.25 x 8) examples
 
 

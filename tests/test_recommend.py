@@ -36,6 +36,26 @@ def test_decision_framework_follows_its_table(situation, expected):
     assert decision.reasons[0].startswith(f"data size: {data_bucket(situation[0])}")
 
 
+# (smallest class, modality, tasks, memory_gb) -> strategy: few-shot text goes to SetFit unless an earlier rule holds
+FEW_SHOT = [
+    ((8, "text", 1, None), "setfit"),
+    ((64, "text", 1, None), "setfit"),  # the largest size measured
+    ((65, "text", 1, None), "head"),
+    ((8, "image", 1, None), "head"),  # SetFit's pairs are for text encoders
+    ((8, "text", 3, None), "lora"),  # several tasks: one adapter per task first
+    ((8, "text", 1, 0.2), "lora"),  # SetFit trains the whole body: not under a memory limit
+]
+
+
+@pytest.mark.parametrize(("case", "expected"), FEW_SHOT)
+def test_few_shot_text_goes_to_setfit(case, expected):
+    smallest, modality, tasks, memory = case
+    decision = decide(Situation(130, "small", tasks, memory, 0.4, modality, smallest_class=smallest))
+    assert decision.strategy == expected
+    if expected == "setfit":
+        assert decision.epochs is None and decision.reasons[-1].startswith(f"few-shot ({smallest} examples")
+
+
 def test_data_size_buckets_at_the_framework_boundaries():
     assert [data_bucket(n) for n in (999, 1_000, 10_000, 10_001)] == ["small", "medium", "medium", "large"]
 
@@ -114,6 +134,6 @@ def test_compare_recommend_records_the_verdict(tmp_path, tiny_bert_dir, sentimen
     )
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "results.json").read_text())["recommendation"]
-    assert record["strategy"] in {"head", "partial", "lora"}  # small data
+    assert record["strategy"] == "setfit"  # 30 texts of each class: few-shot
     assert record["best"] == json.loads((out / "results.json").read_text())["comparison"]["best"]
     assert record["verdict"] in done.stderr

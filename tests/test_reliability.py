@@ -35,8 +35,9 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 
 def _compare(setup, out: Path, *extra, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    # head has no training steps, so lora is the second strategy to train: 108 examples, 7 steps an epoch,
-    # a checkpoint every 3 steps.
+    # head has no training steps, so lora is the second strategy to train: 108 examples and the 12 validating (too
+    # few to pick checkpoints: they join training) are 7 steps an epoch, 14 in 2 epochs, under the floor of 100
+    # optimizer steps; a checkpoint every 25 (the 4 evaluations the epochs would have had).
     return _cli(
         "compare",
         "--backbone",
@@ -79,7 +80,7 @@ def uninterrupted(setup) -> dict:
     "kill_at, finished_before",
     [
         ("encoded", 0),  # the data is tokenised, nothing is written yet
-        ("train-step@5", 1),  # mid-epoch in the second strategy, after its first checkpoint
+        ("train-step@30", 1),  # mid-run in the second strategy, after its first checkpoint
         ("write:results.json", 3),  # everything trained, results.json half-written
     ],
 )
@@ -89,7 +90,7 @@ def test_a_run_killed_at_any_point_resumes_to_identical_metrics(setup, uninterru
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "results.json").exists()
     if kill_at.startswith("train-step"):
-        assert (out / "strategies" / "lora" / "fold1-seed0" / "checkpoints" / "checkpoint-3").is_dir()
+        assert (out / "strategies" / "lora" / "fold1-seed0" / "checkpoints" / "checkpoint-25").is_dir()
         assert not (out / "strategies" / "lora" / "result-fold1-seed0.json").exists()
     finished = sorted(out.glob("strategies/*/result-*.json"))
     stamps = {path: path.stat().st_mtime_ns for path in finished}
@@ -112,7 +113,7 @@ def test_two_processes_with_the_same_seed_give_identical_metrics(setup, uninterr
 
 def test_a_diverging_strategy_is_reported_and_the_others_finish(setup, tmp_path):
     config = tmp_path / "diverge.yaml"
-    config.write_text("strategy_settings:\n  full: {lr: 1.0}\n")
+    config.write_text("strategy_settings:\n  full: {lr: 30.0}\n")
     done = _compare(setup, tmp_path / "run", "--epochs", 3, "--config", config)
     assert done.returncode == 1, done.stderr
     assert "1 strategy did not finish: full" in done.stderr

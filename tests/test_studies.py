@@ -68,8 +68,8 @@ def test_model_size_chooses_its_own_backbones_and_names_the_missing_one(monkeypa
         ("epochs", True, [1, 3, 10]),
         ("lora-rank", False, [1, 4, 8, 16, 64]),
         ("layer-probe", True, [0, 1, 2, 3, 4, 5, 6]),
-        ("learning-curve", True, [50] * 3 + [200] * 3 + [1000] * 3),
-        ("learning-curve", False, [50] * 3 + [200] * 3 + [1000] * 3 + [5000] * 3),
+        ("learning-curve", True, [50] * 3 + [200] * 3 + [1000] * 3 + [16] * 2 + [64] * 2),
+        ("learning-curve", False, [50] * 3 + [200] * 3 + [1000] * 3 + [5000] * 3 + [16] * 2 + [32] * 2 + [64] * 2 + [128] * 2 + [256] * 2),
         ("model-size", True, ["minilm-l6", "mpnet-base"]),
         ("discriminative-lr", True, ["flat", "eta 0.95"]),
         ("forgetting", False, [1e-5, 1e-4, 1e-3] * 2),
@@ -83,7 +83,8 @@ def test_points(name, quick, expected):
     if name == "lora-rank":
         assert [p.settings["r"] for p in points] == expected
     if name == "learning-curve":
-        assert {p.strategy for p in points} == {"head", "lora", "full"} and all(p.run["n_train"] == p.x for p in points)
+        assert {p.strategy for p in points} == {"head", "lora", "full", "setfit"} and all(p.run["n_train"] == p.x for p in points)
+        assert all(p.strategy in ("head", "setfit") for p in points if p.x < 50)
     if name == "discriminative-lr":
         assert [(p.strategy, p.settings) for p in points] == [("full", {}), ("discriminative", {"layer_decay": 0.95})]
     if name == "forgetting":
@@ -114,10 +115,11 @@ def _ranks(scores: dict[int, float]):
     return points, {f"r={r}": [a] for r, a in scores.items()}, {}
 
 
-def _curve_of(table: dict[int, tuple[float, float, float]]):
+def _curve_of(table: dict[int, tuple[float, ...]]):
+    """Scores by size: (head, lora, full), or (head, setfit) at a few-shot size."""
     points, rows = [], {}
     for n, scores in table.items():
-        for strategy, a in zip(("head", "lora", "full"), scores):
+        for strategy, a in zip(("head", "lora", "full") if len(scores) == 3 else ("head", "setfit"), scores):
             points.append({"label": f"{strategy} n={n}", "x": n, "strategy": strategy, "series": strategy})
             rows[f"{strategy} n={n}"] = [a]
     return points, rows, {}
@@ -187,6 +189,12 @@ def _sizes(small: float, large: float, seconds: tuple[float, float]):
         ("learning-curve", _curve_of({50: (0.70, 0.55, 0.52), 200: (0.74, 0.70, 0.72), 1000: (0.76, 0.79, 0.81)}), True, "caught up"),
         ("learning-curve", _curve_of({50: (0.60, 0.65, 0.52), 1000: (0.76, 0.79, 0.81)}), False, "does not win"),
         ("learning-curve", _curve_of({50: (0.70, 0.55, 0.52), 1000: (0.80, 0.75, 0.76)}), False, "(behind)"),
+        (
+            "learning-curve",
+            _curve_of({16: (0.60, 0.65), 64: (0.66, 0.70), 256: (0.72, 0.71), 50: (0.70, 0.55, 0.52), 1000: (0.76, 0.79, 0.81)}),
+            True,
+            "SetFit against the head: n=16 +0.050, n=64 +0.040, n=256 -0.010; it leads up to n=64",
+        ),
         ("model-size", _sizes(0.80, 0.82, (10, 40)), True, "trains 4.0x faster"),
         ("model-size", _sizes(0.76, 0.82, (10, 40)), False, "0.060 lower"),
         ("model-size", _sizes(0.81, 0.82, (10, 12)), False, "1.2x faster"),
@@ -219,7 +227,8 @@ def test_a_study_end_to_end_on_a_tiny_model(tmp_path, tiny_bert_dir, sentiment_c
     assert results["strategies"]["eta=0.95"]["settings"]["layer_decay"] == 0.95
     assert results["strategies"]["flat"]["settings"]["layer_decay"] is None
     assert results["study"]["expectation"]["held"] in (True, False) and "paired run" in results["study"]["expectation"]["verdict"]
-    assert all(p["curves"][0]["eval_loss"] for p in results["study"]["points"])
+    # 10 validation examples join training (under MIN_VALIDATION): training-loss curves, no validation ones
+    assert all(p["curves"][0]["loss"] and not p["curves"][0]["eval_loss"] for p in results["study"]["points"])
     for name in ("report.html", "report.md", "study.png", "strategies/flat/log-fold1-seed0.jsonl"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard" / "flat-fold1-seed0").glob("events.out.tfevents.*"))

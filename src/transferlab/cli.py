@@ -57,7 +57,9 @@ Oversample = Annotated[bool | None, typer.Option("--oversample", help="resample 
 Imbalance = Annotated[float | None, typer.Option(help="first subsample to this minority share (0.1 makes a balanced binary set 9:1)")]
 Augment = Annotated[
     str | None,
-    typer.Option(help="comma-separated training augmentations; text: delete, swap; images: crop, flip, jitter, randaugment, or none"),
+    typer.Option(
+        help="comma-separated training augmentations; text: delete, swap; images: crop, flip, jitter, randaugment, mixup, or none"
+    ),
 ]
 ImageSize = Annotated[int | None, typer.Option(help="input resolution of a CNN backbone [default: 224]")]
 Normalization = Annotated[

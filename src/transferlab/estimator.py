@@ -21,12 +21,13 @@ from transferlab.backbones import build_classifier, load_preprocessor
 from transferlab.backbones.vision import DEFAULT_IMAGE_AUGMENT
 from transferlab.catalog import resolve_backbone
 from transferlab.config import strategy_for
-from transferlab.training.loop import FitData, TrainingConfig, default_device, predict_proba
+from transferlab.training.loop import MIN_STEPS, MIN_VALIDATION, FitData, TrainingConfig, default_device, predict_proba
 from transferlab.training.sampling import balanced_class_weights
 
 
 class TransferClassifier(ClassifierMixin, BaseEstimator):
-    """Hyperparameters in the constructor; `fit` carves a stratified validation set out of X for early stopping."""
+    """Hyperparameters in the constructor; `fit` carves a stratified validation set out of X for early stopping
+    when it would hold MIN_VALIDATION examples or more."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         pooling: str = "mean",
         val_fraction: float = 0.1,
         class_weights: str = "none",
+        min_steps: int = MIN_STEPS,
         seed: int = 0,
     ):
         self.backbone = backbone
@@ -54,6 +56,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.pooling = pooling
         self.val_fraction = val_fraction
         self.class_weights = class_weights
+        self.min_steps = min_steps
         self.seed = seed
 
     def _inputs(self, X: Sequence[Any]) -> list[Any]:
@@ -67,7 +70,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         strategy = strategy_for(self.strategy, asset.modality, self.strategy_settings)
         set_seed(self.seed)
         model = build_classifier(asset, [str(c) for c in self.classes_], self.pooling).to(default_device())
-        fit_idx, val_idx = train_test_split(np.arange(len(X)), test_size=self.val_fraction, stratify=labels, random_state=self.seed)
+        everything = np.arange(len(X))
+        if self.val_fraction * len(X) < MIN_VALIDATION:  # too few to pick checkpoints by: training takes them all
+            fit_idx, val_idx = everything, everything[:0]
+        else:
+            fit_idx, val_idx = train_test_split(everything, test_size=self.val_fraction, stratify=labels, random_state=self.seed)
         features = self.preprocessor_.encode(self._inputs(X), labels)
         data = FitData(
             train=[features[i] for i in fit_idx],
@@ -78,7 +85,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             class_weights=balanced_class_weights(labels[fit_idx], len(self.classes_)) if self.class_weights == "balanced" else None,
             train_transform=getattr(self.preprocessor_, "train_transform", None),
         )
-        training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+        training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed)
         training.validate()
         self.model_ = strategy.export(strategy.fit(model, data, training))
         return self

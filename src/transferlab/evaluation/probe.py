@@ -45,6 +45,7 @@ class Probe:
     intercept: np.ndarray
     cv_scores: dict[float, float]  # mean cross-validated score of each C
     chosen_c: float
+    fold_scores: tuple[float, ...] = ()  # the chosen C's score on each fold, for paired comparisons on the same folds
 
     @property
     def best_score(self) -> float:
@@ -104,12 +105,14 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     full[:, informative] = coef
     scores = search.scores_
     scores = next(iter(scores.values())) if isinstance(scores, dict) else scores  # legacy: {class: folds x Cs}
-    mean = np.asarray(scores).reshape(folds, -1).mean(0)
+    per_fold = np.asarray(scores).reshape(folds, -1)
+    chosen_c = float(np.ravel(search.C_)[0])
     return Probe(
         coef=full,
         intercept=intercept,
-        cv_scores={float(c): float(s) for c, s in zip(settings.c_grid, mean)},
-        chosen_c=float(np.ravel(search.C_)[0]),
+        cv_scores={float(c): float(s) for c, s in zip(settings.c_grid, per_fold.mean(0))},
+        chosen_c=chosen_c,
+        fold_scores=tuple(float(v) for v in per_fold[:, list(settings.c_grid).index(chosen_c)]),
     )
 
 

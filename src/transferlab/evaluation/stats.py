@@ -10,6 +10,8 @@ from scipy import stats
 
 SIGNIFICANCE = 0.05
 TEST_NAME = "paired t-test over the same folds and seeds (two-sided, alpha 0.05)"
+RUN_KEYS = ("fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb")
+REPORTED_CHOICES = ("head_layer",)  # what a strategy chose while fitting (it logs them): kept in each run's record
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -37,7 +39,12 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "settings": first["settings"],
         "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(),
         "runs": [
-            {k: r[k] for k in ("fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb")} for r in runs
+            {
+                k: r[k]
+                for k in ("fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb", "head_layer")
+                if k in r
+            }
+            for r in runs
         ],
     }
 

@@ -100,12 +100,19 @@ class Findings:
     summary: dict[str, Any]
     label_issues: pd.DataFrame | None
     used: np.ndarray  # the examples checked, sorted
-    features: np.ndarray | None  # their frozen features, when a check needed them
+    # Their frozen pooled features by layer ("last", and "second_to_last" for text), when a check needed them.
+    layer_features: dict[str, np.ndarray] | None
     feature_seconds: float = 0.0  # what computing them cost, charged pro rata to a strategy that reuses them
     feature_peak_mb: float = 0.0
 
-    def features_of(self, indices: np.ndarray) -> np.ndarray:
-        return self.features[np.searchsorted(self.used, indices)]
+    @property
+    def features(self) -> np.ndarray | None:
+        """The last layer's features: what the checks compare and the head sees by default."""
+        return None if self.layer_features is None else self.layer_features["last"]
+
+    def features_of(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        rows = np.searchsorted(self.used, indices)
+        return {layer: values[rows] for layer, values in (self.layer_features or {}).items()}
 
 
 def check_data(
@@ -137,7 +144,7 @@ def check_data(
     if "test" in run.parts and splits[0].removed:
         summary["warnings"].append(f"{splits[0].removed} training input(s) also occur in the test or validation file: left out of training")
     summary["removed_from_training"] = {"copies_of_held_out_inputs": splits[0].removed}
-    features = None
+    layer_features = None
     wants_near = config.near_duplicate_cosine is not None and data.modality == "text"
     seconds = peak = 0.0
     if wants_near or config.label_issues:
@@ -145,8 +152,9 @@ def check_data(
 
         started = time.perf_counter()
         with PeakMemory() as memory:
-            features = _frozen_features(backbone, data.label_names, config, encoded, preprocessor)
+            layer_features = _frozen_features(backbone, data.label_names, config, encoded, preprocessor)
         seconds, peak = time.perf_counter() - started, memory.peak_mb
+    features = None if layer_features is None else layer_features["last"]
     if wants_near:
         _drop_near_duplicates(summary, splits, used, run.groups, features, config.near_duplicate_cosine, data.inputs)
     issues = None
@@ -157,21 +165,26 @@ def check_data(
         log(f"data check: {line}")
     if issues is not None:
         log(f"cleanlab flags {len(issues)} of {len(used)} labels as possibly wrong, ranked in label_issues.csv")
-    return Findings(summary, issues, used, features, seconds, peak)
+    return Findings(summary, issues, used, layer_features, seconds, peak)
 
 
 def _frozen_features(
     backbone: ResolvedAsset, label_names: list[str], config: RunConfig, encoded: list[dict[str, Any]], preprocessor: Preprocessor
-) -> np.ndarray:
-    """The pretrained backbone's pooled features (what the head strategy sees) of every example used."""
+) -> dict[str, np.ndarray]:
+    """The pretrained backbone's pooled features of every example used, by layer: the last (what the checks and the
+    head see) and, for text, the one below it, which the head also tries; both come from the same forward pass."""
     import torch
 
     from transferlab.backbones import build_classifier
-    from transferlab.training.loop import default_device, inference_precision, pooled_features
+    from transferlab.training.loop import default_device, inference_precision, map_batches, pooled_features
 
     model = build_classifier(backbone, label_names, config.pooling).to(default_device())
+    batching = (preprocessor.collate, preprocessor.length_of, config.training.eval_batch_size)
     with torch.no_grad(), inference_precision(config.training):
-        return pooled_features(model, encoded, preprocessor.collate, preprocessor.length_of, config.training.eval_batch_size)
+        if model.modality == "image":  # a CNN's stages differ in width: the head reads the last one only
+            return {"last": pooled_features(model, encoded, *batching)}
+        states = map_batches(model, encoded, batching[0], lambda m, b: torch.stack(m.pooled_hidden_states(**b)[-2:], 1), *batching[1:])
+    return {"second_to_last": np.ascontiguousarray(states[:, 0]), "last": np.ascontiguousarray(states[:, 1])}
 
 
 def _drop_near_duplicates(

@@ -22,6 +22,7 @@ from transformers import set_seed
 
 from transferlab import faults
 from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor
+from transferlab.backbones.vision import MIXUP_ALPHA
 from transferlab.catalog import ResolvedAsset, resolve_backbone
 from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
@@ -32,7 +33,7 @@ from transferlab.environment import describe_environment
 from transferlab.errors import TrainingDiverged
 from transferlab.evaluation.forgetting_meter import forgetting_probe, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
-from transferlab.evaluation.stats import aggregate_runs
+from transferlab.evaluation.stats import REPORTED_CHOICES, aggregate_runs
 from transferlab.recipes.dataset import Findings, check_data, load_run_data, make_splits
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.runio import atomic_write_text
@@ -158,7 +159,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     train_examples, train_indices = _training_examples(experiment, split, seed)
     findings = experiment.findings
     frozen = None
-    if strategy.reads_frozen_features() and train_indices is not None and findings.features is not None:
+    if strategy.reads_frozen_features() and train_indices is not None and findings.layer_features is not None:
         frozen = findings.features_of(np.concatenate([train_indices, split.val]))
     train_labels = np.array([f["labels"] for f in train_examples])
     data = FitData(
@@ -171,6 +172,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
         frozen_features=frozen,
+        mixup_alpha=MIXUP_ALPHA if config.modality == "image" and "mixup" in config.augmentations() else None,
     )
     probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()
@@ -179,7 +181,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     train_seconds = time.perf_counter() - started
     peak_mb = memory.peak_mb
     if frozen is not None:  # the features the checks computed count as this strategy's work
-        train_seconds += findings.feature_seconds * len(frozen) / len(findings.used)
+        train_seconds += findings.feature_seconds * len(frozen["last"]) / len(findings.used)
         peak_mb = max(peak_mb, findings.feature_peak_mb)
     trainable, total = count_parameters(model)
     trainable_head = sum(p.numel() for p in _base(model).head_parameters() if p.requires_grad)
@@ -202,6 +204,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     }
     if probe is not None:
         result["forgetting"] = probe.after(strategy, model)
+    result.update({key: entry[key] for entry in data.log_history for key in REPORTED_CHOICES if key in entry})
     return StrategyRun(strategy, model, probs, result, data.log_history)
 
 

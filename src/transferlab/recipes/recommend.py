@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from transferlab.backbones import build_classifier, load_preprocessor
 from transferlab.catalog import backbone_modality, resolve_backbone
 from transferlab.config import strategy_for
@@ -50,7 +52,8 @@ def recommend(
     log(f"domain gap of {dataset} for {backbone}: {gap.describe()}")
     params = sum(p.numel() for p in model.parameters())
     note = f" (score {gap.score:.2f} from {gap.signal}; small < {SMALL_BELOW}, large >= {LARGE_FROM})"
-    situation = Situation(len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, modality, note)
+    smallest = int(np.bincount(data.labels, minlength=len(data.label_names)).min())
+    situation = Situation(len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, modality, note, smallest)
     decision = decide(situation)
     strategy = strategy_for(decision.strategy, modality)
     return {
@@ -113,6 +116,12 @@ def _settings(name: str, strategy: Any, model: Any, epochs: int | None) -> dict[
     groups = [g.name for g in model.layer_groups()]
     if name == "head":
         return {"trains": "the new head only: logistic regression on frozen, cached features (C by cross-validation)"}
+    if name == "setfit":
+        return {
+            "lr": strategy.config.lr,
+            "pair_iterations": strategy.config.pair_iterations,
+            "trains": f"all {len(groups)} layer groups on pairs of examples (cosine similarity), then the head on the tuned features",
+        }
     settings: dict[str, Any] = {"lr": strategy.config.lr, "epochs": epochs}
     if name == "full":
         settings["trains"] = f"all {len(groups)} layer groups ({groups[0]} to {groups[-1]})"

@@ -34,6 +34,6 @@ class LinearProbeThenFineTune(Strategy):
         return True
 
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
-        probed = FeatureExtraction().fit(model, data, training)
+        probed = FeatureExtraction(layers="last").fit(model, data, training)  # Kumar et al. probe the last layer
         set_trainable(probed, lambda name: True)
         return train_with_trainer(probed, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training))

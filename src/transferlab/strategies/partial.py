@@ -14,7 +14,7 @@ from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
 from transferlab.training.frozen_cache import FrozenLayerCache, cache_size_mb
-from transferlab.training.loop import FitData, TrainingConfig, steps_per_epoch, train_with_trainer
+from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer, training_plan
 
 
 def _check_freeze_below(k: int, groups: int) -> None:
@@ -140,7 +140,7 @@ class GradualUnfreezing(Strategy):
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         prepared = self.prepare(model)
         cfg = self.config
-        steps_per_stage = max(1, round(cfg.epochs_per_stage * steps_per_epoch(len(data.train), training)))
+        steps_per_stage = max(1, training_plan(data, training, cfg.epochs_per_stage * cfg.stages).steps // cfg.stages)
         schedule = _UnfreezeSchedule(prepared, model.layer_groups(), cfg.stages, steps_per_stage, data.log_history)
         trained = train_with_trainer(
             prepared,

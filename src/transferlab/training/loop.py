@@ -22,6 +22,7 @@ from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from transferlab import faults
@@ -30,6 +31,13 @@ from transferlab.errors import TrainingDiverged, UserError
 from transferlab.evaluation.metrics import HEADLINE_METRICS, classification_metrics
 
 SCHEDULERS = ("linear", "cosine", "stlr")
+# The optimizer-step floor: on rt-polarity at 8 sentences per class (minilm-l6), LoRA and full fine-tuning stay at
+# chance with their 3 epochs (3 steps), reach 0.53-0.55 macro-F1 with 100 steps, and gain nothing more with 200
+# (docs/findings.md, "Small data").
+MIN_STEPS = 100
+# Below this many validation examples early stopping is off: one example is 2 points of accuracy, and a score's
+# standard error on 50 is 7 points, more than most gaps between checkpoints.
+MIN_VALIDATION = 50
 
 # Called with (step, total_steps) while training; the CLI hangs a progress bar here.
 PROGRESS_HOOKS: list[Callable[[int, int], None]] = []
@@ -53,6 +61,9 @@ class TrainingConfig:
     scheduler: str = "linear"
     patience: int = 3
     evals_per_epoch: int = 2
+    # Small data: however few examples, train at least this many optimizer steps (warm-up scales with them).
+    # 3 epochs of 14 examples are 3 steps, all inside the warm-up: what is evaluated is the random head.
+    min_steps: int = MIN_STEPS
     gradient_accumulation: int = 1
     metric: str | None = None  # None: accuracy, or macro-F1 when the classes are imbalanced (decided by the run)
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
@@ -70,6 +81,7 @@ class TrainingConfig:
             (0 <= self.warmup_ratio < 1, f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
             (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
+            (self.min_steps >= 0, f"min_steps must be 0 or more, got {self.min_steps}"),
             (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed precision must be auto, no, bf16 or fp16"),
             (
                 self.metric is None or self.metric in HEADLINE_METRICS,
@@ -95,12 +107,14 @@ class FitData:
     workdir: Path | None = None
     class_weights: np.ndarray | None = None  # per-class loss weights, or None for plain cross-entropy
     train_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # random augmentation, training batches only
-    # The pretrained backbone's pooled features of train + val in that order, when the data checks computed them:
-    # the head then fits on these instead of running the backbone again.
-    frozen_features: np.ndarray | None = None
+    # The pretrained backbone's pooled features of train + val in that order, by feature layer ("last",
+    # "second_to_last"), when the data checks computed them: the head then fits on these instead of running the
+    # backbone again.
+    frozen_features: dict[str, np.ndarray] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     # A term added to each training step's loss (EWC, L2-SP, replay: evaluation/forgetting.py), or None.
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None
+    mixup_alpha: float | None = None  # images: blend pairs of each training batch, Beta(alpha, alpha) weights
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -151,6 +165,23 @@ class DivergenceGuard:
             )
 
 
+class _EpochSeededLengthSampler(LengthGroupedSampler):
+    """transformers' length-grouped order, drawn from seed + epoch. The stock sampler draws from the global RNG,
+    which a run resumed in a later epoch does not bring back to where that epoch began: its order, and so its
+    metrics, would differ from the uninterrupted run's."""
+
+    def __init__(self, sampler: LengthGroupedSampler, seed: int):
+        super().__init__(sampler.batch_size, lengths=sampler.lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class _Trainer(Trainer):
     """The Trainer with per-parameter learning-rate scales and the slanted triangular schedule."""
 
@@ -161,6 +192,7 @@ class _Trainer(Trainer):
         schedule: str = "linear",
         class_weights: np.ndarray | None = None,
         regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+        mixup: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -173,6 +205,7 @@ class _Trainer(Trainer):
         self.schedule = schedule
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.regularizer = regularizer
+        self.mixup = mixup
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
         result = self._task_loss(model, inputs, return_outputs=return_outputs, **kwargs)
@@ -183,7 +216,14 @@ class _Trainer(Trainer):
         return result + self.regularizer(model)
 
     def _task_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
-        if self.class_weights is None:
+        if self.mixup is not None and model.training and len(inputs["labels"]) % 2 == 0:  # timm pairs a batch's halves
+            from timm.loss import SoftTargetCrossEntropy
+
+            inputs = dict(inputs)
+            pixels, soft_labels = self.mixup(inputs.pop("pixel_values"), inputs.pop("labels"))
+            outputs = model(pixel_values=pixels, **inputs)
+            loss = SoftTargetCrossEntropy()(outputs.logits.float(), soft_labels)
+        elif self.class_weights is None:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         else:
             labels = inputs.pop("labels")
@@ -192,6 +232,10 @@ class _Trainer(Trainer):
         if model.training:
             self.divergence.check(loss.item(), self.state.global_step + 1)
         return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        return _EpochSeededLengthSampler(sampler, self.args.data_seed) if isinstance(sampler, LengthGroupedSampler) else sampler
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.lr_scale is None or self.optimizer is not None:
@@ -260,6 +304,32 @@ def steps_per_epoch(examples: int, cfg: TrainingConfig) -> int:
     return max(1, examples // (cfg.batch_size * cfg.gradient_accumulation))
 
 
+@dataclass
+class TrainingPlan:
+    """What one call of the Trainer trains on, for how many optimizer steps, and whether it stops early."""
+
+    train: list[dict[str, Any]]
+    steps: int
+    max_steps: int  # the Trainer's max_steps: -1 when the epochs decide
+    eval_every: int
+    early_stopping: bool
+
+
+def training_plan(data: FitData, cfg: TrainingConfig, epochs: float | None = None) -> TrainingPlan:
+    """The epochs' worth of steps, or `cfg.min_steps` when that is more; a validation set of a handful of
+    examples picks checkpoints by noise, so below MIN_VALIDATION it joins the training examples and the run
+    trains its whole budget and keeps the last weights."""
+    epochs = epochs or cfg.epochs
+    early_stopping = len(data.val) >= MIN_VALIDATION
+    train = data.train if early_stopping else [*data.train, *data.val]
+    per_epoch = steps_per_epoch(len(train), cfg)
+    by_epochs = math.ceil(epochs * per_epoch)
+    if cfg.min_steps <= by_epochs:
+        return TrainingPlan(train, by_epochs, -1, max(1, per_epoch // cfg.evals_per_epoch), early_stopping)
+    evaluations = max(1, round(epochs * cfg.evals_per_epoch))
+    return TrainingPlan(train, cfg.min_steps, cfg.min_steps, max(1, cfg.min_steps // evaluations), early_stopping)
+
+
 def train_with_trainer(
     model: nn.Module,
     data: FitData,
@@ -274,7 +344,11 @@ def train_with_trainer(
     `lr_scale(parameter_name)` multiplies the learning rate per parameter (discriminative rates);
     `callbacks` see every step (gradual unfreezing); `epochs` overrides the run's epoch count.
     """
-    eval_every = max(1, steps_per_epoch(len(data.train), cfg) // cfg.evals_per_epoch)
+    epochs = epochs or cfg.epochs
+    plan = training_plan(data, cfg, epochs)
+    eval_every = plan.eval_every
+    if not plan.early_stopping and data.val:
+        data.log_history.append({"early_stopping": f"off: {len(data.val)} validation examples joined training; {plan.steps} steps"})
     processes = state().num_processes
     if cfg.batch_size % processes or cfg.eval_batch_size % processes:
         raise UserError(f"the batch sizes ({cfg.batch_size}, eval {cfg.eval_batch_size}) must be multiples of the {processes} processes")
@@ -292,7 +366,8 @@ def train_with_trainer(
 
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=epochs or cfg.epochs,
+        num_train_epochs=epochs,
+        max_steps=plan.max_steps,
         # Under `accelerate launch` each step's batch is split over the processes, so the batch size
         # stays the global one and several processes take the same steps as one (up to float noise).
         per_device_train_batch_size=cfg.batch_size,
@@ -303,20 +378,20 @@ def train_with_trainer(
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
         lr_scheduler_type="constant" if cfg.scheduler == "stlr" else cfg.scheduler,
-        eval_strategy="steps",
+        eval_strategy="steps" if plan.early_stopping else "no",
         eval_steps=eval_every,
         save_strategy="steps",
         save_steps=eval_every,
         save_total_limit=1,
         save_only_model=not resumable,
-        load_best_model_at_end=True,
+        load_best_model_at_end=plan.early_stopping,
         metric_for_best_model=metric,
         greater_is_better=True,
         logging_steps=max(1, eval_every // 2),
         report_to=[],
         seed=cfg.seed,
         data_seed=cfg.seed,
-        train_sampling_strategy="group_by_length" if "input_ids" in data.train[0] else "random",
+        train_sampling_strategy="group_by_length" if "input_ids" in plan.train[0] else "random",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
@@ -330,13 +405,14 @@ def train_with_trainer(
         schedule=cfg.scheduler,
         class_weights=data.class_weights,
         regularizer=data.regularizer,
+        mixup=_mixup(data),
         args=args,
-        train_dataset=_ListDataset(data.train, data.train_transform),
+        train_dataset=_ListDataset(plan.train, data.train_transform),
         eval_dataset=_ListDataset(data.val),
         data_collator=data.collate,
         compute_metrics=compute_metrics,
         callbacks=[
-            EarlyStoppingCallback(early_stopping_patience=cfg.patience),
+            *([EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if plan.early_stopping else []),
             _ProgressCallback(),
             *_tensorboard(data.workdir),
             *callbacks,
@@ -353,6 +429,15 @@ def train_with_trainer(
     # Under mixed precision accelerate leaves an autocast wrapper on forward; evaluation and export
     # must see the fp32 model, or in-memory and exported predictions differ (seen on a GPU: 3e-4).
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
+def _mixup(data: FitData):
+    """timm's Mixup for the run's classes: batch mode, no CutMix, no label smoothing; None when not asked for."""
+    if data.mixup_alpha is None:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=data.mixup_alpha, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(data.label_names))
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

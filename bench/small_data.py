@@ -1,0 +1,173 @@
+"""Small data: transferlab's strategies beside the SetFit library itself, on the same samples and test texts.
+
+For each data set a fixed stratified test set (1,000 texts, or what the data allow) is drawn once; for each seed,
+k training examples per class are drawn from the rest. Every system sees exactly those examples and is scored on
+exactly that test set: macro-F1, accuracy, and the seconds its fit took (loading the model included).
+
+`setfit-library` is SetFit 1.2.0 with its paper's settings (20 pair iterations, 1 epoch, batch 16, its logistic
+head); every other name is a transferlab strategy run through `transferlab.estimator.TransferClassifier`. Both
+read minilm-l6 at 256 tokens (the sentence-transformer's own limit). SetFit is a bench-only dependency:
+`pip install setfit==1.2.0`.
+
+    .venv/bin/python bench/small_data.py [--datasets rt-polarity,bbc-news,trec-questions,election-tweets-2016]
+        [--per-class 8,16,64] [--seeds 5] [--systems setfit-library,setfit,head,lora,full] [--min-steps 100]
+        [--out runs/bench/small_data.jsonl]
+
+Results are appended one line per run to --out, and runs already there are skipped, so an interrupted bench
+resumes; the summary table (mean +- std over seeds, and each system's paired difference from SetFit) is printed
+from the whole file.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the gauntlet's loaders live in tests/gauntlet.py
+
+BACKBONE = "minilm-l6"
+MAX_LENGTH = 256
+TEST_SIZE = 1000
+REFERENCE = "setfit-library"
+
+
+def load_texts(name: str) -> tuple[list[str], np.ndarray]:
+    """(texts, integer labels) of a catalog data set or a gauntlet one, duplicates of a text kept once."""
+    from transferlab.data.catalog import DATASETS, load_dataset
+
+    if name in DATASETS:
+        data = load_dataset(name)
+        texts, labels = [str(t) for t in data.inputs], np.asarray(data.labels)
+    else:
+        from tests.gauntlet import GAUNTLET, load
+
+        frame = load(name)
+        dataset = GAUNTLET[name]
+        texts = frame[dataset.text_column].astype(str).tolist()
+        _, labels = np.unique(frame[dataset.label_column].astype(str).to_numpy(), return_inverse=True)
+    seen: set[str] = set()
+    keep = [i for i, t in enumerate(texts) if t.strip() and not (t in seen or seen.add(t))]
+    return [texts[i] for i in keep], labels[keep]
+
+
+def draw(labels: np.ndarray, per_class: int, seed: int, test_size: int = TEST_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions: a stratified test set fixed for the data set, then `per_class` of each class from the rest."""
+    from sklearn.model_selection import train_test_split
+
+    everything = np.arange(len(labels))
+    size = min(test_size, len(labels) // 2)
+    pool, test = train_test_split(everything, test_size=size, stratify=labels, random_state=1234)
+    rng = np.random.default_rng(seed)
+    train = np.concatenate([rng.choice(pool[labels[pool] == c], per_class, replace=False) for c in np.unique(labels)])
+    return rng.permutation(train), np.sort(test)
+
+
+def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[str], seed: int) -> np.ndarray:
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    from transferlab.catalog import resolve_backbone
+
+    model = SetFitModel.from_pretrained(resolve_backbone(BACKBONE).path)
+    model.model_body.max_seq_length = MAX_LENGTH
+    args = TrainingArguments(batch_size=16, num_iterations=20, num_epochs=1, seed=seed)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels.tolist()}))
+    trainer.train()
+    return np.asarray(model.predict(test_texts))
+
+
+def run_transferlab(strategy: str, texts: list[str], labels: np.ndarray, test_texts: list[str], seed: int, min_steps: int):
+    from transferlab.estimator import TransferClassifier
+
+    model = TransferClassifier(backbone=BACKBONE, strategy=strategy, max_length=MAX_LENGTH, min_steps=min_steps, seed=seed)
+    return model.fit(texts, labels).predict(test_texts)
+
+
+def score(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"macro_f1": float(f1_score(truth, predicted, average="macro")), "accuracy": float(accuracy_score(truth, predicted))}
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown: per data set and size, mean +- std of macro-F1 and seconds per system; paired gap to SetFit."""
+    lines = ["| data set | per class | system | macro-F1 | accuracy | seconds | vs SetFit (paired) |", "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["dataset"], r["per_class"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    for dataset, k in keys:
+        group = [r for r in rows if r["dataset"] == dataset and r["per_class"] == k]
+        reference = {r["seed"]: r["macro_f1"] for r in group if r["system"] == REFERENCE}
+        for system in dict.fromkeys(r["system"] for r in group):
+            runs = sorted((r for r in group if r["system"] == system), key=lambda r: r["seed"])
+            f1 = [r["macro_f1"] for r in runs]
+            gaps = [r["macro_f1"] - reference[r["seed"]] for r in runs if r["seed"] in reference]
+            gap = "" if system == REFERENCE or not gaps else f"{statistics.mean(gaps):+.3f} over {len(gaps)}"
+            lines.append(
+                f"| {dataset} | {k} | {system} | {_mean_std(f1)} | {_mean_std([r['accuracy'] for r in runs])} | "
+                f"{statistics.mean(r['seconds'] for r in runs):.1f} | {gap} |"
+            )
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f} (n={len(values)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="rt-polarity,bbc-news,trec-questions,election-tweets-2016")
+    parser.add_argument("--per-class", default="8,16,64")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--systems", default=f"{REFERENCE},setfit,head,lora,full")
+    parser.add_argument("--min-steps", type=int, default=None, help="transferlab's optimizer-step floor (default: its own)")
+    parser.add_argument("--tag", default="", help="appended to transferlab systems' names in the results")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "small_data.jsonl")
+    args = parser.parse_args()
+    from transferlab.training.loop import MIN_STEPS
+
+    min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
+    import sentence_transformers  # noqa: F401  (imported before any clock starts: both systems load these)
+    import setfit  # noqa: F401
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
+    done = {(r["dataset"], r["per_class"], r["seed"], r["system"]) for r in rows}
+    for dataset in args.datasets.split(","):
+        texts, labels = load_texts(dataset)
+        for k in (int(v) for v in args.per_class.split(",")):
+            for seed in range(args.seeds):
+                train, test = draw(labels, k, seed)
+                train_texts, test_texts = [texts[i] for i in train], [texts[i] for i in test]
+                for system in args.systems.split(","):
+                    name = system if system == REFERENCE else system + args.tag
+                    if (dataset, k, seed, name) in done:
+                        continue
+                    started = time.perf_counter()
+                    if system == REFERENCE:
+                        predicted = run_setfit_library(train_texts, labels[train], test_texts, seed)
+                    else:
+                        predicted = run_transferlab(system, train_texts, labels[train], test_texts, seed, min_steps)
+                    row = {"dataset": dataset, "per_class": k, "seed": seed, "system": name, "seconds": time.perf_counter() - started,
+                           **score(labels[test], np.asarray(predicted)), "n_test": len(test)}  # fmt: skip
+                    rows.append(row)
+                    with args.out.open("a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+                    print(f"{dataset} k={k} seed={seed} {name}: macro-F1 {row['macro_f1']:.3f} in {row['seconds']:.1f}s", flush=True)
+    print(summarize(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""SetFit (Tunstall et al. 2022): contrastive fine-tuning of the body on pairs of labelled examples, then the
+cross-validated logistic head on the tuned features.
+
+Pairs of the same class are pulled to cosine similarity 1 and pairs of different classes pushed to 0, so a few
+dozen examples give hundreds of training signals; the head then has well-separated features to fit. The pairs
+come from SetFit's own sampler (`setfit.sampler.ContrastiveDataset`, over example indices) and the objective is
+sentence-transformers' `CosineSimilarityLoss`, both run inside our Trainer, so the run keeps its seeds,
+precision, checkpoints, divergence guard and measurements. The exported model is the usual classifier: the
+tuned body, its pooling and a linear head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferlab.backbones.base import TransferModel
+from transferlab.errors import UserError
+from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
+from transferlab.strategies.head import FeatureExtraction
+from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+
+
+@dataclass
+class ContrastiveConfig(TrainedStrategyConfig):
+    lr: float = 2e-5  # SetFit's body learning rate
+    pair_iterations: int = 20  # SetFit's num_iterations: 2 x this many pairs per training example
+    # Contrastive pairs grow with the data; past this many the body trains on a random subset of them (SetFit's
+    # own max_steps does the same). 20,000 pairs are 1,250 steps of 16.
+    max_pairs: int = 20_000
+    body_epochs: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pair_iterations < 1 or self.max_pairs < 2 or self.body_epochs <= 0:
+            raise UserError(
+                f"setfit needs pair_iterations >= 1, max_pairs >= 2 and body_epochs > 0, got "
+                f"{self.pair_iterations}, {self.max_pairs}, {self.body_epochs}"
+            )
+
+
+class _Embedder(nn.Module):
+    """The classifier's pooled features as a sentence embedding, the form sentence-transformers' losses call."""
+
+    def __init__(self, model: TransferModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"sentence_embedding": self.model.forward_features(**features)}
+
+
+class _PairObjective(nn.Module):
+    """sentence-transformers' CosineSimilarityLoss on a batch of pairs, in the shape the Trainer calls."""
+
+    MODEL_PREFIX = "loss.model.model."  # how the classifier's parameter names read from here
+
+    def __init__(self, model: TransferModel):
+        super().__init__()
+        # SetFit's objective; CoSENT and AnglE, which sentence-transformers rates stronger, were not better here
+        # (docs/findings.md, "Small data").
+        from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+
+        self.loss = CosineSimilarityLoss(_Embedder(model))
+
+    def forward(self, first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Each side in its own forward pass, as the loss does by default: one merged pass over both sides padded to
+        # the longer was slower at 64 per class (297 s against 244 s, docs/benchmarks.md).
+        return {"loss": self.loss([first, second], labels)}
+
+
+def pairs(labels: np.ndarray, iterations: int, max_pairs: int, seed: int) -> list[tuple[int, int, float]]:
+    """SetFit's pairs over example positions: (i, j, 1.0 for the same class else 0.0), at most `max_pairs`."""
+    from setfit.sampler import ContrastiveDataset
+
+    sampled = ContrastiveDataset(list(range(len(labels))), labels.tolist(), multilabel=False, num_iterations=iterations)
+    found = [(p["sentence_1"], p["sentence_2"], float(p["label"])) for p in sampled]
+    if len(found) > max_pairs:
+        keep = np.random.default_rng(seed).choice(len(found), max_pairs, replace=False)
+        found = [found[k] for k in sorted(keep)]
+    return found
+
+
+@register_strategy
+class Contrastive(Strategy):
+    name = "setfit"
+    summary = "SetFit: contrastive fine-tuning on pairs of labelled examples, then the logistic head (Tunstall 2022)"
+    config_class = ContrastiveConfig
+    modalities = ("text",)
+
+    def expected_trainable_params(self, model: TransferModel) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
+        cfg = self.config
+        examples = data.train + data.val  # the head's cross-validation needs no held-out examples either
+        labels = np.array([f["labels"] for f in examples])
+        found = pairs(labels, cfg.pair_iterations, cfg.max_pairs, training.seed)
+        unlabelled = [{k: v for k, v in f.items() if k != "labels"} for f in examples]
+
+        def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "first": data.collate([unlabelled[b["first"]] for b in batch]),
+                "second": data.collate([unlabelled[b["second"]] for b in batch]),
+                "labels": torch.tensor([b["labels"] for b in batch]),
+            }
+
+        set_trainable(model, lambda name: True)  # the head gets no gradient from the pairs; it is fitted after
+        pair_data = FitData(
+            train=[{"first": i, "second": j, "labels": y} for i, j, y in found],
+            val=[],
+            collate=collate,
+            label_names=data.label_names,
+            workdir=data.workdir,
+            log_history=data.log_history,
+        )
+        # The body trains on its pairs for `body_epochs`, as SetFit does: its pair count already scales with the data.
+        body_training = dataclasses.replace(training, epochs=cfg.body_epochs, min_steps=0)
+        scale = self.lr_scale(model, data, training)  # discriminative rates, by the classifier's parameter names
+        by_name = None if scale is None else lambda name: scale(name.removeprefix(_PairObjective.MODEL_PREFIX))
+        train_with_trainer(_PairObjective(model), pair_data, body_training, lr=self.learning_rate(training), lr_scale=by_name)
+        fitted = FeatureExtraction(layers="last").fit(model, dataclasses.replace(data, frozen_features=None), training)
+        set_trainable(fitted, lambda name: True)  # the body trained too: every parameter counts as trainable
+        return fitted

@@ -1,0 +1,170 @@
+"""Small data: the optimizer-step floor, a handful of validation examples joining training, the head's layer
+choice, and the SetFit strategy's pairs and contrastive objective."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from transferlab.backbones import TextPreprocessor, build_classifier
+from transferlab.catalog import resolve_backbone
+from transferlab.strategies import get_strategy
+from transferlab.strategies.contrastive import pairs
+from transferlab.training.loop import MIN_VALIDATION, FitData, TrainingConfig, predict_proba, training_plan
+
+from .conftest import sentiment_texts
+
+
+def _data(pre: TextPreprocessor, n_train: int, n_val: int, seed: int = 0) -> tuple[FitData, list[dict]]:
+    texts, labels = sentiment_texts(n_train + n_val + 200, seed=seed)
+    features = pre.encode(texts, labels)
+    data = FitData(features[:n_train], features[n_train : n_train + n_val], pre.collate, ["negative", "positive"], pre.length_of)
+    return data, features[n_train + n_val :]
+
+
+def _examples(n: int) -> list[dict]:
+    return [{"input_ids": [1, 2], "labels": i % 2} for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "n_train, n_val, epochs, min_steps, steps, max_steps, early_stopping",
+    [
+        (14, 2, 3, 100, 100, 100, False),  # 16 examples, one step an epoch: the floor binds, validation joins training
+        (1800, 200, 3, 100, 3 * 112, -1, True),  # 112 full batches an epoch: the epochs decide, as before
+        (1800, 200, 0.1, 100, 100, 100, True),  # a tenth of an epoch is 12 steps: the floor binds
+        (14, 2, 3, 0, 3, -1, False),  # no floor: 3 epochs of one step
+    ],
+)
+def test_training_plan(n_train, n_val, epochs, min_steps, steps, max_steps, early_stopping):
+    data = FitData(_examples(n_train), _examples(n_val), lambda b: b, ["a", "b"])
+    plan = training_plan(data, TrainingConfig(epochs=epochs, batch_size=16, min_steps=min_steps))
+    assert (plan.steps, plan.max_steps, plan.early_stopping) == (steps, max_steps, early_stopping)
+    assert len(plan.train) == n_train + (0 if early_stopping else n_val)
+    assert early_stopping == (n_val >= MIN_VALIDATION)
+    evaluations = round(epochs * 2)  # evals_per_epoch
+    assert plan.eval_every == (max(1, (n_train // 16) // 2) if max_steps == -1 else max(1, steps // max(1, evaluations)))
+
+
+def _optimizer_steps(log_history: list[dict]) -> int:
+    return max(entry["step"] for entry in log_history if "step" in entry)
+
+
+@pytest.mark.parametrize("name", ["full", "lora"])
+def test_a_few_examples_still_train_the_step_floor(name, tiny_bert_dir):
+    """16 examples, batch 16, 3 epochs are 3 steps: with the floor the run takes 40, its training loss falls, and the
+    model has left its random head (its predictions differ from the untrained model's)."""
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    data, test = _data(pre, 14, 2)
+    torch.manual_seed(0)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    untrained = predict_proba(model, test, pre.collate, pre.length_of)
+    training = TrainingConfig(epochs=3, lr=1e-3, min_steps=40)
+    fitted = get_strategy(name).fit(model, data, training)
+    assert _optimizer_steps(data.log_history) == 40
+    assert not any("eval_loss" in entry for entry in data.log_history), "2 validation examples must not pick checkpoints"
+    losses = [entry["loss"] for entry in data.log_history if "loss" in entry]
+    assert len(losses) >= 5 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    trained = predict_proba(get_strategy(name).export(fitted), test, pre.collate, pre.length_of)
+    assert np.abs(trained - untrained).max() > 0.02
+
+
+def _flattened_last_layer(path) -> torch.nn.Module:
+    """A tiny BERT whose last layer outputs the same vector for every token (its final LayerNorm's weight is zero):
+    the last layer's features carry nothing, the layer below still tells the sentiment word."""
+    model = build_classifier(resolve_backbone(str(path)), ["negative", "positive"], "mean")
+    with torch.no_grad():
+        model.backbone.encoder.layer[-1].output.LayerNorm.weight.zero_()
+    return model
+
+
+def test_head_auto_takes_the_informative_layer(tiny_bert_dir):
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    data, test = _data(pre, 150, 50)
+    model = _flattened_last_layer(tiny_bert_dir)
+    fitted = get_strategy("head", layers="auto").fit(model, data, TrainingConfig())
+    choice = next(entry for entry in data.log_history if "head_layer" in entry)
+    assert choice["head_layer"] == "second_to_last", choice
+    assert choice["cv_accuracy_by_layer"]["last"] is None  # constant features: not even a candidate
+    probs = predict_proba(fitted, test, pre.collate, pre.length_of)  # served through the model: it reads that layer
+    assert (probs.argmax(1) == np.array([f["labels"] for f in test])).mean() >= 0.8
+
+
+def test_head_auto_keeps_the_last_layer_when_it_is_better(tiny_bert_dir):
+    """Cached features where the last layer separates the classes and the one below is noise."""
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    data, _ = _data(pre, 80, 20)
+    y = np.array([f["labels"] for f in data.train + data.val])
+    rng = np.random.default_rng(0)
+    informative = rng.normal(size=(len(y), 32)) + 2.0 * y[:, None]
+    data.frozen_features = {"last": informative.astype(np.float32), "second_to_last": rng.normal(size=(len(y), 32)).astype(np.float32)}
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    get_strategy("head").fit(model, data, TrainingConfig())
+    assert next(entry for entry in data.log_history if "head_layer" in entry)["head_layer"] == "last"
+    assert model.config.feature_layers == "last"
+
+
+def test_setfit_pairs_are_setfits_sampler_counted_by_hand():
+    """SetFit's oversampling: `iterations` x n positive and as many negative pairs, positives of one class."""
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    found = pairs(labels, iterations=3, max_pairs=10_000, seed=0)
+    assert len(found) == 2 * 3 * len(labels)
+    assert sum(y for _, _, y in found) == 3 * len(labels)
+    assert all((labels[i] == labels[j]) == (y == 1.0) for i, j, y in found)
+    capped = pairs(labels, iterations=3, max_pairs=10, seed=0)
+    assert len(capped) == 10 and set(capped) <= set(found)
+
+
+def _mean_cosine(model, features: list[dict], pre, same: bool) -> float:
+    from transferlab.training.loop import pooled_features
+
+    x = torch.as_tensor(pooled_features(model, features, pre.collate, pre.length_of))
+    x = torch.nn.functional.normalize(x, dim=1)
+    y = np.array([f["labels"] for f in features])
+    sims = (x @ x.T).numpy()
+    mask = (y[:, None] == y[None, :]) if same else (y[:, None] != y[None, :])
+    np.fill_diagonal(mask, False)
+    return float(sims[mask].mean())
+
+
+def test_setfit_pulls_classes_apart(tiny_bert_dir):
+    """After the contrastive phase, held-out texts of one class are closer (cosine) than texts of different
+    classes, by more than before it; and the head on top classifies them."""
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    data, test = _data(pre, 24, 8)
+    torch.manual_seed(0)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    gap_before = _mean_cosine(model, test, pre, True) - _mean_cosine(model, test, pre, False)
+    fitted = get_strategy("setfit", lr=1e-3, pair_iterations=20).fit(model, data, TrainingConfig())
+    gap_after = _mean_cosine(fitted, test, pre, True) - _mean_cosine(fitted, test, pre, False)
+    assert gap_after > gap_before + 0.03, (gap_before, gap_after)  # measured: 0.001 -> 0.068
+    pair_steps = math.ceil(2 * 20 * 32 / 16)
+    assert _optimizer_steps(data.log_history) == pair_steps  # one epoch over the pairs; the step floor is for classifiers
+    probs = predict_proba(fitted, test, pre.collate, pre.length_of)
+    assert (probs.argmax(1) == np.array([f["labels"] for f in test])).mean() >= 0.65  # chance is 0.5
+
+
+@pytest.mark.parametrize("alpha", [None, 0.2])
+def test_mixup_blends_training_batches_only(alpha, tiny_cnn_dir):
+    """Two flat images, black (class 0) and white (class 1): plain batches hold only their two pixel values; with
+    mixup (timm's, per batch) the model trains on blends in between, and it still evaluates on the originals."""
+    from transferlab.backbones import load_preprocessor
+
+    asset = resolve_backbone(str(tiny_cnn_dir))
+    pre = load_preprocessor(asset, image_size=32, augment=[])
+    images = [np.full((32, 32), 255 * (i % 2), dtype=np.uint8) for i in range(64)]
+    features = pre.encode(images, [i % 2 for i in range(64)])
+    data = FitData(features[:48], features[48:], pre.collate, ["black", "white"], mixup_alpha=alpha)
+    model = build_classifier(asset, data.label_names)
+    pure = {round(float(v), 4) for v in pre.collate(features[:2])["pixel_values"].unique()}  # 3 channels x 2 images
+    seen: dict[bool, set[float]] = {True: set(), False: set()}
+
+    def record(module, args, kwargs):
+        seen[module.training] |= {round(float(v), 4) for v in kwargs["pixel_values"].unique()}
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    get_strategy("full").fit(model, data, TrainingConfig(epochs=1, batch_size=8, min_steps=0))
+    assert len(pure) == 6
+    assert seen[True] - pure if alpha else seen[True] <= pure
