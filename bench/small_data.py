@@ -30,6 +30,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -83,7 +84,8 @@ def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[st
 
     model = SetFitModel.from_pretrained(resolve_backbone(BACKBONE).path)
     model.model_body.max_seq_length = MAX_LENGTH
-    args = TrainingArguments(batch_size=16, num_iterations=20, num_epochs=1, seed=seed)
+    # its checkpoints go to a temporary folder, not the working directory
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="setfit-"), batch_size=16, num_iterations=20, num_epochs=1, seed=seed)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels.tolist()}))
     trainer.train()
     return np.asarray(model.predict(test_texts))
