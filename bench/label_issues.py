@@ -31,14 +31,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from cleanlab.rank import get_label_quality_scores  # noqa: E402
 
-from transferlab.backbones import build_classifier, load_preprocessor  # noqa: E402
-from transferlab.catalog import resolve_backbone  # noqa: E402
+from transferlab.backbones import (  # noqa: E402
+    build_classifier,
+    load_preprocessor,
+    resolve_backbone,  # noqa: E402
+)
 from transferlab.data.catalog import load_dataset  # noqa: E402
 from transferlab.data.splits import stratified_subset  # noqa: E402
 from transferlab.errors import MissingAssetError  # noqa: E402
 from transferlab.evaluation.label_issues import find_label_issues, out_of_fold_probabilities  # noqa: E402
 from transferlab.evaluation.probe import ProbeSettings  # noqa: E402
-from transferlab.training.loop import pooled_features  # noqa: E402
+from transferlab.training.inference import pooled_features  # noqa: E402
 
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 COLUMNS = (

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from transferlab.backbones import build_classifier, load_preprocessor
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
 from transferlab.data.catalog import load_dataset
 from transferlab.strategies import get_strategy
-from transferlab.training.loop import predict_proba
+from transferlab.training.inference import predict_proba
 
 
 def main() -> None:

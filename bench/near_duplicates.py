@@ -36,11 +36,10 @@ def edits(text: str, rng: np.random.Generator, vocabulary: list[str]) -> dict[st
 def main() -> None:
     import torch
 
-    from transferlab.backbones import build_classifier, load_preprocessor
-    from transferlab.catalog import resolve_backbone
+    from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
     from transferlab.data.catalog import load_dataset
     from transferlab.data.splits import stratified_subset
-    from transferlab.training.loop import pooled_features
+    from transferlab.training.inference import pooled_features
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbone", default="minilm-l6")

@@ -30,14 +30,13 @@ from datasets import Dataset
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
-from transferlab.backbones import build_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import build_classifier, resolve_backbone
 from transferlab.config import load_run_config
 from transferlab.recipes.compare import compare
 from transferlab.recipes.executors import Sequential
 from transferlab.recipes.experiment import prepare, run_strategy
 from transferlab.studies import get_study, study_config
-from transferlab.training.loop import cpu_has_bf16, map_batches
+from transferlab.training.inference import cpu_has_bf16, map_batches
 from transferlab.training.memory import PeakMemory
 
 BASELINE_LR = {"head": 1e-3, "full": 2e-5, "lora": 5e-4}

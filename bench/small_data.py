@@ -80,7 +80,7 @@ def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[st
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    from transferlab.catalog import resolve_backbone
+    from transferlab.backbones import resolve_backbone
 
     model = SetFitModel.from_pretrained(resolve_backbone(BACKBONE).path)
     model.model_body.max_seq_length = MAX_LENGTH

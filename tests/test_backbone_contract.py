@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from transferlab.backbones import TextPreprocessor, build_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
 
 
 def _model_and_batch(path, pooling="mean"):

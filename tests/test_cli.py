@@ -1,10 +1,23 @@
-"""The command line end to end on a tiny model (bad input: tests/test_bad_input.py)."""
+"""The command line end to end on a tiny model (bad input: tests/test_bad_input.py), and its options: each one
+declared once, on its config field, and shown with that help by `--help`; the example configs in configs/ load."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from transferlab.cli import app
+from transferlab.cli.options import _owners, build_run_config, option
+from transferlab.config import load_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_COMMANDS = ("compare", "train", "check", "forgetting", "study")
 
 
 def _cli(*args, cwd=None):
@@ -46,3 +59,57 @@ def test_compare_writes_the_documented_results(tmp_path, tiny_bert_dir, sentimen
     assert results["environment"]["packages"]["torch"]
     assert (out / "config.yaml").is_file() and (out / "strategies" / "full" / "log-fold1-seed0.jsonl").is_file()
     assert (out / "report.html").read_text().count('<img alt="') == 2 and (out / "report.md").is_file()  # curves, confusion
+
+
+def _listed(command: str) -> tuple[str, ...]:
+    (info,) = [c for c in app.registered_commands if c.name == command]
+    return info.callback.option_names
+
+
+def test_every_option_a_command_lists_is_one_config_field_with_help():
+    """An option is declared once: a field of RunConfig, TrainingConfig or ForgettingConfig (or the strategy-wide or
+    run-folder table), with its help text beside it; a name two places declare would route ambiguously."""
+    commands = [c.name for c in app.registered_commands if hasattr(c.callback, "option_names")]
+    assert set(RUN_COMMANDS) <= set(commands)
+    for command in commands:
+        for name in _listed(command):
+            assert len(_owners(name)) == 1, (command, name, _owners(name))
+            assert option(name).help, (command, name)
+    with pytest.raises(LookupError, match="exactly once"):
+        option("no_such_option")
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_help_shows_each_options_help(command, monkeypatch):
+    done = CliRunner().invoke(app, [command, "--help"])
+    assert done.exit_code == 0, done.output
+    page = " ".join(done.output.split())
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    for name in _listed(command):
+        spec = option(name)
+        assert spec.flag.split("/")[0] in params[name].opts
+        if command != "study":  # the study says its budget sets n_train, epochs ... unless given
+            assert params[name].help == spec.help
+        assert f"{spec.flag.split('/')[0]} " in page, name
+        assert "".join(params[name].help.split()) in "".join(page.split()), name  # wrapped anywhere; [default: ...] kept
+
+
+def test_each_option_reaches_its_section_of_the_run_config():
+    options = {"n_train": 64, "epochs": 2.0, "ewc_lambda": 5.0, "mitigations": ["ewc"], "layer_decay": 0.9, "out_dir": None}
+    config = build_run_config({**options, "config": ROOT / "configs" / "small-data.yaml"}, ["full", "lora"])
+    assert (config.n_train, config.training.epochs, config.training.min_steps) == (64, 2.0, 100)
+    assert (config.forgetting.ewc_lambda, config.forgetting.mitigations) == (5.0, ["ewc"])
+    assert config.strategy_settings == {"full": {"layer_decay": 0.9}, "lora": {"layer_decay": 0.9}}
+
+
+EXAMPLE_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_the_example_configs_are_there():
+    assert {p.name for p in EXAMPLE_CONFIGS} >= {"compare-default.yaml", "small-data.yaml", "images.yaml", "forgetting-ewc.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.name)
+def test_an_example_config_loads_and_says_what_it_is_for(path):
+    assert path.read_text(encoding="utf-8").startswith("# ")
+    load_run_config(path)

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from transferlab.backbones import build_classifier, load_preprocessor
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
 from transferlab.data.catalog import load_dataset
 from transferlab.data.images import FASHION_MNIST_DIR
 from transferlab.evaluation.domain_gap import (

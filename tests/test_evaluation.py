@@ -87,8 +87,7 @@ def test_augmentation_deletes_and_swaps_words_reproducibly():
 def test_weighted_loss_in_the_trainer(tiny_bert_dir):
     from transformers import TrainingArguments
 
-    from transferlab.backbones import build_classifier
-    from transferlab.catalog import resolve_backbone
+    from transferlab.backbones import build_classifier, resolve_backbone
     from transferlab.training.loop import _Trainer
 
     model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"], "mean").eval()  # no dropout: two equal passes

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from transferlab.backbones import build_classifier, load_preprocessor
-from transferlab.catalog import GgufModel, PackagedFile, resolve_backbone
+from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
+from transferlab.catalog import GgufModel, PackagedFile
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
@@ -290,23 +290,28 @@ def test_mitigations_from_pretrained_need_general_text_on_an_encoder(tiny_bert_d
     assert float(penalty(model)) == 0.0  # at the pretrained weights
 
 
-def test_causal_lm_fine_tuning_moves_perplexity_and_lora_merges(tiny_llama_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def test_causal_lm_fine_tuning_runs_the_registered_strategies_on_the_trainer(tiny_llama_dir):
     from transferlab.recipes.forgetting import fine_tune_causal_lm
+    from transferlab.strategies import get_strategy
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    asset = resolve_backbone(str(tiny_llama_dir))
+    preprocessor = load_preprocessor(asset, max_length=16)
     task, _ = sentiment_texts(64, seed=5)
-    general = [f"{t} ." for t in sentiment_texts(16, seed=6)[0]]
+    examples = preprocessor.encode(task, [0] * len(task))
     readings = {}
-    for method, lr in (("lora", 1e-3), ("full", 1e-2)):
-        lm = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
-        before = fg.perplexity(lm, tokenizer, task)
-        tuned = fine_tune_causal_lm(lm, tokenizer, task, method, lr, epochs=2, batch_size=8, max_length=16)
-        assert not any("lora_" in n for n, _ in tuned.named_parameters())  # merged: a plain LM again
-        readings[method] = (before, fg.perplexity(tuned, tokenizer, task), fg.perplexity(tuned, tokenizer, general))
+    for method, lr in (("lora", 1e-2), ("full", 1e-2)):
+        model = build_classifier(asset, ["a", "b"])
+        before = fg.perplexity(fg.lm_after(model, asset.path), preprocessor.tokenizer, task)
+        training = TrainingConfig(epochs=2, batch_size=8, lr=lr)
+        tuned = fine_tune_causal_lm(model, get_strategy(method), examples, preprocessor.collate, training)
+        assert not any("lora_" in n for n, _ in tuned.named_parameters())  # merged: a plain classifier again
+        readings[method] = (before, fg.perplexity(fg.lm_after(tuned, asset.path), preprocessor.tokenizer, task))
     assert readings["full"][1] < 0.8 * readings["full"][0]  # it learned the task text
     assert readings["lora"][1] < readings["lora"][0]
+    with pytest.raises(UserError, match="head trains otherwise"):
+        fine_tune_causal_lm(build_classifier(asset, ["a", "b"]), get_strategy("head"), examples, preprocessor.collate, training)
+    with pytest.raises(UserError, match="bitfit trains no parameter of this body"):  # Llama's blocks have no biases
+        fine_tune_causal_lm(build_classifier(asset, ["a", "b"]), get_strategy("bitfit"), examples, preprocessor.collate, training)
 
 
 def test_lm_objective_reports_general_and_task_perplexity(tmp_path, tiny_llama_dir, sentiment_csv):

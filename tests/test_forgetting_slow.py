@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from transferlab import catalog
+from transferlab.backbones import resolve_backbone
 from transferlab.config import load_run_config
 from transferlab.recipes.forgetting import run_forgetting
 
@@ -18,17 +19,17 @@ pytestmark = pytest.mark.slow
 
 def test_smollm2_gguf_conversion_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(catalog, "CACHE_DIR", tmp_path)
-    first = catalog.resolve_backbone("smollm2-135m")
+    first = resolve_backbone("smollm2-135m")
     assert "dequantising" in capsys.readouterr().err
     started = time.perf_counter()
-    again = catalog.resolve_backbone("smollm2-135m")
+    again = resolve_backbone("smollm2-135m")
     assert time.perf_counter() - started < 15 and again.hashes == first.hashes
     assert "dequantising" not in capsys.readouterr().err
     weights = tmp_path / "models" / "smollm2-135m" / "model.safetensors"
     with open(weights, "r+b") as handle:
         handle.seek(weights.stat().st_size // 2)
         handle.write(b"\0" * 64)
-    rebuilt = catalog.resolve_backbone("smollm2-135m")
+    rebuilt = resolve_backbone("smollm2-135m")
     assert "corrupt" in capsys.readouterr().err and rebuilt.hashes == first.hashes
 
 

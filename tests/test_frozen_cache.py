@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferlab.backbones import TextPreprocessor, build_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
 from transferlab.strategies import get_strategy
 from transferlab.training.frozen_cache import FrozenLayerCache
-from transferlab.training.loop import FitData, TrainingConfig, predict_proba
+from transferlab.training.inference import predict_proba
+from transferlab.training.loop import FitData, TrainingConfig
 
 from .conftest import sentiment_texts, tiny_bert, tiny_distilbert, tiny_llama
 

@@ -8,8 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from transferlab.backbones import TextPreprocessor, build_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
 from transferlab.evaluation.probe import fold_standardisation
 from transferlab.strategies import get_strategy
 

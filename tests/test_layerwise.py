@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 
-from transferlab.backbones import TextPreprocessor, build_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
 from transferlab.strategies import STRATEGIES, get_strategy
 from transferlab.strategies.base import layer_lr_table
 from transferlab.training.loop import FitData, TrainingConfig, slanted_triangular
@@ -106,16 +105,16 @@ def test_freshly_applied_strategy_computes_the_pretrained_function(name, tiny_ba
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_the_cpu_only_when_asked_for_and_native(monkeypatch, native):
-    from transferlab.training.loop import _precision_flags
+    from transferlab.training.inference import precision_flags
 
-    monkeypatch.setattr("transferlab.training.loop.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _precision_flags("auto") == _precision_flags("no") == _precision_flags("fp16") == {}  # fp32: the exact default
-    assert _precision_flags("bf16") == ({"bf16": True, "use_cpu": True} if native else {})
+    assert precision_flags("auto") == precision_flags("no") == precision_flags("fp16") == {}  # fp32: the exact default
+    assert precision_flags("bf16") == ({"bf16": True, "use_cpu": True} if native else {})
 
 
 @pytest.mark.skipif(
-    torch.cuda.is_available() or not __import__("transferlab.training.loop").training.loop.cpu_has_bf16(),
+    torch.cuda.is_available() or not __import__("transferlab.training.inference").training.inference.cpu_has_bf16(),
     reason="needs a CPU with native bf16",
 )
 def test_bf16_training_on_the_cpu_computes_in_bf16_and_keeps_fp32_weights(tiny_bert_dir):
@@ -132,10 +131,10 @@ def test_bf16_training_on_the_cpu_computes_in_bf16_and_keeps_fp32_weights(tiny_b
 
 
 def test_inference_follows_the_training_precision(monkeypatch):
-    from transferlab.training.loop import inference_precision
+    from transferlab.training.inference import inference_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("transferlab.training.loop.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: True)
     x = torch.randn(4, 8)
     with inference_precision(TrainingConfig()):
         assert (x @ x.T).dtype == torch.float32  # auto on the CPU: fp32

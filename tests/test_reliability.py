@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import sentiment_texts, tiny_bert
 from transferlab.errors import TrainingDiverged
 from transferlab.recipes.run_folder import RunFolder
-from transferlab.training.loop import DivergenceGuard
+from transferlab.training.divergence import DivergenceGuard
 
 
 def _cli(*args, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -161,7 +161,7 @@ def test_weights_load_safely():
 
 def test_a_checkpoint_cut_short_by_a_kill_is_skipped(tmp_path):
     """The Trainer writes trainer_state.json last: a checkpoint without it was interrupted mid-save."""
-    from transferlab.training.loop import last_complete_checkpoint
+    from transferlab.training.checkpoints import last_complete_checkpoint
 
     for step, complete in ((3, True), (6, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()

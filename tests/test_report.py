@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -142,3 +143,16 @@ def test_chromium_renders_every_plot(tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r"(data:image/png;base64,)[A-Za-z0-9+/=]{64}", r"\1AAAA", probed.read_text(), count=1))
     assert _probe(broken)[0] == "images=3 broken=1"
+
+
+def test_the_report_is_built_without_torch(tmp_path):
+    """The results layer and the report read results.json in a process that never loads a model."""
+    reading = {"meter": "cka", "before": 1.0, "after": 0.9, "per_layer": [0.95, 0.85], "mitigations": []}
+    folder = write_run_folder(tmp_path / "run", record({"full": [0.8, 0.82], "lora": [0.79, 0.8]}, full={"forgetting": reading}))
+    code = (
+        "import sys; from transferlab.report import rebuild_report; rebuild_report(sys.argv[1]); "
+        "loaded = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; print(loaded); sys.exit(bool(loaded))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CKA 0.9000" in (folder / "report.md").read_text()

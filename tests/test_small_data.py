@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.backbones import TextPreprocessor, build_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
 from transferlab.strategies import get_strategy
 from transferlab.strategies.contrastive import pairs
-from transferlab.training.loop import MIN_VALIDATION, FitData, TrainingConfig, predict_proba, training_plan
+from transferlab.training.inference import predict_proba
+from transferlab.training.loop import MIN_VALIDATION, FitData, TrainingConfig, training_plan
 
 from .conftest import sentiment_texts
 
@@ -118,7 +118,7 @@ def test_setfit_pairs_are_setfits_sampler_counted_by_hand():
 
 
 def _mean_cosine(model, features: list[dict], pre, same: bool) -> float:
-    from transferlab.training.loop import pooled_features
+    from transferlab.training.inference import pooled_features
 
     x = torch.as_tensor(pooled_features(model, features, pre.collate, pre.length_of))
     x = torch.nn.functional.normalize(x, dim=1)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.backbones import TextPreprocessor, build_classifier, load_preprocessor
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import TextPreprocessor, build_classifier, load_preprocessor, resolve_backbone
 from transferlab.strategies import STRATEGIES, count_parameters, get_strategy
-from transferlab.training.loop import FitData, TrainingConfig, predict_proba
+from transferlab.training.inference import predict_proba
+from transferlab.training.loop import FitData, TrainingConfig
 
 from .conftest import bright_side_images, sentiment_texts
 
@@ -21,7 +21,7 @@ def _fit_data(path, n=64):
     """The family's small learnable task: sentiment words for text, a brighter half for images (32 px)."""
     asset = resolve_backbone(str(path))
     pre = load_preprocessor(asset, max_length=32, image_size=32, augment=["crop", "flip"])
-    inputs, labels = bright_side_images(n) if asset.modality == "image" else sentiment_texts(n)
+    inputs, labels = bright_side_images(n) if asset.family == "cnn" else sentiment_texts(n)
     features = pre.encode(inputs, labels)
     train, val = features[: n * 3 // 4], features[n * 3 // 4 :]
     return pre, FitData(

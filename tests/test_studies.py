@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.synthetic_results import curve, study_record
+from transferlab.config import load_run_config
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.studies import STUDIES, get_study, run_study, study_config
 
@@ -58,6 +59,29 @@ def test_model_size_chooses_its_own_backbones_and_names_the_missing_one(monkeypa
     with pytest.raises(UserError, match="model-size needs the large asset mpnet-base: run 'make assets-large'"):
         run_study(study, study_config(study, quick=True), tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before any output
+
+
+def test_a_config_file_lies_under_the_studys_budget_and_the_options_over_both(monkeypatch, capsys, tmp_path):
+    """`study --config FILE`: the file's settings are kept unless the study's budget sets them (n_train, epochs ...),
+    and the command line's options win over both."""
+    (tmp_path / "run.yaml").write_text("n_train: 999\nclass_weights: balanced\ntraining: {batch_size: 8, epochs: 9}\n")
+    study = get_study("discriminative-lr")
+    config = study_config(study, quick=True, n_test=77, base=load_run_config(tmp_path / "run.yaml"))
+    budget = study.budget(True)
+    assert (config.n_train, config.training.epochs, config.n_test, config.cv) == (budget.n_train, budget.epochs, 77, 1)
+    assert (config.class_weights, config.training.batch_size) == ("balanced", 8)
+
+    seen = {}
+
+    def stop(study, config, out_dir, **kwargs):
+        seen.update(n_train=config.n_train, n_test=config.n_test, class_weights=config.class_weights, batch_size=config.training.batch_size)
+        raise UserError("stopped before training")
+
+    monkeypatch.setattr("transferlab.studies.run_study", stop)
+    args = ["--quick", "--config", tmp_path / "run.yaml", "--n-test", 55, "--out", tmp_path / "out"]
+    code, _, err = _cli_here(monkeypatch, capsys, "study", "discriminative-lr", *args)
+    assert code == 2 and "stopped before training" in err
+    assert seen == {"n_train": budget.n_train, "n_test": 55, "class_weights": "balanced", "batch_size": 8}
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.backbones import build_classifier, load_preprocessor
-from transferlab.backbones.vision import ImagePreprocessor, build_vision_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
+from transferlab.backbones.cnn import ImagePreprocessor
+from transferlab.backbones.vision import build_vision_classifier
 from transferlab.config import load_run_config
 from transferlab.data.catalog import load_dataset
 from transferlab.data.images import FASHION_MNIST_DIR

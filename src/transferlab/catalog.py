@@ -52,8 +52,8 @@ class ResolvedAsset:
     name: str
     path: str
     hashes: dict[str, str] = field(default_factory=dict)
-    modality: str = "text"  # text | image: which backbone family builds it
-    architecture: str = ""  # for images, "library:model name" (timm or torchvision)
+    family: str = ""  # for a backbone, the registered family that builds it (backbones/registry.py)
+    architecture: str = ""  # for a CNN, "library:model name" (timm or torchvision)
     keys_by_position: bool = False  # a checkpoint written by another implementation: keys matched in order
 
 
@@ -78,10 +78,11 @@ class PackagedModel:
 
     weights: PackagedFile
     description: str
+    family: str = "encoder"
 
     def resolve(self, name: str) -> ResolvedAsset:
         path = self.weights.verified_path()
-        return ResolvedAsset(name, str(path.parent), {path.name: self.weights.sha256})
+        return ResolvedAsset(name, str(path.parent), {path.name: self.weights.sha256}, self.family)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class SplitZipModel:
     folder_in_zip: str
     weights_sha256: str
     description: str
+    family: str = "encoder"
 
     def resolve(self, name: str) -> ResolvedAsset:
         folder = CACHE_DIR / "models" / name / self.folder_in_zip
@@ -99,7 +101,7 @@ class SplitZipModel:
         if not (weights.is_file() and sha256_of(weights) == self.weights_sha256):
             _unpack_split_zip([part.verified_path() for part in self.parts], CACHE_DIR / "models" / name)
             verify(weights, self.weights_sha256, self.parts[0].pip_name)
-        return ResolvedAsset(name, str(folder), {"model.safetensors": self.weights_sha256})
+        return ResolvedAsset(name, str(folder), {"model.safetensors": self.weights_sha256}, self.family)
 
 
 def _unpack_split_zip(parts: list[Path], target: Path) -> None:
@@ -131,13 +133,14 @@ class GgufModel:
 
     weights: PackagedFile
     description: str
+    family: str = "decoder"
 
     def resolve(self, name: str) -> ResolvedAsset:
         from transferlab.gguf_cache import cached_gguf_folder
 
         gguf = self.weights.verified_path()
         folder, hashes = cached_gguf_folder(gguf, self.weights.sha256, CACHE_DIR / "models" / name)
-        return ResolvedAsset(name, str(folder), {gguf.name: self.weights.sha256, **hashes})
+        return ResolvedAsset(name, str(folder), {gguf.name: self.weights.sha256, **hashes}, self.family)
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,11 @@ class PackagedWeights:
     architecture: str
     description: str
     keys_by_position: bool = False
+    family: str = "cnn"
 
     def resolve(self, name: str) -> ResolvedAsset:
         path = self.weights.verified_path()
-        return ResolvedAsset(name, str(path), {path.name: self.weights.sha256}, "image", self.architecture, self.keys_by_position)
+        return ResolvedAsset(name, str(path), {path.name: self.weights.sha256}, self.family, self.architecture, self.keys_by_position)
 
 
 _MPNET_SHA256 = (
@@ -212,67 +216,28 @@ BACKBONES: dict[str, PackagedModel | SplitZipModel | GgufModel | PackagedWeights
         keys_by_position=True,  # the package's own implementation names its 296 tensors differently
     ),
 }
-VISION_LIBRARIES = ("timm", "torchvision")
-
 DEFAULT_BACKBONE = "minilm-l6"
 
 
-def _vision_folder_architecture(path: Path) -> str | None:
-    """'library:name' for a folder in timm's layout (config.json names an architecture), else None."""
+def folder_config(spec: str) -> dict | None:
+    """The config.json of a local model folder named by `spec`, or None when it is not one."""
+    path = Path(spec).expanduser()
     try:
         values = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if isinstance(values, dict) and "architecture" in values and "model_type" not in values:
-        return f"{values.get('library', 'timm')}:{values['architecture']}"
-    return None
+    return values if isinstance(values, dict) else None
 
 
-def _resolve_vision_spec(spec: str) -> ResolvedAsset:
-    """`timm:NAME=FILE` or `torchvision:NAME=FILE` (the user's weights); `timm:hf-hub:ORG/NAME` downloads."""
-    library, _, rest = spec.partition(":")
-    name, _, weights = rest.partition("=")
-    if library == "timm" and name.startswith("hf-hub:") and not weights:
-        return ResolvedAsset(spec, spec, {}, "image", f"timm:{name}")
-    if not name or not weights:
-        raise UserError(f"backbone '{spec}': write {library}:MODEL=WEIGHTS_FILE (no ImageNet weights are packaged for '{name}')")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UserError(f"backbone '{spec}': no weights file {path}")
-    return ResolvedAsset(spec, str(path.resolve()), {path.name: sha256_of(path)}, "image", f"{library}:{name}")
-
-
-def backbone_modality(spec: str) -> str:
-    """text or image, without loading anything: decides which defaults and data a run gets."""
-    if spec in BACKBONES:
-        return "image" if isinstance(BACKBONES[spec], PackagedWeights) else "text"
-    if spec.partition(":")[0] in VISION_LIBRARIES:
-        return "image"
+def folder_asset(spec: str, family: str, architecture: str = "") -> ResolvedAsset:
+    """A local model folder, identified by the hashes of its safetensors files."""
     path = Path(spec).expanduser()
-    return "image" if path.is_dir() and _vision_folder_architecture(path) else "text"
+    if not (path / "config.json").is_file():
+        raise UserError(f"backbone folder {path} has no config.json: not a Hugging Face or timm model folder")
+    hashes = {p.name: sha256_of(p) for p in sorted(path.glob("*.safetensors"))}
+    return ResolvedAsset(str(path), str(path.resolve()), hashes, family, architecture)
 
 
-def resolve_backbone(spec: str) -> ResolvedAsset:
-    """A catalog name, a local model folder (Hugging Face or timm layout), `timm:`/`torchvision:` with a
-    weights file, or a hub id the user names explicitly."""
-    if spec in BACKBONES:
-        return BACKBONES[spec].resolve(spec)
-    if spec.partition(":")[0] in VISION_LIBRARIES:
-        return _resolve_vision_spec(spec)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"backbone folder {path} has no config.json: not a Hugging Face or timm model folder")
-        hashes = {p.name: sha256_of(p) for p in sorted(path.glob("*.safetensors"))}
-        architecture = _vision_folder_architecture(path)
-        if architecture:
-            return ResolvedAsset(str(path), str(path.resolve()), hashes, "image", architecture)
-        return ResolvedAsset(str(path), str(path.resolve()), hashes)
-    if _looks_like_hub_id(spec):
-        return ResolvedAsset(spec, spec, {})
-    raise UserError(f"unknown backbone '{spec}': choose one of {', '.join(BACKBONES)}, a model folder or a hub id (org/name)")
-
-
-def _looks_like_hub_id(spec: str) -> bool:
+def looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))

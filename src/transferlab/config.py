@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
+from transferlab.backbones import BackboneFamily, family_for
+from transferlab.backbones.cnn import NORMALIZATIONS
 from transferlab.backbones.text import POOLINGS
-from transferlab.backbones.vision import DEFAULT_IMAGE_AUGMENT, IMAGE_AUGMENTATIONS, IMAGE_STRATEGY_DEFAULTS, NORMALIZATIONS
-from transferlab.catalog import DEFAULT_BACKBONE, backbone_modality
-from transferlab.data.augment import AUGMENTATIONS
+from transferlab.catalog import DEFAULT_BACKBONE
 from transferlab.data.catalog import DEFAULT_DATASET
 from transferlab.data.checks import NEAR_DUPLICATE_COSINE
 from transferlab.data.splits import DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA
@@ -27,32 +27,52 @@ DEFAULT_STRATEGIES = ["head", "full", "lora"]
 
 @dataclass
 class RunConfig:
-    backbone: str = DEFAULT_BACKBONE
-    dataset: str = DEFAULT_DATASET
-    text_column: str = "text"
-    label_column: str = "label"
-    test_dataset: str | None = None  # the user's own test file: evaluated as given, never split
-    validation_dataset: str | None = None  # and validation file (with a test file); else carved from --dataset
+    backbone: str = field(
+        default=DEFAULT_BACKBONE, metadata={"help": "catalog name (see 'transferlab list'), a local model folder, or a hub id"}
+    )
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "catalog name or a .csv/.jsonl/.parquet file"})
+    text_column: str = field(default="text", metadata={"help": "text column of your file [default: text]"})
+    label_column: str = field(default="label", metadata={"help": "label column of your file [default: label]"})
+    test_dataset: str | None = field(
+        default=None,
+        metadata={"help": "your own test file (same columns): evaluated as given; training drops its inputs [default: a split]"},
+    )
+    validation_dataset: str | None = field(
+        default=None, metadata={"help": "your own validation file, with --test-dataset [default: carved from --dataset]"}
+    )
     strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"lora": {"r": 16}}
-    n_train: int | None = None
-    n_test: int | None = None
+    n_train: int | None = field(default=None, metadata={"help": "labelled examples to learn from, validation included [default: 2000]"})
+    n_test: int | None = field(default=None, metadata={"help": "held-out test examples [default: 1000]"})
     val_fraction: float = 0.1
-    max_length: int = 128
-    pooling: str = "auto"  # mean for encoders, the last non-pad token for decoders
-    cv: int | None = None  # folds; None: 5 below 1,000 training examples, else one hold-out split
-    seeds: int = 1  # training runs per split, seeds seed, seed + 1, ...
-    class_weights: str = "none"  # none | balanced (w_c = N / (C n_c))
-    oversample: bool = False  # resample minority classes in the training examples
-    imbalance: float | None = None  # subsample to this minority share first (a recipe for studying imbalance)
+    max_length: int = field(default=128, metadata={"help": "tokens per example after truncation [default: 128]"})
+    pooling: str = field(default="auto", metadata={"help": "auto, mean, cls or last (token) [default: auto: mean, last for a decoder]"})
+    cv: int | None = field(
+        default=None, metadata={"help": "stratified folds; 1 for one hold-out split [default: 5 below 1,000 training examples, else 1]"}
+    )
+    seeds: int = field(default=1, metadata={"help": "training runs per split with seeds seed, seed+1, ... [default: 1]"})
+    class_weights: str = field(
+        default="none", metadata={"help": "none or balanced: weighted cross-entropy w_c = N / (C n_c) [default: none]"}
+    )
+    oversample: bool = field(default=False, metadata={"help": "resample minority classes in the training examples"})
+    imbalance: float | None = field(
+        default=None, metadata={"help": "first subsample to this minority share (0.1 makes a balanced binary set 9:1)"}
+    )
     # None: the backbone family's default, none for text, flips for images. Text: delete, swap
     # (extra training copies, data/augment.py); images: crop, flip, jitter, randaugment (random, per batch).
-    augment: list[str] | None = None
+    augment: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated training augmentations; text: delete, swap; images: crop, flip, jitter, randaugment, mixup, or none"
+        },
+    )
     augment_copies: int = 1
-    image_column: str = "path"  # image paths in a table, relative to the table's folder
-    image_size: int = 224  # input resolution of a CNN backbone
-    normalization: str = "auto"  # auto: the weights' own mean/std; imagenet, half or none force one (to show the cost)
-    skip_bad_images: bool = False  # leave unreadable images out with a warning instead of stopping
+    image_column: str = field(default="path", metadata={"help": "image path column of your table, relative to it [default: path]"})
+    image_size: int = field(default=224, metadata={"help": "input resolution of a CNN backbone [default: 224]"})
+    normalization: str = field(
+        default="auto", metadata={"help": "auto (the weights' own mean/std), or force imagenet, half, none or raw (0-255) [default: auto]"}
+    )
+    skip_bad_images: bool = field(default=False, metadata={"help": "leave unreadable images out with a warning"})
     near_duplicate_cosine: float | None = NEAR_DUPLICATE_COSINE  # texts this similar count as copies; None: no check
     label_issues: bool = True  # rank likely label errors with cleanlab (label_issues.csv)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -68,13 +88,19 @@ class RunConfig:
         return DEFAULT_FOLDS if n_train < SMALL_DATA else 1
 
     @property
+    def family(self) -> BackboneFamily:
+        """The backbone's registered family: its defaults, and what its examples are."""
+        return family_for(self.backbone)
+
+    @property
     def modality(self) -> str:
-        return backbone_modality(self.backbone)
+        """What the examples are (text or image): how data files are read."""
+        return self.family.inputs
 
     def augmentations(self) -> list[str]:
         if self.augment is not None:
             return self.augment
-        return list(DEFAULT_IMAGE_AUGMENT) if self.modality == "image" else []
+        return list(self.family.default_augment)
 
     def training_for_seed(self, seed: int) -> TrainingConfig:
         return dataclasses.replace(self.training, seed=seed)
@@ -103,7 +129,7 @@ class RunConfig:
             raise UserError(f"near_duplicate_cosine must be in (0, 1], got {self.near_duplicate_cosine}")
         if self.class_weights not in ("none", "balanced"):
             raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
-        known = IMAGE_AUGMENTATIONS if self.modality == "image" else AUGMENTATIONS
+        known = self.family.augmentations
         unknown = set(self.augmentations()) - set(known)
         if unknown:
             raise UserError(f"unknown {self.modality} augmentation {', '.join(sorted(unknown))}: choose from {', '.join(known)}")
@@ -118,7 +144,7 @@ class RunConfig:
             raise UserError(f"settings given for strategies not in the run: {', '.join(sorted(unused))}")
 
     def strategy(self, name: str):
-        return strategy_for(name, self.modality, self.strategy_settings.get(name))
+        return strategy_for(name, self.family, self.strategy_settings.get(name))
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, strategy defaults included."""
@@ -127,9 +153,9 @@ class RunConfig:
         return out
 
 
-def strategy_for(name: str, modality: str, settings: dict[str, Any] | None = None):
+def strategy_for(name: str, family: BackboneFamily, settings: dict[str, Any] | None = None):
     """The strategy with its settings: the backbone family's defaults, then the user's."""
-    defaults = IMAGE_STRATEGY_DEFAULTS.get(name, {}) if modality == "image" else {}
+    defaults = family.strategy_defaults.get(name, {})
     return get_strategy(name, **{**defaults, **(settings or {})})
 
 

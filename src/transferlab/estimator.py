@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
 from transformers import set_seed
 
-from transferlab.backbones import build_classifier, load_preprocessor
-from transferlab.backbones.vision import DEFAULT_IMAGE_AUGMENT
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import build_classifier, family_of, load_preprocessor, resolve_backbone
+from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
-from transferlab.training.loop import MIN_STEPS, MIN_VALIDATION, FitData, TrainingConfig, default_device, predict_proba
+from transferlab.training.inference import default_device, predict_proba
+from transferlab.training.loop import MIN_STEPS, MIN_VALIDATION, FitData, TrainingConfig
 from transferlab.training.sampling import balanced_class_weights
 
 
@@ -60,14 +61,15 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     def _inputs(self, X: Sequence[Any]) -> list[Any]:
-        return list(X) if self.asset_.modality == "image" else [str(x) for x in X]
+        return [str(x) for x in X] if family_of(self.asset_).inputs == "text" else list(X)
 
     def fit(self, X: Sequence[Any], y: Sequence[Any]) -> TransferClassifier:
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
         self.asset_ = asset = resolve_backbone(self.backbone)
-        augment = DEFAULT_IMAGE_AUGMENT if asset.modality == "image" else ()
+        family = family_of(asset)
+        augment = () if family.augments_copies else family.default_augment
         self.preprocessor_ = load_preprocessor(asset, self.max_length, self.image_size, augment=augment)
-        strategy = strategy_for(self.strategy, asset.modality, self.strategy_settings)
+        strategy = strategy_for(self.strategy, family, self.strategy_settings)
         set_seed(self.seed)
         model = build_classifier(asset, [str(c) for c in self.classes_], self.pooling).to(default_device())
         everything = np.arange(len(X))
@@ -88,11 +90,14 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed)
         training.validate()
         self.model_ = strategy.export(strategy.fit(model, data, training))
+        drop_output_capturing_hooks(self.model_)  # a fitted estimator pickles (joblib, GridSearchCV's n_jobs)
         return self
 
     def predict_proba(self, X: Sequence[Any]) -> np.ndarray:
+        check_is_fitted(self, "model_")
         features = self.preprocessor_.encode(self._inputs(X))
         return predict_proba(self.model_, features, self.preprocessor_.collate, self.preprocessor_.length_of)
 
     def predict(self, X: Sequence[Any]) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        best = self.predict_proba(X).argmax(1)  # checks that the estimator is fitted first
+        return self.classes_[best]

@@ -1,4 +1,7 @@
-"""A finished run's record (results.json) with the views a notebook wants; pandas only, no torch."""
+"""A finished run's record (results.json), the views a notebook wants and the text the report shows of it.
+
+pandas only, no torch: the report and a notebook read results without loading a model.
+"""
 
 from __future__ import annotations
 
@@ -75,3 +78,19 @@ class Results:
         if self.metric in table:
             table = table.sort_values(self.metric, ascending=False, na_position="last")
         return table
+
+
+# What each forgetting meter's drift (`evaluation/forgetting_meter.py: drift`) measures, for a plot's axis.
+DRIFT_LABEL = {"perplexity": "relative perplexity rise", "cka": "1 - mean CKA to the pretrained layers", "sequential": "task A points lost"}
+
+
+def format_forgetting(summary: dict[str, Any] | None) -> str:
+    """The compare table's forgetting cell."""
+    if not summary:
+        return ""
+    if summary["meter"] == "perplexity":
+        before, after = summary["before"]["mean"], summary["after"]["mean"]
+        return f"ppl {before:.1f} -> {after:.1f} ({100 * (after / before - 1):+.0f}%)"
+    if summary["meter"] == "sequential":
+        return f"task A {summary['before']['mean']:.3f} -> {summary['after']['mean']:.3f}"
+    return f"CKA {summary['after']['mean']:.4f}"

@@ -11,10 +11,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from transferlab.errors import UserError
+
+# What a model offers beyond the contract's core, named in `TransferModel.capabilities` and required
+# by strategies (`Strategy.requires`) instead of family names:
+CAPABILITIES = {
+    "tokens": "inputs are token sequences (virtual tokens, sentence pairs)",
+    "transformer_blocks": "a stack of equal-width blocks (`layer_stack`, `add_adapters`)",
+    "layer_features": "every layer's pooled state has the head's width (`set_feature_layers` beyond last)",
+}
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,10 @@ class TransferModel(ABC):
     """Mixed into each family's classifier (an nn.Module): the uniform model contract."""
 
     head_modules: tuple[str, ...] = ("classifier",)
-    modality: str = "text"  # text | image: which data and which strategies fit
+    capabilities: ClassVar[frozenset[str]] = frozenset()  # names from CAPABILITIES
+    feature_layer_choices: ClassVar[tuple[str, ...]] = ("last",)  # what `set_feature_layers` accepts
+    gap_signal: ClassVar[str] = "features"  # how the domain gap is measured: tokenizer statistics, or features
+    has_lm_head: bool = False  # keeps its language-model head: the perplexity meter applies
 
     @abstractmethod
     def feature_dim(self) -> int:
@@ -67,6 +80,19 @@ class TransferModel(ABC):
     @abstractmethod
     def default_ia3_targets(self) -> tuple[list[str], list[str]]:
         """(modules IA3 rescales, the subset rescaled on their input side) when the user names none."""
+
+    def set_feature_layers(self, choice: str) -> None:
+        """Feed the head from other layers (one of `feature_layer_choices`); rebuilds the head, so call before training."""
+        if choice not in self.feature_layer_choices:
+            raise UserError(f"this backbone feeds the head from {' or '.join(self.feature_layer_choices)}, not '{choice}'")
+
+    def layer_stack(self) -> nn.ModuleList:
+        """The blocks, bottom first (capability `transformer_blocks`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no stack of equal-width blocks")
+
+    def add_adapters(self, kind: str, r: int) -> None:
+        """Bottleneck adapters in every block (capability `transformer_blocks`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no blocks to insert adapters into")
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for name in self.head_modules for p in getattr(self, name).parameters()]

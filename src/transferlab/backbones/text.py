@@ -1,11 +1,13 @@
-"""Text encoders (BERT, MPNet, DistilBERT, RoBERTa, ...) and decoders (Llama, ...) through transformers' Auto classes.
+"""Text encoders (BERT, MPNet, DistilBERT, RoBERTa, ...) through transformers' Auto classes: the `encoder` family.
+
+The classifier also carries decoder bodies (the `decoder` family, decoder.py), which differ in how they
+are recognised, pooled and measured, not in how they classify.
 
 The classifier is a `PreTrainedModel`, so `save_pretrained` writes safetensors and a config that
 `AutoModelForSequenceClassification.from_pretrained` loads once transferlab is imported.
 Pooling is ours, not the model family's: the sentence-transformers checkpoints we ship were
 trained for mean pooling, and BERT's own pooler (a tanh layer trained for next-sentence
-prediction) is not part of them. A decoder-only body (Llama) pools its last non-pad token, the one
-position that has seen the whole input, as transformers' own `*ForSequenceClassification` decoders do.
+prediction) is not part of them. Pooling `auto` is the family's choice (mean here).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from transferlab.backbones.adapters import insert_adapters
 from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel
+from transferlab.backbones.registry import BackboneFamily, family_of_config, register_family
+from transferlab.catalog import ResolvedAsset, folder_asset, folder_config, looks_like_hub_id
 from transferlab.errors import UserError
 
-# auto: mean for encoders, the last non-pad token for decoder-only backbones.
+# auto: the backbone family's own (mean for encoders, the last non-pad token for decoders).
 POOLINGS = ("auto", "mean", "cls", "last")
-# Families whose blocks attend causally: no token but the last sees the whole input.
-DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "gpt_neox", "olmo", "opt", "falcon")
+# EDA's word deletion and swaps (Wei and Zou 2019): extra training copies, made by data/augment.py.
+TEXT_AUGMENTATIONS = ("delete", "swap")
 # Which hidden states feed the head: the last layer, the one before it, the last four
 # concatenated, or a learned softmax-weighted sum of the embeddings and every layer (ELMo's scalar mix, Peters et al. 2018).
 FEATURE_LAYERS = ("last", "second_to_last", "last4", "weighted")
@@ -84,12 +88,6 @@ class LayerMix(nn.Module):
         return torch.einsum("l,lbd->bd", torch.softmax(self.weights, 0), torch.stack(states))
 
 
-def is_decoder_only(config: PretrainedConfig) -> bool:
-    """A causal decoder (Llama, GPT-2, ...): it keeps a language-model head and pools its last token."""
-    architectures = getattr(config, "architectures", None) or []
-    return config.model_type in DECODER_FAMILIES or any(a.endswith("ForCausalLM") for a in architectures)
-
-
 def _layer_list(backbone: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
     """The encoder's stack of blocks: the ModuleList as long as the config's layer count."""
     for name, module in backbone.named_modules():
@@ -99,6 +97,9 @@ def _layer_list(backbone: nn.Module, num_layers: int) -> tuple[str, nn.ModuleLis
 
 
 class TextClassifier(PreTrainedModel, TransferModel):
+    capabilities = frozenset({"tokens", "transformer_blocks", "layer_features"})
+    feature_layer_choices = FEATURE_LAYERS
+    gap_signal = "tokenizer"
     config_class = TextClassifierConfig
     base_model_prefix = "backbone"
     _no_split_modules: list[str] = []
@@ -128,9 +129,7 @@ class TextClassifier(PreTrainedModel, TransferModel):
         self._init_weights(self.classifier)
 
     def set_feature_layers(self, choice: str) -> None:
-        """Feed the head from other layers; the head is rebuilt, so call this before training."""
-        if choice not in FEATURE_LAYERS:
-            raise UserError(f"feature layers must be one of {', '.join(FEATURE_LAYERS)}, got '{choice}'")
+        super().set_feature_layers(choice)
         if choice != self.config.feature_layers:
             self.config.feature_layers = choice
             self._build_head()
@@ -172,14 +171,14 @@ class TextClassifier(PreTrainedModel, TransferModel):
         )
 
     @property
-    def is_decoder_only(self) -> bool:
-        return is_decoder_only(self.config.backbone_config)
+    def has_lm_head(self) -> bool:
+        return family_of_config(self.config.backbone_config).has_lm_head
 
     def pooling(self) -> str:
-        """The pooling in effect: `auto` resolved for this family."""
+        """The pooling in effect: `auto` resolved for the body's family."""
         choice = self.config.pooling
         if choice == "auto":
-            return "last" if self.is_decoder_only else "mean"
+            return family_of_config(self.config.backbone_config).default_pooling
         return choice
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -312,8 +311,6 @@ class TextPreprocessor(Preprocessor):
 def build_text_classifier(path: str, num_labels: int, label_names: list[str], pooling: str = "auto") -> TextClassifier:
     """A pretrained encoder (or decoder body) with a new, randomly initialised head for `num_labels` classes."""
     backbone = AutoModel.from_pretrained(path)
-    if pooling == "cls" and is_decoder_only(backbone.config):
-        raise UserError(f"cls pooling on the decoder {path}: its first token sees nothing else; use last or mean")
     dropout = getattr(backbone.config, "classifier_dropout", None)  # as Hugging Face's own classifiers choose it
     config = TextClassifierConfig(
         backbone_config=backbone.config,
@@ -328,19 +325,71 @@ def build_text_classifier(path: str, num_labels: int, label_names: list[str], po
     return TextClassifier(config, backbone=backbone)
 
 
-def causal_lm_with_body(path: str, body: nn.Module) -> nn.Module:
-    """The decoder at `path` as a causal LM whose body is replaced by `body`'s current weights.
+class TransformersFamily(BackboneFamily):
+    """A body that transformers' Auto classes load, read through its own tokenizer."""
 
-    Measures what fine-tuning a classifier did to the language model: the body is shared with the LM,
-    and a tied LM head (SmolLM2's) is the fine-tuned embedding matrix itself. `body` must hold plain
-    weights: merge LoRA first (the strategy's `export`), so that the LM sees the adapted function.
+    inputs = "text"
+    augmentations = TEXT_AUGMENTATIONS
+    augments_copies = True
+
+    def resolve(self, spec: str) -> ResolvedAsset:
+        if looks_like_hub_id(spec) and not Path(spec).expanduser().exists():
+            return ResolvedAsset(spec, spec, {}, self.name)
+        return folder_asset(spec, self.name)
+
+    def build(self, asset: ResolvedAsset, label_names: list[str], pooling: str = "auto") -> TransferModel:
+        try:
+            return build_text_classifier(asset.path, len(label_names), label_names, pooling)
+        except (OSError, ValueError) as err:
+            raise UserError(f"backbone '{asset.name}': cannot load: {str(err).splitlines()[0]}") from None
+
+    def preprocessor(
+        self, asset: ResolvedAsset, max_length: int = 128, image_size: int = 224, normalization: str = "auto", augment: Sequence[str] = ()
+    ) -> Preprocessor:
+        try:
+            return TextPreprocessor.from_pretrained(asset.path, max_length)
+        except (OSError, ValueError) as err:
+            raise UserError(f"backbone '{asset.name}': cannot load its tokenizer: {str(err).splitlines()[0]}") from None
+
+    def load_merged(self, model_dir: Path) -> nn.Module:
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+
+    def load_preprocessor(self, model_dir: Path, manifest: dict[str, Any]) -> Preprocessor:
+        return TextPreprocessor.from_pretrained(str(model_dir), manifest["max_length"])
+
+
+@register_family
+class EncoderFamily(TransformersFamily):
+    """Any Hugging Face model folder or hub id no other family claims: encoders such as BERT and MPNet."""
+
+    name = "encoder"
+    fallback = True
+
+    def claims(self, spec: str) -> bool:
+        return Path(spec).expanduser().is_dir() or looks_like_hub_id(spec)
+
+
+def hub_or_folder_config(spec: str) -> dict | None:
+    """A model folder's config.json; for a hub id the user named, its config from the hub (None offline)."""
+    values = folder_config(spec)
+    if values is not None or not looks_like_hub_id(spec):
+        return values
+    try:
+        return AutoConfig.from_pretrained(spec).to_dict()
+    except (OSError, ValueError):
+        return None
+
+
+def drop_output_capturing_hooks(model: nn.Module) -> None:
+    """Make a model that returned hidden states picklable again.
+
+    transformers 5 captures hidden states with forward hooks that are local closures, installed on first use and
+    left on the modules; pickle cannot store them. They are removed here and the model is marked as having none,
+    so transformers installs them again the next time hidden states are asked for.
     """
-    from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(path)
-    missing, unexpected = lm.get_decoder().load_state_dict(body.state_dict(), strict=False)
-    if unexpected or missing:
-        raise UserError(f"the fine-tuned body does not fit the language model of {path}: {(missing or unexpected)[:3]}")
-    if getattr(lm.config, "tie_word_embeddings", False):
-        lm.tie_weights()
-    return lm.to(next(body.parameters()).device).eval()
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__qualname__", "").startswith("install_output_capuring_hook."):
+                del module._forward_hooks[key]
+        if getattr(module, "_output_capturing_hooks_installed", False):
+            module._output_capturing_hooks_installed = False

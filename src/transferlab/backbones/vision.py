@@ -16,52 +16,19 @@ without transferlab.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchvision.transforms import v2
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel
+from transferlab.backbones.base import LayerGroup, TransferModel
 from transferlab.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# --normalization: "auto" takes mean/std from the weights' own configuration; the others
-# force one on purpose, to show what the wrong one costs: another family's statistics, none at all
-# (pixels in [0, 1]), or raw 0-255 pixel values (the classic forgotten division).
-NORMALIZATIONS = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "half": ((0.5,) * 3, (0.5,) * 3),
-    "none": ((0.0,) * 3, (1.0,) * 3),
-    "raw": ((0.0,) * 3, (1 / 255,) * 3),
-}
-# Per image; and mixup (Zhang et al. 2018), which blends pairs of images and their labels per training batch
-# (timm's Mixup, applied by the Trainer: training/loop.py).
-IMAGE_AUGMENTATIONS = ("crop", "flip", "jitter", "randaugment", "mixup")
-MIXUP_ALPHA = 0.2  # Beta(0.2, 0.2) blend weights, Zhang et al.'s ImageNet setting
-# Flips only by default: with 3 epochs of a few thousand images, random crops cost accuracy (train and
-# test framing differ; mobilenet-v2, fashion-mnist 1,000, 112 px: none 0.849, flip 0.847, crop 0.7-1
-# + flip 0.829, crop 0.35-1 + flip 0.784). Crops, jitter and RandAugment pay off in longer training.
-DEFAULT_IMAGE_AUGMENT = ["flip"]
-# AdamW rates for CNNs, which need and tolerate larger steps than Transformers: BatchNorm keeps the
-# activations scaled. Full fine-tuning of mobilenet-v2 on fashion-mnist (2,000 examples, 112 px,
-# 3 epochs): 1e-3 -> 0.876, 5e-4 -> 0.864 (docs/findings.md); the others are scaled alike.
-IMAGE_STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "full": {"lr": 1e-3},
-    "discriminative": {"lr": 1e-3},
-    "partial": {"lr": 1e-3},
-    "gradual": {"lr": 1e-3},
-    "lp-ft": {"lr": 3e-4},
-    "lora": {"lr": 3e-3},
-    "bitfit": {"lr": 3e-3},
-}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -211,8 +178,6 @@ def _output_width(module: nn.Module) -> int | None:
 class VisionClassifier(nn.Module, TransferModel):
     """A CNN's pooled features and a new linear head; `self.backbone` is the library's own network."""
 
-    modality = "image"
-
     def __init__(self, backbone: nn.Module, classifier: nn.Linear, config: VisionConfig):
         super().__init__()
         # channels-last: on the CPU, training MobileNetV2 at 224 px runs 5x faster (0.71 s vs 3.8 s a
@@ -265,10 +230,6 @@ class VisionClassifier(nn.Module, TransferModel):
 
     def feature_dim(self) -> int:
         return self.classifier.in_features
-
-    def set_feature_layers(self, choice: str) -> None:
-        if choice != "last":
-            raise UserError(f"CNN backbones feed the head from the last stage only, not '{choice}'")
 
     def pooled_hidden_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Each stage's output, global-average-pooled; the last entry is what the head sees."""
@@ -338,95 +299,6 @@ def load_vision_folder(directory: Path) -> tuple[nn.Module, VisionConfig]:
     native = create_native(config.library, config.architecture, config.num_labels)
     load_strict(native, read_state_dict(directory / "model.safetensors"), str(directory))
     return native, config
-
-
-class ImagePreprocessor(Preprocessor):
-    """Decode once to uint8 at the model's resolution; normalise per batch; augment training batches only.
-
-    Evaluation resizes the shorter side to size / crop_pct and centre-crops (the weights' own recipe).
-    Grey images become three identical channels.
-    """
-
-    def __init__(
-        self,
-        mean: Sequence[float],
-        std: Sequence[float],
-        size: int = 224,
-        crop_pct: float = 0.875,
-        interpolation: str = "bilinear",
-        augment: Sequence[str] = (),
-    ):
-        self.mean, self.std, self.size, self.crop_pct = tuple(mean), tuple(std), size, crop_pct
-        self.interpolation = interpolation
-        self.augment = list(augment)
-        mode = v2.InterpolationMode(interpolation)
-        self._resize = v2.Compose([v2.Resize(round(size / crop_pct), interpolation=mode, antialias=True), v2.CenterCrop(size)])
-        self._normalize = v2.Normalize(self.mean, self.std)
-        steps = {
-            "crop": v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), interpolation=mode, antialias=True),
-            "flip": v2.RandomHorizontalFlip(),
-            "jitter": v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
-            "randaugment": v2.RandAugment(),
-        }
-        chosen = [steps[name] for name in steps if name in self.augment]
-        self._train = v2.Compose(chosen) if chosen else None
-
-    @classmethod
-    def for_model(cls, config: VisionConfig, size: int, normalization: str, augment: Sequence[str]) -> ImagePreprocessor:
-        mean, std = (config.mean, config.std) if normalization == "auto" else NORMALIZATIONS[normalization]
-        return cls(mean, std, size, config.crop_pct, config.interpolation, augment)
-
-    def _pixels(self, item: Any) -> torch.Tensor:
-        from PIL import Image
-
-        if isinstance(item, np.ndarray):
-            image = Image.fromarray(item).convert("RGB")
-        else:
-            try:
-                with Image.open(item) as opened:
-                    image = opened.convert("RGB")
-            except (OSError, ValueError) as err:
-                raise UserError(f"{item}: cannot decode image: {err}") from None
-        return self._resize(v2.functional.pil_to_tensor(image))
-
-    def encode(self, inputs: Sequence[Any], labels: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        features = [{"pixel_values": self._pixels(item)} for item in inputs]
-        if labels is not None:
-            for feature, label in zip(features, labels):
-                feature["labels"] = int(label)
-        return features
-
-    def train_transform(self, feature: dict[str, Any]) -> dict[str, Any]:
-        if self._train is None:
-            return feature
-        return {**feature, "pixel_values": self._train(feature["pixel_values"])}
-
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([f["pixel_values"] for f in features]).float().div_(255)
-        batch = {"pixel_values": self._normalize(pixels).contiguous(memory_format=torch.channels_last)}
-        if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] for f in features])
-        return batch
-
-    def save(self, directory: Path) -> None:
-        """Hugging Face's image-processor keys, so the settings read like any HF vision model's."""
-        settings = {
-            "image_mean": list(self.mean),
-            "image_std": list(self.std),
-            "size": {"shortest_edge": round(self.size / self.crop_pct)},
-            "crop_size": {"height": self.size, "width": self.size},
-            "crop_pct": self.crop_pct,
-            "resample": self.interpolation,
-            "do_center_crop": True,
-            "do_normalize": True,
-            "do_convert_rgb": True,
-        }
-        (Path(directory) / "preprocessor_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> ImagePreprocessor:
-        s = json.loads((Path(directory) / "preprocessor_config.json").read_text(encoding="utf-8"))
-        return cls(s["image_mean"], s["image_std"], s["crop_size"]["height"], s["crop_pct"], s["resample"])
 
 
 def _native_from_asset(asset: Any) -> tuple[nn.Module, VisionConfig]:

@@ -14,8 +14,6 @@ import random
 
 import numpy as np
 
-AUGMENTATIONS = ("delete", "swap")
-
 
 def random_deletion(words: list[str], p: float, rng: random.Random) -> list[str]:
     kept = [w for w in words if rng.random() >= p]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transferlab.backbones.vision import IMAGE_SUFFIXES
+from transferlab.backbones.cnn import IMAGE_SUFFIXES
 from transferlab.catalog import ResolvedAsset, package_file
 from transferlab.data.sources import LabeledData, encode_labels, read_table, require_columns
 from transferlab.errors import MissingAssetError, UserError

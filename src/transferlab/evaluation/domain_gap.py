@@ -34,7 +34,7 @@ from torch import nn
 
 from transferlab.backbones import Preprocessor, TransferModel
 from transferlab.errors import UserError
-from transferlab.training.loop import pooled_features
+from transferlab.training.inference import pooled_features
 
 SAMPLE = 256  # target (and reference) inputs measured: stable statistics in a few seconds on 2 cores
 BN_HALF = 1.0  # mean symmetric KL at which the BN signal reaches 0.5
@@ -117,10 +117,8 @@ def tokenizer_stats(tokenizer: Any, texts: Sequence[str]) -> tuple[float, float]
     return tokens / max(1, words), unknown / max(1, tokens)
 
 
-def reference_inputs(modality: str, n: int = SAMPLE, seed: int = 0) -> list[Any]:
-    """The offline reference sample of the backbone's pretraining domain: English review sentences, or photographs."""
-    if modality == "image":
-        return photo_views(REFERENCE_PHOTOS)
+def reference_sentences(n: int = SAMPLE, seed: int = 0) -> list[str]:
+    """The offline reference sample of a text backbone's pretraining domain: English review sentences."""
     from transferlab.data.catalog import load_dataset
 
     data = load_dataset("rt-polarity")
@@ -153,8 +151,8 @@ def measure_gap(model: TransferModel, preprocessor: Preprocessor, target: Sequen
     """The signal that applies to this backbone, its score and bucket. Runs on a sample of SAMPLE inputs."""
     rng = np.random.default_rng(seed)
     target = [target[i] for i in np.sort(rng.choice(len(target), size=min(SAMPLE, len(target)), replace=False))]
-    if model.modality == "text":
-        reference = reference_inputs("text", seed=seed)
+    if model.gap_signal == "tokenizer":
+        reference = reference_sentences(seed=seed)
         fertility_t, unk_t = tokenizer_stats(preprocessor.tokenizer, target)
         fertility_r, _ = tokenizer_stats(preprocessor.tokenizer, reference)
         signal = max(_unit(fertility_t / fertility_r - 1, FERTILITY_FULL), _unit(unk_t, UNK_FULL))
@@ -163,7 +161,7 @@ def measure_gap(model: TransferModel, preprocessor: Preprocessor, target: Sequen
     shift = bn_shift(model, [preprocessor.collate(encoded[i : i + 32]) for i in range(0, len(encoded), 32)])
     if shift is not None:
         return _scored("bn_shift", shift / (shift + BN_HALF), bn_symmetric_kl=shift)
-    reference = preprocessor.encode(reference_inputs("image", seed=seed))
+    reference = preprocessor.encode(photo_views(REFERENCE_PHOTOS))  # photographs: ImageNet's domain
     features = [pooled_features(model, part, preprocessor.collate, preprocessor.length_of, 32) for part in (encoded, reference)]
     auroc = domain_auroc(*features, seed=seed)
     return _scored("domain_auroc", _unit(2 * (auroc - 0.5), 1.0), auroc=auroc)

@@ -43,19 +43,31 @@ GENERAL_TEXTS = ("auto", "bbc-news", "python-docs")
 class ForgettingConfig:
     """The `forgetting:` block of a run config: which meter, which mitigations and their weights."""
 
-    meter: str | None = None  # None: not measured; auto: perplexity for a backbone with an LM head, else cka
-    mitigations: list[str] = field(default_factory=list)  # any of ewc, replay, l2sp
-    ewc_lambda: float = 1e4  # lambda in lambda/2 sum F (theta - theta*)^2 (the Fisher of a trained model is small)
-    l2sp_alpha: float = 0.1  # alpha in alpha/2 ||theta - theta0||^2
-    replay_fraction: float = 0.25  # share of each batch drawn from the previous task or general text
+    # None: not measured; auto: perplexity for a backbone with an LM head, else cka
+    meter: str | None = field(
+        default=None, metadata={"help": "perplexity (decoders), sequential (task A then task B) or cka [default: by backbone]"}
+    )
+    mitigations: list[str] = field(
+        default_factory=list, metadata={"help": "comma-separated: ewc, replay, l2sp [default: none]", "flag": "--mitigation"}
+    )
+    # lambda in lambda/2 sum F (theta - theta*)^2 (the Fisher of a trained model is small)
+    ewc_lambda: float = field(default=1e4, metadata={"help": "EWC weight lambda [default: 1e4]"})
+    # alpha in alpha/2 ||theta - theta0||^2
+    l2sp_alpha: float = field(default=0.1, metadata={"help": "L2-SP weight alpha [default: 0.1]"})
+    # the replayed examples are drawn from the previous task or general text
+    replay_fraction: float = field(default=0.25, metadata={"help": "share of each batch replayed [default: 0.25]"})
     fisher_examples: int = 128  # examples (or general texts) the diagonal Fisher is estimated on
-    task_b: str = "bbc-news"  # the second task of the sequential meter
-    task_b_lr: float | None = None  # task B's learning rate (None: the run's or the strategy's)
-    general_text: str = "auto"  # held-out text for perplexity: bbc-news articles, or the Python docs if the task is bbc-news
+    task_b: str = field(default="bbc-news", metadata={"help": "second task of the sequential meter [default: bbc-news]"})
+    # None: the run's or the strategy's
+    task_b_lr: float | None = field(default=None, metadata={"help": "task B's learning rate [default: --lr]"})
+    # auto: bbc-news articles, or the Python docs if the task is bbc-news
+    general_text: str = field(default="auto", metadata={"help": "auto, bbc-news or python-docs: held-out text for perplexity"})
     general_examples: int = 64  # general texts measured
     general_max_length: int = 64  # tokens per general text
     cka_examples: int = 256  # task examples the CKA is computed on
-    objective: str = "classification"  # or lm: a decoder fine-tuned on the task's texts with its own LM loss (full or lora)
+    objective: str = field(
+        default="classification", metadata={"help": "classification, or lm: fine-tune a decoder's LM on the task's texts (full or lora)"}
+    )
 
     def validate(self) -> None:
         if self.meter is not None and self.meter not in ("auto", *METERS):
@@ -176,7 +188,7 @@ def general_texts(choice: str, task_dataset: str | None, n: int, seed: int = 123
 
 def has_lm_head(model: nn.Module) -> bool:
     """A decoder-only backbone keeps its pre-training (LM) head: the perplexity meter applies."""
-    return bool(getattr(base_model(model), "is_decoder_only", False))
+    return bool(base_model(model).has_lm_head)
 
 
 @torch.inference_mode()
@@ -224,7 +236,7 @@ def body_lm_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torc
 
 def lm_after(model: nn.Module, asset_path: str) -> nn.Module:
     """The decoder's causal LM around `model`'s body as it is now (LoRA must be merged already)."""
-    from transferlab.backbones.text import causal_lm_with_body
+    from transferlab.backbones.decoder import causal_lm_with_body
 
     return causal_lm_with_body(asset_path, base_model(model).backbone)
 

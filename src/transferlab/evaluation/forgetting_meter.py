@@ -16,7 +16,8 @@ from torch import nn
 from transferlab.errors import UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.stats import mean_std
-from transferlab.training.loop import FitData, default_device
+from transferlab.training.inference import default_device
+from transferlab.training.loop import FitData
 
 if TYPE_CHECKING:
     from transferlab.recipes.experiment import Experiment
@@ -118,18 +119,6 @@ def single_task_mitigations(
     return fg.Regularizers(terms) if terms else None
 
 
-def format_forgetting(summary: dict[str, Any] | None) -> str:
-    """The compare table's forgetting cell."""
-    if not summary:
-        return ""
-    if summary["meter"] == "perplexity":
-        before, after = summary["before"]["mean"], summary["after"]["mean"]
-        return f"ppl {before:.1f} -> {after:.1f} ({100 * (after / before - 1):+.0f}%)"
-    if summary["meter"] == "sequential":
-        return f"task A {summary['before']['mean']:.3f} -> {summary['after']['mean']:.3f}"
-    return f"CKA {summary['after']['mean']:.4f}"
-
-
 def drift(reading: dict[str, Any]) -> float:
     """One number per meter, larger when more was forgotten and 0 when nothing was: the relative rise in
     perplexity, 1 - mean CKA to the pretrained layers, or the points of task A lost to task B."""
@@ -138,9 +127,6 @@ def drift(reading: dict[str, Any]) -> float:
     if reading["meter"] == "cka":
         return 1.0 - reading["after"]
     return reading["before"] - reading["after"]
-
-
-DRIFT_LABEL = {"perplexity": "relative perplexity rise", "cka": "1 - mean CKA to the pretrained layers", "sequential": "task A points lost"}
 
 
 def summarize_forgetting(runs: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -176,12 +176,12 @@ def _frozen_features(
     import torch
 
     from transferlab.backbones import build_classifier
-    from transferlab.training.loop import default_device, inference_precision, map_batches, pooled_features
+    from transferlab.training.inference import default_device, inference_precision, map_batches, pooled_features
 
     model = build_classifier(backbone, label_names, config.pooling).to(default_device())
     batching = (preprocessor.collate, preprocessor.length_of, config.training.eval_batch_size)
     with torch.no_grad(), inference_precision(config.training):
-        if model.modality == "image":  # a CNN's stages differ in width: the head reads the last one only
+        if "second_to_last" not in model.feature_layer_choices:  # e.g. a CNN: its stages differ in width
             return {"last": pooled_features(model, encoded, *batching)}
         states = map_batches(model, encoded, batching[0], lambda m, b: torch.stack(m.pooled_hidden_states(**b)[-2:], 1), *batching[1:])
     return {"second_to_last": np.ascontiguousarray(states[:, 0]), "last": np.ascontiguousarray(states[:, 1])}

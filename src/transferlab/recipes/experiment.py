@@ -21,9 +21,9 @@ from torch import nn
 from transformers import set_seed
 
 from transferlab import faults
-from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor
-from transferlab.backbones.vision import MIXUP_ALPHA
-from transferlab.catalog import ResolvedAsset, resolve_backbone
+from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor, resolve_backbone
+from transferlab.backbones.cnn import MIXUP_ALPHA
+from transferlab.catalog import ResolvedAsset
 from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
 from transferlab.data.sources import LabeledData
@@ -38,7 +38,8 @@ from transferlab.recipes.dataset import Findings, check_data, load_run_data, mak
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.runio import atomic_write_text
 from transferlab.strategies import Strategy, count_parameters
-from transferlab.training.loop import FitData, cpu_has_bf16, default_device, inference_precision, predict_proba
+from transferlab.training.inference import cpu_has_bf16, default_device, inference_precision, predict_proba
+from transferlab.training.loop import FitData
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
 
@@ -94,8 +95,7 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
         f"{config.dataset}: {len(run_data.parts['train'])} examples, classes {_counts(dict(zip(data.label_names, counts.tolist())))}; headline metric {config.training.metric}"
     )
     split_kind = f"{folds} stratified folds" if folds > 1 else "your test file" if config.test_dataset else "hold-out split"
-    modality = config.modality
-    augment = config.augmentations() if modality == "image" else []  # text augmentation adds copies instead
+    augment = [] if config.family.augments_copies else config.augmentations()  # else applied per batch
     preprocessor = load_preprocessor(backbone, config.max_length, config.image_size, config.normalization, augment)
     used = np.unique(np.concatenate([np.concatenate([s.train, s.val, s.test]) for s in splits]))
     started = time.perf_counter()
@@ -137,7 +137,7 @@ def _training_examples(experiment: Experiment, split: Split, seed: int) -> tuple
     config = experiment.config
     indices = oversample(split.train, experiment.data.labels, seed) if config.oversample else split.train
     examples = experiment.features(indices)
-    if config.modality == "text" and config.augmentations():
+    if config.family.augments_copies and config.augmentations():
         texts = [experiment.data.inputs[i] for i in indices]
         extra_texts, extra_labels = augment_texts(texts, experiment.data.labels[indices], config.augment, config.augment_copies, seed)
         return examples + experiment.preprocessor.encode(extra_texts, extra_labels), None
@@ -172,7 +172,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
         frozen_features=frozen,
-        mixup_alpha=MIXUP_ALPHA if config.modality == "image" and "mixup" in config.augmentations() else None,
+        mixup_alpha=MIXUP_ALPHA if "mixup" in config.augmentations() else None,
     )
     probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()

@@ -11,18 +11,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import set_seed
 
-from transferlab.backbones import build_classifier
+from transferlab.backbones import TransferModel, build_classifier
 from transferlab.errors import UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.forgetting_meter import meter_for, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics
 from transferlab.evaluation.stats import mean_std
-from transferlab.training.loop import FitData, default_device, map_batches
+from transferlab.strategies.base import Strategy
+from transferlab.training.inference import default_device, map_batches
+from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
 
 if TYPE_CHECKING:
     from transferlab.config import RunConfig
@@ -192,81 +193,60 @@ def run_sequential(a: Experiment, b: Experiment, name: str, seed: int, log: Log 
 # ----------------------------------------------------------------------------------------------- causal-LM fine-tuning
 
 
+class _LanguageModelObjective(nn.Module):
+    """A decoder classifier's body on its own next-token loss (the tied LM head), in the shape the Trainer calls."""
+
+    MODEL_PREFIX = "model."  # how the classifier's parameter names read from here
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        return {"loss": fg.body_lm_nll(self.model, input_ids, attention_mask)}
+
+
 def fine_tune_causal_lm(
-    lm: nn.Module,
-    tokenizer: Any,
-    texts: list[str],
-    method: str,
-    lr: float,
-    epochs: float = 1,
-    batch_size: int = 16,
-    max_length: int = 64,
-    seed: int = 0,
-    regularizer: Any = None,
+    model: TransferModel, strategy: Strategy, examples: list[dict[str, Any]], collate: Any, training: TrainingConfig
 ) -> nn.Module:
-    """Fine-tune a decoder's own LM objective on `texts` ('full', or 'lora' on q_proj/v_proj, merged after).
+    """Fine-tune a decoder body's own LM objective on encoded texts, as `strategy` prepares it (LoRA merged after).
 
-    A plain loop (AdamW, 6% linear warm-up then linear decay, no early stopping: there is no label to
-    stop on); `regularizer(model)` is added to each step's loss as in classification training.
+    The strategy's `prepare` and `export` with our Trainer (its schedule, precision and divergence guard); no
+    validation and no step floor: there is no label to stop on and no new head to train.
     """
-    from peft import LoraConfig, get_peft_model
-
-    if method not in ("full", "lora"):
-        raise UserError(f"causal-LM fine-tuning supports full and lora, not '{method}'")
-    set_seed(seed)
-    model = (
-        get_peft_model(lm, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
-        if method == "lora"
-        else lm
-    )
-    model.train()
-    device = next(model.parameters()).device
-    order = np.random.default_rng(seed).permutation(len(texts))
-    steps = max(1, int(len(texts) * epochs) // batch_size)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    warmup = max(1, int(0.06 * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
-    for step in range(steps):
-        chosen = [texts[order[(step * batch_size + i) % len(texts)]] for i in range(batch_size)]
-        batch = tokenizer(chosen, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        loss = fg._lm_nll(lambda i, m: model(input_ids=i, attention_mask=m).logits, ids, mask)[0]
-        if regularizer is not None:
-            loss = loss + regularizer(model)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
-    return model.merge_and_unload() if method == "lora" else model
+    if type(strategy).fit is not Strategy.fit or not strategy.starts_at_pretrained:
+        raise UserError(f"the LM objective trains a strategy's prepared body on the Trainer; {strategy.name} trains otherwise")
+    prepared = strategy.prepare(model)
+    if not any(p.requires_grad for p in fg.base_model(prepared).backbone.parameters()):
+        raise UserError(f"{strategy.name} trains no parameter of this body, so the LM objective has nothing to train")
+    data = FitData(train=[{k: v for k, v in f.items() if k != "labels"} for f in examples], val=[], collate=collate, label_names=[])
+    scale = strategy.lr_scale(model, data, training)  # discriminative rates, by the classifier's parameter names
+    by_name = None if scale is None else lambda name: scale(name.removeprefix(_LanguageModelObjective.MODEL_PREFIX))
+    lm_training = dataclasses.replace(training, min_steps=0)
+    train_with_trainer(_LanguageModelObjective(prepared), data, lm_training, lr=strategy.learning_rate(training), lr_scale=by_name)
+    return strategy.export(prepared)
 
 
 def run_causal_lm(experiment: Experiment, name: str, seed: int) -> dict[str, Any]:
     """`objective: lm`: fine-tune the decoder's own LM on the task's training texts; perplexity on general
     text and on the task's test texts, before and after."""
-    from transformers import AutoModelForCausalLM
-
     cfg, config = experiment.config.forgetting, experiment.config
     if cfg.mitigations:
         raise UserError("mitigations apply to classification training; the LM objective runs without them")
     path, tokenizer = experiment.backbone.path, experiment.preprocessor.tokenizer
-    probe_model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
-    meter_for(probe_model, "perplexity")  # a decoder, or a clear error
-    del probe_model
+    set_seed(seed)
+    model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
+    meter_for(model, "perplexity")  # a decoder, or a clear error
     choice, general = fg.general_texts(cfg.general_text, config.dataset, cfg.general_examples)
     task_test = [experiment.data.inputs[i] for i in experiment.split.test[: cfg.general_examples]]
-    strategy = config.strategy(name)
-    training = config.training_for_seed(seed)
-    lm = AutoModelForCausalLM.from_pretrained(path).to(default_device())
-    before = (
-        fg.perplexity(lm, tokenizer, general, cfg.general_max_length),
-        fg.perplexity(lm, tokenizer, task_test, cfg.general_max_length),
-    )
-    texts = [experiment.data.inputs[i] for i in experiment.split.train]
-    lm = fine_tune_causal_lm(
-        lm, tokenizer, texts, name, strategy.learning_rate(training), training.epochs, training.batch_size, config.max_length, seed
-    )
-    after = (fg.perplexity(lm, tokenizer, general, cfg.general_max_length), fg.perplexity(lm, tokenizer, task_test, cfg.general_max_length))
+
+    def readings(lm: nn.Module) -> tuple[float, float]:
+        return tuple(fg.perplexity(lm, tokenizer, texts, cfg.general_max_length) for texts in (general, task_test))
+
+    before = readings(fg.lm_after(model, path))
+    examples = experiment.features(experiment.split.train)
+    fitted = fine_tune_causal_lm(model, config.strategy(name), examples, experiment.preprocessor.collate, config.training_for_seed(seed))
+    after = readings(fg.lm_after(fitted, path))
     return {
         "status": "ok",
         "seed": seed,

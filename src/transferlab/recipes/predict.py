@@ -14,17 +14,15 @@ from peft import PeftModel
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from transformers import AutoModelForSequenceClassification
 
-from transferlab.backbones import ImagePreprocessor, Preprocessor, TextPreprocessor, build_classifier
-from transferlab.backbones.vision import IMAGE_SUFFIXES, build_vision_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import Preprocessor, build_classifier, family_named, resolve_backbone
+from transferlab.backbones.cnn import IMAGE_SUFFIXES
 from transferlab.data.sources import read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics
 from transferlab.recipes.run_folder import is_complete
 from transferlab.runio import CONFIG, RESULTS, atomic_write_text
-from transferlab.training.loop import default_device, predict_proba
+from transferlab.training.inference import default_device, predict_proba
 
 MANIFEST = "transferlab.json"
 
@@ -52,22 +50,18 @@ def load_model(model_dir: Path) -> LoadedModel:
     if (run / CONFIG).is_file() and not is_complete(run):
         raise UserError(f"{model_dir}: the run that wrote it did not finish (no complete {run / RESULTS}); run its command again to resume")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    image = manifest.get("modality") == "image"
-    if image:
-        preprocessor: Preprocessor = ImagePreprocessor.from_pretrained(model_dir)
-    else:
-        preprocessor = TextPreprocessor.from_pretrained(str(model_dir), manifest["max_length"])
+    # Models exported before families were recorded name only what they read.
+    family = family_named(manifest.get("family") or ("cnn" if manifest.get("modality") == "image" else "encoder"))
+    preprocessor = family.load_preprocessor(model_dir, manifest)
     if manifest["format"] == "peft-adapter":
         asset = resolve_backbone(manifest["backbone"])
         if asset.hashes != manifest["backbone_sha256"]:
             raise UserError(f"{model_dir}: the adapter was trained on a different '{manifest['backbone']}' (weight hashes differ)")
         base = build_classifier(asset, manifest["label_names"], manifest["pooling"])
         model = PeftModel.from_pretrained(base, str(model_dir))
-    elif image:
-        model = build_vision_classifier(resolve_backbone(str(model_dir)), None)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], manifest.get("modality", "text"))
+        model = family.load_merged(model_dir)
+    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], family.inputs)
 
 
 def image_files(paths: Sequence[Path]) -> list[str]:

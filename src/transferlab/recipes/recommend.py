@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.backbones import build_classifier, load_preprocessor
-from transferlab.catalog import backbone_modality, resolve_backbone
+from transferlab.backbones import build_classifier, family_for, load_preprocessor, resolve_backbone
 from transferlab.config import strategy_for
 from transferlab.data.catalog import load_dataset
 from transferlab.data.splits import DEFAULT_N_TRAIN, stratified_subset
@@ -39,8 +38,8 @@ def recommend(
     """The recommendation as a plain dict (printed by the CLI, stored in compare's results.json)."""
     if tasks < 1 or (n_train is not None and n_train < 2) or (memory_gb is not None and memory_gb <= 0):
         raise UserError("recommend needs --tasks >= 1, --n-train >= 2 and --memory-gb > 0")
-    modality = backbone_modality(backbone)
-    data = load_dataset(dataset, text_column, label_column, modality, image_column)
+    family = family_for(backbone)
+    data = load_dataset(dataset, text_column, label_column, family.inputs, image_column)
     if n_train is not None:
         if n_train > len(data):
             raise UserError(f"--n-train {n_train} is more than the {len(data)} examples of {dataset}")
@@ -53,9 +52,9 @@ def recommend(
     params = sum(p.numel() for p in model.parameters())
     note = f" (score {gap.score:.2f} from {gap.signal}; small < {SMALL_BELOW}, large >= {LARGE_FROM})"
     smallest = int(np.bincount(data.labels, minlength=len(data.label_names)).min())
-    situation = Situation(len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, modality, note, smallest)
+    situation = Situation(len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, family.inputs, note, smallest)
     decision = decide(situation)
-    strategy = strategy_for(decision.strategy, modality)
+    strategy = strategy_for(decision.strategy, family)
     return {
         "strategy": decision.strategy,
         "settings": _settings(decision.strategy, strategy, model, decision.epochs),

@@ -75,6 +75,7 @@ def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter:
         "backbone_sha256": experiment.backbone.hashes,
         "strategy": run.strategy.name,
         "label_names": experiment.label_names,
+        "family": config.family.name,
         "modality": config.modality,
         "pooling": config.pooling,
         "max_length": config.max_length,

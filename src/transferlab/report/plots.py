@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.evaluation.stats import mean_curve
+from transferlab.results import DRIFT_LABEL
 
 MAX_CONFUSION = 6  # confusion matrices shown: the best rows first
 
@@ -155,8 +156,6 @@ def _validation_loss_panel(ax: Any, study: dict[str, Any]) -> None:
 
 
 def _forgetting_panel(ax: Any, results: dict[str, Any]) -> None:
-    from transferlab.evaluation.forgetting_meter import DRIFT_LABEL
-
     study = results["study"]
     meters = {s["forgetting"]["meter"] for s in results["strategies"].values() if s.get("forgetting")}
     for name, rows in _series(results, lambda summary: (summary.get("forgetting") or {}).get("drift")).items():

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from transferlab.results import format_forgetting
+
 SHOWN_METRICS = ("accuracy", "macro_f1", "auroc", "mcc")
 
 
@@ -69,14 +71,8 @@ def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict
         f"{r['trainable_percent']:.2f}",
         f"{r['train_seconds']:.1f}",
         f"{r['peak_memory_mb']:.0f}",
-        *([_forgetting_cell(r.get("forgetting"))] if forgetting else []),
+        *([format_forgetting(r.get("forgetting"))] if forgetting else []),
     ]
-
-
-def _forgetting_cell(summary: dict[str, Any] | None) -> str:
-    from transferlab.evaluation.forgetting_meter import format_forgetting
-
-    return format_forgetting(summary)
 
 
 def versus_best(name: str, comparison: dict[str, Any]) -> str:

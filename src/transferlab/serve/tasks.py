@@ -20,11 +20,10 @@ import numpy as np
 from peft import PeftModel
 from torch import nn
 
-from transferlab.backbones import TextPreprocessor, build_classifier
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import Preprocessor, build_classifier, family_of, resolve_backbone
 from transferlab.errors import UserError
 from transferlab.recipes.predict import MANIFEST
-from transferlab.training.loop import default_device, predict_proba
+from transferlab.training.inference import default_device, predict_proba
 
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # becomes a peft adapter name, which must not contain dots
 
@@ -36,7 +35,7 @@ class Task:
     label_names: list[str]
     strategy: str
     pooling: str
-    preprocessor: TextPreprocessor
+    preprocessor: Preprocessor
 
 
 def parse_adapter_options(options: Sequence[str]) -> dict[str, Path]:
@@ -77,6 +76,7 @@ class MultiTaskModel:
 
     def __init__(self, backbone: str, adapters: dict[str, Path]):
         asset = resolve_backbone(backbone)
+        family = family_of(asset)
         manifests = {name: _read_manifest(name, Path(folder), backbone, asset.hashes) for name, folder in adapters.items()}
         self.backbone = backbone
         self.tasks = {
@@ -86,7 +86,7 @@ class MultiTaskModel:
                 m["label_names"],
                 m["strategy"],
                 m["pooling"],
-                TextPreprocessor.from_pretrained(str(adapters[name]), m["max_length"]),
+                family.load_preprocessor(Path(adapters[name]), m),
             )
             for name, m in manifests.items()
         }

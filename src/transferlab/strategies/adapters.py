@@ -27,7 +27,7 @@ class AdapterConfig(TrainedStrategyConfig):
 class BottleneckAdapters(Strategy):
     kind: str
     config_class = AdapterConfig
-    modalities = ("text",)  # inserted into Transformer layers
+    requires = frozenset({"transformer_blocks"})  # inserted into Transformer layers
 
     def prepare(self, model: TransferModel) -> nn.Module:
         model.add_adapters(self.kind, self.config.r)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from transferlab.backbones.base import TransferModel
+from transferlab.backbones.base import CAPABILITIES, TransferModel
 from transferlab.errors import UserError
 from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
 
@@ -54,7 +54,7 @@ class Strategy(ABC):
     config_class: ClassVar[type[StrategyConfig]] = TrainedStrategyConfig
     uses_peft: ClassVar[bool] = False  # the trained model is a peft wrapper: `train --keep-adapter` applies
     starts_at_pretrained: ClassVar[bool] = True  # prepare() leaves the model's function unchanged
-    modalities: ClassVar[tuple[str, ...]] = ("text", "image")  # backbone families it applies to
+    requires: ClassVar[frozenset[str]] = frozenset()  # model capabilities it needs (backbones/base.py: CAPABILITIES)
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any):
         config = config or self.config_class()
@@ -76,8 +76,10 @@ class Strategy(ABC):
 
     def unsupported_reason(self, model: TransferModel) -> str | None:
         """Why this strategy cannot apply to this backbone, or None when it can."""
-        if model.modality not in self.modalities:
-            return f"{self.name} applies to {' and '.join(self.modalities)} backbones, not {model.modality}"
+        missing = sorted(self.requires - model.capabilities)
+        if missing:
+            needs = "; ".join(CAPABILITIES[name] for name in missing)
+            return f"{self.name} needs a backbone whose {needs}: {type(model).__name__} does not offer it"
         return None
 
     def prepare(self, model: TransferModel) -> nn.Module:

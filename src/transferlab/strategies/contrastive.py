@@ -91,7 +91,7 @@ class Contrastive(Strategy):
     name = "setfit"
     summary = "SetFit: contrastive fine-tuning on pairs of labelled examples, then the logistic head (Tunstall 2022)"
     config_class = ContrastiveConfig
-    modalities = ("text",)
+    requires = frozenset({"tokens"})  # pairs of sentences, as SetFit defines it
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         return sum(p.numel() for p in model.parameters())

@@ -22,7 +22,8 @@ from transferlab.errors import UserError
 from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features
 from transferlab.evaluation.stats import SIGNIFICANCE, paired_p_value
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
-from transferlab.training.loop import FitData, TrainingConfig, inference_precision, map_batches, pooled_features
+from transferlab.training.inference import inference_precision, map_batches, pooled_features
+from transferlab.training.loop import FitData, TrainingConfig
 
 HEAD_LAYERS = (*FEATURE_LAYERS, "auto")
 # What "auto" chooses between, by the probe's cross-validated score on the same folds: the layer-probe study
@@ -66,7 +67,7 @@ class FeatureExtraction(Strategy):
     def candidate_layers(self, model: TransferModel) -> tuple[str, ...]:
         if self.config.layers != "auto":
             return (self.config.layers,)
-        return AUTO_LAYERS if model.modality == "text" else ("last",)
+        return tuple(layer for layer in AUTO_LAYERS if layer in model.feature_layer_choices)
 
     def reads_frozen_features(self) -> bool:
         return self.config.layers in AUTO_LAYERS or self.config.layers == "auto"
@@ -203,4 +204,4 @@ class WeightedLayerFeatures(FeatureExtraction):
     summary = "feature extraction from a learned weighted sum of every layer's pooled state (ELMo scalar mix)"
     config_class = WeightedLayersConfig
     starts_at_pretrained = False  # the head is rebuilt for the mixed features
-    modalities = ("text",)  # a CNN's stages differ in width: no common space to mix them in
+    requires = frozenset({"layer_features"})  # one common width to mix the layers in

@@ -26,7 +26,7 @@ class IA3(Strategy):
     summary = "learned rescaling vectors on keys, values and the feed-forward layer (peft IA3)"
     config_class = IA3Config
     uses_peft = True
-    modalities = ("text",)  # no default targets in a CNN
+    requires = frozenset({"transformer_blocks"})  # rescales attention and feed-forward activations
 
     def _targets(self, model: TransferModel) -> tuple[list[str], list[str]]:
         if self.config.target_modules:

@@ -63,10 +63,10 @@ class PartialFineTuning(Strategy):
 
     def _frozen_layer_cache(self, model: TransferModel, data: FitData, training: TrainingConfig) -> FrozenLayerCache | None:
         blocks = self.frozen_groups(model) - 1  # a text backbone's groups: the embeddings, then one per block
-        if not self.config.cache_frozen or model.modality != "text" or blocks < 1 or data.train_transform is not None:
+        if not self.config.cache_frozen or "transformer_blocks" not in model.capabilities or blocks < 1 or data.train_transform is not None:
             return None
         examples = data.train + data.val
-        size = cache_size_mb(examples, data.length_of, model.config.backbone_config.hidden_size)
+        size = cache_size_mb(examples, data.length_of, model.feature_dim())
         if size > self.config.cache_limit_mb:
             data.log_history.append(
                 {"frozen_layer_cache": f"off: {size:.0f} MB would pass cache_limit_mb ({self.config.cache_limit_mb:.0f})"}

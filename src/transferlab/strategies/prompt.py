@@ -37,7 +37,7 @@ class VirtualTokens(Strategy):
     config_class = VirtualTokensConfig
     uses_peft = True
     starts_at_pretrained = False  # virtual tokens change the input from the start
-    modalities = ("text",)  # virtual tokens are token embeddings
+    requires = frozenset({"tokens"})  # virtual tokens are token embeddings
 
     def prepare(self, model: TransferModel) -> nn.Module:
         cfg = model.config

@@ -9,6 +9,7 @@ validation-loss curves, and whether the expected result held, in a sentence with
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -34,7 +35,6 @@ from transferlab.recipes.experiment import (
     write_label_issues,
 )
 from transferlab.recipes.run_folder import RunFolder, job_name
-from transferlab.training.loop import TrainingConfig
 
 Log = Callable[[str], None]
 
@@ -191,21 +191,22 @@ def study_config(
     n_test: int | None = None,
     epochs: float | None = None,
     data_files: dict[str, str | None] | None = None,
+    base: RunConfig | None = None,
 ) -> RunConfig:
     """`data_files`: text_column, label_column, test_dataset and validation_dataset, where given.
 
-    The base run config: the study's budget, then the caller's overrides; one hold-out split, repeated over seeds."""
+    The base run config: `base` (a --config file's run config; the defaults without one), the study's budget
+    over it, then the caller's overrides; one hold-out split, repeated over seeds."""
     if backbone and study.fixed_backbone:
         raise UserError(f"{study.name} chooses its backbones itself; --backbone does not apply")
     budget = study.budget(quick)
-    config = RunConfig(
-        n_train=n_train or budget.n_train,
-        n_test=n_test or budget.n_test,
-        max_length=budget.max_length,
-        cv=1,
-        seeds=seeds or budget.seeds,
-        training=TrainingConfig(epochs=epochs or budget.epochs),
-    )
+    config = copy.deepcopy(base) if base is not None else RunConfig()
+    config.n_train = n_train or budget.n_train
+    config.n_test = n_test or budget.n_test
+    config.max_length = budget.max_length
+    config.cv = 1
+    config.seeds = seeds or budget.seeds
+    config.training.epochs = epochs or budget.epochs
     if backbone:
         config.backbone = backbone
     if dataset:

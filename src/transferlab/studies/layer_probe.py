@@ -22,7 +22,7 @@ from transferlab.evaluation.probe import fit_probes
 from transferlab.strategies import count_parameters
 from transferlab.strategies.head import FeatureExtraction
 from transferlab.studies.base import Budget, Outcome, Point, Study, StudyContext, register_study, score, score_text
-from transferlab.training.loop import default_device, map_batches
+from transferlab.training.inference import default_device, map_batches
 from transferlab.training.memory import PeakMemory
 
 LAYERS_OF = {"minilm-l6": 6, "mpnet-base": 12}  # for the point list before the model is loaded; others: read at run time

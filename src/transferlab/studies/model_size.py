@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transferlab.catalog import resolve_backbone
+from transferlab.backbones import resolve_backbone
 from transferlab.config import RunConfig
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.studies.base import Budget, Point, Study, register_study, score

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab.training.loop import map_batches
+from transferlab.training.inference import map_batches
 
 
 class _Captured(Exception):

@@ -1,4 +1,4 @@
-"""Training on the Hugging Face Trainer and batched inference, shared by every strategy.
+"""Training on the Hugging Face Trainer, shared by every strategy (batched inference: inference.py).
 
 The Trainer brings mixed precision, gradient accumulation, accelerate and best-checkpoint
 restoring; we give it warm-up with linear or cosine decay, early stopping on the validation
@@ -7,10 +7,8 @@ metric, and length-grouped batches padded per batch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
 
 from transferlab import faults
-from transferlab.distributed import broadcast, is_main_process, state
-from transferlab.errors import TrainingDiverged, UserError
+from transferlab.distributed import state
+from transferlab.errors import UserError
 from transferlab.evaluation.metrics import HEADLINE_METRICS, classification_metrics
+from transferlab.training.checkpoints import last_complete_checkpoint, shared_temporary_folder, tensorboard_callbacks
+from transferlab.training.divergence import DivergenceGuard
+from transferlab.training.inference import precision_flags
 
 SCHEDULERS = ("linear", "cosine", "stlr")
 # The optimizer-step floor: on rt-polarity at 8 sentences per class (minilm-l6), LoRA and full fine-tuning stay at
@@ -52,22 +51,23 @@ class _ProgressCallback(TrainerCallback):
 
 @dataclass
 class TrainingConfig:
-    epochs: float = 3
-    batch_size: int = 16
+    epochs: float = field(default=3, metadata={"help": "training epochs [default: 3]"})
+    batch_size: int = field(default=16, metadata={"help": "training batch size [default: 16]"})
     eval_batch_size: int = 64
-    lr: float | None = None  # None: each strategy's own default
+    lr: float | None = field(default=None, metadata={"help": "one learning rate for every strategy [default: each strategy's own]"})
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
-    scheduler: str = "linear"
+    scheduler: str = field(default="linear", metadata={"help": "linear, cosine or stlr (ULMFiT's slanted triangular) [default: linear]"})
     patience: int = 3
     evals_per_epoch: int = 2
     # Small data: however few examples, train at least this many optimizer steps (warm-up scales with them).
     # 3 epochs of 14 examples are 3 steps, all inside the warm-up: what is evaluated is the random head.
     min_steps: int = MIN_STEPS
     gradient_accumulation: int = 1
-    metric: str | None = None  # None: accuracy, or macro-F1 when the classes are imbalanced (decided by the run)
+    # None: accuracy, or macro-F1 when the classes are imbalanced (decided by the run)
+    metric: str | None = field(default=None, metadata={"help": "headline metric, also used for early stopping [default: accuracy]"})
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed for the split, the head and training [default: 0]"})
 
     @property
     def headline_metric(self) -> str:
@@ -138,31 +138,6 @@ def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio
     cut = max(1, int(total_steps * cut_frac))
     p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
     return (1 + max(p, 0.0) * (ratio - 1)) / ratio
-
-
-@dataclass
-class DivergenceGuard:
-    """Stops a run whose training loss is not finite, or above `factor` x its first step's loss (taken
-    before any update) for `patience` steps in a row: a learning rate too high destroys the
-    pretrained features (catastrophic forgetting), and every further step is wasted time."""
-
-    factor: float = 4.0
-    patience: int = 5
-    start: float | None = None
-    above: int = 0
-
-    def check(self, loss: float, step: int) -> None:
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"the training loss became {loss} at step {step}")
-        if self.start is None:
-            self.start = loss
-            return
-        self.above = self.above + 1 if loss > self.factor * max(self.start, 1e-3) else 0
-        if self.above >= self.patience:
-            raise TrainingDiverged(
-                f"the training loss stayed above {self.factor:g}x its start ({self.start:.3f}) for {self.patience} steps "
-                f"(at {loss:.3g} by step {step}): the learning rate is too high"
-            )
 
 
 class _EpochSeededLengthSampler(LengthGroupedSampler):
@@ -266,39 +241,6 @@ class _Trainer(Trainer):
         return self.lr_scheduler
 
 
-def default_device() -> torch.device:
-    """The GPU when there is one; the Trainer makes the same choice for training."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """A CPU with native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 matmuls run several times faster
-    (2.5x fp32's rate measured on the project's 2-core EPYC, docs/benchmarks.md)."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def _precision_flags(choice: str) -> dict[str, bool]:
-    """auto: bf16 on a GPU that has it, fp32 on the CPU (exact); bf16 on the CPU only when asked for, and only
-    where the CPU computes in bf16 natively (elsewhere it would be emulated, and slower than fp32)."""
-    if choice == "no":
-        return {}
-    if not torch.cuda.is_available():
-        return {"bf16": True, "use_cpu": True} if choice == "bf16" and cpu_has_bf16() else {}
-    if choice == "fp16":
-        return {"fp16": True}
-    if choice == "bf16" or (choice == "auto" and torch.cuda.is_bf16_supported()):
-        return {"bf16": True}
-    return {"fp16": True}
-
-
-def inference_precision(cfg: TrainingConfig) -> contextlib.AbstractContextManager:
-    """Feature extraction and evaluation under the autocast the run trains with (bf16 or fp16), else fp32."""
-    flags = _precision_flags(cfg.mixed_precision)
-    if not flags:
-        return contextlib.nullcontext()
-    return torch.autocast(default_device().type, dtype=torch.bfloat16 if flags.get("bf16") else torch.float16)
-
-
 def steps_per_epoch(examples: int, cfg: TrainingConfig) -> int:
     """Optimizer steps in one pass over `examples` (the Trainer drops no partial batch, at least one step)."""
     return max(1, examples // (cfg.batch_size * cfg.gradient_accumulation))
@@ -355,7 +297,7 @@ def train_with_trainer(
     # In a run folder, checkpoints carry the optimizer, scheduler and RNG states too, so an interrupted
     # run resumes from its last one exactly; without a folder they only serve best-model restoring.
     resumable = data.workdir is not None
-    workdir = Path(data.workdir) if resumable else _shared_temporary_folder()
+    workdir = Path(data.workdir) if resumable else shared_temporary_folder()
     checkpoints = workdir / "checkpoints"
     metric = cfg.headline_metric
 
@@ -397,7 +339,7 @@ def train_with_trainer(
         disable_tqdm=True,
         remove_unused_columns=False,
         label_names=["labels"],
-        **_precision_flags(cfg.mixed_precision),
+        **precision_flags(cfg.mixed_precision),
     )
     trainer = _Trainer(
         model=model,
@@ -414,7 +356,7 @@ def train_with_trainer(
         callbacks=[
             *([EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if plan.early_stopping else []),
             _ProgressCallback(),
-            *_tensorboard(data.workdir),
+            *tensorboard_callbacks(data.workdir),
             *callbacks,
         ],
     )
@@ -438,83 +380,3 @@ def _mixup(data: FitData):
     from timm.data import Mixup
 
     return Mixup(mixup_alpha=data.mixup_alpha, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(data.label_names))
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint that was fully written; a kill in the middle of a save leaves a newer
-    one without its trainer state (written last), which is removed."""
-    last = None
-    if is_main_process() and folder.is_dir():
-        while (last := get_last_checkpoint(str(folder))) is not None and not (Path(last) / TRAINER_STATE_NAME).is_file():
-            shutil.rmtree(last)
-    return broadcast(last)  # every process resumes from rank 0's choice
-
-
-def _tensorboard(workdir: Path | None) -> list[TrainerCallback]:
-    """Live curves for `tensorboard --logdir RUN/tensorboard`: the Trainer's TensorBoard callback, writing
-    a run's job folder RUN/strategies/NAME/foldK-seedS (recipes/run_folder.py) to RUN/tensorboard/NAME-foldK-seedS,
-    any other folder to WORKDIR/tensorboard. Nothing without a folder, on processes other than rank 0,
-    or when tensorboard is not installed."""
-    if workdir is None or not is_main_process():
-        return []
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-    except ImportError:
-        return []
-    workdir = Path(workdir)
-    in_run = len(workdir.parents) > 2 and workdir.parents[1].name == "strategies"
-    target = workdir.parents[2] / "tensorboard" / f"{workdir.parent.name}-{workdir.name}" if in_run else workdir / "tensorboard"
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(target)))]
-
-
-def _shared_temporary_folder() -> Path:
-    """A checkpoint folder that every process sees: rank 0 makes it and tells the others its name."""
-    return Path(broadcast(tempfile.mkdtemp(prefix="transferlab-") if is_main_process() else None))
-
-
-def batches_by_length(features: Sequence[dict[str, Any]], length_of: Callable[[dict[str, Any]], int], batch_size: int):
-    """Index batches of similar-sized examples, so padding is small; callers restore the order."""
-    order = np.argsort([length_of(f) for f in features], kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-Batch = dict[str, torch.Tensor]
-
-
-@torch.inference_mode()
-def map_batches(
-    model: nn.Module,
-    features: Sequence[dict[str, Any]],
-    collate: Callable[[list[dict[str, Any]]], Batch],
-    compute: Callable[[nn.Module, Batch], torch.Tensor],
-    length_of: Callable[[dict[str, Any]], int] = lambda f: 1,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """`compute(model, batch)` over length-grouped batches in eval mode; rows come back in input order."""
-    model.eval()
-    device = next(model.parameters()).device
-    out: np.ndarray | None = None
-    for idx in batches_by_length(features, length_of, batch_size):
-        batch = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx])
-        rows = compute(model, {k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(features), *rows.shape[1:]), dtype=np.float32)
-        out[idx] = rows
-    assert out is not None, "no examples"
-    return out
-
-
-def predict_proba(
-    model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
-) -> np.ndarray:
-    """Class probabilities in input order."""
-    return map_batches(model, features, collate, lambda m, b: torch.softmax(m(**b).logits.float(), -1), length_of, batch_size)
-
-
-def pooled_features(
-    model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
-) -> np.ndarray:
-    """What the head sees (`forward_features`), in input order."""
-    return map_batches(model, features, collate, lambda m, b: m.forward_features(**b), length_of, batch_size)

@@ -1,0 +1,5 @@
+"""`python -m transferlab.cli`: the same as the `transferlab` command."""
+
+from transferlab.cli import main
+
+main()

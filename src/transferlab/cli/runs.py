@@ -1,0 +1,187 @@
+"""The commands that run experiments: compare, forgetting, check, train and study.
+
+Their run options come from the run config's fields (`options.py`): each command only names the ones it takes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from transferlab.cli.common import console, out, out_dir, progress_logger, quiet_unless_main, training_progress
+from transferlab.cli.options import build_run_config, config_options
+
+DATA = ("backbone", "dataset", "test_dataset", "validation_dataset", "n_train", "n_test")
+TRAINING = ("epochs", "seed", "lr", "batch_size", "max_length", "pooling", "metric", "scheduler", "freeze_below", "layer_decay")
+IMBALANCE = ("class_weights", "oversample", "imbalance")
+IMAGES = ("augment", "image_size", "normalization", "skip_bad_images")
+COLUMNS = ("text_column", "image_column", "label_column")
+RUN_FOLDER = ("config", "out_dir", "resume")
+FORGETTING = ("meter", "mitigations", "ewc_lambda", "l2sp_alpha", "replay_fraction", "task_b", "task_b_lr", "general_text", "objective")
+STUDY_FILES = ("test_dataset", "validation_dataset", "text_column", "label_column")
+
+Options = dict[str, Any]
+
+
+@config_options(*DATA, *TRAINING, "cv", "seeds", *IMBALANCE, *IMAGES, *COLUMNS, *RUN_FOLDER)
+def compare(
+    strategies: Annotated[str | None, typer.Option(help="comma-separated names, or 'all' [default: head,full,lora]")] = None,
+    *,
+    options: Options,
+    executor: Annotated[
+        str, typer.Option(help="sequential, or ray: the independent strategy x fold x seed runs as Ray tasks, same results.json")
+    ] = "sequential",
+    ray_address: Annotated[str | None, typer.Option(help="a Ray cluster to join (e.g. auto) [default: start Ray on this machine]")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray, one run on each [default: all]")] = None,
+    recommend: Annotated[
+        bool,
+        typer.Option(
+            "--recommend",
+            help="first recommend a strategy (see 'transferlab recommend'); at the end, say if it was within noise of the best",
+        ),
+    ] = False,
+    forgetting: Annotated[
+        bool, typer.Option("--forgetting", help="measure forgetting per strategy: LM perplexity for a decoder, else per-layer CKA")
+    ] = False,
+) -> None:
+    """Try each strategy on the same split and print one row per strategy."""
+    from transferlab.recipes.compare import compare as run_compare
+    from transferlab.recipes.executors import make_executor
+    from transferlab.report.table import print_results
+    from transferlab.strategies import parse_strategy_list
+
+    run_config = build_run_config(options, parse_strategy_list(strategies) if strategies else None)
+    if forgetting and run_config.forgetting.meter is None:
+        run_config.forgetting.meter = "auto"
+    target = out_dir(options["out_dir"], "compare")
+    quiet_unless_main()
+    with training_progress() as progress:
+        runner = make_executor(executor, progress, ray_address, ray_cpus)
+        results = run_compare(run_config, target, log=progress_logger(), executor=runner, recommend=recommend, resume=options["resume"])
+    print_results(results, out)
+    if recommend:
+        console.print(results["recommendation"]["verdict"], highlight=False)
+    console.print(f"results: {target / 'results.json'}")
+    failed = [name for name, r in results["strategies"].items() if r["status"] in ("failed", "diverged")]
+    if failed:
+        console.print(f"[red]{len(failed)} strateg{'y' if len(failed) == 1 else 'ies'} did not finish:[/red] {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+@config_options(
+    *FORGETTING, "backbone", "dataset", "seeds", "seed", "n_train", "n_test", "epochs", "lr", "batch_size", "max_length", "pooling",
+    *RUN_FOLDER,
+)  # fmt: skip
+def forgetting_command(
+    strategy: Annotated[str, typer.Option(help="comma-separated strategy names")] = "full",
+    *,
+    options: Options,
+) -> None:
+    """Measure what fine-tuning forgets: a meter before and after each strategy, with optional mitigations (EWC, L2-SP, replay)."""
+    from transferlab.recipes.forgetting import run_forgetting
+    from transferlab.results import format_forgetting
+    from transferlab.strategies import parse_strategy_list
+
+    run_config = build_run_config(options, parse_strategy_list(strategy))
+    if run_config.forgetting.meter is None:
+        run_config.forgetting.meter = "auto"
+    target = out_dir(options["out_dir"], "forgetting")
+    with training_progress() as progress:
+        progress("forgetting")
+        results = run_forgetting(run_config, target, log=progress_logger(), resume=options["resume"])
+    for name, summary in results["strategies"].items():
+        if summary["status"] != "ok":
+            out.print(f"{name}: {summary['status']}: {summary.get('reason')}", highlight=False)
+            continue
+        f = summary["forgetting"]
+        if f["meter"] == "sequential":
+            line = (
+                f"task A ({results['dataset']}) {f['before']['mean']:.4f} ± {f['before']['std']:.4f} -> "
+                f"{f['after']['mean']:.4f} ± {f['after']['std']:.4f} after task B ({f['b_score']['mean']:.4f})"
+            )
+        elif "task_perplexity" in summary:
+            t = summary["task_perplexity"]
+            line = f"general-text {format_forgetting(f)}; task-text ppl {t['before']['mean']:.1f} -> {t['after']['mean']:.1f}"
+        else:
+            line = f"{format_forgetting(f)}; task accuracy {summary['accuracy']['mean']:.4f}"
+        out.print(f"{name} [{', '.join(f['mitigations']) or 'no mitigation'}]: {line}", highlight=False)
+    console.print(f"results: {target / 'results.json'}")
+
+
+@config_options(
+    "dataset", "backbone", "test_dataset", "validation_dataset", "n_train", "n_test", "max_length", "cv", "seed", "imbalance",
+    *COLUMNS, "image_size", "normalization", "skip_bad_images", "config", "out_dir",
+)  # fmt: skip
+def check_command(*, options: Options) -> None:
+    """Check the data before training: duplicates, conflicting labels, short and cut texts, imbalance, likely label errors."""
+    from transferlab.data.checks import describe
+    from transferlab.recipes.check import CHECKS, check
+
+    run_config = build_run_config(options)
+    target = out_dir(options["out_dir"], "check")
+    record = check(run_config, target, log=progress_logger())
+    for line in describe(record["data_checks"]):
+        out.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(f"checks: {target / CHECKS}")
+
+
+@config_options(*DATA, *TRAINING, *IMBALANCE, *IMAGES, *COLUMNS, *RUN_FOLDER)
+def train(
+    strategy: Annotated[str, typer.Option(help="one strategy name")] = "lora",
+    *,
+    options: Options,
+    keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,
+) -> None:
+    """Train one strategy and export DIR/model (safetensors, tokenizer, label names)."""
+    from transferlab.recipes.train import train as run_train
+    from transferlab.report.table import print_results
+    from transferlab.strategies import parse_strategy_list
+
+    run_config = build_run_config(options, parse_strategy_list(strategy))
+    target = out_dir(options["out_dir"], "train")
+    quiet_unless_main()
+    with training_progress() as progress:
+        progress(strategy)
+        _, results = run_train(run_config, target, keep_adapter=keep_adapter, log=progress_logger(), resume=options["resume"])
+    print_results(results, out)
+    console.print(f"model: {target / 'model'}")
+
+
+@config_options(
+    "backbone", "dataset", *STUDY_FILES, "seeds", "n_train", "n_test", "epochs", *RUN_FOLDER,
+    help={
+        "seeds": "runs per point [default: 3, 1 with --quick]",
+        "n_train": "labelled examples [default: the study's budget]",
+        "n_test": "held-out test examples [default: the study's budget]",
+        "epochs": "training epochs [default: the study's budget]",
+        "config": "YAML run config, under the study's budget; command-line options override both",
+    },
+)  # fmt: skip
+def study(
+    name: Annotated[
+        str, typer.Argument(help="lr-sweep, epochs, discriminative-lr, layer-probe, lora-rank, learning-curve, model-size or forgetting")
+    ],
+    quick: Annotated[bool, typer.Option("--quick", help="one seed and a smaller budget: under 10 minutes on 2 cores")] = False,
+    *,
+    options: Options,
+) -> None:
+    """Run one of the classic transfer-learning experiments and say, with numbers, whether the expected result held."""
+    from transferlab.config import load_run_config
+    from transferlab.report.table import print_results
+    from transferlab.studies import get_study, run_study, study_config
+
+    chosen = get_study(name)
+    base = load_run_config(options["config"]) if options["config"] is not None else None
+    budgeted = {k: options[k] for k in ("backbone", "dataset", "seeds", "n_train", "n_test", "epochs")}
+    files = {k: options[k] for k in STUDY_FILES}
+    config = study_config(chosen, quick, **budgeted, data_files=files, base=base)
+    target = out_dir(options["out_dir"], f"study-{name}")
+    quiet_unless_main()
+    with training_progress() as progress:
+        progress(name)
+        results = run_study(chosen, config, target, quick=quick, log=progress_logger(), resume=options["resume"])
+    print_results(results, out)
+    expectation = results["study"]["expectation"]
+    out.print(f"{chosen.expected_result}: {expectation['outcome']}. {expectation['verdict']}", highlight=False, soft_wrap=True)
+    console.print(f"report: {target / 'report.html'}")

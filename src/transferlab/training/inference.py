@@ -1,0 +1,97 @@
+"""Where models run and batched inference: device, precision, and length-grouped batches in input order.
+
+Shared by training (evaluation inside the Trainer), feature extraction, the probes and prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from transferlab.training.loop import TrainingConfig
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one; the Trainer makes the same choice for training."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """A CPU with native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 matmuls run several times faster
+    (2.5x fp32's rate measured on the project's 2-core EPYC, docs/benchmarks.md)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def precision_flags(choice: str) -> dict[str, bool]:
+    """auto: bf16 on a GPU that has it, fp32 on the CPU (exact); bf16 on the CPU only when asked for, and only
+    where the CPU computes in bf16 natively (elsewhere it would be emulated, and slower than fp32)."""
+    if choice == "no":
+        return {}
+    if not torch.cuda.is_available():
+        return {"bf16": True, "use_cpu": True} if choice == "bf16" and cpu_has_bf16() else {}
+    if choice == "fp16":
+        return {"fp16": True}
+    if choice == "bf16" or (choice == "auto" and torch.cuda.is_bf16_supported()):
+        return {"bf16": True}
+    return {"fp16": True}
+
+
+def inference_precision(cfg: TrainingConfig) -> contextlib.AbstractContextManager:
+    """Feature extraction and evaluation under the autocast the run trains with (bf16 or fp16), else fp32."""
+    flags = precision_flags(cfg.mixed_precision)
+    if not flags:
+        return contextlib.nullcontext()
+    return torch.autocast(default_device().type, dtype=torch.bfloat16 if flags.get("bf16") else torch.float16)
+
+
+def batches_by_length(features: Sequence[dict[str, Any]], length_of: Callable[[dict[str, Any]], int], batch_size: int):
+    """Index batches of similar-sized examples, so padding is small; callers restore the order."""
+    order = np.argsort([length_of(f) for f in features], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+Batch = dict[str, torch.Tensor]
+
+
+@torch.inference_mode()
+def map_batches(
+    model: nn.Module,
+    features: Sequence[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], Batch],
+    compute: Callable[[nn.Module, Batch], torch.Tensor],
+    length_of: Callable[[dict[str, Any]], int] = lambda f: 1,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """`compute(model, batch)` over length-grouped batches in eval mode; rows come back in input order."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: np.ndarray | None = None
+    for idx in batches_by_length(features, length_of, batch_size):
+        batch = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx])
+        rows = compute(model, {k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(features), *rows.shape[1:]), dtype=np.float32)
+        out[idx] = rows
+    assert out is not None, "no examples"
+    return out
+
+
+def predict_proba(
+    model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
+) -> np.ndarray:
+    """Class probabilities in input order."""
+    return map_batches(model, features, collate, lambda m, b: torch.softmax(m(**b).logits.float(), -1), length_of, batch_size)
+
+
+def pooled_features(
+    model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
+) -> np.ndarray:
+    """What the head sees (`forward_features`), in input order."""
+    return map_batches(model, features, collate, lambda m, b: m.forward_features(**b), length_of, batch_size)

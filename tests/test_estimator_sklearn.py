@@ -1,0 +1,123 @@
+"""`TransferClassifier` keeps scikit-learn's estimator contract, so `clone`, `GridSearchCV` and pipelines work with it.
+
+`check_estimator` as a whole feeds numeric arrays, which a text classifier cannot take; the checks below are the
+ones that do not need to fit on numbers, plus the fit-time properties (`check_dont_overwrite_parameters`,
+`check_estimators_overwrite_params`) written out by hand on texts."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.utils import estimator_checks
+from sklearn.utils.validation import check_is_fitted
+
+from transferlab.estimator import TransferClassifier
+
+from .conftest import sentiment_texts
+
+CHECKS = [
+    "check_parameters_default_constructible",
+    "check_no_attributes_set_in_init",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_estimator_cloneable",
+    "check_estimator_repr",
+    "check_mixin_order",
+    "check_estimator_tags_renamed",
+    "check_do_not_raise_errors_in_init_or_set_params",
+]
+
+
+def _estimator(path, **params) -> TransferClassifier:
+    """The head strategy on the tiny backbone: a forward pass and a logistic regression, seconds on a CPU."""
+    return TransferClassifier(backbone=str(path), strategy="head", **params)
+
+
+def _texts(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    texts, labels = sentiment_texts(n, seed=seed)
+    return np.array(texts, dtype=object), np.array(["positive" if y else "negative" for y in labels])
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_sklearn_estimator_check(check, tiny_bert_dir):
+    getattr(estimator_checks, check)("TransferClassifier", _estimator(tiny_bert_dir))
+
+
+def test_sklearn_check_estimators_unfitted(tiny_bert_dir):
+    estimator_checks.check_estimators_unfitted("TransferClassifier", _estimator(tiny_bert_dir))
+
+
+def test_predicting_before_fit_raises_not_fitted_error(tiny_bert_dir):
+    with pytest.raises(NotFittedError):
+        _estimator(tiny_bert_dir).predict(["the film was good"])
+
+
+def test_fit_leaves_the_parameters_alone_and_adds_only_trailing_underscore_attributes(tiny_bert_dir):
+    """scikit-learn's check_dont_overwrite_parameters and check_estimators_overwrite_params, on texts: fit neither
+    rebinds nor mutates a constructor parameter (a dict included), and what it adds is public only with a trailing
+    underscore. A fitted estimator passes check_is_fitted, and its clone is unfitted with equal parameters."""
+    settings = {"c_grid": [0.1, 1.0], "cv_folds": 2}
+    estimator = _estimator(tiny_bert_dir, strategy_settings=settings, min_steps=0)
+    params_before = estimator.get_params(deep=False)
+    settings_before = copy.deepcopy(settings)
+    attributes_before = set(vars(estimator))
+
+    X, y = _texts(40)
+    assert estimator.fit(X, y) is estimator
+
+    params_after = estimator.get_params(deep=False)
+    assert params_after.keys() == params_before.keys()
+    for name, value in params_before.items():
+        assert params_after[name] is value, f"fit rebound the parameter '{name}'"
+    assert settings == settings_before, "fit mutated the strategy_settings dict it was given"
+    added = set(vars(estimator)) - attributes_before
+    assert added and all(name.endswith("_") or name.startswith("_") for name in added), sorted(added)
+    check_is_fitted(estimator)
+    assert list(estimator.classes_) == ["negative", "positive"]
+
+    fresh = clone(estimator)
+    assert not set(vars(fresh)) - attributes_before  # no fitted attribute travels with the clone
+    assert fresh.get_params(deep=False).keys() == params_before.keys()
+    assert fresh.strategy_settings == settings and fresh.strategy_settings is not settings  # cloned, not shared
+
+
+@pytest.mark.parametrize("layers", ["last", "auto"])  # auto asks for hidden states: transformers hooks them
+def test_a_fitted_estimator_pickles_with_its_predictions(tiny_bert_dir, layers):
+    """scikit-learn persists fitted estimators with pickle (joblib.dump), and joblib copies them between processes
+    (cross_validate(return_estimator=True, n_jobs=2)): the copy must predict what the original predicts."""
+    estimator = _estimator(tiny_bert_dir, strategy_settings={"cv_folds": 2, "layers": layers}).fit(*_texts(40))
+    probe = ["the film was good", "a boring and dull plot", "the actors were superb"]
+    copy_ = pickle.loads(pickle.dumps(estimator))
+    np.testing.assert_allclose(copy_.predict_proba(probe), estimator.predict_proba(probe), rtol=0, atol=1e-6)
+    assert list(copy_.predict(probe)) == list(estimator.predict(probe))
+
+
+def test_grid_search_over_the_estimator(tiny_bert_dir):
+    """A 2-fold GridSearchCV over pooling on 60 texts finishes, exposes best_params_ and a refitted best_estimator_,
+    and each of its fold scores is what fitting a fresh estimator on that fold gives (computed here by hand)."""
+    X, y = _texts(60)
+    grid = {"pooling": ["mean", "cls"]}
+    search = GridSearchCV(_estimator(tiny_bert_dir, strategy_settings={"cv_folds": 2}), grid, cv=2, scoring="accuracy")
+    search.fit(X, y)
+
+    assert search.best_params_ in [{"pooling": p} for p in grid["pooling"]]
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == 2 and np.all((0 <= scores) & (scores <= 1))
+    assert search.best_estimator_.get_params()["pooling"] == search.best_params_["pooling"]
+    check_is_fitted(search.best_estimator_)
+    predicted = search.predict(X)
+    assert set(predicted) <= {"negative", "positive"}
+
+    # GridSearchCV's cv=2 for a classifier is an unshuffled stratified 2-fold split: redo candidate 0 by hand
+    folds = list(StratifiedKFold(n_splits=2).split(X, y))
+    params = search.cv_results_["params"][0]
+    for k, (train, test) in enumerate(folds):
+        fitted = _estimator(tiny_bert_dir, strategy_settings={"cv_folds": 2}, **params).fit(X[train], y[train])
+        accuracy = float((fitted.predict(X[test]) == y[test]).mean())
+        assert search.cv_results_[f"split{k}_test_score"][0] == pytest.approx(accuracy, abs=1e-12)
