@@ -322,11 +322,13 @@ def test_lm_objective_reports_general_and_task_perplexity(tmp_path, tiny_llama_d
     import yaml
 
     settings = dict(
-        backbone=str(tiny_llama_dir), dataset=str(sentiment_csv), strategies=["full"], n_train=64, n_test=16,
+        backbone=str(tiny_llama_dir), dataset=str(sentiment_csv), strategies=["head", "full"], n_train=64, n_test=16,
         training={"epochs": 1, "lr": 1e-2, "batch_size": 8}, forgetting={"meter": "perplexity", "objective": "lm", "general_examples": 8},
     )  # fmt: skip
     path.write_text(yaml.safe_dump(settings))
     results = run_forgetting(load_run_config(path), tmp_path / "out", log=lambda _: None)
+    failed = results["strategies"]["head"]  # a job that cannot run is recorded, and the command goes on
+    assert failed["status"] == "failed" and "head trains otherwise" in failed["reason"]
     run = results["strategies"]["full"]["runs"][0]
     assert run["objective"] == "lm" and run["forgetting"]["general_text"] == "bbc-news"
     assert run["task_perplexity"]["after"] < run["task_perplexity"]["before"]

@@ -49,6 +49,19 @@ def test_compare_train_and_load_from_python(tmp_path, tiny_bert_dir):
     probs = model.predict_proba(["the film was good", "a boring plot"])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
     assert trained.record["model_dir"] == "model" and model.label_names == ["neg", "pos"]
+    _keys_are_in_the_schema(record)
+    _keys_are_in_the_schema(trained.record)
+
+
+def _keys_are_in_the_schema(record: dict) -> None:
+    """Every key a real run writes is declared in the results layer's types (results.json is documented there)."""
+    from transferlab.results import ResultsRecord, RunResult, StrategySummary
+
+    assert set(record) <= ResultsRecord.__annotations__.keys(), set(record) - ResultsRecord.__annotations__.keys()
+    for summary in record["strategies"].values():
+        assert set(summary) <= StrategySummary.__annotations__.keys(), set(summary) - StrategySummary.__annotations__.keys()
+        for run in summary["runs"]:
+            assert set(run) <= RunResult.__annotations__.keys(), set(run) - RunResult.__annotations__.keys()
 
 
 @pytest.mark.integration

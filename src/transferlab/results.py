@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
@@ -16,7 +16,84 @@ from transferlab.errors import UserError
 from transferlab.runio import CONFIG, RESULTS
 
 
-def load_results(directory: Path) -> dict[str, Any]:
+class MeanStd(TypedDict):
+    mean: float
+    std: float
+
+
+class RunResult(TypedDict, total=False):
+    """One strategy on one fold and seed (also what a run folder keeps per job)."""
+
+    status: str  # ok, skipped, failed or diverged
+    reason: str  # why a run is not ok
+    fold: int
+    seed: int
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    confusion_matrix: list[list[int]]
+    train_seconds: float
+    peak_memory_mb: float
+    forgetting: dict[str, Any]  # the meter's reading before and after
+    head_layer: str  # a choice the strategy made and reports (evaluation/stats.py: REPORTED_CHOICES)
+
+
+class StrategySummary(TypedDict, total=False):
+    """A strategy's runs and their mean ± std: one row of the table."""
+
+    status: str
+    reason: str
+    runs: list[RunResult]
+    metrics: dict[str, MeanStd]
+    trainable_params: int
+    trainable_params_without_head: int
+    trainable_percent: float
+    total_params: int
+    train_seconds: float
+    peak_memory_mb: float
+    forgetting: dict[str, Any]
+    settings: dict[str, Any]  # the strategy's resolved settings
+    confusion_matrix: list[list[int]]  # summed over the runs
+
+
+class Comparison(TypedDict):
+    """The best strategy by the headline metric, and each other's paired gap to it (`within_noise` by a t-test)."""
+
+    metric: str
+    best: str
+    test: str
+    others: dict[str, dict[str, Any]]  # gap, p_value, within_noise
+
+
+class ResultsRecord(TypedDict, total=False):
+    """results.json, as compare, train, study and forgetting write it."""
+
+    command: str
+    status: str  # running until the run completes
+    created: str
+    finished: str
+    backbone: str
+    dataset: str
+    label_names: list[str]
+    class_counts: dict[str, int]
+    primary_metric: str
+    evaluation: dict[str, Any]  # folds, seeds, what the test examples are
+    n_train: int
+    n_fit: int
+    n_val: int
+    n_test: int
+    seed: int
+    strategies: dict[str, StrategySummary]
+    comparison: Comparison
+    config: dict[str, Any]  # the resolved run config
+    environment: dict[str, Any]  # package versions, device
+    assets: dict[str, Any]  # the hashes of every file the run read
+    data_checks: dict[str, Any]
+    recommendation: dict[str, Any]
+    study: dict[str, Any]  # for a study: its points and whether the expected result held
+    model_dir: str  # train: the exported model's folder, relative to the run folder
+
+
+def load_results(directory: Path) -> ResultsRecord:
     """A finished run's results.json; an unfinished or missing run is one clear line."""
     path = Path(directory) / RESULTS
     try:
@@ -36,7 +113,7 @@ def load_results(directory: Path) -> dict[str, Any]:
 class Results:
     """What `compare`, `train` and `study` wrote: `record` is results.json as a dict, `folder` the run folder."""
 
-    record: dict[str, Any]
+    record: ResultsRecord
     folder: Path | None = None
 
     @classmethod

@@ -127,3 +127,8 @@ class Preprocessor(ABC):
     def length_of(feature: dict[str, Any]) -> int:
         """Used to sort examples so that batches hold inputs of similar size."""
         return 1
+
+
+def base_model(model: nn.Module) -> Any:
+    """The TransferModel inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

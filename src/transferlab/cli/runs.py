@@ -63,6 +63,11 @@ def compare(
     if recommend:
         console.print(results["recommendation"]["verdict"], highlight=False)
     console.print(f"results: {target / 'results.json'}")
+    _exit_if_any_failed(results)
+
+
+def _exit_if_any_failed(results: dict[str, Any]) -> None:
+    """Exit code 1 when a strategy failed or diverged (the others were still run and recorded)."""
     failed = [name for name, r in results["strategies"].items() if r["status"] in ("failed", "diverged")]
     if failed:
         console.print(f"[red]{len(failed)} strateg{'y' if len(failed) == 1 else 'ies'} did not finish:[/red] {', '.join(failed)}")
@@ -107,6 +112,7 @@ def forgetting_command(
             line = f"{format_forgetting(f)}; task accuracy {summary['accuracy']['mean']:.4f}"
         out.print(f"{name} [{', '.join(f['mitigations']) or 'no mitigation'}]: {line}", highlight=False)
     console.print(f"results: {target / 'results.json'}")
+    _exit_if_any_failed(results)
 
 
 @config_options(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.backbones.base import base_model
 from transferlab.errors import UserError
 
 METERS = ("perplexity", "sequential", "cka")
@@ -54,19 +55,17 @@ class ForgettingConfig:
     ewc_lambda: float = field(default=1e4, metadata={"help": "EWC weight lambda [default: 1e4]"})
     # alpha in alpha/2 ||theta - theta0||^2
     l2sp_alpha: float = field(default=0.1, metadata={"help": "L2-SP weight alpha [default: 0.1]"})
-    # the replayed examples are drawn from the previous task or general text
+    # replayed from the previous task, or general text
     replay_fraction: float = field(default=0.25, metadata={"help": "share of each batch replayed [default: 0.25]"})
     fisher_examples: int = 128  # examples (or general texts) the diagonal Fisher is estimated on
     task_b: str = field(default="bbc-news", metadata={"help": "second task of the sequential meter [default: bbc-news]"})
-    # None: the run's or the strategy's
     task_b_lr: float | None = field(default=None, metadata={"help": "task B's learning rate [default: --lr]"})
-    # auto: bbc-news articles, or the Python docs if the task is bbc-news
     general_text: str = field(default="auto", metadata={"help": "auto, bbc-news or python-docs: held-out text for perplexity"})
     general_examples: int = 64  # general texts measured
     general_max_length: int = 64  # tokens per general text
     cka_examples: int = 256  # task examples the CKA is computed on
     objective: str = field(
-        default="classification", metadata={"help": "classification, or lm: fine-tune a decoder's LM on the task's texts (full or lora)"}
+        default="classification", metadata={"help": "classification, or lm: fine-tune a decoder's LM on the task's texts (full, lora, ...)"}
     )
 
     def validate(self) -> None:
@@ -75,11 +74,10 @@ class ForgettingConfig:
         unknown = set(self.mitigations) - set(MITIGATIONS)
         if unknown:
             raise UserError(f"unknown mitigation {', '.join(sorted(unknown))}: choose from {', '.join(MITIGATIONS)}")
-        if self.objective not in ("classification", "lm"):
-            raise UserError(f"objective must be classification or lm, got '{self.objective}'")
-        if self.general_text not in GENERAL_TEXTS:
-            raise UserError(f"general_text must be one of {', '.join(GENERAL_TEXTS)}, got '{self.general_text}'")
         checks = [
+            (self.objective in ("classification", "lm"), f"objective must be classification or lm, got '{self.objective}'"),
+            (self.objective != "lm" or not self.mitigations, "mitigations apply to classification training, not the LM objective"),
+            (self.general_text in GENERAL_TEXTS, f"general_text must be one of {', '.join(GENERAL_TEXTS)}, got '{self.general_text}'"),
             (self.ewc_lambda >= 0, f"ewc_lambda must not be negative, got {self.ewc_lambda}"),
             (self.l2sp_alpha >= 0, f"l2sp_alpha must not be negative, got {self.l2sp_alpha}"),
             (0 < self.replay_fraction < 1, f"replay_fraction must be in (0, 1), got {self.replay_fraction}"),
@@ -93,11 +91,6 @@ class ForgettingConfig:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def base_model(model: nn.Module) -> Any:
-    """The TransferModel inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def canonical_name(name: str) -> str:

@@ -22,6 +22,7 @@ from transformers import set_seed
 
 from transferlab import faults
 from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor, resolve_backbone
+from transferlab.backbones.base import base_model
 from transferlab.backbones.cnn import MIXUP_ALPHA
 from transferlab.catalog import ResolvedAsset
 from transferlab.config import RunConfig
@@ -184,7 +185,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         train_seconds += findings.feature_seconds * len(frozen["last"]) / len(findings.used)
         peak_mb = max(peak_mb, findings.feature_peak_mb)
     trainable, total = count_parameters(model)
-    trainable_head = sum(p.numel() for p in _base(model).head_parameters() if p.requires_grad)
+    trainable_head = sum(p.numel() for p in base_model(model).head_parameters() if p.requires_grad)
     with inference_precision(training):
         probs = predict_proba(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
     labels = experiment.data.labels[split.test]
@@ -225,15 +226,25 @@ class Outcome:
     log_history: list[dict[str, Any]]
 
 
-def run_job(experiment: Experiment, job: Job, workdir: Path | None) -> Outcome:
-    """One run, reduced to what the record needs (the trained model stays where it was trained).
+Runner = Callable[[Experiment, Job, Path | None], Outcome]
+
+
+def strategy_outcome(experiment: Experiment, job: Job, workdir: Path | None) -> Outcome:
+    """The job's strategy trained and measured, reduced to what the record needs (the model stays where it was trained)."""
+    run = run_strategy(experiment, job.strategy, workdir=workdir, fold=job.fold, seed=job.seed)
+    return Outcome(run.result, run.log_history)
+
+
+def run_job(experiment: Experiment, job: Job, workdir: Path | None, runner: Runner = strategy_outcome) -> Outcome:
+    """Every run of every command goes through here: `runner` (a strategy trained and measured, unless the
+    command runs something else per job, as forgetting's sequential and LM runs do) with its failures captured.
 
     A run that fails is recorded as failed or diverged, with the reason, and the comparison goes on:
     one strategy must not sink the others. An interruption (Ctrl-C, a signal) still stops everything.
     """
     where = {"fold": job.fold, "seed": job.seed}
     try:
-        run = run_strategy(experiment, job.strategy, workdir=workdir, fold=job.fold, seed=job.seed)
+        return runner(experiment, job, workdir)
     except TrainingDiverged as err:
         return Outcome({"status": "diverged", "reason": str(err), **where}, [])
     except (torch.OutOfMemoryError, MemoryError):
@@ -241,7 +252,6 @@ def run_job(experiment: Experiment, job: Job, workdir: Path | None) -> Outcome:
     except Exception as err:
         reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"
         return Outcome({"status": "failed", "reason": reason, "traceback": traceback.format_exc(), **where}, [])
-    return Outcome(run.result, run.log_history)
 
 
 def seed_deterministically(seed: int) -> None:
@@ -251,11 +261,6 @@ def seed_deterministically(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     set_seed(seed)
-
-
-def _base(model: nn.Module) -> Any:
-    """The TransferModel inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def run_record(experiment: Experiment, command: str) -> dict[str, Any]:

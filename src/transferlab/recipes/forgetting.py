@@ -6,6 +6,7 @@ runs here only: it trains twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import nn
 from transformers import set_seed
 
 from transferlab.backbones import TransferModel, build_classifier
+from transferlab.backbones.base import base_model
 from transferlab.errors import UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.forgetting_meter import meter_for, summarize_forgetting
@@ -40,7 +42,7 @@ _TASK_A: dict[str, tuple[nn.Module, float]] = {}
 def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: bool | None = None) -> dict[str, Any]:
     """Each strategy x seed: the meter before and after, each reading recorded as it finishes (an
     interrupted run resumes like compare's); results.json written atomically at the end."""
-    from transferlab.recipes.experiment import open_run_folder, prepare, run_record, run_strategy, write_label_issues
+    from transferlab.recipes.experiment import Job, open_run_folder, prepare, run_job, run_record, write_label_issues
 
     if config.cv is None:
         config.cv = 1  # one hold-out split: the meter, not cross-validation, is what this command reports
@@ -59,12 +61,7 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: b
             result = folder.finished_result(name, 0, seed)
             if result is None:
                 started = time.perf_counter()
-                if sequential_b is not None:
-                    result = run_sequential(experiment, sequential_b, name, seed, log)
-                elif config.forgetting.objective == "lm":
-                    result = run_causal_lm(experiment, name, seed)
-                else:
-                    result = run_strategy(experiment, name, seed=seed).result
+                result = run_job(experiment, Job(name, 0, seed), None, functools.partial(_forgetting_run, sequential_b)).result
                 result["seconds"] = time.perf_counter() - started
                 folder.save_run(name, 0, seed, result, [])
             runs.append(result)
@@ -74,6 +71,18 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: b
     write_label_issues(out_dir, experiment)
     folder.complete(record)
     return record
+
+
+def _forgetting_run(sequential_b: Experiment | None, experiment: Experiment, job: Any, workdir: Path | None) -> Any:
+    """One job of the command: task A then task B (the sequential meter), the LM objective, or the strategy's
+    own run (the meters then read before and after it through the run engine's hook)."""
+    from transferlab.recipes.experiment import Outcome, strategy_outcome
+
+    if sequential_b is not None:
+        return Outcome(run_sequential(experiment, sequential_b, job.strategy, job.seed), [])
+    if experiment.config.forgetting.objective == "lm":
+        return Outcome(run_causal_lm(experiment, job.strategy, job.seed), [])
+    return strategy_outcome(experiment, job, workdir)
 
 
 def describe_reading(result: dict[str, Any]) -> str:
@@ -106,7 +115,7 @@ def summarize_strategy(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def run_sequential(a: Experiment, b: Experiment, name: str, seed: int, log: Log = print) -> dict[str, Any]:
+def run_sequential(a: Experiment, b: Experiment, name: str, seed: int) -> dict[str, Any]:
     """Train task A, then task B on the same body (a new head for B, A's kept); A's test score before and after B.
 
     Mitigations protect A while B trains: EWC's Fisher and anchor come from the model trained on A, replay
@@ -217,7 +226,7 @@ def fine_tune_causal_lm(
     if type(strategy).fit is not Strategy.fit or not strategy.starts_at_pretrained:
         raise UserError(f"the LM objective trains a strategy's prepared body on the Trainer; {strategy.name} trains otherwise")
     prepared = strategy.prepare(model)
-    if not any(p.requires_grad for p in fg.base_model(prepared).backbone.parameters()):
+    if not any(p.requires_grad for p in base_model(prepared).backbone.parameters()):
         raise UserError(f"{strategy.name} trains no parameter of this body, so the LM objective has nothing to train")
     data = FitData(train=[{k: v for k, v in f.items() if k != "labels"} for f in examples], val=[], collate=collate, label_names=[])
     scale = strategy.lr_scale(model, data, training)  # discriminative rates, by the classifier's parameter names
@@ -231,8 +240,6 @@ def run_causal_lm(experiment: Experiment, name: str, seed: int) -> dict[str, Any
     """`objective: lm`: fine-tune the decoder's own LM on the task's training texts; perplexity on general
     text and on the task's test texts, before and after."""
     cfg, config = experiment.config.forgetting, experiment.config
-    if cfg.mitigations:
-        raise UserError("mitigations apply to classification training; the LM objective runs without them")
     path, tokenizer = experiment.backbone.path, experiment.preprocessor.tokenizer
     set_seed(seed)
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
