@@ -134,22 +134,13 @@ def test_a_fresh_interpreter_loads_the_merged_export_after_importing_backbones(t
     np.testing.assert_allclose(np.array(json.loads(done.stdout.splitlines()[-1])), in_memory, atol=1e-5, rtol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="prompt tuning puts num_virtual_tokens embeddings before inputs already truncated to max_length, and nothing "
-    "checks max_length + virtual tokens against the backbone's position embeddings: a long text crashes in BERT's "
-    "embeddings (RuntimeError: size of tensor a (64+) must match ... b (64)) instead of being truncated or refused",
-)
 def test_prompt_tuning_with_max_length_near_the_backbones_positions(tiny_bert_dir, sentiment_csv, tmp_path):
-    """The tiny BERT has 64 positions; max_length 60 is a valid choice for it, 20 virtual tokens make 80. The run is
-    refused with a reason (UserError) or its model classifies a long text; it must not crash inside the backbone."""
+    """The tiny BERT has 64 positions: 20 virtual tokens beside 60 input tokens would fail in its embeddings on the
+    first long text, so the run is refused with the length that fits; at that length it classifies a long text."""
     from transferlab.errors import UserError
 
-    config = _config(tiny_bert_dir, sentiment_csv, "prompt", max_length=60)
-    try:
-        train_recipe.train(config, tmp_path / "prompt", log=lambda _: None)
-    except UserError:
-        return
-    probs = load_model(tmp_path / "prompt" / "model").predict_proba([TEXTS[-1]])
+    with pytest.raises(UserError, match="more than the backbone's 64 positions: use --max-length 44 or fewer"):
+        train_recipe.train(_config(tiny_bert_dir, sentiment_csv, "prompt", max_length=60), tmp_path / "long", log=lambda _: None)
+    train_recipe.train(_config(tiny_bert_dir, sentiment_csv, "prompt", max_length=44), tmp_path / "prompt", log=lambda _: None)
+    probs = load_model(tmp_path / "prompt" / "model").predict_proba([" ".join([TEXTS[-1]] * 4)])
     assert probs.shape == (1, 2) and np.isfinite(probs).all()

@@ -86,6 +86,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             length_of=self.preprocessor_.length_of,
             class_weights=balanced_class_weights(labels[fit_idx], len(self.classes_)) if self.class_weights == "balanced" else None,
             train_transform=getattr(self.preprocessor_, "train_transform", None),
+            max_tokens=getattr(self.preprocessor_, "max_length", None),
         )
         training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed)
         training.validate()

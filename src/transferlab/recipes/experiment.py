@@ -174,6 +174,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
         frozen_features=frozen,
         mixup_alpha=MIXUP_ALPHA if "mixup" in config.augmentations() else None,
+        max_tokens=getattr(experiment.preprocessor, "max_length", None),
     )
     probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()

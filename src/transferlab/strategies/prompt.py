@@ -17,6 +17,7 @@ from torch import nn
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy
+from transferlab.training.loop import FitData, TrainingConfig
 
 
 @dataclass
@@ -49,6 +50,18 @@ class VirtualTokens(Strategy):
             num_attention_heads=cfg.num_attention_heads,
         )
         return get_peft_model(model, peft_config)
+
+    def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
+        """Refused when the virtual tokens and the longest inputs together pass the backbone's positions (BERT's 512):
+        the embeddings would fail on the first long text, in training or at prediction."""
+        positions = getattr(model.config.backbone_config, "max_position_embeddings", None)
+        k = self.config.num_virtual_tokens
+        if data.max_tokens is not None and positions is not None and data.max_tokens + k > positions:
+            raise UserError(
+                f"{self.name} tuning puts {k} virtual tokens beside inputs of up to {data.max_tokens} tokens, more than the "
+                f"backbone's {positions} positions: use --max-length {positions - k} or fewer"
+            )
+        return super().fit(model, data, training)
 
 
 @register_strategy

@@ -115,6 +115,7 @@ class FitData:
     # A term added to each training step's loss (EWC, L2-SP, replay: evaluation/forgetting.py), or None.
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None
     mixup_alpha: float | None = None  # images: blend pairs of each training batch, Beta(alpha, alpha) weights
+    max_tokens: int | None = None  # text: inputs are cut to this many tokens (the preprocessor's max_length)
 
 
 class _ListDataset(torch.utils.data.Dataset):
