@@ -59,10 +59,10 @@ def _train_and_watch(monkeypatch, config, out, keep_adapter=False):
     seen = {}
     real_export = train_recipe.export
 
-    def watched(run, experiment, target, keep):
+    def watched(run, experiment, target, keep, *record):
         pre = experiment.preprocessor
         seen["probs"] = predict_proba(run.model, pre.encode(TEXTS), pre.collate, pre.length_of)
-        return real_export(run, experiment, target, keep)
+        return real_export(run, experiment, target, keep, *record)
 
     monkeypatch.setattr(train_recipe, "export", watched)
     run, record = train_recipe.train(config, out, keep_adapter=keep_adapter, log=lambda _: None)

@@ -180,7 +180,7 @@ def _free_port() -> int:
 
 def test_serve_command_on_loopback_answers_concurrent_requests_per_task(adapters, merged_probs, tiny_bert_dir):
     port = _free_port()
-    args = [sys.executable, "-m", "transferlab.cli", "serve", "--backbone", str(tiny_bert_dir), "--port", str(port)]
+    args = [sys.executable, "-m", "transferlab.cli", "serve", "--port", str(port)]  # the backbone: from the manifests
     args += [a for name, folder in adapters.items() for a in ("--adapter", f"{name}={folder}")]
     server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -214,3 +214,17 @@ def test_a_bad_adapter_option_is_one_line_and_exit_code_2(tmp_path, tiny_bert_di
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 2
     assert "no such folder" in done.stderr and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_adapters_of_different_backbones_are_refused_without_a_backbone_named(tmp_path, adapters):
+    other = tmp_path / "other"
+    shutil.copytree(adapters["tone"], other)
+    manifest = json.loads((other / "transferlab.json").read_text())
+    (other / "transferlab.json").write_text(json.dumps({**manifest, "backbone": "mpnet-base", "backbone_sha256": {"x": "0" * 64}}))
+    with pytest.raises(UserError, match="trained on different backbones"):
+        MultiTaskModel(None, {"sentiment": adapters["sentiment"], "other": other})
+    assert MultiTaskModel(None, {"a": adapters["sentiment"], "b": adapters["tone"]}).backbone == manifest["backbone"]
+    args = [sys.executable, "-m", "transferlab.cli", "serve", "--adapter", f"a={adapters['sentiment']}", "--adapter", f"b={other}"]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 2 and "trained on different backbones" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -24,6 +24,7 @@ def _train(tmp_path, backbone, dataset, strategy, keep_adapter=False):
         cv=1,
         n_train=120,
         n_test=40,
+        max_length=40,  # the tiny BERT has 64 positions; prompt tuning's 20 virtual tokens take the rest
         training={"epochs": 2, "batch_size": 8},
     )
     out = tmp_path / f"{strategy}-{keep_adapter}"

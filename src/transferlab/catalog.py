@@ -79,6 +79,7 @@ class PackagedModel:
     weights: PackagedFile
     description: str
     family: str = "encoder"
+    hub_id: str = ""  # where the same weights live on the Hugging Face Hub: a model card's base_model
 
     def resolve(self, name: str) -> ResolvedAsset:
         path = self.weights.verified_path()
@@ -94,6 +95,7 @@ class SplitZipModel:
     weights_sha256: str
     description: str
     family: str = "encoder"
+    hub_id: str = ""
 
     def resolve(self, name: str) -> ResolvedAsset:
         folder = CACHE_DIR / "models" / name / self.folder_in_zip
@@ -134,6 +136,7 @@ class GgufModel:
     weights: PackagedFile
     description: str
     family: str = "decoder"
+    hub_id: str = ""
 
     def resolve(self, name: str) -> ResolvedAsset:
         from transferlab.gguf_cache import cached_gguf_folder
@@ -152,6 +155,7 @@ class PackagedWeights:
     description: str
     keys_by_position: bool = False
     family: str = "cnn"
+    hub_id: str = ""  # none: these are the libraries' own ImageNet weights
 
     def resolve(self, name: str) -> ResolvedAsset:
         path = self.weights.verified_path()
@@ -174,6 +178,7 @@ BACKBONES: dict[str, PackagedModel | SplitZipModel | GgufModel | PackagedWeights
             "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         ),
         description="all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "mpnet-base": SplitZipModel(
         parts=tuple(
@@ -187,6 +192,7 @@ BACKBONES: dict[str, PackagedModel | SplitZipModel | GgufModel | PackagedWeights
         folder_in_zip="all-mpnet-base-v2",
         weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
         description="all-mpnet-base-v2: MPNet encoder, 12 layers, hidden 768, 109.5M parameters (about 404 MB)",
+        hub_id="sentence-transformers/all-mpnet-base-v2",
     ),
     "smollm2-135m": GgufModel(
         weights=PackagedFile(
@@ -195,6 +201,7 @@ BACKBONES: dict[str, PackagedModel | SplitZipModel | GgufModel | PackagedWeights
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
         description="SmolLM2-135M-Instruct: Llama decoder with its LM head, 30 layers, hidden 576, 134.5M parameters (GGUF, cached once)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "mobilenet-v2": PackagedWeights(
         PackagedFile(

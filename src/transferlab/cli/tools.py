@@ -60,7 +60,9 @@ def serve(
     adapter: Annotated[
         list[str], typer.Option(help="NAME=DIR: a task and its 'train --keep-adapter' output folder (DIR/model); repeat for more")
     ],
-    backbone: Annotated[str, typer.Option(help="the backbone every adapter was trained on (catalog name, folder or hub id)")],
+    backbone: Annotated[
+        str | None, typer.Option(help="the backbone every adapter was trained on [default: the one their transferlab.json names]")
+    ] = None,
     host: Annotated[str, typer.Option(help="address to bind; the default answers this machine only")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     max_inputs: Annotated[int, typer.Option(help="texts per request")] = 64,
@@ -78,7 +80,7 @@ def serve(
         raise UserError("--max-inputs, --max-chars and --max-batch must be at least 1, --batch-wait-ms not negative")
     model = MultiTaskModel(backbone, parse_adapter_options(adapter))
     limits = Limits(max_inputs=max_inputs, max_chars=max_chars, max_batch=max_batch, max_wait_ms=batch_wait_ms)
-    console.print(f"serving {', '.join(model.tasks)} over {backbone} on http://{host}:{port} (API docs at /docs)")
+    console.print(f"serving {', '.join(model.tasks)} over {model.backbone} on http://{host}:{port} (API docs at /docs)")
     uvicorn.run(create_app(model, limits), host=host, port=port, log_level="warning")
 
 

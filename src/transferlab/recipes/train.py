@@ -7,6 +7,7 @@ is kept, in which case the folder is a peft adapter over the named backbone.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from transferlab.recipes.experiment import (
     run_strategy,
     write_label_issues,
 )
+from transferlab.recipes.model_card import model_card
 from transferlab.recipes.predict import MANIFEST
 from transferlab.report import write_report
-from transferlab.runio import atomic_write_json, publish_directory
+from transferlab.runio import atomic_write_json, atomic_write_text, publish_directory
 
 
 def train(
@@ -53,7 +55,7 @@ def train(
     record["model_dir"] = "model"
     if is_main_process():  # under `accelerate launch` every process holds the same trained model
         folder.save_run(name, 0, seed, run.result, run.log_history)
-        export(run, experiment, out_dir / "model", keep_adapter)
+        export(run, experiment, out_dir / "model", keep_adapter, record)
         write_label_issues(out_dir, experiment)
         folder.complete(record)
         write_report(out_dir, record)
@@ -61,8 +63,9 @@ def train(
     return run, record
 
 
-def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter: bool) -> None:
-    """Write into a staging folder and move it into place, so a half-written model never looks complete."""
+def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter: bool, record: dict[str, Any] | None = None) -> None:
+    """Write into a staging folder and move it into place, so a half-written model never looks complete; with the
+    run's record, a model card (README.md) goes with it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     model = run.model if keep_adapter else run.strategy.export(run.model)
@@ -81,4 +84,10 @@ def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter:
         "max_length": config.max_length,
     }
     atomic_write_json(staging / MANIFEST, manifest)
+    adapter_config = staging / "adapter_config.json"
+    if adapter_config.is_file():  # peft leaves it empty: where the backbone's files are, so peft can load it
+        values = json.loads(adapter_config.read_text(encoding="utf-8"))
+        atomic_write_json(adapter_config, {**values, "base_model_name_or_path": experiment.backbone.path})
+    if record is not None:  # in place of peft's empty template
+        atomic_write_text(staging / "README.md", model_card(record, manifest))
     publish_directory(staging, target)

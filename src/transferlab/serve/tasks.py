@@ -55,8 +55,8 @@ def parse_adapter_options(options: Sequence[str]) -> dict[str, Path]:
     return adapters
 
 
-def _read_manifest(name: str, folder: Path, backbone: str, hashes: dict[str, str]) -> dict:
-    """The task's manifest, refused unless it is a peft adapter trained on this very backbone."""
+def _read_manifest(name: str, folder: Path) -> dict:
+    """The task's manifest, refused unless the folder holds a peft adapter."""
     if not folder.is_dir():
         raise UserError(f"--adapter {name}={folder}: no such folder")
     path = folder / MANIFEST
@@ -65,19 +65,38 @@ def _read_manifest(name: str, folder: Path, backbone: str, hashes: dict[str, str
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != "peft-adapter":
         raise UserError(f"--adapter {name}={folder}: a merged model, not an adapter; train it with --keep-adapter")
+    return manifest
+
+
+def shared_backbone(manifests: dict[str, dict]) -> str:
+    """The backbone every adapter was trained on, from their manifests; adapters of different backbones are refused."""
+    (first_name, first), *others = manifests.items()
+    for name, manifest in others:
+        if (manifest["backbone"], manifest["backbone_sha256"]) != (first["backbone"], first["backbone_sha256"]):
+            raise UserError(
+                f"--adapter {first_name} and --adapter {name} were trained on different backbones "
+                f"('{first['backbone']}' and '{manifest['backbone']}'): serve them separately"
+            )
+    return first["backbone"]
+
+
+def _check_backbone(name: str, folder: Path, manifest: dict, backbone: str, hashes: dict[str, str]) -> None:
     same = manifest["backbone_sha256"] == hashes if hashes else manifest["backbone"] == backbone
     if not same:
         raise UserError(f"--adapter {name}={folder}: trained on backbone '{manifest['backbone']}', not on '{backbone}' (weights differ)")
-    return manifest
 
 
 class MultiTaskModel:
     """Thread-safe: `predict_proba` switches the shared model to a task under a lock."""
 
-    def __init__(self, backbone: str, adapters: dict[str, Path]):
+    def __init__(self, backbone: str | None, adapters: dict[str, Path]):
+        """`backbone` None: the one the adapters' manifests name."""
+        manifests = {name: _read_manifest(name, Path(folder)) for name, folder in adapters.items()}
+        backbone = backbone or shared_backbone(manifests)
         asset = resolve_backbone(backbone)
         family = family_of(asset)
-        manifests = {name: _read_manifest(name, Path(folder), backbone, asset.hashes) for name, folder in adapters.items()}
+        for name, manifest in manifests.items():
+            _check_backbone(name, Path(adapters[name]), manifest, backbone, asset.hashes)
         self.backbone = backbone
         self.tasks = {
             name: Task(
