@@ -101,6 +101,10 @@ CASES = {
     "predict input not UTF-8": (PREDICT + ["--model", "{model}", "--input", "{d}/latin1.csv"], "not valid UTF-8"),
     "nothing to predict": (PREDICT + ["--model", "{model}"], "give one of --text"),
     "a report of an unfinished run": (["report", "{unfinished}"], "the run did not finish"),
+    "max length past the backbone's positions": (
+        ["check", "--backbone", "minilm-l6", "--dataset", "{d}/ok.csv", "--max-length", "1024"],
+        "--max-length 1024 is more than the 512 tokens backbone 'minilm-l6' reads",
+    ),
 }
 
 

@@ -347,9 +347,13 @@ class TransformersFamily(BackboneFamily):
         self, asset: ResolvedAsset, max_length: int = 128, image_size: int = 224, normalization: str = "auto", augment: Sequence[str] = ()
     ) -> Preprocessor:
         try:
-            return TextPreprocessor.from_pretrained(asset.path, max_length)
+            preprocessor = TextPreprocessor.from_pretrained(asset.path, max_length)
         except (OSError, ValueError) as err:
             raise UserError(f"backbone '{asset.name}': cannot load its tokenizer: {str(err).splitlines()[0]}") from None
+        limit = preprocessor.tokenizer.model_max_length  # a huge number when the tokenizer does not say
+        if max_length > limit:  # past the position embeddings, the first long text would fail inside the model
+            raise UserError(f"--max-length {max_length} is more than the {limit} tokens backbone '{asset.name}' reads")
+        return preprocessor
 
     def load_merged(self, model_dir: Path) -> nn.Module:
         return AutoModelForSequenceClassification.from_pretrained(str(model_dir))
