@@ -157,6 +157,9 @@ def test_train_then_predict_on_an_image_folder_from_the_command_line(tiny_cnn_di
     np.testing.assert_allclose(frame[["p_left", "p_right"]].sum(1), 1.0, rtol=1e-5)
     refused = subprocess.run([*command, "predict", "--model", str(out / "model"), "--text", "hello"], capture_output=True, text=True)
     assert refused.returncode == 2 and "classifies images" in refused.stderr
+    exported = subprocess.run([*command, "export", str(out / "model"), "--out", str(out / "onnx")], capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr  # the export checks the graph against the model before it publishes
+    assert json.loads((out / "onnx" / "transferlab.json").read_text())["onnx_inputs"] == ["pixel_values"]
 
 
 # ------------------------------------------------------------------------------------ packaged weights

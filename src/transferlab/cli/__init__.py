@@ -32,6 +32,7 @@ COMMANDS = {
     "recommend": tools.recommend_command,
     "train": runs.train,
     "predict": tools.predict,
+    "export": tools.export,
     "serve": tools.serve,
     "study": runs.study,
     "report": tools.report,

@@ -41,6 +41,17 @@ def recommend_command(
         out.print(line, highlight=False, soft_wrap=True)
 
 
+def export(
+    model: Annotated[Path, typer.Argument(help="a DIR/model folder written by 'transferlab train'")],
+    out_dir: Annotated[Path, typer.Option("--out", help="the folder to write")],
+    format: Annotated[str, typer.Option(help="onnx, or onnx-int8 (int8 weights, onnxruntime's dynamic quantisation)")] = "onnx",
+) -> None:
+    """Write the model as ONNX that runs with onnxruntime alone (docs/deploy.md), checked against the model."""
+    from transferlab.recipes.onnx_export import export_onnx
+
+    console.print(f"onnx: {export_onnx(model, format, out_dir)}")
+
+
 def predict(
     model: Annotated[Path, typer.Option(help="a DIR/model folder written by 'transferlab train'")],
     text: Annotated[list[str] | None, typer.Option(help="a text to classify; repeat for several")] = None,

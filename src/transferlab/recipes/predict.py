@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class LoadedModel:
     preprocessor: Preprocessor
     label_names: list[str]
     modality: str = "text"
+    manifest: dict[str, Any] = field(default_factory=dict)  # transferlab.json: what the model is and was trained on
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         features = self.preprocessor.encode(inputs)
@@ -61,7 +62,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
         model = family.load_merged(model_dir)
-    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], family.inputs)
+    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], family.inputs, manifest)
 
 
 def image_files(paths: Sequence[Path]) -> list[str]:
