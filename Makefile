@@ -56,6 +56,7 @@ bench: $(VENV)/.assets-large
 	$(PY) bench/run.py
 	$(PY) bench/merge_latency.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/onnx_latency.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench
