@@ -212,6 +212,7 @@ def _head_accuracy(normalization: str) -> float:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 45 s: the longest check of the suite; make test-slow runs it
 @needs_fashion_mnist
 def test_wrong_normalisation_measurably_lowers_feature_extraction():
     """Measured: the weights' own statistics 0.800, EfficientNet's 0.5/0.5 0.780, raw 0-255 pixels 0.758."""
