@@ -83,7 +83,7 @@ def test_a_kept_adapter_exports_merged(trained, tmp_path):
 def test_int8_is_smaller_and_keeps_the_labels(trained, tmp_path):
     fp32, int8 = (export_onnx(trained["full"], fmt, tmp_path / fmt) for fmt in ("onnx", "onnx-int8"))
     assert int8.stat().st_size < fp32.stat().st_size
-    texts = [t for t in TEXTS for _ in range(1)] + ["good", "bad", "the plot was lovely", "an awful film"]
+    texts = [*TEXTS, "good", "bad", "the plot was lovely", "an awful film"]
     exact, quantised = _run_graph(fp32, texts), _run_graph(int8, texts)
     np.testing.assert_allclose(quantised.sum(1), 1, atol=1e-5)
     assert (exact.argmax(1) == quantised.argmax(1)).all() and np.abs(exact - quantised).max() < 0.1

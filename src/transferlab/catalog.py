@@ -246,5 +246,6 @@ def folder_asset(spec: str, family: str, architecture: str = "") -> ResolvedAsse
 
 
 def looks_like_hub_id(spec: str) -> bool:
+    """`org/name` that is not a path on this machine: only then may a hub be asked for it."""
     parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists()

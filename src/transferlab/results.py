@@ -74,7 +74,7 @@ class ResultsRecord(TypedDict, total=False):
     backbone: str
     dataset: str
     label_names: list[str]
-    class_counts: dict[str, int]
+    class_counts: list[dict[str, dict[str, int]]]  # per split: train, val and test counts by class
     primary_metric: str
     evaluation: dict[str, Any]  # folds, seeds, what the test examples are
     n_train: int

@@ -19,7 +19,15 @@ from torchvision.transforms import v2
 
 from transferlab.backbones.base import Preprocessor, TransferModel
 from transferlab.backbones.registry import BackboneFamily, register_family
-from transferlab.backbones.vision import IMAGENET_MEAN, IMAGENET_STD, VisionConfig, build_vision_classifier, vision_config_for
+from transferlab.backbones.vision import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VisionConfig,
+    build_vision_classifier,
+    from_native,
+    load_vision_folder,
+    vision_config_for,
+)
 from transferlab.catalog import ResolvedAsset, folder_asset, folder_config
 from transferlab.errors import UserError
 from transferlab.hashing import sha256_of
@@ -173,6 +181,7 @@ def _library_asset(spec: str) -> ResolvedAsset:
 class CnnFamily(BackboneFamily):
     name = "cnn"
     inputs = "image"
+    library_name = "timm"
     augmentations = IMAGE_AUGMENTATIONS
     default_augment = DEFAULT_IMAGE_AUGMENT
     strategy_defaults = IMAGE_STRATEGY_DEFAULTS
@@ -194,7 +203,7 @@ class CnnFamily(BackboneFamily):
         return ImagePreprocessor.for_model(vision_config_for(asset), image_size, normalization, augment)
 
     def load_merged(self, model_dir: Path) -> nn.Module:
-        return build_vision_classifier(self.resolve(str(model_dir)), None)
+        return from_native(*load_vision_folder(Path(model_dir)), None)
 
     def load_preprocessor(self, model_dir: Path, manifest: dict[str, Any]) -> Preprocessor:
         return ImagePreprocessor.from_pretrained(model_dir)

@@ -29,6 +29,7 @@ class BackboneFamily(ABC):
     fallback: ClassVar[bool] = False  # tried after every other family has declined a spec
     default_pooling: ClassVar[str] = "mean"  # what pooling "auto" means for it
     has_lm_head: ClassVar[bool] = False  # keeps its pre-training language-model head (the perplexity meter applies)
+    library_name: ClassVar[str]  # the library that loads its merged exports (a model card's library_name)
     augmentations: ClassVar[tuple[str, ...]] = ()  # the names `--augment` accepts
     augments_copies: ClassVar[bool] = False  # augmentation adds training copies (data/augment.py), not per-batch transforms
     default_augment: ClassVar[tuple[str, ...]] = ()

@@ -12,6 +12,7 @@ prediction) is not part of them. Pooling `auto` is the family's choice (mean her
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -329,11 +330,12 @@ class TransformersFamily(BackboneFamily):
     """A body that transformers' Auto classes load, read through its own tokenizer."""
 
     inputs = "text"
+    library_name = "transformers"
     augmentations = TEXT_AUGMENTATIONS
     augments_copies = True
 
     def resolve(self, spec: str) -> ResolvedAsset:
-        if looks_like_hub_id(spec) and not Path(spec).expanduser().exists():
+        if looks_like_hub_id(spec):
             return ResolvedAsset(spec, spec, {}, self.name)
         return folder_asset(spec, self.name)
 
@@ -378,8 +380,14 @@ def hub_or_folder_config(spec: str) -> dict | None:
     values = folder_config(spec)
     if values is not None or not looks_like_hub_id(spec):
         return values
+    return _hub_config(spec)
+
+
+@functools.cache
+def _hub_config(hub_id: str) -> dict | None:
+    """Asked of the hub once per process: a run config asks for its backbone's family many times."""
     try:
-        return AutoConfig.from_pretrained(spec).to_dict()
+        return AutoConfig.from_pretrained(hub_id).to_dict()
     except (OSError, ValueError):
         return None
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from transferlab.backbones import family_named
 from transferlab.catalog import BACKBONES, looks_like_hub_id
 from transferlab.data.catalog import DATASETS
 from transferlab.runio import CONFIG
@@ -22,13 +23,13 @@ def base_model_id(spec: str) -> str | None:
     """The backbone's Hub id: a catalog entry's, or the id the user named; None for local weights."""
     if spec in BACKBONES:
         return BACKBONES[spec].hub_id or None
-    return spec if looks_like_hub_id(spec) and not Path(spec).expanduser().exists() else None
+    return spec if looks_like_hub_id(spec) else None
 
 
 def front_matter(record: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     strategy, dataset = manifest["strategy"], record["dataset"]
     pipeline = "image-classification" if manifest["modality"] == "image" else "text-classification"
-    library = "peft" if manifest["format"] == "peft-adapter" else "timm" if manifest["family"] == "cnn" else "transformers"
+    library = "peft" if manifest["format"] == "peft-adapter" else family_named(manifest["family"]).library_name
     runs = len(record["strategies"][strategy]["runs"])
     metrics = [
         {"type": name, "value": round(value["mean"], 4), "name": f"{name}: {value['mean']:.4f} ± {value['std']:.4f} over {runs} run(s)"}
