@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="appended to transferlab systems' names in the results")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "small_data.jsonl")
     args = parser.parse_args()
-    from transferlab.training.loop import MIN_STEPS
+    from transferlab.settings import MIN_STEPS
 
     min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
     import sentence_transformers  # noqa: F401  (imported before any clock starts: both systems load these)

@@ -79,6 +79,20 @@ def test_every_option_a_command_lists_is_one_config_field_with_help():
         option("no_such_option")
 
 
+def test_help_answers_without_loading_torch_or_scikit_learn():
+    """Help is read before anything runs; loading torch for it cost seconds per call."""
+    probe = (
+        "import sys; from transferlab.cli import app\n"
+        "for args in (['--help'], ['compare', '--help'], ['forgetting', '--help']):\n"
+        "    try: app(args)\n"
+        "    except SystemExit: pass\n"
+        "print('loaded:', sorted(m for m in ('torch', 'sklearn', 'transformers.modeling_utils') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "loaded: []"
+
+
 @pytest.mark.parametrize("command", RUN_COMMANDS)
 def test_help_shows_each_options_help(command, monkeypatch):
     done = CliRunner().invoke(app, [command, "--help"])

@@ -20,7 +20,7 @@ from tests.conftest import tiny_bert
 from transferlab.config import load_run_config
 from transferlab.recipes.predict import load_model
 from transferlab.recipes.train import train
-from transferlab.training.loop import MIN_STEPS
+from transferlab.settings import MIN_STEPS
 
 OPTIONS = {"cv": 1, "n_train": 120, "n_test": 40, "max_length": 32}  # 120 examples (the 12 validating join training)
 

@@ -15,7 +15,8 @@ from transferlab.backbones import build_classifier, load_preprocessor, resolve_b
 from transferlab.catalog import GgufModel, PackagedFile
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.evaluation import forgetting as fg
-from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+from transferlab.settings import TrainingConfig
+from transferlab.training.loop import FitData, train_with_trainer
 
 from .conftest import sentiment_texts
 

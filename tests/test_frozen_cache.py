@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
+from transferlab.settings import TrainingConfig
 from transferlab.strategies import get_strategy
 from transferlab.training.frozen_cache import FrozenLayerCache
 from transferlab.training.inference import predict_proba
-from transferlab.training.loop import FitData, TrainingConfig
+from transferlab.training.loop import FitData
 
 from .conftest import sentiment_texts, tiny_bert, tiny_distilbert, tiny_llama
 

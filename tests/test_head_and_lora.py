@@ -64,8 +64,9 @@ def test_merged_lora_equals_unmerged(tiny_backbone):
 
 def test_constant_features_get_zero_weight_and_bounded_head(tiny_bert_dir):
     """A feature with (almost) no spread must not blow up the folded head (it did: 1 / 2e-9)."""
+    from transferlab.settings import TrainingConfig
     from transferlab.strategies.head import FeatureExtraction
-    from transferlab.training.loop import FitData, TrainingConfig
+    from transferlab.training.loop import FitData
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 6))

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
+from transferlab.settings import TrainingConfig
 from transferlab.strategies import STRATEGIES, get_strategy
 from transferlab.strategies.base import layer_lr_table
-from transferlab.training.loop import FitData, TrainingConfig, slanted_triangular
+from transferlab.training.loop import FitData, slanted_triangular
 
 from .conftest import sentiment_texts
 

@@ -15,8 +15,8 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precisi
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from transferlab.evaluation.metrics import HEADLINE_METRICS
 from transferlab.evaluation.probe import ProbeSettings, fit_probe, fit_probes
+from transferlab.settings import HEADLINE_METRICS
 
 C_GRID = (0.01, 0.3)
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from transferlab.backbones import TextPreprocessor, build_classifier, load_preprocessor, resolve_backbone
+from transferlab.settings import TrainingConfig
 from transferlab.strategies import STRATEGIES, count_parameters, get_strategy
 from transferlab.training.inference import predict_proba
-from transferlab.training.loop import FitData, TrainingConfig
+from transferlab.training.loop import FitData
 
 from .conftest import bright_side_images, sentiment_texts
 

@@ -15,10 +15,11 @@ import torch
 from transformers import TrainerCallback
 
 from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
+from transferlab.settings import TrainingConfig
 from transferlab.strategies import get_strategy
 from transferlab.training import loop
 from transferlab.training.inference import predict_proba
-from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+from transferlab.training.loop import FitData, train_with_trainer
 
 from .conftest import sentiment_texts
 

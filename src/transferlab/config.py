@@ -1,4 +1,7 @@
-"""A run's full configuration: plain dataclasses, read from and written to plain YAML."""
+"""A run's full configuration: plain dataclasses, read from and written to plain YAML.
+
+The backbones and strategies the config checks against are imported where they are used, not with the module: the
+command line builds its options from these fields and answers `--help` without loading torch."""
 
 from __future__ import annotations
 
@@ -6,21 +9,17 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from transferlab.backbones import BackboneFamily, family_for
-from transferlab.backbones.cnn import NORMALIZATIONS
-from transferlab.backbones.text import POOLINGS
 from transferlab.catalog import DEFAULT_BACKBONE
-from transferlab.data.catalog import DEFAULT_DATASET
 from transferlab.data.checks import NEAR_DUPLICATE_COSINE
-from transferlab.data.splits import DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA
 from transferlab.errors import UserError
-from transferlab.evaluation.forgetting import ForgettingConfig
-from transferlab.strategies import get_strategy
-from transferlab.training.loop import TrainingConfig
+from transferlab.settings import DEFAULT_DATASET, DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA, ForgettingConfig, TrainingConfig
+
+if TYPE_CHECKING:
+    from transferlab.backbones import BackboneFamily
 
 DEFAULT_STRATEGIES = ["head", "full", "lora"]
 
@@ -90,6 +89,8 @@ class RunConfig:
     @property
     def family(self) -> BackboneFamily:
         """The backbone's registered family: its defaults, and what its examples are."""
+        from transferlab.backbones import family_for
+
         return family_for(self.backbone)
 
     @property
@@ -106,6 +107,9 @@ class RunConfig:
         return dataclasses.replace(self.training, seed=seed)
 
     def validate(self) -> None:
+        from transferlab.backbones.cnn import NORMALIZATIONS
+        from transferlab.backbones.text import POOLINGS
+
         if self.pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
         if not 0 < self.val_fraction < 1:
@@ -155,6 +159,8 @@ class RunConfig:
 
 def strategy_for(name: str, family: BackboneFamily, settings: dict[str, Any] | None = None):
     """The strategy with its settings: the backbone family's defaults, then the user's."""
+    from transferlab.strategies import get_strategy
+
     defaults = family.strategy_defaults.get(name, {})
     return get_strategy(name, **{**defaults, **(settings or {})})
 
@@ -171,6 +177,8 @@ def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, 
 
 def apply_to_strategies(config: RunConfig, settings: dict[str, Any]) -> None:
     """Give a setting such as `freeze_below` or `layer_decay` to every chosen strategy that has it."""
+    from transferlab.strategies import get_strategy
+
     for key, value in settings.items():
         if value is None:
             continue

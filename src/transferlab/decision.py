@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SMALL_DATA, LARGE_DATA = 1_000, 10_000
+from transferlab.settings import SMALL_DATA
+
+LARGE_DATA = 10_000
 # Up to this many examples of the rarest class, SetFit's contrastive pairs beat the head on frozen features for text
 # (bench/small_data.py at 8, 16 and 64 per class, docs/benchmarks.md); 64 is the largest size measured.
 FEW_SHOT_PER_CLASS = 64

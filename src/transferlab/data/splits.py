@@ -17,12 +17,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 from transferlab.data.checks import has_copies
 from transferlab.data.sources import LabeledData
 from transferlab.errors import UserError
+from transferlab.settings import DEFAULT_N_TRAIN
 
-DEFAULT_N_TRAIN = 2000
 DEFAULT_N_TEST = 1000
 DEFAULT_TEST_FRACTION = 0.2
-SMALL_DATA = 1000  # below this many training examples, comparisons cross-validate by default: one hold-out split is too noisy there
-DEFAULT_FOLDS = 5
 
 
 @dataclass

@@ -25,7 +25,6 @@ import copy
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,61 +33,6 @@ from torch import nn
 
 from transferlab.backbones.base import base_model
 from transferlab.errors import UserError
-
-METERS = ("perplexity", "sequential", "cka")
-MITIGATIONS = ("ewc", "replay", "l2sp")
-GENERAL_TEXTS = ("auto", "bbc-news", "python-docs")
-
-
-@dataclass
-class ForgettingConfig:
-    """The `forgetting:` block of a run config: which meter, which mitigations and their weights."""
-
-    # None: not measured; auto: perplexity for a backbone with an LM head, else cka
-    meter: str | None = field(
-        default=None, metadata={"help": "perplexity (decoders), sequential (task A then task B) or cka [default: by backbone]"}
-    )
-    mitigations: list[str] = field(
-        default_factory=list, metadata={"help": "comma-separated: ewc, replay, l2sp [default: none]", "flag": "--mitigation"}
-    )
-    # lambda in lambda/2 sum F (theta - theta*)^2 (the Fisher of a trained model is small)
-    ewc_lambda: float = field(default=1e4, metadata={"help": "EWC weight lambda [default: 1e4]"})
-    # alpha in alpha/2 ||theta - theta0||^2
-    l2sp_alpha: float = field(default=0.1, metadata={"help": "L2-SP weight alpha [default: 0.1]"})
-    # replayed from the previous task, or general text
-    replay_fraction: float = field(default=0.25, metadata={"help": "share of each batch replayed [default: 0.25]"})
-    fisher_examples: int = 128  # examples (or general texts) the diagonal Fisher is estimated on
-    task_b: str = field(default="bbc-news", metadata={"help": "second task of the sequential meter [default: bbc-news]"})
-    task_b_lr: float | None = field(default=None, metadata={"help": "task B's learning rate [default: --lr]"})
-    general_text: str = field(default="auto", metadata={"help": "auto, bbc-news or python-docs: held-out text for perplexity"})
-    general_examples: int = 64  # general texts measured
-    general_max_length: int = 64  # tokens per general text
-    cka_examples: int = 256  # task examples the CKA is computed on
-    objective: str = field(
-        default="classification", metadata={"help": "classification, or lm: fine-tune a decoder's LM on the task's texts (full, lora, ...)"}
-    )
-
-    def validate(self) -> None:
-        if self.meter is not None and self.meter not in ("auto", *METERS):
-            raise UserError(f"forgetting meter must be one of {', '.join(METERS)}, got '{self.meter}'")
-        unknown = set(self.mitigations) - set(MITIGATIONS)
-        if unknown:
-            raise UserError(f"unknown mitigation {', '.join(sorted(unknown))}: choose from {', '.join(MITIGATIONS)}")
-        checks = [
-            (self.objective in ("classification", "lm"), f"objective must be classification or lm, got '{self.objective}'"),
-            (self.objective != "lm" or not self.mitigations, "mitigations apply to classification training, not the LM objective"),
-            (self.general_text in GENERAL_TEXTS, f"general_text must be one of {', '.join(GENERAL_TEXTS)}, got '{self.general_text}'"),
-            (self.ewc_lambda >= 0, f"ewc_lambda must not be negative, got {self.ewc_lambda}"),
-            (self.l2sp_alpha >= 0, f"l2sp_alpha must not be negative, got {self.l2sp_alpha}"),
-            (0 < self.replay_fraction < 1, f"replay_fraction must be in (0, 1), got {self.replay_fraction}"),
-            (self.task_b_lr is None or self.task_b_lr > 0, f"task_b_lr must be positive, got {self.task_b_lr}"),
-        ]
-        for name in ("fisher_examples", "general_examples", "general_max_length", "cka_examples"):
-            checks.append((getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}"))
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-
 
 # ----------------------------------------------------------------------------------------------- helpers
 

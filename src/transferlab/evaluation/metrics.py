@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-HEADLINE_METRICS = ("accuracy", "macro_f1", "precision", "recall", "f1", "auroc", "mcc")
+from transferlab.settings import HEADLINE_METRICS
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -23,9 +23,10 @@ from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.forgetting_meter import meter_for, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics
 from transferlab.evaluation.stats import mean_std
+from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy
 from transferlab.training.inference import default_device, map_batches
-from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+from transferlab.training.loop import FitData, train_with_trainer
 
 if TYPE_CHECKING:
     from transferlab.config import RunConfig

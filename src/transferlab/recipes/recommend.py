@@ -15,10 +15,11 @@ import numpy as np
 from transferlab.backbones import build_classifier, family_for, load_preprocessor, resolve_backbone
 from transferlab.config import strategy_for
 from transferlab.data.catalog import load_dataset
-from transferlab.data.splits import DEFAULT_N_TRAIN, stratified_subset
+from transferlab.data.splits import stratified_subset
 from transferlab.decision import ADAM_BYTES_PER_PARAM, Situation, decide
 from transferlab.errors import UserError
 from transferlab.evaluation.domain_gap import LARGE_FROM, SMALL_BELOW, measure_gap
+from transferlab.settings import DEFAULT_N_TRAIN
 
 Log = Callable[[str], None]
 

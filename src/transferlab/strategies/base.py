@@ -17,7 +17,8 @@ from torch import nn
 
 from transferlab.backbones.base import CAPABILITIES, TransferModel
 from transferlab.errors import UserError
-from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+from transferlab.settings import TrainingConfig
+from transferlab.training.loop import FitData, train_with_trainer
 
 
 @dataclass

@@ -21,9 +21,10 @@ from transferlab.backbones.text import FEATURE_LAYERS
 from transferlab.errors import UserError
 from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features
 from transferlab.evaluation.stats import SIGNIFICANCE, paired_p_value
+from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
 from transferlab.training.inference import inference_precision, map_batches, pooled_features
-from transferlab.training.loop import FitData, TrainingConfig
+from transferlab.training.loop import FitData
 
 HEAD_LAYERS = (*FEATURE_LAYERS, "auto")
 # What "auto" chooses between, by the probe's cross-validated score on the same folds: the layer-probe study

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from transferlab.backbones.base import TransferModel
+from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
 from transferlab.strategies.head import FeatureExtraction
-from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer
+from transferlab.training.loop import FitData, train_with_trainer
 
 
 @dataclass

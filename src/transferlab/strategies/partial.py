@@ -12,9 +12,10 @@ from transformers import TrainerCallback
 
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
+from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
 from transferlab.training.frozen_cache import FrozenLayerCache, cache_size_mb
-from transferlab.training.loop import FitData, TrainingConfig, train_with_trainer, training_plan
+from transferlab.training.loop import FitData, train_with_trainer, training_plan
 
 
 def _check_freeze_below(k: int, groups: int) -> None:

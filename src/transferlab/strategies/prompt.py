@@ -16,8 +16,9 @@ from torch import nn
 
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
+from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy
-from transferlab.training.loop import FitData, TrainingConfig
+from transferlab.training.loop import FitData
 
 
 @dataclass

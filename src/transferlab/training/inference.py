@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from transferlab.training.loop import TrainingConfig
+    from transferlab.settings import TrainingConfig
 
 
 def default_device() -> torch.device:

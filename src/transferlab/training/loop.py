@@ -24,16 +24,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transferlab import faults
 from transferlab.distributed import state
 from transferlab.errors import UserError
-from transferlab.evaluation.metrics import HEADLINE_METRICS, classification_metrics
+from transferlab.evaluation.metrics import classification_metrics
+from transferlab.settings import TrainingConfig
 from transferlab.training.checkpoints import last_complete_checkpoint, shared_temporary_folder, tensorboard_callbacks
 from transferlab.training.divergence import DivergenceGuard
 from transferlab.training.inference import precision_flags
 
-SCHEDULERS = ("linear", "cosine", "stlr")
-# The optimizer-step floor: on rt-polarity at 8 sentences per class (minilm-l6), LoRA and full fine-tuning stay at
-# chance with their 3 epochs (3 steps), reach 0.53-0.55 macro-F1 with 100 steps, and gain nothing more with 200
-# (docs/findings.md, "Small data").
-MIN_STEPS = 100
 # Below this many validation examples early stopping is off: one example is 2 points of accuracy, and a score's
 # standard error on 50 is 7 points, more than most gaps between checkpoints.
 MIN_VALIDATION = 50
@@ -47,50 +43,6 @@ class _ProgressCallback(TrainerCallback):
         for hook in PROGRESS_HOOKS:
             hook(state.global_step, state.max_steps)
         faults.reached("train-step")
-
-
-@dataclass
-class TrainingConfig:
-    epochs: float = field(default=3, metadata={"help": "training epochs [default: 3]"})
-    batch_size: int = field(default=16, metadata={"help": "training batch size [default: 16]"})
-    eval_batch_size: int = 64
-    lr: float | None = field(default=None, metadata={"help": "one learning rate for every strategy [default: each strategy's own]"})
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    scheduler: str = field(default="linear", metadata={"help": "linear, cosine or stlr (ULMFiT's slanted triangular) [default: linear]"})
-    patience: int = 3
-    evals_per_epoch: int = 2
-    # Small data: however few examples, train at least this many optimizer steps (warm-up scales with them).
-    # 3 epochs of 14 examples are 3 steps, all inside the warm-up: what is evaluated is the random head.
-    min_steps: int = MIN_STEPS
-    gradient_accumulation: int = 1
-    # None: accuracy, or macro-F1 when the classes are imbalanced (decided by the run)
-    metric: str | None = field(default=None, metadata={"help": "headline metric, also used for early stopping [default: accuracy]"})
-    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
-    seed: int = field(default=0, metadata={"help": "seed for the split, the head and training [default: 0]"})
-
-    @property
-    def headline_metric(self) -> str:
-        return self.metric or "accuracy"
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
-            (self.batch_size > 0, f"batch size must be positive, got {self.batch_size}"),
-            (self.lr is None or self.lr > 0, f"learning rate must be positive, got {self.lr}"),
-            (0 <= self.warmup_ratio < 1, f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}"),
-            (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
-            (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
-            (self.min_steps >= 0, f"min_steps must be 0 or more, got {self.min_steps}"),
-            (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed precision must be auto, no, bf16 or fp16"),
-            (
-                self.metric is None or self.metric in HEADLINE_METRICS,
-                f"metric must be one of {', '.join(HEADLINE_METRICS)}, got '{self.metric}'",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
 
 
 @dataclass

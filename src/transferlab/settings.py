@@ -1,0 +1,124 @@
+"""The training and forgetting settings of a run, and the defaults they start from: plain dataclasses.
+
+This module imports nothing heavy (no torch, no scikit-learn), so the command line builds every option from these
+fields, help texts included, in a fraction of a second; the code that acts on the settings lives with the trainer
+(`training/loop.py`) and the forgetting meters (`evaluation/forgetting.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transferlab.errors import UserError
+
+DEFAULT_DATASET = "rt-polarity"
+DEFAULT_N_TRAIN = 2000
+# Below this many training examples a comparison cross-validates by default (one hold-out split is too noisy there),
+# and the decision rules call the data small.
+SMALL_DATA = 1000
+DEFAULT_FOLDS = 5
+
+HEADLINE_METRICS = ("accuracy", "macro_f1", "precision", "recall", "f1", "auroc", "mcc")
+SCHEDULERS = ("linear", "cosine", "stlr")
+# The optimizer-step floor: on rt-polarity at 8 sentences per class (minilm-l6), LoRA and full fine-tuning stay at
+# chance with their 3 epochs (3 steps), reach 0.53-0.55 macro-F1 with 100 steps, and gain nothing more with 200
+# (docs/findings.md, "Small data").
+MIN_STEPS = 100
+
+METERS = ("perplexity", "sequential", "cka")
+MITIGATIONS = ("ewc", "replay", "l2sp")
+GENERAL_TEXTS = ("auto", "bbc-news", "python-docs")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = field(default=3, metadata={"help": "training epochs [default: 3]"})
+    batch_size: int = field(default=16, metadata={"help": "training batch size [default: 16]"})
+    eval_batch_size: int = 64
+    lr: float | None = field(default=None, metadata={"help": "one learning rate for every strategy [default: each strategy's own]"})
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    scheduler: str = field(default="linear", metadata={"help": "linear, cosine or stlr (ULMFiT's slanted triangular) [default: linear]"})
+    patience: int = 3
+    evals_per_epoch: int = 2
+    # Small data: however few examples, train at least this many optimizer steps (warm-up scales with them).
+    # 3 epochs of 14 examples are 3 steps, all inside the warm-up: what is evaluated is the random head.
+    min_steps: int = MIN_STEPS
+    gradient_accumulation: int = 1
+    # None: accuracy, or macro-F1 when the classes are imbalanced (decided by the run)
+    metric: str | None = field(default=None, metadata={"help": "headline metric, also used for early stopping [default: accuracy]"})
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
+    seed: int = field(default=0, metadata={"help": "seed for the split, the head and training [default: 0]"})
+
+    @property
+    def headline_metric(self) -> str:
+        return self.metric or "accuracy"
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
+            (self.batch_size > 0, f"batch size must be positive, got {self.batch_size}"),
+            (self.lr is None or self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (0 <= self.warmup_ratio < 1, f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
+            (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
+            (self.min_steps >= 0, f"min_steps must be 0 or more, got {self.min_steps}"),
+            (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed precision must be auto, no, bf16 or fp16"),
+            (
+                self.metric is None or self.metric in HEADLINE_METRICS,
+                f"metric must be one of {', '.join(HEADLINE_METRICS)}, got '{self.metric}'",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass
+class ForgettingConfig:
+    """The `forgetting:` block of a run config: which meter, which mitigations and their weights."""
+
+    # None: not measured; auto: perplexity for a backbone with an LM head, else cka
+    meter: str | None = field(
+        default=None, metadata={"help": "perplexity (decoders), sequential (task A then task B) or cka [default: by backbone]"}
+    )
+    mitigations: list[str] = field(
+        default_factory=list, metadata={"help": "comma-separated: ewc, replay, l2sp [default: none]", "flag": "--mitigation"}
+    )
+    # lambda in lambda/2 sum F (theta - theta*)^2 (the Fisher of a trained model is small)
+    ewc_lambda: float = field(default=1e4, metadata={"help": "EWC weight lambda [default: 1e4]"})
+    # alpha in alpha/2 ||theta - theta0||^2
+    l2sp_alpha: float = field(default=0.1, metadata={"help": "L2-SP weight alpha [default: 0.1]"})
+    # replayed from the previous task, or general text
+    replay_fraction: float = field(default=0.25, metadata={"help": "share of each batch replayed [default: 0.25]"})
+    fisher_examples: int = 128  # examples (or general texts) the diagonal Fisher is estimated on
+    task_b: str = field(default="bbc-news", metadata={"help": "second task of the sequential meter [default: bbc-news]"})
+    task_b_lr: float | None = field(default=None, metadata={"help": "task B's learning rate [default: --lr]"})
+    general_text: str = field(default="auto", metadata={"help": "auto, bbc-news or python-docs: held-out text for perplexity"})
+    general_examples: int = 64  # general texts measured
+    general_max_length: int = 64  # tokens per general text
+    cka_examples: int = 256  # task examples the CKA is computed on
+    objective: str = field(
+        default="classification", metadata={"help": "classification, or lm: fine-tune a decoder's LM on the task's texts (full, lora, ...)"}
+    )
+
+    def validate(self) -> None:
+        if self.meter is not None and self.meter not in ("auto", *METERS):
+            raise UserError(f"forgetting meter must be one of {', '.join(METERS)}, got '{self.meter}'")
+        unknown = set(self.mitigations) - set(MITIGATIONS)
+        if unknown:
+            raise UserError(f"unknown mitigation {', '.join(sorted(unknown))}: choose from {', '.join(MITIGATIONS)}")
+        checks = [
+            (self.objective in ("classification", "lm"), f"objective must be classification or lm, got '{self.objective}'"),
+            (self.objective != "lm" or not self.mitigations, "mitigations apply to classification training, not the LM objective"),
+            (self.general_text in GENERAL_TEXTS, f"general_text must be one of {', '.join(GENERAL_TEXTS)}, got '{self.general_text}'"),
+            (self.ewc_lambda >= 0, f"ewc_lambda must not be negative, got {self.ewc_lambda}"),
+            (self.l2sp_alpha >= 0, f"l2sp_alpha must not be negative, got {self.l2sp_alpha}"),
+            (0 < self.replay_fraction < 1, f"replay_fraction must be in (0, 1), got {self.replay_fraction}"),
+            (self.task_b_lr is None or self.task_b_lr > 0, f"task_b_lr must be positive, got {self.task_b_lr}"),
+        ]
+        for name in ("fisher_examples", "general_examples", "general_max_length", "cka_examples"):
+            checks.append((getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}"))
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
