@@ -15,7 +15,7 @@ from transferlab.backbones import build_classifier, load_preprocessor, resolve_b
 from transferlab.catalog import GgufModel, PackagedFile
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.evaluation import forgetting as fg
-from transferlab.settings import TrainingConfig
+from transferlab.settings import ForgettingConfig, TrainingConfig
 from transferlab.training.loop import FitData, train_with_trainer
 
 from .conftest import sentiment_texts
@@ -284,10 +284,10 @@ def test_mitigations_from_pretrained_need_general_text_on_an_encoder(tiny_bert_d
     from transferlab.evaluation.forgetting_meter import single_task_mitigations
 
     model, pre, _ = _tiny_model_and_batch(tiny_bert_dir)
-    config = fg.ForgettingConfig(mitigations=["l2sp", "ewc"])
+    config = ForgettingConfig(mitigations=["l2sp", "ewc"])
     with pytest.raises(UserError, match="ewc from the pretrained model needs general text"):
         single_task_mitigations(config, model, pre.tokenizer, [], 16, 0)
-    penalty = single_task_mitigations(fg.ForgettingConfig(mitigations=["l2sp"]), model, pre.tokenizer, [], 16, 0)
+    penalty = single_task_mitigations(ForgettingConfig(mitigations=["l2sp"]), model, pre.tokenizer, [], 16, 0)
     assert float(penalty(model)) == 0.0  # at the pretrained weights
 
 
