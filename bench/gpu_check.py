@@ -28,7 +28,7 @@ from tests.conftest import VOCAB, sentiment_texts  # noqa: E402
 from transferlab.config import load_run_config  # noqa: E402
 from transferlab.recipes.compare import compare  # noqa: E402
 from transferlab.recipes.experiment import prepare
-from transferlab.recipes.predict import load_model  # noqa: E402
+from transferlab.recipes.loading import load_model  # noqa: E402
 from transferlab.recipes.train import train  # noqa: E402
 
 

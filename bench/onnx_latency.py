@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import transferlab  # noqa: E402
+from transferlab.recipes.loading import load_model  # noqa: E402
 from transferlab.recipes.onnx_export import export_onnx  # noqa: E402
-from transferlab.recipes.predict import load_model  # noqa: E402
 
 
 def _runtimes(model_dir: Path, work: Path) -> dict:

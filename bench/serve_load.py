@@ -98,10 +98,11 @@ def resident_memory(kind: str, backbone: str, folders: dict[str, Path]) -> dict[
 
 def hold(kind: str, backbone: str, pairs: list[str]) -> None:
     """Child process: load the models one way and print parameter bytes and resident set size."""
-    from transferlab.recipes.predict import load_model
-    from transferlab.serve.tasks import MultiTaskModel, parse_adapter_options
+    from transferlab.recipes.loading import load_model
+    from transferlab.serve.task_folders import parse_task_folders
+    from transferlab.serve.tasks import MultiTaskModel
 
-    folders = parse_adapter_options(pairs)
+    folders = parse_task_folders(pairs)
     if kind == "shared":
         models = [MultiTaskModel(backbone, folders).model]
     else:

@@ -22,6 +22,24 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
 )
 
+
+def run_without(modules: tuple[str, ...], code: str, *args: str, timeout: int = 300):
+    """Run `code` in a fresh interpreter where importing any of `modules` (or their submodules) fails: the proof
+    that a deployment path needs none of them."""
+    import subprocess
+    import sys
+
+    blocker = (
+        "import sys\n"
+        "class _Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {modules!r}:\n"
+        "            raise ImportError(f'{name} is not installed here')\n"
+        "sys.meta_path.insert(0, _Refuse())\n"
+    )
+    return subprocess.run([sys.executable, "-c", blocker + code, *args], capture_output=True, text=True, timeout=timeout)
+
+
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "brilliant"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "terrible"]
 NEUTRAL = ["the", "film", "movie", "plot", "actors", "story", "was", "is", "a", "very", "and", "but"]

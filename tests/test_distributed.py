@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import tiny_bert
 from transferlab.config import load_run_config
-from transferlab.recipes.predict import load_model
+from transferlab.recipes.loading import load_model
 from transferlab.recipes.train import train
 from transferlab.settings import MIN_STEPS
 

@@ -19,7 +19,7 @@ import transferlab.backbones  # noqa: F401  (what the README says a user imports
 from transferlab.backbones import build_classifier, resolve_backbone
 from transferlab.config import load_run_config
 from transferlab.recipes import train as train_recipe
-from transferlab.recipes.predict import load_model
+from transferlab.recipes.loading import load_model
 from transferlab.strategies import STRATEGIES, get_strategy
 from transferlab.training.inference import predict_proba
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +11,16 @@ import pytest
 
 from transferlab.config import load_run_config
 from transferlab.errors import UserError
+from transferlab.recipes.loading import load_model
 from transferlab.recipes.onnx_export import export_onnx
-from transferlab.recipes.predict import load_model
 from transferlab.recipes.train import train
+
+from .conftest import run_without
 
 DEPLOY = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 TEXTS = ["the film was good", "a dull and boring plot", "the actors were superb but the story was terrible and very dull"]
-# Run first in the deployment process: importing any of these fails there.
-BLOCKER = """import sys
-class _Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "transferlab"):
-            raise ImportError(f"{name} is not installed here")
-sys.meta_path.insert(0, _Refuse())
-"""
+# What the deployment process lacks: importing any of these fails there.
+NOT_DEPLOYED = ("torch", "transformers", "transferlab")
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +43,57 @@ def trained(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
     return runs
 
 
+@pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory, tiny_cnn_dir) -> Path:
+    """The tiny CNN fine-tuned on grey images whose brighter half is the label, as `train` exports it."""
+    from PIL import Image
+
+    from .conftest import bright_side_images
+
+    root = tmp_path_factory.mktemp("onnx-cnn")
+    for i, (image, label) in enumerate(zip(*bright_side_images(48))):
+        (root / "images" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "images" / str(label) / f"{i}.png")
+    config = load_run_config(
+        None, backbone=str(tiny_cnn_dir), dataset=str(root / "images"), strategies=["full"], cv=1, n_train=36, n_test=12,
+        image_size=32, label_issues=False, training={"epochs": 1, "batch_size": 8, "min_steps": 4},
+    )  # fmt: skip
+    train(config, root / "run", keep_adapter=False, log=lambda _: None)
+    return root / "run" / "model"
+
+
+def _deploy_script(number: int) -> str:
+    return re.findall(r"```python\n(.*?)```", DEPLOY.read_text(encoding="utf-8"), re.S)[number]
+
+
 def test_the_deploy_script_runs_without_torch_and_matches_predict(trained, tmp_path):
     folder = export_onnx(trained["full"], "onnx", tmp_path / "onnx").parent
-    script = re.search(r"```python\n(.*?)```", DEPLOY.read_text(encoding="utf-8"), re.S).group(1)
-    blocked = subprocess.run([sys.executable, "-c", BLOCKER + "import torch"], capture_output=True, text=True)
+    blocked = run_without(NOT_DEPLOYED, "import torch")
     assert blocked.returncode != 0 and "not installed here" in blocked.stderr  # the blocker works
-    done = subprocess.run([sys.executable, "-c", BLOCKER + script, str(folder), *TEXTS], capture_output=True, text=True, timeout=300)
+    done = run_without(NOT_DEPLOYED, _deploy_script(0), str(folder), *TEXTS)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     loaded = load_model(trained["full"])
     expected = loaded.predict_proba(TEXTS)
     np.testing.assert_allclose(np.array([r["probabilities"] for r in rows]), expected, atol=1e-4, rtol=0)
     assert [r["label"] for r in rows] == [loaded.label_names[i] for i in expected.argmax(1)]
+
+
+def test_the_image_deploy_script_runs_with_pillow_alone_and_matches_predict(trained_cnn, tmp_path):
+    from PIL import Image
+
+    from .conftest import bright_side_images
+
+    folder = export_onnx(trained_cnn, "onnx", tmp_path / "onnx").parent
+    paths = []
+    for i, (image, size) in enumerate(zip(bright_side_images(4, seed=5)[0], ((32, 32), (45, 30), (30, 61), (100, 100)))):
+        paths.append(str(tmp_path / f"{i}.png"))  # wide, tall and large: the resize and the crop's rounding matter
+        Image.fromarray(image).resize(size).save(paths[-1])
+    done = run_without(NOT_DEPLOYED, _deploy_script(1), str(folder), *paths)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    expected = load_model(trained_cnn).predict_proba(paths)
+    np.testing.assert_allclose(np.array([r["probabilities"] for r in rows]), expected, atol=1e-4, rtol=0)
 
 
 def _run_graph(graph: Path, texts: list[str]) -> np.ndarray:
@@ -94,3 +127,84 @@ def test_virtual_tokens_cannot_be_exported(trained, tmp_path):
         export_onnx(trained["prompt"], "onnx", tmp_path / "prompt")
     with pytest.raises(UserError, match="unknown export format 'tflite'"):
         export_onnx(trained["full"], "tflite", tmp_path / "x")
+
+
+# The onnxruntime backend of predict and serve: transferlab without torch or transformers.
+NO_TORCH = ("torch", "transformers", "peft", "torchvision", "timm", "accelerate")
+CLI = "import sys\nfrom transferlab.cli import main\nsys.argv = ['transferlab', *sys.argv[1:]]\nmain()\n"
+
+
+def test_predict_on_onnxruntime_imports_no_torch_and_matches_torch_predict(trained, trained_cnn, tmp_path):
+    import pandas as pd
+
+    text_export = export_onnx(trained["full"], "onnx", tmp_path / "text").parent
+    table = tmp_path / "texts.csv"
+    labels = ["pos", "neg", "neg"]
+    pd.DataFrame({"review": TEXTS, "label": labels}).to_csv(table, index=False)
+    done = run_without(
+        NO_TORCH, CLI, "predict", "--backend", "onnxruntime", "--model", str(text_export), "--input", str(table),
+        "--text-column", "review", "--label-column", "label", "--output", str(tmp_path / "p.jsonl"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    loaded = load_model(trained["full"])
+    expected = loaded.predict_proba(TEXTS)
+    got = np.array([[row[f"p_{name}"] for name in loaded.label_names] for row in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert [row["true_label"] for row in rows] == labels and "on 3 labelled examples: accuracy" in done.stdout + done.stderr
+
+    image_export = export_onnx(trained_cnn, "onnx", tmp_path / "image").parent
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    from PIL import Image
+
+    from .conftest import bright_side_images
+
+    for i, image in enumerate(bright_side_images(3, size=40, seed=9)[0]):
+        Image.fromarray(image).save(image_dir / f"{i}.png")
+    done = run_without(
+        NO_TORCH, CLI, "predict", "--backend", "onnxruntime", "--model", str(image_export), "--image", str(image_dir),
+        "--output", str(tmp_path / "i.csv"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(tmp_path / "i.csv")
+    expected = load_model(trained_cnn).predict_proba(frame["image"].tolist())
+    np.testing.assert_allclose(frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy(), expected, atol=1e-4, rtol=0)
+
+
+def test_serve_on_onnxruntime_imports_no_torch_and_answers_like_predict(trained, tmp_path):
+    fp32 = export_onnx(trained["full"], "onnx", tmp_path / "fp32").parent
+    int8 = export_onnx(trained["lora"], "onnx-int8", tmp_path / "int8").parent
+    client = (
+        "import json, sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from transferlab.serve.app import create_app\n"
+        "from transferlab.serve.onnx_tasks import OnnxTasks\n"
+        "from transferlab.serve.task_folders import parse_task_folders\n"
+        "app = create_app(OnnxTasks(parse_task_folders(sys.argv[1:3], '--model')))\n"
+        "with TestClient(app) as http:\n"
+        "    tasks = http.get('/v1/tasks').json()\n"
+        f"    answers = [http.post('/v1/predict', json={{'task': t['name'], 'inputs': {TEXTS!r}}}).json() for t in tasks]\n"
+        "print(json.dumps({'tasks': tasks, 'answers': answers}))\n"
+    )
+    done = run_without(NO_TORCH, client, f"sentiment={fp32}", f"compact={int8}")
+    assert done.returncode == 0, done.stderr
+    served = json.loads(done.stdout.splitlines()[-1])
+    assert [t["name"] for t in served["tasks"]] == ["sentiment", "compact"] and served["tasks"][1]["strategy"] == "lora"
+    loaded = load_model(trained["full"])
+    got = np.array([[p["probabilities"][name] for name in loaded.label_names] for p in served["answers"][0]["predictions"]])
+    np.testing.assert_allclose(got, loaded.predict_proba(TEXTS), atol=1e-4, rtol=0)
+
+
+def test_the_onnxruntime_backend_refuses_what_it_cannot_run(trained, trained_cnn, tmp_path):
+    from transferlab.deploy import OnnxClassifier
+    from transferlab.serve.onnx_tasks import OnnxTasks
+
+    with pytest.raises(UserError, match="not a folder written by 'transferlab export'"):
+        OnnxClassifier(trained["full"])  # a train folder: safetensors, no graph
+    with pytest.raises(UserError, match="an image classifier; serve answers texts"):
+        OnnxTasks({"shapes": export_onnx(trained_cnn, "onnx", tmp_path / "cnn").parent})
+    done = run_without(NO_TORCH, CLI, "serve", "--backend", "onnxruntime", "--adapter", f"a={trained['lora']}")
+    assert done.returncode == 2 and "give --model NAME=DIR" in done.stderr and "Traceback" not in done.stderr
+    done = run_without(NO_TORCH, CLI, "predict", "--backend", "tensorrt", "--model", str(trained["full"]), "--text", "good")
+    assert done.returncode == 2 and "unknown backend 'tensorrt'" in done.stderr

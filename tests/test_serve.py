@@ -20,11 +20,12 @@ from fastapi.testclient import TestClient
 from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, sentiment_texts, tiny_bert
 from transferlab.config import load_run_config
 from transferlab.errors import UserError
-from transferlab.recipes.predict import load_model
+from transferlab.recipes.loading import load_model
 from transferlab.recipes.train import train
 from transferlab.serve.app import Limits, create_app
 from transferlab.serve.batching import MicroBatcher
-from transferlab.serve.tasks import MultiTaskModel, parse_adapter_options
+from transferlab.serve.task_folders import parse_task_folders
+from transferlab.serve.tasks import MultiTaskModel
 
 TEXTS = ["the film was good", "a boring plot", "the story is a plot and the actors", "superb", "dull and awful movie"]
 TONES = ["complaint", "praise", "plain"]
@@ -153,9 +154,9 @@ def test_micro_batcher_groups_concurrent_requests_and_returns_each_its_rows():
 
 def test_bad_adapters_are_refused_with_a_reason(tmp_path, adapters, tiny_bert_dir, served):
     with pytest.raises(UserError, match="takes NAME=DIR"):
-        parse_adapter_options(["sentiment"])
+        parse_task_folders(["sentiment"])
     with pytest.raises(UserError, match="given twice"):
-        parse_adapter_options(["a=x", "a=y"])
+        parse_task_folders(["a=x", "a=y"])
     with pytest.raises(UserError, match="no such folder"):
         MultiTaskModel(str(tiny_bert_dir), {"a": tmp_path / "missing"})
     with pytest.raises(UserError, match="no transferlab.json"):

@@ -11,7 +11,7 @@ import pytest
 
 from transferlab.config import load_run_config
 from transferlab.errors import UserError
-from transferlab.recipes.predict import load_model
+from transferlab.recipes.loading import load_model
 from transferlab.recipes.train import train
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transferlab.recipes.predict import LoadedModel
+    from transferlab.recipes.loading import LoadedModel
     from transferlab.results import Results
 
 __version__ = importlib.metadata.version("transferlab")
@@ -54,7 +54,7 @@ def train(strategy: str = "lora", out: str | Path | None = None, config: str | P
 
 def load(model_dir: str | Path) -> LoadedModel:
     """A model `train` exported: `predict_proba(texts or images)` and `label_names`."""
-    from transferlab.recipes.predict import load_model
+    from transferlab.recipes.loading import load_model
 
     return load_model(Path(model_dir))
 

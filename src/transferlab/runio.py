@@ -15,6 +15,7 @@ from transferlab import faults
 
 RESULTS = "results.json"  # a run folder's whole record, written last: its presence marks the run complete
 CONFIG = "config.yaml"  # the resolved config, written first
+MANIFEST = "transferlab.json"  # an exported model's record: what it is, what it was trained on, how to read its inputs
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -63,14 +63,14 @@ IMAGE_STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {"lr": 3e-3},
     "bitfit": {"lr": 3e-3},
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class ImagePreprocessor(Preprocessor):
     """Decode once to uint8 at the model's resolution; normalise per batch; augment training batches only.
 
-    Evaluation resizes the shorter side to size / crop_pct and centre-crops (the weights' own recipe).
-    Grey images become three identical channels.
+    Evaluation resizes the shorter side to size / crop_pct and centre-crops (the weights' own recipe), on the Pillow
+    image (torchvision's transforms call Pillow's resize for it), so a deployment with Pillow and numpy alone
+    (`transferlab.deploy`) reproduces the pixels exactly. Grey images become three identical channels.
     """
 
     def __init__(
@@ -113,7 +113,7 @@ class ImagePreprocessor(Preprocessor):
                     image = opened.convert("RGB")
             except (OSError, ValueError) as err:
                 raise UserError(f"{item}: cannot decode image: {err}") from None
-        return self._resize(v2.functional.pil_to_tensor(image))
+        return v2.functional.pil_to_tensor(self._resize(image))
 
     def encode(self, inputs: Sequence[Any], labels: Sequence[int] | None = None) -> list[dict[str, Any]]:
         features = [{"pixel_values": self._pixels(item)} for item in inputs]

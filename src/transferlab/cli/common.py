@@ -15,12 +15,16 @@ out = Console(width=None if sys.stdout.isatty() else 160)  # a redirected table 
 
 
 def quiet_libraries() -> None:
-    """Keep the terminal for our own progress: library load reports and known-harmless warnings go."""
-    import transformers
+    """Keep the terminal for our own progress: library load reports and known-harmless warnings go.
 
+    transformers is optional here: `predict --backend onnxruntime` runs where it is not installed."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        import transformers
+    except ImportError:
+        return
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def out_dir(given: Path | None, command: str) -> Path:

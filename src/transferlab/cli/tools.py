@@ -11,6 +11,8 @@ from transferlab.cli.common import console, out, progress_logger
 from transferlab.cli.options import config_options
 from transferlab.errors import UserError
 
+BACKEND_HELP = "torch, or onnxruntime: run a 'transferlab export' folder with onnxruntime, without importing torch"
+
 
 @config_options("backbone", "seed", "text_column", "image_column", "label_column")
 def recommend_command(
@@ -53,27 +55,35 @@ def export(
 
 
 def predict(
-    model: Annotated[Path, typer.Option(help="a DIR/model folder written by 'transferlab train'")],
+    model: Annotated[
+        Path, typer.Option(help="a DIR/model folder written by 'transferlab train' (or 'export', with --backend onnxruntime)")
+    ],
     text: Annotated[list[str] | None, typer.Option(help="a text to classify; repeat for several")] = None,
     image: Annotated[list[Path] | None, typer.Option(help="an image file or a folder of images; repeat for several")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help=".csv/.jsonl/.parquet/.txt file of texts")] = None,
     text_column: Annotated[str, typer.Option(help="text column of --input")] = "text",
     label_column: Annotated[str | None, typer.Option(help="true labels in --input: also report accuracy and macro-F1")] = None,
     output: Annotated[Path | None, typer.Option(help="write predictions here (.csv or .jsonl)")] = None,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
 ) -> None:
     """Print the label and class probabilities for each text or image."""
     from transferlab.recipes.predict import predict_command
 
-    predict_command(model, text, image, input_file, text_column, output, out, label_column)
+    predict_command(model, text, image, input_file, text_column, output, out, label_column, backend)
 
 
 def serve(
     adapter: Annotated[
-        list[str], typer.Option(help="NAME=DIR: a task and its 'train --keep-adapter' output folder (DIR/model); repeat for more")
-    ],
+        list[str] | None, typer.Option(help="NAME=DIR: a task and its 'train --keep-adapter' output folder (DIR/model); repeat for more")
+    ] = None,
     backbone: Annotated[
         str | None, typer.Option(help="the backbone every adapter was trained on [default: the one their transferlab.json names]")
     ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=DIR: a task and its 'transferlab export' folder, with --backend onnxruntime; repeat for more"),
+    ] = None,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
     host: Annotated[str, typer.Option(help="address to bind; the default answers this machine only")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     max_inputs: Annotated[int, typer.Option(help="texts per request")] = 64,
@@ -81,18 +91,32 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="texts per forward pass, gathered from concurrent requests")] = 64,
     batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to share its forward pass")] = 5.0,
 ) -> None:
-    """Answer POST /v1/predict for many tasks from one backbone held in memory once (docs at /docs)."""
+    """Answer POST /v1/predict for many tasks: adapters over one backbone held in memory once (torch), or exported
+    ONNX models (onnxruntime, no torch). API docs at /docs."""
     import uvicorn
 
     from transferlab.serve.app import Limits, create_app
-    from transferlab.serve.tasks import MultiTaskModel, parse_adapter_options
+    from transferlab.serve.task_folders import parse_task_folders
 
     if min(max_inputs, max_chars, max_batch) < 1 or batch_wait_ms < 0:
         raise UserError("--max-inputs, --max-chars and --max-batch must be at least 1, --batch-wait-ms not negative")
-    model = MultiTaskModel(backbone, parse_adapter_options(adapter))
+    if backend == "onnxruntime":
+        from transferlab.serve.onnx_tasks import OnnxTasks
+
+        if adapter or backbone:
+            raise UserError("--backend onnxruntime serves exported models: give --model NAME=DIR, not --adapter or --backbone")
+        served = OnnxTasks(parse_task_folders(model or [], "--model", "a folder written by 'transferlab export'"))
+    elif backend == "torch":
+        from transferlab.serve.tasks import MultiTaskModel
+
+        if model:
+            raise UserError("--model serves an ONNX export: add --backend onnxruntime (torch serves --adapter folders)")
+        served = MultiTaskModel(backbone, parse_task_folders(adapter or []))
+    else:
+        raise UserError(f"unknown backend '{backend}': choose torch or onnxruntime")
     limits = Limits(max_inputs=max_inputs, max_chars=max_chars, max_batch=max_batch, max_wait_ms=batch_wait_ms)
-    console.print(f"serving {', '.join(model.tasks)} over {model.backbone} on http://{host}:{port} (API docs at /docs)")
-    uvicorn.run(create_app(model, limits), host=host, port=port, log_level="warning")
+    console.print(f"serving {', '.join(served.tasks)} over {served.backbone} on http://{host}:{port} (API docs at /docs)")
+    uvicorn.run(create_app(served, limits), host=host, port=port, log_level="warning")
 
 
 def report(directory: Annotated[Path, typer.Argument(help="a run folder holding results.json")]) -> None:

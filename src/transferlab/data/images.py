@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transferlab.backbones.cnn import IMAGE_SUFFIXES
 from transferlab.catalog import ResolvedAsset, package_file
 from transferlab.data.sources import LabeledData, encode_labels, read_table, require_columns
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.hashing import sha256_of
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {

@@ -21,8 +21,8 @@ from peft import PeftModel
 from torch import nn
 
 from transferlab.errors import UserError
-from transferlab.recipes.predict import MANIFEST, load_model
-from transferlab.runio import atomic_write_json, publish_directory
+from transferlab.recipes.loading import load_model
+from transferlab.runio import MANIFEST, atomic_write_json, publish_directory
 
 FORMATS = ("onnx", "onnx-int8")
 ONNX_FILE = "model.onnx"

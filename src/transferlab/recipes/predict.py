@@ -1,68 +1,47 @@
-"""`transferlab predict`: load a folder written by `transferlab train` and classify texts or images."""
+"""`transferlab predict`: classify texts or images with a folder written by `transferlab train` (torch) or
+`transferlab export` (onnxruntime). This module imports neither: the chosen backend's loader is imported when it
+is used, so the onnxruntime path runs where torch is not installed."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from peft import PeftModel
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
-from transferlab.backbones import Preprocessor, build_classifier, family_named, resolve_backbone
-from transferlab.backbones.cnn import IMAGE_SUFFIXES
+from transferlab.data.images import IMAGE_SUFFIXES
 from transferlab.data.sources import read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics
-from transferlab.recipes.run_folder import is_complete
-from transferlab.runio import CONFIG, RESULTS, atomic_write_text
-from transferlab.training.inference import default_device, predict_proba
+from transferlab.runio import atomic_write_text
 
-MANIFEST = "transferlab.json"
+BACKENDS = ("torch", "onnxruntime")
 
 
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    preprocessor: Preprocessor
+class Classifier(Protocol):
+    """What predict needs of a loaded model, whichever backend runs it."""
+
     label_names: list[str]
-    modality: str = "text"
-    manifest: dict[str, Any] = field(default_factory=dict)  # transferlab.json: what the model is and was trained on
+    modality: str
 
-    def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
-        features = self.preprocessor.encode(inputs)
-        return predict_proba(self.model, features, self.preprocessor.collate, self.preprocessor.length_of, batch_size)
+    def predict_proba(self, inputs: Sequence[Any], batch_size: int = ...) -> np.ndarray: ...
 
 
-def load_model(model_dir: Path) -> LoadedModel:
-    """A folder written by `export` (merged or adapter); anything else is refused with a reason."""
-    model_dir = Path(model_dir)
-    manifest_path = model_dir / MANIFEST
-    if not manifest_path.is_file():
-        hint = " (the run may not have finished)" if model_dir.is_dir() else ""
-        raise UserError(f"{model_dir} is not a model exported by 'transferlab train'{hint}: no {MANIFEST}")
-    run = model_dir.parent
-    if (run / CONFIG).is_file() and not is_complete(run):
-        raise UserError(f"{model_dir}: the run that wrote it did not finish (no complete {run / RESULTS}); run its command again to resume")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    # Models exported before families were recorded name only what they read.
-    family = family_named(manifest.get("family") or ("cnn" if manifest.get("modality") == "image" else "encoder"))
-    preprocessor = family.load_preprocessor(model_dir, manifest)
-    if manifest["format"] == "peft-adapter":
-        asset = resolve_backbone(manifest["backbone"])
-        if asset.hashes != manifest["backbone_sha256"]:
-            raise UserError(f"{model_dir}: the adapter was trained on a different '{manifest['backbone']}' (weight hashes differ)")
-        base = build_classifier(asset, manifest["label_names"], manifest["pooling"])
-        model = PeftModel.from_pretrained(base, str(model_dir))
-    else:
-        model = family.load_merged(model_dir)
-    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], family.inputs, manifest)
+def load_classifier(model_dir: Path, backend: str = "torch") -> Classifier:
+    """`train`'s folder on torch, or `export`'s ONNX folder on onnxruntime (no torch imported)."""
+    if backend == "torch":
+        from transferlab.recipes.loading import load_model
+
+        return load_model(model_dir)
+    if backend == "onnxruntime":
+        from transferlab.deploy import OnnxClassifier
+
+        return OnnxClassifier(model_dir)
+    raise UserError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
 
 
 def image_files(paths: Sequence[Path]) -> list[str]:
@@ -130,12 +109,13 @@ def predict_command(
     output: Path | None,
     console: Console,
     label_column: str | None = None,
+    backend: str = "torch",
 ) -> None:
     if sum(map(bool, (texts, images, input_file))) != 1:
         raise UserError("give one of --text (one or more), --image (files or folders) or --input FILE")
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"{output}: predictions are written as .csv or .jsonl")
-    loaded = load_model(model_dir)
+    loaded = load_classifier(model_dir, backend)
     if (loaded.modality == "image") != bool(images):
         raise UserError(
             f"{model_dir} classifies {loaded.modality}s: give {'--image' if loaded.modality == 'image' else '--text or --input'}"

@@ -29,9 +29,8 @@ from transferlab.recipes.experiment import (
     write_label_issues,
 )
 from transferlab.recipes.model_card import model_card
-from transferlab.recipes.predict import MANIFEST
 from transferlab.report import write_report
-from transferlab.runio import atomic_write_json, atomic_write_text, publish_directory
+from transferlab.runio import MANIFEST, atomic_write_json, atomic_write_text, publish_directory
 
 
 def train(

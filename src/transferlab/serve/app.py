@@ -5,16 +5,32 @@ text's length (422, FastAPI's validation messages name the offending field); an 
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request model defined inside create_app from the signature.
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
+import numpy as np
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transferlab.serve.batching import MicroBatcher
-from transferlab.serve.tasks import MultiTaskModel
+
+
+class ServedTask(Protocol):
+    name: str
+    label_names: list[str]
+    strategy: str
+
+
+class ServedModel(Protocol):
+    """What the API needs of its tasks, whichever backend runs them (serve/tasks.py: torch, serve/onnx_tasks.py: onnxruntime)."""
+
+    backbone: str
+    tasks: dict[str, ServedTask]
+
+    def predict_proba(self, task: str, texts: Sequence[str], batch_size: int = ...) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,7 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
-def create_app(model: MultiTaskModel, limits: Limits = Limits()) -> FastAPI:
+def create_app(model: ServedModel, limits: Limits = Limits()) -> FastAPI:
     batcher = MicroBatcher(model.predict_proba, limits.max_batch, limits.max_wait_ms / 1000)
 
     @asynccontextmanager
@@ -80,7 +96,7 @@ def create_app(model: MultiTaskModel, limits: Limits = Limits()) -> FastAPI:
         yield
         await batcher.close()
 
-    app = FastAPI(title="transferlab", summary=f"tasks served over one '{model.backbone}' backbone", lifespan=lifespan)
+    app = FastAPI(title="transferlab", summary=f"tasks served over '{model.backbone}'", lifespan=lifespan)
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
 
     Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_chars)]

@@ -10,7 +10,6 @@ side over a single copy of the backbone's weights.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +21,8 @@ from torch import nn
 
 from transferlab.backbones import Preprocessor, build_classifier, family_of, resolve_backbone
 from transferlab.errors import UserError
-from transferlab.recipes.predict import MANIFEST
+from transferlab.runio import MANIFEST
 from transferlab.training.inference import default_device, predict_proba
-
-TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # becomes a peft adapter name, which must not contain dots
 
 
 @dataclass
@@ -36,23 +33,6 @@ class Task:
     strategy: str
     pooling: str
     preprocessor: Preprocessor
-
-
-def parse_adapter_options(options: Sequence[str]) -> dict[str, Path]:
-    """`NAME=DIR` pairs from the command line, names unique."""
-    adapters: dict[str, Path] = {}
-    for option in options:
-        name, sep, folder = option.partition("=")
-        if not sep or not folder:
-            raise UserError(f"--adapter takes NAME=DIR, got '{option}'")
-        if not TASK_NAME.fullmatch(name):
-            raise UserError(f"task name '{name}': use 1-64 letters, digits, '_' or '-'")
-        if name in adapters:
-            raise UserError(f"task '{name}' is given twice")
-        adapters[name] = Path(folder)
-    if not adapters:
-        raise UserError("give at least one --adapter NAME=DIR (a folder written by 'transferlab train --keep-adapter')")
-    return adapters
 
 
 def _read_manifest(name: str, folder: Path) -> dict:

@@ -1,0 +1,57 @@
+"""A folder written by `transferlab train`, loaded back into torch: merged weights, or a peft adapter over its backbone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from peft import PeftModel
+from torch import nn
+
+from transferlab.backbones import Preprocessor, build_classifier, family_named, resolve_backbone
+from transferlab.errors import UserError
+from transferlab.recipes.run_folder import is_complete
+from transferlab.runio import CONFIG, MANIFEST, RESULTS
+from transferlab.training.inference import default_device, predict_proba
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    preprocessor: Preprocessor
+    label_names: list[str]
+    modality: str = "text"
+    manifest: dict[str, Any] = field(default_factory=dict)  # transferlab.json: what the model is and was trained on
+
+    def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+        features = self.preprocessor.encode(inputs)
+        return predict_proba(self.model, features, self.preprocessor.collate, self.preprocessor.length_of, batch_size)
+
+
+def load_model(model_dir: Path) -> LoadedModel:
+    """A folder written by `export` (merged or adapter); anything else is refused with a reason."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MANIFEST
+    if not manifest_path.is_file():
+        hint = " (the run may not have finished)" if model_dir.is_dir() else ""
+        raise UserError(f"{model_dir} is not a model exported by 'transferlab train'{hint}: no {MANIFEST}")
+    run = model_dir.parent
+    if (run / CONFIG).is_file() and not is_complete(run):
+        raise UserError(f"{model_dir}: the run that wrote it did not finish (no complete {run / RESULTS}); run its command again to resume")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    # Models exported before families were recorded name only what they read.
+    family = family_named(manifest.get("family") or ("cnn" if manifest.get("modality") == "image" else "encoder"))
+    preprocessor = family.load_preprocessor(model_dir, manifest)
+    if manifest["format"] == "peft-adapter":
+        asset = resolve_backbone(manifest["backbone"])
+        if asset.hashes != manifest["backbone_sha256"]:
+            raise UserError(f"{model_dir}: the adapter was trained on a different '{manifest['backbone']}' (weight hashes differ)")
+        base = build_classifier(asset, manifest["label_names"], manifest["pooling"])
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = family.load_merged(model_dir)
+    return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], family.inputs, manifest)
