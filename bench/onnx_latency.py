@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import transferlab  # noqa: E402
+from transferlab.deploy import ONNX_FILE  # noqa: E402
+from transferlab.recipes.export import export_model  # noqa: E402
 from transferlab.recipes.loading import load_model  # noqa: E402
-from transferlab.recipes.onnx_export import export_onnx  # noqa: E402
 
 
 def _runtimes(model_dir: Path, work: Path) -> dict:
@@ -43,7 +44,7 @@ def _runtimes(model_dir: Path, work: Path) -> dict:
 
     out = {"pytorch eager": eager}
     for fmt in ("onnx", "onnx-int8"):
-        graph = export_onnx(model_dir, fmt, work / fmt)
+        graph = export_model(model_dir, fmt, work / fmt) / ONNX_FILE
         session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
         out[f"onnxruntime {fmt.removeprefix('onnx').lstrip('-') or 'fp32'}"] = lambda feeds, s=session: s.run(None, feeds)[0]
         out[f"size {fmt}"] = graph.stat().st_size

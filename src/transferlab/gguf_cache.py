@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from transferlab.errors import MissingAssetError
 from transferlab.hashing import sha256_of
-from transferlab.runio import atomic_write_json, publish_directory
+from transferlab.runio import atomic_write_json, staged_directory
 
 STAMP = "transferlab-cache.json"
 CACHE_FORMAT = 1
@@ -53,18 +52,10 @@ def cached_build(folder: Path, source_sha256: str, build: Callable[[Path], None]
         return files
     print(message, file=sys.stderr, flush=True)
     started = time.perf_counter()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_directory(folder) as staging:
         build(staging)
         files = {p.name: sha256_of(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != STAMP}
         atomic_write_json(staging / STAMP, {"format": CACHE_FORMAT, "source_sha256": source_sha256, "files": files})
-        publish_directory(staging, folder)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(f"transferlab: cached in {folder} ({time.perf_counter() - started:.0f}s; later loads reuse it)", file=sys.stderr, flush=True)
     return files
 

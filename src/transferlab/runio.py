@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,17 @@ def publish_directory(staging: Path, final: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
     else:
         os.replace(staging, final)
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside `final` to write into: moved into place when the block ends, removed when it
+    fails, so a half-written folder never looks complete."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield staging
+        publish_directory(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

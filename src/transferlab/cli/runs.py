@@ -138,8 +138,12 @@ def train(
     *,
     options: Options,
     keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,
+    export_format: Annotated[
+        str | None,
+        typer.Option(help="also export the model as these, comma-separated, into DIR/<format>: onnx, onnx-int8, sentence-transformers"),
+    ] = None,
 ) -> None:
-    """Train one strategy and export DIR/model (safetensors, tokenizer, label names)."""
+    """Train one strategy and export DIR/model (safetensors, tokenizer, label names), and as --export-format says."""
     from transferlab.recipes.train import train as run_train
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
@@ -149,7 +153,10 @@ def train(
     quiet_unless_main()
     with training_progress() as progress:
         progress(strategy)
-        _, results = run_train(run_config, target, keep_adapter=keep_adapter, log=progress_logger(), resume=options["resume"])
+        formats = [fmt.strip() for fmt in (export_format or "").split(",") if fmt.strip()]
+        _, results = run_train(
+            run_config, target, keep_adapter=keep_adapter, log=progress_logger(), resume=options["resume"], export_formats=formats
+        )
     print_results(results, out)
     console.print(f"model: {target / 'model'}")
 

@@ -11,6 +11,10 @@ from transferlab.cli.common import console, out, progress_logger
 from transferlab.cli.options import config_options
 from transferlab.errors import UserError
 
+EXPORT_FORMAT_HELP = (
+    "onnx (onnxruntime, no torch), onnx-int8 (int8 weights, onnxruntime's dynamic quantisation), "
+    "sentence-transformers (text: SentenceTransformer(DIR).encode gives the logits) or hf (the folder as train wrote it)"
+)
 BACKEND_HELP = "torch, or onnxruntime: run a 'transferlab export' folder with onnxruntime, without importing torch"
 
 
@@ -46,12 +50,12 @@ def recommend_command(
 def export(
     model: Annotated[Path, typer.Argument(help="a DIR/model folder written by 'transferlab train'")],
     out_dir: Annotated[Path, typer.Option("--out", help="the folder to write")],
-    format: Annotated[str, typer.Option(help="onnx, or onnx-int8 (int8 weights, onnxruntime's dynamic quantisation)")] = "onnx",
+    format: Annotated[str, typer.Option(help=EXPORT_FORMAT_HELP)] = "onnx",
 ) -> None:
-    """Write the model as ONNX that runs with onnxruntime alone (docs/deploy.md), checked against the model."""
-    from transferlab.recipes.onnx_export import export_onnx
+    """Write the model in the format where it will run (docs/deploy.md), checked against the model first."""
+    from transferlab.recipes.export import export_model
 
-    console.print(f"onnx: {export_onnx(model, format, out_dir)}")
+    console.print(f"{format}: {export_model(model, format, out_dir)}")
 
 
 def predict(

@@ -31,6 +31,16 @@ class LoadedModel:
         features = self.preprocessor.encode(inputs)
         return predict_proba(self.model, features, self.preprocessor.collate, self.preprocessor.length_of, batch_size)
 
+    def merged(self, target: str) -> nn.Module:
+        """The classifier as one model on the CPU in eval mode, for exporting to `target`: a kept adapter is merged
+        into it (in place: this object then holds the merged model); virtual tokens are refused."""
+        if isinstance(self.model, PeftModel):
+            if self.model.active_peft_config.is_prompt_learning:
+                raise UserError(f"prompt and prefix tuning's virtual tokens cannot be merged into a {target} classifier")
+            self.model = self.model.merge_and_unload()
+        self.model = self.model.cpu().eval().requires_grad_(False)
+        return self.model
+
 
 def load_model(model_dir: Path) -> LoadedModel:
     """A folder written by `export` (merged or adapter); anything else is refused with a reason."""

@@ -18,6 +18,15 @@ from transferlab.catalog import BACKBONES, looks_like_hub_id
 from transferlab.data.catalog import DATASETS
 from transferlab.runio import CONFIG
 
+# The library that loads each exported format (a merged model: its backbone family's library).
+LIBRARIES = {"peft-adapter": "peft", "onnx": "onnx", "onnx-int8": "onnx", "sentence-transformers": "sentence-transformers"}
+CONTENTS = {
+    "peft-adapter": "a peft adapter over the backbone",
+    "onnx": "the whole classifier as an ONNX graph (fp32) that returns class probabilities; docs/deploy.md runs it with onnxruntime alone",
+    "onnx-int8": "the whole classifier as an ONNX graph with int8 weights that returns class probabilities; docs/deploy.md runs it with onnxruntime alone",
+    "sentence-transformers": "a sentence-transformers pipeline: `SentenceTransformer(folder).encode(texts)` returns the class logits (softmax gives the probabilities)",
+}
+
 
 def base_model_id(spec: str) -> str | None:
     """The backbone's Hub id: a catalog entry's, or the id the user named; None for local weights."""
@@ -29,7 +38,7 @@ def base_model_id(spec: str) -> str | None:
 def front_matter(record: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     strategy, dataset = manifest["strategy"], record["dataset"]
     pipeline = "image-classification" if manifest["modality"] == "image" else "text-classification"
-    library = "peft" if manifest["format"] == "peft-adapter" else family_named(manifest["family"]).library_name
+    library = LIBRARIES.get(manifest["format"]) or family_named(manifest["family"]).library_name
     runs = len(record["strategies"][strategy]["runs"])
     metrics = [
         {"type": name, "value": round(value["mean"], 4), "name": f"{name}: {value['mean']:.4f} ± {value['std']:.4f} over {runs} run(s)"}
@@ -56,7 +65,7 @@ def model_card(record: dict[str, Any], manifest: dict[str, Any]) -> str:
     strategy = manifest["strategy"]
     summary = record["strategies"][strategy]
     counts = record["class_counts"][0]["train"] if record.get("class_counts") else {}
-    kind = "a peft adapter over the backbone" if manifest["format"] == "peft-adapter" else "the backbone with the adaptation merged in"
+    kind = CONTENTS.get(manifest["format"], "the backbone with the adaptation merged in")
     lines = [
         "---",
         yaml.safe_dump(front_matter(record, manifest), sort_keys=False, allow_unicode=True).rstrip(),

@@ -8,7 +8,7 @@ is kept, in which case the folder is a peft adapter over the named backbone.
 from __future__ import annotations
 
 import json
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +28,31 @@ from transferlab.recipes.experiment import (
     run_strategy,
     write_label_issues,
 )
+from transferlab.recipes.export import FORMATS, export_model
 from transferlab.recipes.model_card import model_card
 from transferlab.report import write_report
-from transferlab.runio import MANIFEST, atomic_write_json, atomic_write_text, publish_directory
+from transferlab.runio import MANIFEST, atomic_write_json, atomic_write_text, staged_directory
+from transferlab.strategies import Strategy
 
 
 def train(
-    config: RunConfig, out_dir: Path, keep_adapter: bool = False, log: Log = print, resume: bool | None = None
+    config: RunConfig,
+    out_dir: Path,
+    keep_adapter: bool = False,
+    log: Log = print,
+    resume: bool | None = None,
+    export_formats: Sequence[str] = (),
 ) -> tuple[StrategyRun, dict[str, Any]]:
-    """`resume`: as for compare, an interrupted training continues from its last checkpoint."""
+    """`resume`: as for compare, an interrupted training continues from its last checkpoint. `export_formats`: besides
+    DIR/model, the model exported as each (recipes/export.py) into DIR/<format>."""
     if len(config.strategies) != 1:
         raise UserError(f"train takes one strategy, got {', '.join(config.strategies)}")
     name = config.strategies[0]
     config.cv = 1  # one model to export, tested on a hold-out split
-    if keep_adapter and not config.strategy(name).uses_peft:
+    strategy = config.strategy(name)
+    if keep_adapter and not strategy.uses_peft:
         raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
+    _check_export_formats(export_formats, strategy, config)
     experiment = prepare(config, log)
     folder = open_run_folder(out_dir, config, resume, log)
     record = run_record(experiment, "train")
@@ -58,35 +68,49 @@ def train(
         write_label_issues(out_dir, experiment)
         folder.complete(record)
         write_report(out_dir, record)
+        for fmt in [fmt for fmt in dict.fromkeys(export_formats) if fmt != "hf"]:  # hf is DIR/model itself
+            try:
+                log(f"{fmt}: {export_model(out_dir / 'model', fmt, out_dir / fmt)}")
+            except UserError as err:
+                raise UserError(f"the trained model is in {out_dir / 'model'}, but its {fmt} export failed: {err}") from None
     log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")
     return run, record
+
+
+def _check_export_formats(formats: Sequence[str], strategy: Strategy, config: RunConfig) -> None:
+    """What can be known before training: the format exists, and the strategy and the inputs allow it."""
+    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    if unknown:
+        raise UserError(f"unknown export format {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
+    if not strategy.merges and set(formats) - {"hf"}:
+        raise UserError(f"{strategy.name}'s virtual tokens cannot be merged into one classifier: export it as hf only")
+    if "sentence-transformers" in formats and config.modality != "text":
+        raise UserError("a sentence-transformers export holds a text model; export an image model as onnx or hf")
 
 
 def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter: bool, record: dict[str, Any] | None = None) -> None:
     """Write into a staging folder and move it into place, so a half-written model never looks complete; with the
     run's record, a model card (README.md) goes with it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    model = run.model if keep_adapter else run.strategy.export(run.model)
-    model.save_pretrained(staging)  # a peft model that cannot merge (prompt, prefix) saves as an adapter
-    experiment.preprocessor.save(staging)
-    config = experiment.config
-    manifest = {
-        "format": "peft-adapter" if isinstance(model, PeftModel) else "merged",
-        "backbone": config.backbone,
-        "backbone_sha256": experiment.backbone.hashes,
-        "strategy": run.strategy.name,
-        "label_names": experiment.label_names,
-        "family": config.family.name,
-        "modality": config.modality,
-        "pooling": config.pooling,
-        "max_length": config.max_length,
-    }
-    atomic_write_json(staging / MANIFEST, manifest)
-    adapter_config = staging / "adapter_config.json"
-    if adapter_config.is_file():  # peft leaves it empty: where the backbone's files are, so peft can load it
-        values = json.loads(adapter_config.read_text(encoding="utf-8"))
-        atomic_write_json(adapter_config, {**values, "base_model_name_or_path": experiment.backbone.path})
-    if record is not None:  # in place of peft's empty template
-        atomic_write_text(staging / "README.md", model_card(record, manifest))
-    publish_directory(staging, target)
+    with staged_directory(target) as staging:
+        model = run.model if keep_adapter else run.strategy.export(run.model)
+        model.save_pretrained(staging)  # a peft model that cannot merge (prompt, prefix) saves as an adapter
+        experiment.preprocessor.save(staging)
+        config = experiment.config
+        manifest = {
+            "format": "peft-adapter" if isinstance(model, PeftModel) else "merged",
+            "backbone": config.backbone,
+            "backbone_sha256": experiment.backbone.hashes,
+            "strategy": run.strategy.name,
+            "label_names": experiment.label_names,
+            "family": config.family.name,
+            "modality": config.modality,
+            "pooling": config.pooling,
+            "max_length": config.max_length,
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+        adapter_config = staging / "adapter_config.json"
+        if adapter_config.is_file():  # peft leaves it empty: where the backbone's files are, so peft can load it
+            values = json.loads(adapter_config.read_text(encoding="utf-8"))
+            atomic_write_json(adapter_config, {**values, "base_model_name_or_path": experiment.backbone.path})
+        if record is not None:  # in place of peft's empty template
+            atomic_write_text(staging / "README.md", model_card(record, manifest))

@@ -54,6 +54,7 @@ class Strategy(ABC):
     summary: ClassVar[str]
     config_class: ClassVar[type[StrategyConfig]] = TrainedStrategyConfig
     uses_peft: ClassVar[bool] = False  # the trained model is a peft wrapper: `train --keep-adapter` applies
+    merges: ClassVar[bool] = True  # the trained model can be one plain classifier (ONNX, sentence-transformers exports)
     starts_at_pretrained: ClassVar[bool] = True  # prepare() leaves the model's function unchanged
     requires: ClassVar[frozenset[str]] = frozenset()  # model capabilities it needs (backbones/base.py: CAPABILITIES)
 

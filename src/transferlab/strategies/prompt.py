@@ -38,6 +38,7 @@ class VirtualTokens(Strategy):
     peft_config_class: ClassVar[type]
     config_class = VirtualTokensConfig
     uses_peft = True
+    merges = False  # virtual tokens are inputs, not weights: nothing to merge them into
     starts_at_pretrained = False  # virtual tokens change the input from the start
     requires = frozenset({"tokens"})  # virtual tokens are token embeddings
 

@@ -1,4 +1,5 @@
-"""ONNX export: the graph reproduces the model, and docs/deploy.md's script runs it without torch or transferlab."""
+"""Every export format reproduces the model it came from and runs without what its users leave out: ONNX without torch or
+transferlab (docs/deploy.md's scripts, predict and serve on onnxruntime), sentence-transformers without transferlab."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from transferlab.config import load_run_config
+from transferlab.deploy import ONNX_FILE
 from transferlab.errors import UserError
+from transferlab.recipes.export import export_model
 from transferlab.recipes.loading import load_model
-from transferlab.recipes.onnx_export import export_onnx
 from transferlab.recipes.train import train
 
 from .conftest import run_without
@@ -33,10 +36,14 @@ def trained(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
     texts, labels = sentiment_texts(160)
     pd.DataFrame({"text": texts, "label": ["pos" if y else "neg" for y in labels]}).to_csv(root / "d.csv", index=False)
     runs = {}
-    for strategy, keep in (("full", False), ("lora", True), ("prompt", True)):
+    for strategy, keep, settings in (
+        ("full", False, {}), ("lora", True, {}), ("prompt", True, {}), ("head", False, {"layers": "second_to_last"}),
+        ("houlsby", False, {}),
+    ):  # fmt: skip
         config = load_run_config(
             None, backbone=str(tiny_bert_dir), dataset=str(root / "d.csv"), strategies=[strategy], cv=1, n_train=120, n_test=40,
             max_length=32, label_issues=False, training={"epochs": 1, "batch_size": 8, "min_steps": 8},
+            strategy_settings={strategy: settings},
         )  # fmt: skip
         train(config, root / strategy, keep_adapter=keep, log=lambda _: None)
         runs[strategy] = root / strategy / "model"
@@ -67,7 +74,7 @@ def _deploy_script(number: int) -> str:
 
 
 def test_the_deploy_script_runs_without_torch_and_matches_predict(trained, tmp_path):
-    folder = export_onnx(trained["full"], "onnx", tmp_path / "onnx").parent
+    folder = export_model(trained["full"], "onnx", tmp_path / "onnx")
     blocked = run_without(NOT_DEPLOYED, "import torch")
     assert blocked.returncode != 0 and "not installed here" in blocked.stderr  # the blocker works
     done = run_without(NOT_DEPLOYED, _deploy_script(0), str(folder), *TEXTS)
@@ -84,7 +91,7 @@ def test_the_image_deploy_script_runs_with_pillow_alone_and_matches_predict(trai
 
     from .conftest import bright_side_images
 
-    folder = export_onnx(trained_cnn, "onnx", tmp_path / "onnx").parent
+    folder = export_model(trained_cnn, "onnx", tmp_path / "onnx")
     paths = []
     for i, (image, size) in enumerate(zip(bright_side_images(4, seed=5)[0], ((32, 32), (45, 30), (30, 61), (100, 100)))):
         paths.append(str(tmp_path / f"{i}.png"))  # wide, tall and large: the resize and the crop's rounding matter
@@ -108,13 +115,13 @@ def _run_graph(graph: Path, texts: list[str]) -> np.ndarray:
 
 
 def test_a_kept_adapter_exports_merged(trained, tmp_path):
-    graph = export_onnx(trained["lora"], "onnx", tmp_path / "lora")
+    graph = export_model(trained["lora"], "onnx", tmp_path / "lora") / ONNX_FILE
     np.testing.assert_allclose(_run_graph(graph, TEXTS), load_model(trained["lora"]).predict_proba(TEXTS), atol=1e-4, rtol=0)
     assert json.loads((graph.parent / "transferlab.json").read_text())["format"] == "onnx" and (graph.parent / "README.md").is_file()
 
 
 def test_int8_is_smaller_and_keeps_the_labels(trained, tmp_path):
-    fp32, int8 = (export_onnx(trained["full"], fmt, tmp_path / fmt) for fmt in ("onnx", "onnx-int8"))
+    fp32, int8 = (export_model(trained["full"], fmt, tmp_path / fmt) / ONNX_FILE for fmt in ("onnx", "onnx-int8"))
     assert int8.stat().st_size < fp32.stat().st_size
     texts = [*TEXTS, "good", "bad", "the plot was lovely", "an awful film"]
     exact, quantised = _run_graph(fp32, texts), _run_graph(int8, texts)
@@ -124,9 +131,9 @@ def test_int8_is_smaller_and_keeps_the_labels(trained, tmp_path):
 
 def test_virtual_tokens_cannot_be_exported(trained, tmp_path):
     with pytest.raises(UserError, match="cannot be merged"):
-        export_onnx(trained["prompt"], "onnx", tmp_path / "prompt")
+        export_model(trained["prompt"], "onnx", tmp_path / "prompt")
     with pytest.raises(UserError, match="unknown export format 'tflite'"):
-        export_onnx(trained["full"], "tflite", tmp_path / "x")
+        export_model(trained["full"], "tflite", tmp_path / "x")
 
 
 # The onnxruntime backend of predict and serve: transferlab without torch or transformers.
@@ -137,7 +144,7 @@ CLI = "import sys\nfrom transferlab.cli import main\nsys.argv = ['transferlab', 
 def test_predict_on_onnxruntime_imports_no_torch_and_matches_torch_predict(trained, trained_cnn, tmp_path):
     import pandas as pd
 
-    text_export = export_onnx(trained["full"], "onnx", tmp_path / "text").parent
+    text_export = export_model(trained["full"], "onnx", tmp_path / "text")
     table = tmp_path / "texts.csv"
     labels = ["pos", "neg", "neg"]
     pd.DataFrame({"review": TEXTS, "label": labels}).to_csv(table, index=False)
@@ -153,7 +160,7 @@ def test_predict_on_onnxruntime_imports_no_torch_and_matches_torch_predict(train
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     assert [row["true_label"] for row in rows] == labels and "on 3 labelled examples: accuracy" in done.stdout + done.stderr
 
-    image_export = export_onnx(trained_cnn, "onnx", tmp_path / "image").parent
+    image_export = export_model(trained_cnn, "onnx", tmp_path / "image")
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     from PIL import Image
@@ -173,8 +180,8 @@ def test_predict_on_onnxruntime_imports_no_torch_and_matches_torch_predict(train
 
 
 def test_serve_on_onnxruntime_imports_no_torch_and_answers_like_predict(trained, tmp_path):
-    fp32 = export_onnx(trained["full"], "onnx", tmp_path / "fp32").parent
-    int8 = export_onnx(trained["lora"], "onnx-int8", tmp_path / "int8").parent
+    fp32 = export_model(trained["full"], "onnx", tmp_path / "fp32")
+    int8 = export_model(trained["lora"], "onnx-int8", tmp_path / "int8")
     client = (
         "import json, sys\n"
         "from fastapi.testclient import TestClient\n"
@@ -203,8 +210,86 @@ def test_the_onnxruntime_backend_refuses_what_it_cannot_run(trained, trained_cnn
     with pytest.raises(UserError, match="not a folder written by 'transferlab export'"):
         OnnxClassifier(trained["full"])  # a train folder: safetensors, no graph
     with pytest.raises(UserError, match="an image classifier; serve answers texts"):
-        OnnxTasks({"shapes": export_onnx(trained_cnn, "onnx", tmp_path / "cnn").parent})
+        OnnxTasks({"shapes": export_model(trained_cnn, "onnx", tmp_path / "cnn")})
     done = run_without(NO_TORCH, CLI, "serve", "--backend", "onnxruntime", "--adapter", f"a={trained['lora']}")
     assert done.returncode == 2 and "give --model NAME=DIR" in done.stderr and "Traceback" not in done.stderr
     done = run_without(NO_TORCH, CLI, "predict", "--backend", "tensorrt", "--model", str(trained["full"]), "--text", "good")
     assert done.returncode == 2 and "unknown backend 'tensorrt'" in done.stderr
+
+
+# sentence-transformers: the embeddings and the classifier in one folder that loads without transferlab.
+ST_ENCODE = (
+    "import json, sys\n"
+    "from sentence_transformers import SentenceTransformer\n"
+    "model = SentenceTransformer(sys.argv[1], device='cpu')\n"
+    "embeddings = SentenceTransformer(modules=list(model)[:2], device='cpu').encode(sys.argv[2:])\n"  # docs/deploy.md: without the Dense
+    "print(json.dumps({'logits': model.encode(sys.argv[2:]).tolist(), 'embeddings': embeddings.tolist()}))\n"
+)
+
+
+def _logits(model_dir: Path, texts: list[str]) -> np.ndarray:
+    import torch
+
+    loaded = load_model(model_dir)
+    batch = loaded.preprocessor.collate(loaded.preprocessor.encode(texts))
+    with torch.no_grad():
+        return loaded.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora", "head"])  # merged; a kept adapter; the head on the layer below the last
+def test_sentence_transformers_export_gives_the_logits_without_transferlab(strategy, trained, tmp_path):
+    folder = export_model(trained[strategy], "sentence-transformers", tmp_path / "st")
+    done = run_without(("transferlab",), ST_ENCODE, str(folder), *TEXTS)
+    assert done.returncode == 0, done.stderr
+    encoded = json.loads(done.stdout.splitlines()[-1])
+    np.testing.assert_allclose(np.array(encoded["logits"]), _logits(trained[strategy], TEXTS), atol=1e-5, rtol=0)
+    head = load_model(trained[strategy]).merged("test").classifier
+    by_hand = np.array(encoded["embeddings"]) @ head.weight.numpy().T + head.bias.numpy()
+    np.testing.assert_allclose(by_hand, _logits(trained[strategy], TEXTS), atol=1e-5, rtol=0)
+    meta = yaml.safe_load((folder / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+    assert (
+        meta["library_name"] == "sentence-transformers" and "encode(texts)` returns the class logits" in (folder / "README.md").read_text()
+    )
+    assert json.loads((folder / "transferlab.json").read_text())["format"] == "sentence-transformers"
+
+
+def test_what_sentence_transformers_cannot_hold_is_refused_and_nothing_is_written(trained, trained_cnn, tmp_path):
+    for model_dir, reason in (
+        (trained["houlsby"], "bottleneck adapters live inside the backbone's layers"),
+        (trained["prompt"], "virtual tokens cannot be merged"),
+        (trained_cnn, "holds a text model"),
+    ):
+        with pytest.raises(UserError, match=reason):
+            export_model(model_dir, "sentence-transformers", tmp_path / "st")
+        assert list(tmp_path.iterdir()) == []  # no folder, and no staging folder left behind
+
+
+def test_hf_export_is_the_train_folder_and_predicts_the_same(trained, tmp_path):
+    folder = export_model(trained["lora"], "hf", tmp_path / "hf")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in trained["lora"].iterdir())
+    np.testing.assert_array_equal(load_model(folder).predict_proba(TEXTS), load_model(trained["lora"]).predict_proba(TEXTS))
+    with pytest.raises(UserError, match="a folder other than the model's own"):
+        export_model(trained["lora"], "hf", trained["lora"])
+
+
+def test_train_exports_the_formats_it_is_asked_for(tiny_bert_dir, sentiment_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    common = ["--backbone", str(tiny_bert_dir), "--dataset", str(sentiment_csv), "--n-train", "64", "--n-test", "16", "--epochs", "1"]
+    refused = CliRunner().invoke(app, ["train", "--strategy", "prompt", *common, "--export-format", "onnx", "--out", str(tmp_path / "p")])
+    assert isinstance(refused.exception, UserError) and "export it as hf only" in str(refused.exception)
+    assert not (tmp_path / "p").exists()  # refused before any work
+    unknown = CliRunner().invoke(app, ["train", "--strategy", "full", *common, "--export-format", "tflite", "--out", str(tmp_path / "u")])
+    assert "unknown export format tflite" in str(unknown.exception)
+    done = CliRunner().invoke(
+        app, ["train", "--strategy", "full", *common, "--export-format", "onnx,sentence-transformers,hf", "--out", str(tmp_path / "run")]
+    )
+    assert done.exit_code == 0, done.output
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"model", "onnx", "sentence-transformers"} and not (run / "hf").exists()
+    expected = load_model(run / "model").predict_proba(TEXTS)
+    from transferlab.deploy import OnnxClassifier
+
+    np.testing.assert_allclose(OnnxClassifier(run / "onnx").predict_proba(TEXTS), expected, atol=1e-4, rtol=0)

@@ -1,0 +1,110 @@
+"""`transferlab export`: a trained model in the format where it will run.
+
+- hf: the folder as `train` wrote it (transferlab's own predict, serve and further training);
+- onnx, onnx-int8: one graph for onnxruntime, pooling and head included (recipes/onnx_export.py);
+- sentence-transformers (text): a folder that `SentenceTransformer(DIR)` loads without transferlab: the backbone
+  (Transformer), its pooling (Pooling) and the classifier as a Dense layer with no activation, so `encode` returns
+  the logits and the embeddings and the classifier travel together.
+
+Every export is written to a staging folder, checked against the model it came from, and only then moved into
+place. It carries transferlab.json (its format added) and a model card that says how to run that format.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferlab.errors import UserError
+from transferlab.recipes.loading import LoadedModel, load_model
+from transferlab.recipes.model_card import model_card
+from transferlab.runio import MANIFEST, RESULTS, atomic_write_json, atomic_write_text, staged_directory
+
+FORMATS = ("hf", "onnx", "onnx-int8", "sentence-transformers")
+# What a sentence-transformers export's logits must reproduce of the model's, checked before it is published.
+LOGIT_TOLERANCE = 1e-4
+# sentence-transformers' names for our poolings.
+ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
+
+
+def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
+    """`model_dir` (a `train` folder) written as `fmt` at `out`; returns `out`."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    model_dir, out = Path(model_dir), Path(out)
+    if out.resolve() == model_dir.resolve():
+        raise UserError(f"{out}: export to a folder other than the model's own")
+    loaded = load_model(model_dir)
+    with staged_directory(out) as staging:
+        if fmt == "hf":
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+            return out
+        if fmt.startswith("onnx"):
+            from transferlab.recipes.onnx_export import write_onnx
+
+            added = write_onnx(loaded, fmt, staging)
+            for path in model_dir.iterdir():  # the tokenizer or image settings travel with the graph
+                if path.is_file() and path.suffix != ".safetensors" and path.name not in ("adapter_config.json", MANIFEST, "README.md"):
+                    shutil.copy2(path, staging / path.name)
+        else:
+            added = write_sentence_transformers(loaded, staging)
+        manifest = loaded.manifest | {"format": fmt, **added}
+        atomic_write_json(staging / MANIFEST, manifest)
+        record_path = model_dir.parent / RESULTS
+        if record_path.is_file():  # the card says how to run this format
+            atomic_write_text(staging / "README.md", model_card(json.loads(record_path.read_text(encoding="utf-8")), manifest))
+        elif (model_dir / "README.md").is_file():
+            shutil.copy2(model_dir / "README.md", staging / "README.md")
+    return out
+
+
+def write_sentence_transformers(loaded: LoadedModel, folder: Path) -> dict[str, Any]:
+    """Transformer -> Pooling -> Dense(logits) saved by sentence-transformers itself, then checked against the model."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+
+    if loaded.modality != "text":
+        raise UserError("a sentence-transformers export holds a text model; export an image model as onnx or hf")
+    model = copy.deepcopy(loaded.merged("sentence-transformers"))
+    config = model.config
+    if config.adapters:
+        raise UserError(
+            "bottleneck adapters live inside the backbone's layers, which sentence-transformers rebuilds without them: export as onnx"
+        )
+    if config.feature_layers == "second_to_last":  # the same features from a body one layer shorter
+        del model.layer_stack()[-1]
+        model.backbone.config.num_hidden_layers -= 1
+    elif config.feature_layers != "last":
+        raise UserError(
+            f"the head reads '{config.feature_layers}' layer features, which sentence-transformers' pooling cannot: export as onnx"
+        )
+    with tempfile.TemporaryDirectory() as body:
+        model.backbone.save_pretrained(body)
+        loaded.preprocessor.tokenizer.save_pretrained(body)
+        transformer = Transformer(body, max_seq_length=loaded.manifest["max_length"])
+    hidden = config.backbone_config.hidden_size
+    head = model.classifier
+    dense = Dense(
+        hidden, head.out_features, activation_function=torch.nn.Identity(), init_weight=head.weight.clone(), init_bias=head.bias.clone()
+    )
+    st = SentenceTransformer(modules=[transformer, Pooling(hidden, pooling_mode=ST_POOLING[model.pooling()]), dense], device="cpu")
+    _check_logits(st, loaded)
+    st.save(str(folder), create_model_card=False)
+    return {"pooling": model.pooling()}
+
+
+def _check_logits(st: Any, loaded: LoadedModel) -> None:
+    texts = ["a short text", "a longer text, with a few more words in it than the first one has", "and a third"]
+    got = st.encode(texts, convert_to_numpy=True, batch_size=len(texts))
+    batch = loaded.preprocessor.collate(loaded.preprocessor.encode(texts))
+    with torch.no_grad():
+        expected = loaded.merged("sentence-transformers")(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=LOGIT_TOLERANCE, rtol=0):
+        raise UserError("this model's features cannot be expressed as a sentence-transformers pipeline (its logits differ): export as onnx")
