@@ -58,7 +58,9 @@ def test_compare_writes_the_documented_results(tmp_path, tiny_bert_dir, sentimen
     assert results["strategies"]["full"]["trainable_params"] == results["strategies"]["full"]["total_params"]
     assert results["environment"]["packages"]["torch"]
     assert (out / "config.yaml").is_file() and (out / "strategies" / "full" / "log-fold1-seed0.jsonl").is_file()
-    assert (out / "report.html").read_text().count('<img alt="') == 2 and (out / "report.md").is_file()  # curves, confusion
+    assert (out / "report.html").read_text().count('<img alt="') == 3 and (out / "report.md").is_file()  # curves, confusion, reliability
+    for r in results["strategies"].values():  # 108 training examples leave 12 for validation: too few to fit a temperature
+        assert r["calibration"]["temperature"]["mean"] == 1.0 and {"ece", "brier"} <= set(r["metrics"])
 
 
 def _listed(command: str) -> tuple[str, ...]:

@@ -243,8 +243,9 @@ def test_sentence_transformers_export_gives_the_logits_without_transferlab(strat
     assert done.returncode == 0, done.stderr
     encoded = json.loads(done.stdout.splitlines()[-1])
     np.testing.assert_allclose(np.array(encoded["logits"]), _logits(trained[strategy], TEXTS), atol=1e-5, rtol=0)
-    head = load_model(trained[strategy]).merged("test").classifier
-    by_hand = np.array(encoded["embeddings"]) @ head.weight.numpy().T + head.bias.numpy()
+    model = load_model(trained[strategy]).merged("test")
+    head, temperature = model.classifier, model.config.calibration_temperature
+    by_hand = (np.array(encoded["embeddings"]) @ head.weight.numpy().T + head.bias.numpy()) / temperature
     np.testing.assert_allclose(by_hand, _logits(trained[strategy], TEXTS), atol=1e-5, rtol=0)
     meta = yaml.safe_load((folder / "README.md").read_text(encoding="utf-8").split("---\n")[1])
     assert (

@@ -53,6 +53,13 @@ class RunConfig:
     class_weights: str = field(
         default="none", metadata={"help": "none or balanced: weighted cross-entropy w_c = N / (C n_c) [default: none]"}
     )
+    calibration: str = field(
+        default="temperature",
+        metadata={
+            "help": "temperature: divide the logits by one T fitted on the validation split (Guo et al.'s temperature scaling), "
+            "so probabilities say how often the model is right; none: raw softmax [default: temperature]"
+        },
+    )
     oversample: bool = field(default=False, metadata={"help": "resample minority classes in the training examples"})
     imbalance: float | None = field(
         default=None, metadata={"help": "first subsample to this minority share (0.1 makes a balanced binary set 9:1)"}
@@ -131,6 +138,8 @@ class RunConfig:
             raise UserError("--validation-dataset needs --test-dataset: without it the test set is carved from --dataset")
         if self.near_duplicate_cosine is not None and not 0 < self.near_duplicate_cosine <= 1:
             raise UserError(f"near_duplicate_cosine must be in (0, 1], got {self.near_duplicate_cosine}")
+        if self.calibration not in ("temperature", "none"):
+            raise UserError(f"calibration must be temperature or none, got '{self.calibration}'")
         if self.class_weights not in ("none", "balanced"):
             raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
         known = self.family.augmentations

@@ -35,6 +35,9 @@ class RunResult(TypedDict, total=False):
     peak_memory_mb: float
     forgetting: dict[str, Any]  # the meter's reading before and after
     head_layer: str  # a choice the strategy made and reports (evaluation/stats.py: REPORTED_CHOICES)
+    # temperature, ece_uncalibrated, brier_uncalibrated, and the reliability bins before and after
+    # (evaluation/calibration.py); metrics' ece and brier are the calibrated ones
+    calibration: dict[str, Any]
 
 
 class StrategySummary(TypedDict, total=False):
@@ -53,6 +56,7 @@ class StrategySummary(TypedDict, total=False):
     forgetting: dict[str, Any]
     settings: dict[str, Any]  # the strategy's resolved settings
     confusion_matrix: list[list[int]]  # summed over the runs
+    calibration: dict[str, MeanStd]  # temperature, ece_uncalibrated, brier_uncalibrated over the runs
 
 
 class Comparison(TypedDict):

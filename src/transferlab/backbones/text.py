@@ -60,6 +60,7 @@ class TextClassifierConfig(PretrainedConfig):
         feature_layers: str = "last",
         classifier_dropout: float = 0.1,
         adapters: dict | None = None,
+        calibration_temperature: float = 1.0,
         **kwargs: Any,
     ):
         if isinstance(backbone_config, dict):
@@ -69,6 +70,7 @@ class TextClassifierConfig(PretrainedConfig):
         self.feature_layers = feature_layers
         self.classifier_dropout = classifier_dropout
         self.adapters = adapters  # {"kind": "houlsby" | "pfeiffer", "r": bottleneck} once inserted
+        self.calibration_temperature = calibration_temperature  # the logits are divided by it: temperature scaling, fitted after training
         super().__init__(**kwargs)
         if backbone_config is not None:
             # peft's prompt learning reads these from the top-level config.
@@ -267,7 +269,7 @@ class TextClassifier(PreTrainedModel, TransferModel):
         if attention_mask is None:
             reference = input_ids if input_ids is not None else inputs["inputs_embeds"][..., 0]
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-        logits = self.forward_head(self.forward_features(input_ids, attention_mask, **inputs))
+        logits = self.forward_head(self.forward_features(input_ids, attention_mask, **inputs)) / self.config.calibration_temperature
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

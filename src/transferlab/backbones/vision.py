@@ -45,6 +45,7 @@ class VisionConfig:
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
+    calibration_temperature: float = 1.0  # the logits are divided by it: temperature scaling, fitted after training
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +69,7 @@ class VisionConfig:
                 "classifier": self.head_path,
             },
             "library": self.library,
+            "calibration_temperature": self.calibration_temperature,
         }
 
     @classmethod
@@ -85,6 +87,7 @@ class VisionConfig:
             std=tuple(cfg.get("std", IMAGENET_STD)),
             crop_pct=cfg.get("crop_pct", 0.875),
             interpolation=cfg.get("interpolation", "bilinear"),
+            calibration_temperature=values.get("calibration_temperature", 1.0),
         )
 
 
@@ -255,7 +258,7 @@ class VisionClassifier(nn.Module, TransferModel):
 
     # ------------------------------------------------------------------ running and saving
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_: Any) -> ImageClassifierOutput:
-        logits = self.forward_head(self.forward_features(pixel_values))
+        logits = self.forward_head(self.forward_features(pixel_values)) / self.config.calibration_temperature
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)
 

@@ -13,7 +13,19 @@ from transferlab.cli.common import console, out, out_dir, progress_logger, quiet
 from transferlab.cli.options import build_run_config, config_options
 
 DATA = ("backbone", "dataset", "test_dataset", "validation_dataset", "n_train", "n_test")
-TRAINING = ("epochs", "seed", "lr", "batch_size", "max_length", "pooling", "metric", "scheduler", "freeze_below", "layer_decay")
+TRAINING = (
+    "epochs",
+    "seed",
+    "lr",
+    "batch_size",
+    "max_length",
+    "pooling",
+    "metric",
+    "calibration",
+    "scheduler",
+    "freeze_below",
+    "layer_decay",
+)
 IMBALANCE = ("class_weights", "oversample", "imbalance")
 IMAGES = ("augment", "image_size", "normalization", "skip_bad_images")
 COLUMNS = ("text_column", "image_column", "label_column")

@@ -38,15 +38,34 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "peak_memory_mb": float(max(r["peak_memory_mb"] for r in runs)),
         "settings": first["settings"],
         "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(),
+        **_calibration_summary(runs),
         "runs": [
             {
                 k: r[k]
-                for k in ("fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb", "head_layer")
+                for k in (
+                    "fold",
+                    "seed",
+                    "metrics",
+                    "per_class",
+                    "confusion_matrix",
+                    "train_seconds",
+                    "peak_memory_mb",
+                    "head_layer",
+                    "calibration",
+                )  # fmt: skip
                 if k in r
             }
             for r in runs
         ],
     }
+
+
+def _calibration_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The temperature and the uncalibrated scores, mean and std over the runs (runs recorded before calibration have none)."""
+    if not all("calibration" in r for r in runs):
+        return {}
+    keys = ("temperature", "ece_uncalibrated", "brier_uncalibrated")
+    return {"calibration": {key: mean_std([r["calibration"][key] for r in runs]) for key in keys}}
 
 
 def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:

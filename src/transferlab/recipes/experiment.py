@@ -32,14 +32,23 @@ from transferlab.data.splits import Split
 from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
 from transferlab.errors import TrainingDiverged
+from transferlab.evaluation.calibration import (
+    MIN_CALIBRATION_EXAMPLES,
+    brier_score,
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
 from transferlab.evaluation.forgetting_meter import forgetting_probe, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.stats import REPORTED_CHOICES, aggregate_runs
 from transferlab.recipes.dataset import Findings, check_data, load_run_data, make_splits
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.runio import atomic_write_text
+from transferlab.settings import TrainingConfig
 from transferlab.strategies import Strategy, count_parameters
-from transferlab.training.inference import cpu_has_bf16, default_device, inference_precision, predict_proba
+from transferlab.training.inference import cpu_has_bf16, default_device, inference_precision, predict_logits
 from transferlab.training.loop import FitData
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
@@ -187,14 +196,18 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         peak_mb = max(peak_mb, findings.feature_peak_mb)
     trainable, total = count_parameters(model)
     trainable_head = sum(p.numel() for p in base_model(model).head_parameters() if p.requires_grad)
-    with inference_precision(training):
-        probs = predict_proba(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
     labels = experiment.data.labels[split.test]
+    with inference_precision(training):
+        logits = predict_logits(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
+        temperature = _fitted_temperature(model, data, experiment.data.labels[split.val], training, config.calibration)
+    probs = softmax(logits, temperature)
     result = {
         "status": "ok",
         "fold": fold,
         "seed": seed,
-        "metrics": classification_metrics(labels, probs, len(experiment.label_names)),
+        "metrics": classification_metrics(labels, probs, len(experiment.label_names))
+        | {"ece": expected_calibration_error(labels, probs), "brier": brier_score(labels, probs)},
+        "calibration": calibration_report(labels, logits, temperature),
         "trainable_params": trainable,
         "trainable_params_without_head": trainable - trainable_head,
         "total_params": total,
@@ -207,7 +220,15 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     if probe is not None:
         result["forgetting"] = probe.after(strategy, model)
     result.update({key: entry[key] for entry in data.log_history for key in REPORTED_CHOICES if key in entry})
+    base_model(model).config.calibration_temperature = temperature  # set last: the forgetting probe may train the model further
     return StrategyRun(strategy, model, probs, result, data.log_history)
+
+
+def _fitted_temperature(model: nn.Module, data: FitData, val_labels: np.ndarray, training: TrainingConfig, calibration: str) -> float:
+    """T fitted on the validation split only; 1 when calibration is off or the split is too small to fit it."""
+    if calibration == "none" or len(data.val) < MIN_CALIBRATION_EXAMPLES:
+        return 1.0
+    return fit_temperature(predict_logits(model, data.val, data.collate, data.length_of, training.eval_batch_size), val_labels)
 
 
 @dataclass(frozen=True)

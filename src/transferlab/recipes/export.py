@@ -90,9 +90,13 @@ def write_sentence_transformers(loaded: LoadedModel, folder: Path) -> dict[str, 
         loaded.preprocessor.tokenizer.save_pretrained(body)
         transformer = Transformer(body, max_seq_length=loaded.manifest["max_length"])
     hidden = config.backbone_config.hidden_size
-    head = model.classifier
+    head, temperature = model.classifier, config.calibration_temperature  # the calibrated logits: the head's, divided by T
     dense = Dense(
-        hidden, head.out_features, activation_function=torch.nn.Identity(), init_weight=head.weight.clone(), init_bias=head.bias.clone()
+        hidden,
+        head.out_features,
+        activation_function=torch.nn.Identity(),
+        init_weight=head.weight / temperature,
+        init_bias=head.bias / temperature,
     )
     st = SentenceTransformer(modules=[transformer, Pooling(hidden, pooling_mode=ST_POOLING[model.pooling()]), dense], device="cpu")
     _check_logits(st, loaded)

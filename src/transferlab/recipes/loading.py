@@ -61,6 +61,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         if asset.hashes != manifest["backbone_sha256"]:
             raise UserError(f"{model_dir}: the adapter was trained on a different '{manifest['backbone']}' (weight hashes differ)")
         base = build_classifier(asset, manifest["label_names"], manifest["pooling"])
+        base.config.calibration_temperature = manifest.get("temperature", 1.0)  # the adapter holds weights, not the config
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
         model = family.load_merged(model_dir)

@@ -14,6 +14,7 @@ from typing import Any
 
 from peft import PeftModel
 
+from transferlab.backbones.base import base_model
 from transferlab.config import RunConfig
 from transferlab.distributed import is_main_process
 from transferlab.errors import UserError
@@ -106,6 +107,7 @@ def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter:
             "modality": config.modality,
             "pooling": config.pooling,
             "max_length": config.max_length,
+            "temperature": base_model(model).config.calibration_temperature,  # fitted on validation; 1 when calibration is off
         }
         atomic_write_json(staging / MANIFEST, manifest)
         adapter_config = staging / "adapter_config.json"

@@ -16,7 +16,7 @@ from typing import Any
 
 from transferlab.data.checks import describe as describe_checks
 from transferlab.report import plots
-from transferlab.report.table import SHOWN_METRICS, has_forgetting, row_cells
+from transferlab.report.table import CALIBRATION_COLUMNS, SHOWN_METRICS, has_forgetting, row_cells
 from transferlab.results import load_results
 from transferlab.runio import atomic_write_bytes, atomic_write_text
 
@@ -71,6 +71,15 @@ def figures(directory: Path, results: dict[str, Any]) -> list[tuple[str, str, by
     matrices = plots.confusion_matrices(results, ok)
     if matrices:
         out.append(("confusion", "Confusion matrices (test set, summed over runs)", matrices))
+    reliability = None if "study" in results else plots.reliability_diagrams(results, ok)  # a study's plot is its question's
+    if reliability:
+        out.append(
+            (
+                "reliability",
+                "Reliability (test set, first run): accuracy per confidence bin, before and after temperature scaling",
+                reliability,
+            )
+        )
     return out
 
 
@@ -78,7 +87,16 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str
     primary = results.get("primary_metric", "accuracy")
     metrics = [primary] + [m for m in SHOWN_METRICS if m != primary]
     forgetting = has_forgetting(results)
-    header = ["point" if "study" in results else "strategy", *metrics, "vs best", "trainable", "%", "train s", "peak MB"]
+    header = [
+        "point" if "study" in results else "strategy",
+        *metrics,
+        "vs best",
+        *CALIBRATION_COLUMNS,
+        "trainable",
+        "%",
+        "train s",
+        "peak MB",
+    ]
     header += ["forgetting"] if forgetting else []
     comparison = results.get("comparison", {})
     rows = []

@@ -93,6 +93,31 @@ def confusion_matrices(results: dict[str, Any], order: list[str]) -> bytes | Non
     return png(figure)
 
 
+def reliability_diagrams(results: dict[str, Any], order: list[str]) -> bytes | None:
+    """Accuracy against confidence per bin, raw softmax and after temperature scaling: on the diagonal is calibrated."""
+    shown = [n for n in order if results["strategies"][n].get("runs") and "calibration" in results["strategies"][n]["runs"][0]][
+        :MAX_CONFUSION
+    ]
+    if not shown:
+        return None
+    plt = _pyplot()
+    columns = min(3, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, shown):
+        calibration = results["strategies"][name]["runs"][0]["calibration"]
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+        for key, label, marker in (("reliability_uncalibrated", "raw", "o"), ("reliability", f"T = {calibration['temperature']:.2f}", "s")):
+            bins = calibration[key]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker=marker, markersize=4, label=label)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy", title=name)
+        ax.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    return png(figure)
+
+
 def study_plot(results: dict[str, Any]) -> bytes:
     """The study's own figure: the test metric against its x (one line per series, ± std over seeds),
     and beside it the study's second panel: validation-loss curves per point (lr-sweep, epochs) or the

@@ -10,6 +10,8 @@ from rich.table import Table
 from transferlab.results import format_forgetting
 
 SHOWN_METRICS = ("accuracy", "macro_f1", "auroc", "mcc")
+# Expected calibration error and Brier score: before temperature scaling -> after (lower is better).
+CALIBRATION_COLUMNS = ("ECE raw→T", "Brier raw→T")
 
 
 def format_metric(entry: dict[str, float]) -> str:
@@ -37,7 +39,7 @@ def results_table(results: dict[str, Any]) -> Table:
     for metric in metrics:
         table.add_column(metric, justify="right")
     table.add_column("vs best")
-    for column in ("trainable", "%", "train s", "peak MB"):
+    for column in CALIBRATION_COLUMNS + ("trainable", "%", "train s", "peak MB"):
         table.add_column(column, justify="right")
     forgetting = has_forgetting(results)
     if forgetting:
@@ -49,7 +51,7 @@ def results_table(results: dict[str, Any]) -> Table:
     notes = []
     for name, r in results["strategies"].items():
         if r["status"] != "ok":
-            table.add_row(name, r["status"], *[""] * (len(metrics) + 4 + forgetting))
+            table.add_row(name, r["status"], *[""] * (len(metrics) + len(CALIBRATION_COLUMNS) + 4 + forgetting))
             notes.append(f"{name} {r['status']}: {r.get('reason', '')}")
     if notes:
         table.caption = "\n".join([caption, *notes])
@@ -62,17 +64,25 @@ def has_forgetting(results: dict[str, Any]) -> bool:
 
 
 def row_cells(name: str, r: dict[str, Any], metrics: list[str], comparison: dict[str, Any], forgetting: bool = False) -> list[str]:
-    """A finished row's cells after its name: metrics, 'vs best', trainable parameters, %, train s, peak MB
-    (and the forgetting meter's reading when the table has that column)."""
+    """A finished row's cells after its name: metrics, 'vs best', calibration, trainable parameters, %, train s, peak
+    MB (and the forgetting meter's reading when the table has that column)."""
     return [
         *(format_metric(r["metrics"][m]) if m in r["metrics"] else "n/a" for m in metrics),
         versus_best(name, comparison),
+        *(_before_after(r, score) for score in ("ece", "brier")),
         f"{r['trainable_params']:,}",
         f"{r['trainable_percent']:.2f}",
         f"{r['train_seconds']:.1f}",
         f"{r['peak_memory_mb']:.0f}",
         *([format_forgetting(r.get("forgetting"))] if forgetting else []),
     ]
+
+
+def _before_after(r: dict[str, Any], score: str) -> str:
+    """'0.081→0.032': the score of the raw softmax, then of the calibrated one (n/a for runs recorded without it)."""
+    if score not in r["metrics"] or "calibration" not in r:
+        return "n/a"
+    return f"{r['calibration'][f'{score}_uncalibrated']['mean']:.3f}→{r['metrics'][score]['mean']:.3f}"
 
 
 def versus_best(name: str, comparison: dict[str, Any]) -> str:

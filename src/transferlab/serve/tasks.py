@@ -32,6 +32,7 @@ class Task:
     label_names: list[str]
     strategy: str
     pooling: str
+    temperature: float
     preprocessor: Preprocessor
 
 
@@ -85,6 +86,7 @@ class MultiTaskModel:
                 m["label_names"],
                 m["strategy"],
                 m["pooling"],
+                m.get("temperature", 1.0),
                 family.load_preprocessor(Path(adapters[name]), m),
             )
             for name, m in manifests.items()
@@ -105,7 +107,8 @@ class MultiTaskModel:
         spec = self.tasks[task]
         with self._lock:
             self.model.set_adapter(spec.name)
-            self.model.get_base_model().config.pooling = spec.pooling  # read by the forward pass, per task
+            config = self.model.get_base_model().config
+            config.pooling, config.calibration_temperature = spec.pooling, spec.temperature  # read by the forward pass, per task
             features = spec.preprocessor.encode(texts)
             return predict_proba(self.model, features, spec.preprocessor.collate, spec.preprocessor.length_of, batch_size)
 

@@ -90,6 +90,13 @@ def predict_proba(
     return map_batches(model, features, collate, lambda m, b: torch.softmax(m(**b).logits.float(), -1), length_of, batch_size)
 
 
+def predict_logits(
+    model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
+) -> np.ndarray:
+    """Logits in input order (what temperature scaling is fitted on)."""
+    return map_batches(model, features, collate, lambda m, b: m(**b).logits.float(), length_of, batch_size)
+
+
 def pooled_features(
     model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
 ) -> np.ndarray:

@@ -1,0 +1,100 @@
+"""Temperature scaling is fitted on validation alone, its scores are the textbook ones, and an exported model's
+probabilities are the calibrated ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import minimize_scalar
+
+from transferlab.config import load_run_config
+from transferlab.evaluation.calibration import brier_score, expected_calibration_error, fit_temperature, reliability_bins, softmax
+from transferlab.recipes.loading import load_model
+from transferlab.recipes.train import train
+
+from .conftest import sentiment_texts
+
+
+def _logits(scale: float, n: int = 600, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), labels] += 1.0
+    return logits * scale, labels
+
+
+@pytest.mark.parametrize("scale, direction, classes", [(5.0, "over", 3), (0.3, "under", 3), (5.0, "over", 2), (0.3, "under", 2)])
+def test_the_temperature_is_the_log_loss_minimum(scale, direction, classes):
+    logits, labels = _logits(scale, classes=classes)
+
+    def log_loss(t: float) -> float:
+        scaled = logits / t
+        return float(np.mean(np.log(np.exp(scaled).sum(1)) - scaled[np.arange(len(labels)), labels]))
+
+    expected = minimize_scalar(log_loss, bounds=(1e-3, 1e3), method="bounded", options={"xatol": 1e-8}).x
+    fitted = fit_temperature(logits, labels)
+    assert fitted == pytest.approx(expected, rel=1e-4)
+    assert fitted > 1 if direction == "over" else fitted < 1  # overconfident logits are cooled, underconfident warmed
+    raw, scaled = softmax(logits), softmax(logits, fitted)
+    assert expected_calibration_error(labels, scaled) < expected_calibration_error(labels, raw)
+    assert (raw.argmax(1) == scaled.argmax(1)).all()  # the labels never change
+
+
+def test_ece_and_brier_by_hand():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.57, 0.43], [0.55, 0.45]])
+    labels = np.array([0, 1, 1, 0])
+    # confidences 0.9 (right), 0.8 (right), 0.57 (wrong), 0.55 (right); 0.55 and 0.57 share the bin [8/15, 9/15)
+    expected_ece = (abs(1 - 0.9) + abs(1 - 0.8) + 2 * abs(0.5 - (0.57 + 0.55) / 2)) / 4
+    assert expected_calibration_error(labels, probs) == pytest.approx(expected_ece, abs=1e-6)
+    bins = reliability_bins(labels, probs)
+    assert [(round(b["confidence"], 6), b["accuracy"], b["share"]) for b in bins] == [(0.56, 0.5, 0.5), (0.8, 1.0, 0.25), (0.9, 1.0, 0.25)]
+    by_hand = np.mean([(0.1**2 + 0.1**2), (0.2**2 + 0.2**2), (0.57**2 + 0.57**2), (0.45**2 + 0.45**2)])
+    assert brier_score(labels, probs) == pytest.approx(by_hand)
+
+
+def _run(tiny_bert_dir, tmp_path, name: str, test_labels_flipped: bool = False, calibration: str = "temperature") -> dict:
+    texts, labels = sentiment_texts(760, seed=3)
+    pd.DataFrame({"text": texts[:600], "label": labels[:600]}).to_csv(tmp_path / "train.csv", index=False)
+    test = np.array(labels[600:])
+    pd.DataFrame({"text": texts[600:], "label": 1 - test if test_labels_flipped else test}).to_csv(
+        tmp_path / f"{name}-test.csv", index=False
+    )
+    config = load_run_config(
+        None, backbone=str(tiny_bert_dir), dataset=str(tmp_path / "train.csv"), test_dataset=str(tmp_path / f"{name}-test.csv"),
+        strategies=["full"], max_length=32, label_issues=False, calibration=calibration,
+        training={"epochs": 1, "batch_size": 16, "min_steps": 10},
+    )  # fmt: skip
+    train(config, tmp_path / name, log=lambda _: None)
+    return json.loads((tmp_path / name / "results.json").read_text())
+
+
+def test_the_temperature_sees_validation_only_and_the_export_predicts_calibrated(tiny_bert_dir, tmp_path):
+    record = _run(tiny_bert_dir, tmp_path, "a")
+    flipped = _run(tiny_bert_dir, tmp_path, "b", test_labels_flipped=True)
+    run = record["strategies"]["full"]["runs"][0]
+    temperature = run["calibration"]["temperature"]
+    assert temperature != 1.0 and record["n_val"] >= 50
+    assert flipped["strategies"]["full"]["runs"][0]["calibration"]["temperature"] == temperature  # test labels play no part
+    assert flipped["strategies"]["full"]["metrics"]["accuracy"]["mean"] == pytest.approx(1 - run["metrics"]["accuracy"])
+
+    model_dir = tmp_path / "a" / "model"
+    assert json.loads((model_dir / "transferlab.json").read_text())["temperature"] == temperature
+    test = pd.read_csv(tmp_path / "a-test.csv")
+    loaded = load_model(model_dir)
+    calibrated = loaded.predict_proba(test["text"].tolist())
+    loaded.model.config.calibration_temperature = 1.0
+    raw = loaded.predict_proba(test["text"].tolist())
+    np.testing.assert_allclose(calibrated, softmax(np.log(raw), temperature), atol=1e-5)
+    assert expected_calibration_error(test["label"].to_numpy(), calibrated) == pytest.approx(run["metrics"]["ece"], abs=1e-5)
+    assert expected_calibration_error(test["label"].to_numpy(), raw) == pytest.approx(run["calibration"]["ece_uncalibrated"], abs=1e-5)
+
+
+def test_calibration_none_keeps_the_raw_probabilities(tiny_bert_dir, tmp_path):
+    run = _run(tiny_bert_dir, tmp_path, "none", calibration="none")["strategies"]["full"]["runs"][0]
+    assert run["calibration"]["temperature"] == 1.0
+    assert run["metrics"]["ece"] == pytest.approx(run["calibration"]["ece_uncalibrated"])
+    with pytest.raises(Exception, match="calibration must be temperature or none"):
+        load_run_config(None, calibration="platt")
