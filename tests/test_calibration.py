@@ -1,5 +1,5 @@
-"""Temperature scaling is fitted on validation alone, its scores are the textbook ones, and an exported model's
-probabilities are the calibrated ones."""
+"""Temperature scaling and the decision threshold are chosen on validation alone, their scores are the textbook
+ones, and an exported model's probabilities and labels are the calibrated, thresholded ones."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from transferlab.config import load_run_config
-from transferlab.evaluation.calibration import brier_score, expected_calibration_error, fit_temperature, reliability_bins, softmax
+from transferlab.evaluation.calibration import (
+    THRESHOLD_GRID,
+    brier_score,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    softmax,
+    tune_threshold,
+)
+from transferlab.evaluation.metrics import classification_metrics
 from transferlab.recipes.loading import load_model
 from transferlab.recipes.train import train
 
@@ -55,7 +64,7 @@ def test_ece_and_brier_by_hand():
     assert brier_score(labels, probs) == pytest.approx(by_hand)
 
 
-def _run(tiny_bert_dir, tmp_path, name: str, test_labels_flipped: bool = False, calibration: str = "temperature") -> dict:
+def _run(tiny_bert_dir, tmp_path, name: str, test_labels_flipped: bool = False, metric: str | None = None, **options) -> dict:
     texts, labels = sentiment_texts(760, seed=3)
     pd.DataFrame({"text": texts[:600], "label": labels[:600]}).to_csv(tmp_path / "train.csv", index=False)
     test = np.array(labels[600:])
@@ -64,8 +73,8 @@ def _run(tiny_bert_dir, tmp_path, name: str, test_labels_flipped: bool = False, 
     )
     config = load_run_config(
         None, backbone=str(tiny_bert_dir), dataset=str(tmp_path / "train.csv"), test_dataset=str(tmp_path / f"{name}-test.csv"),
-        strategies=["full"], max_length=32, label_issues=False, calibration=calibration,
-        training={"epochs": 1, "batch_size": 16, "min_steps": 10},
+        strategies=["full"], max_length=32, label_issues=False, **options,
+        training={"epochs": 1, "batch_size": 16, "min_steps": 10, "metric": metric},
     )  # fmt: skip
     train(config, tmp_path / name, log=lambda _: None)
     return json.loads((tmp_path / name / "results.json").read_text())
@@ -98,3 +107,37 @@ def test_calibration_none_keeps_the_raw_probabilities(tiny_bert_dir, tmp_path):
     assert run["metrics"]["ece"] == pytest.approx(run["calibration"]["ece_uncalibrated"])
     with pytest.raises(Exception, match="calibration must be temperature or none"):
         load_run_config(None, calibration="platt")
+
+
+@pytest.mark.parametrize("metric", ["macro_f1", "f1", "mcc"])
+def test_the_tuned_threshold_is_the_best_cut_on_the_grid(metric):
+    rng = np.random.default_rng(1)
+    labels = (rng.random(500) < 0.12).astype(int)  # 7:1
+    p1 = np.clip(0.3 * labels + rng.normal(0.25, 0.15, 500), 0.001, 0.999)
+    probs = np.stack([1 - p1, p1], 1)
+    scores = {cut: classification_metrics(labels, probs, 2, cut)[metric] for cut in THRESHOLD_GRID}
+    tuned = tune_threshold(probs, labels, metric)
+    assert scores[round(tuned, 2)] == pytest.approx(max(scores.values()))
+    assert scores[round(tuned, 2)] > classification_metrics(labels, probs, 2)[metric]  # argmax is worse on 7:1 data
+    assert tune_threshold(probs, labels, "accuracy") is None and tune_threshold(np.ones((4, 3)) / 3, np.arange(4) % 3, "f1") is None
+
+
+def test_the_threshold_is_tuned_on_validation_only_and_the_export_decides_with_it(tiny_bert_dir, tmp_path):
+    record = _run(tiny_bert_dir, tmp_path, "t", metric="macro_f1")
+    flipped = _run(tiny_bert_dir, tmp_path, "f", test_labels_flipped=True, metric="macro_f1")
+    run = record["strategies"]["full"]["runs"][0]
+    threshold = run["decision_threshold"]
+    assert flipped["strategies"]["full"]["runs"][0]["decision_threshold"] == threshold  # test labels play no part
+    assert record["strategies"]["full"]["decision_threshold"]["mean"] == threshold
+
+    model_dir = tmp_path / "t" / "model"
+    assert json.loads((model_dir / "transferlab.json").read_text())["threshold"] == threshold
+    assert f"from P = {threshold:.2f} on (tuned on validation)" in (model_dir / "README.md").read_text()
+    test = pd.read_csv(tmp_path / "t-test.csv")
+    probs = load_model(model_dir).predict_proba(test["text"].tolist())
+    expected = classification_metrics(test["label"].to_numpy(), probs, 2, threshold)
+    assert expected["macro_f1"] == pytest.approx(run["metrics"]["macro_f1"], abs=1e-6)
+
+    argmax = _run(tiny_bert_dir, tmp_path, "n", metric="macro_f1", threshold="none")["strategies"]["full"]["runs"][0]
+    assert "decision_threshold" not in argmax
+    assert argmax["metrics"]["macro_f1"] == pytest.approx(classification_metrics(test["label"].to_numpy(), probs, 2)["macro_f1"], abs=1e-6)

@@ -14,6 +14,7 @@ import yaml
 from transferlab.config import load_run_config
 from transferlab.deploy import ONNX_FILE
 from transferlab.errors import UserError
+from transferlab.evaluation.metrics import predicted_labels
 from transferlab.recipes.export import export_model
 from transferlab.recipes.loading import load_model
 from transferlab.recipes.train import train
@@ -83,7 +84,7 @@ def test_the_deploy_script_runs_without_torch_and_matches_predict(trained, tmp_p
     loaded = load_model(trained["full"])
     expected = loaded.predict_proba(TEXTS)
     np.testing.assert_allclose(np.array([r["probabilities"] for r in rows]), expected, atol=1e-4, rtol=0)
-    assert [r["label"] for r in rows] == [loaded.label_names[i] for i in expected.argmax(1)]
+    assert [r["label"] for r in rows] == [loaded.label_names[i] for i in predicted_labels(expected, loaded.threshold)]
 
 
 def test_the_image_deploy_script_runs_with_pillow_alone_and_matches_predict(trained_cnn, tmp_path):

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from transferlab.backbones import TextPreprocessor, build_classifier, resolve_backbone
-from transferlab.settings import TrainingConfig
+from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.strategies import get_strategy
 from transferlab.strategies.contrastive import pairs
 from transferlab.training.inference import predict_proba
-from transferlab.training.loop import MIN_VALIDATION, FitData, training_plan
+from transferlab.training.loop import FitData, training_plan
 
 from .conftest import sentiment_texts
 

@@ -60,6 +60,13 @@ class RunConfig:
             "so probabilities say how often the model is right; none: raw softmax [default: temperature]"
         },
     )
+    threshold: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: a binary task scored by f1, macro_f1 or mcc predicts class 1 above a cut tuned on the validation "
+            "split for that metric; none: the most probable class [default: auto]"
+        },
+    )
     oversample: bool = field(default=False, metadata={"help": "resample minority classes in the training examples"})
     imbalance: float | None = field(
         default=None, metadata={"help": "first subsample to this minority share (0.1 makes a balanced binary set 9:1)"}
@@ -138,6 +145,8 @@ class RunConfig:
             raise UserError("--validation-dataset needs --test-dataset: without it the test set is carved from --dataset")
         if self.near_duplicate_cosine is not None and not 0 < self.near_duplicate_cosine <= 1:
             raise UserError(f"near_duplicate_cosine must be in (0, 1], got {self.near_duplicate_cosine}")
+        if self.threshold not in ("auto", "none"):
+            raise UserError(f"threshold must be auto or none, got '{self.threshold}'")
         if self.calibration not in ("temperature", "none"):
             raise UserError(f"calibration must be temperature or none, got '{self.calibration}'")
         if self.class_weights not in ("none", "balanced"):

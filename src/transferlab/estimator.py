@@ -21,9 +21,9 @@ from transformers import set_seed
 from transferlab.backbones import build_classifier, family_of, load_preprocessor, resolve_backbone
 from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
-from transferlab.settings import MIN_STEPS, TrainingConfig
+from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig
 from transferlab.training.inference import default_device, predict_proba
-from transferlab.training.loop import MIN_VALIDATION, FitData
+from transferlab.training.loop import FitData
 from transferlab.training.sampling import balanced_class_weights
 
 

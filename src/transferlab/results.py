@@ -38,6 +38,7 @@ class RunResult(TypedDict, total=False):
     # temperature, ece_uncalibrated, brier_uncalibrated, and the reliability bins before and after
     # (evaluation/calibration.py); metrics' ece and brier are the calibrated ones
     calibration: dict[str, Any]
+    decision_threshold: float  # binary: class 1 when its probability reaches this (tuned on validation)
 
 
 class StrategySummary(TypedDict, total=False):
@@ -57,6 +58,7 @@ class StrategySummary(TypedDict, total=False):
     settings: dict[str, Any]  # the strategy's resolved settings
     confusion_matrix: list[list[int]]  # summed over the runs
     calibration: dict[str, MeanStd]  # temperature, ece_uncalibrated, brier_uncalibrated over the runs
+    decision_threshold: MeanStd
 
 
 class Comparison(TypedDict):

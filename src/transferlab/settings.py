@@ -24,6 +24,10 @@ SCHEDULERS = ("linear", "cosine", "stlr")
 # chance with their 3 epochs (3 steps), reach 0.53-0.55 macro-F1 with 100 steps, and gain nothing more with 200
 # (docs/findings.md, "Small data").
 MIN_STEPS = 100
+# Below this many validation examples nothing is chosen on validation (early stopping, the calibration temperature,
+# the decision threshold): one example is 2 points of accuracy, and a score's standard error on 50 is 7 points,
+# more than most gaps between checkpoints.
+MIN_VALIDATION = 50
 
 METERS = ("perplexity", "sequential", "cka")
 MITIGATIONS = ("ewc", "replay", "l2sp")

@@ -18,10 +18,18 @@ from sklearn.metrics import (
 from transferlab.settings import HEADLINE_METRICS
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Scalar metrics. precision/recall/f1 are for the positive class when binary, macro-averaged otherwise."""
+def predicted_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The most probable class; with a decision threshold (binary), class 1 when its probability reaches it."""
+    if threshold is None:
+        return probs.argmax(-1)
+    return (probs[:, 1] >= threshold).astype(int)
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int, threshold: float | None = None) -> dict[str, float]:
+    """Scalar metrics. precision/recall/f1 are for the positive class when binary, macro-averaged otherwise;
+    labels are decided as `predicted_labels` says (AUROC reads the probabilities alone)."""
     labels = np.asarray(labels)
-    predicted = probs.argmax(-1)
+    predicted = predicted_labels(probs, threshold)
     classes = list(range(num_classes))
     average = "binary" if num_classes == 2 else "macro"
     with warnings.catch_warnings():
@@ -75,9 +83,9 @@ def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
     return float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(num_classes))))
 
 
-def per_class_report(labels: np.ndarray, probs: np.ndarray, label_names: list[str]) -> dict:
+def per_class_report(labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float | None = None) -> dict:
     """Per-class precision / recall / F1 / support and the confusion matrix (rows: true, columns: predicted)."""
-    predicted = probs.argmax(-1)
+    predicted = predicted_labels(probs, threshold)
     classes = list(range(len(label_names)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
     return {

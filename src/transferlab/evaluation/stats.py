@@ -21,6 +21,13 @@ def mean_std(values: list[float]) -> dict[str, Any]:
     return {"mean": float(array.mean()), "std": std, "values": [float(v) for v in array]}
 
 
+# What results.json keeps of each run.
+RUN_KEYS = (
+    "fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb", "head_layer", "calibration",
+    "decision_threshold",
+)  # fmt: skip
+
+
 def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One strategy's runs (folds x seeds) -> the summary that results.json and the table show."""
     failed = [r for r in runs if r["status"] != "ok"]
@@ -39,33 +46,20 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "settings": first["settings"],
         "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(),
         **_calibration_summary(runs),
-        "runs": [
-            {
-                k: r[k]
-                for k in (
-                    "fold",
-                    "seed",
-                    "metrics",
-                    "per_class",
-                    "confusion_matrix",
-                    "train_seconds",
-                    "peak_memory_mb",
-                    "head_layer",
-                    "calibration",
-                )  # fmt: skip
-                if k in r
-            }
-            for r in runs
-        ],
+        "runs": [{k: r[k] for k in RUN_KEYS if k in r} for r in runs],
     }
 
 
 def _calibration_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The temperature and the uncalibrated scores, mean and std over the runs (runs recorded before calibration have none)."""
+    """The temperature, the uncalibrated scores and the tuned decision threshold, mean and std over the runs (runs
+    recorded before calibration have none; a threshold only where every run tuned one)."""
     if not all("calibration" in r for r in runs):
         return {}
     keys = ("temperature", "ece_uncalibrated", "brier_uncalibrated")
-    return {"calibration": {key: mean_std([r["calibration"][key] for r in runs]) for key in keys}}
+    summary: dict[str, Any] = {"calibration": {key: mean_std([r["calibration"][key] for r in runs]) for key in keys}}
+    if all("decision_threshold" in r for r in runs):
+        summary["decision_threshold"] = mean_std([r["decision_threshold"] for r in runs])
+    return summary
 
 
 def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:

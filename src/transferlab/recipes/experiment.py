@@ -33,12 +33,12 @@ from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
 from transferlab.errors import TrainingDiverged
 from transferlab.evaluation.calibration import (
-    MIN_CALIBRATION_EXAMPLES,
     brier_score,
     calibration_report,
     expected_calibration_error,
     fit_temperature,
     softmax,
+    tune_threshold,
 )
 from transferlab.evaluation.forgetting_meter import forgetting_probe, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
@@ -46,7 +46,7 @@ from transferlab.evaluation.stats import REPORTED_CHOICES, aggregate_runs
 from transferlab.recipes.dataset import Findings, check_data, load_run_data, make_splits
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.runio import atomic_write_text
-from transferlab.settings import TrainingConfig
+from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.strategies import Strategy, count_parameters
 from transferlab.training.inference import cpu_has_bf16, default_device, inference_precision, predict_logits
 from transferlab.training.loop import FitData
@@ -199,13 +199,13 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     labels = experiment.data.labels[split.test]
     with inference_precision(training):
         logits = predict_logits(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
-        temperature = _fitted_temperature(model, data, experiment.data.labels[split.val], training, config.calibration)
+        temperature, threshold = _decision_rule(model, data, experiment.data.labels[split.val], training, config)
     probs = softmax(logits, temperature)
     result = {
         "status": "ok",
         "fold": fold,
         "seed": seed,
-        "metrics": classification_metrics(labels, probs, len(experiment.label_names))
+        "metrics": classification_metrics(labels, probs, len(experiment.label_names), threshold)
         | {"ece": expected_calibration_error(labels, probs), "brier": brier_score(labels, probs)},
         "calibration": calibration_report(labels, logits, temperature),
         "trainable_params": trainable,
@@ -215,20 +215,28 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         "train_seconds": train_seconds,
         "peak_memory_mb": peak_mb,
         "settings": strategy.config.__dict__,
-        **per_class_report(labels, probs, experiment.label_names),
+        **per_class_report(labels, probs, experiment.label_names, threshold),
     }
     if probe is not None:
         result["forgetting"] = probe.after(strategy, model)
     result.update({key: entry[key] for entry in data.log_history for key in REPORTED_CHOICES if key in entry})
+    if threshold is not None:
+        result["decision_threshold"] = threshold
     base_model(model).config.calibration_temperature = temperature  # set last: the forgetting probe may train the model further
     return StrategyRun(strategy, model, probs, result, data.log_history)
 
 
-def _fitted_temperature(model: nn.Module, data: FitData, val_labels: np.ndarray, training: TrainingConfig, calibration: str) -> float:
-    """T fitted on the validation split only; 1 when calibration is off or the split is too small to fit it."""
-    if calibration == "none" or len(data.val) < MIN_CALIBRATION_EXAMPLES:
-        return 1.0
-    return fit_temperature(predict_logits(model, data.val, data.collate, data.length_of, training.eval_batch_size), val_labels)
+def _decision_rule(
+    model: nn.Module, data: FitData, val_labels: np.ndarray, training: TrainingConfig, config: RunConfig
+) -> tuple[float, float | None]:
+    """The temperature and the binary decision threshold, both chosen on the validation split only: T = 1 and no
+    threshold (argmax) when they are switched off or the split is too small to choose by."""
+    if len(data.val) < MIN_VALIDATION or (config.calibration == "none" and config.threshold == "none"):
+        return 1.0, None
+    logits = predict_logits(model, data.val, data.collate, data.length_of, training.eval_batch_size)
+    temperature = 1.0 if config.calibration == "none" else fit_temperature(logits, val_labels)
+    threshold = None if config.threshold == "none" else tune_threshold(softmax(logits, temperature), val_labels, training.headline_metric)
+    return temperature, threshold
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,11 @@ class LoadedModel:
     modality: str = "text"
     manifest: dict[str, Any] = field(default_factory=dict)  # transferlab.json: what the model is and was trained on
 
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold the run tuned (binary), or None: the most probable class."""
+        return self.manifest.get("threshold")
+
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         features = self.preprocessor.encode(inputs)
         return predict_proba(self.model, features, self.preprocessor.collate, self.preprocessor.length_of, batch_size)

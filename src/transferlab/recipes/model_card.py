@@ -60,6 +60,21 @@ def front_matter(record: dict[str, Any], manifest: dict[str, Any]) -> dict[str, 
     return meta
 
 
+def _decision(manifest: dict[str, Any]) -> str:
+    temperature, threshold = manifest.get("temperature", 1.0), manifest.get("threshold")
+    scaled = (
+        f"probabilities calibrated by temperature scaling (T = {temperature:.3f}, fitted on validation)"
+        if temperature != 1.0
+        else "raw softmax probabilities"
+    )
+    chosen = (
+        f"{manifest['label_names'][1]} from P = {threshold:.2f} on (tuned on validation)"
+        if threshold is not None
+        else "the most probable class"
+    )
+    return f"{scaled}; the label is {chosen}"
+
+
 def model_card(record: dict[str, Any], manifest: dict[str, Any]) -> str:
     """README.md for an exported folder."""
     strategy = manifest["strategy"]
@@ -84,6 +99,7 @@ def model_card(record: dict[str, Any], manifest: dict[str, Any]) -> str:
         f"- Labels: {', '.join(manifest['label_names'])}" + (f" (training examples per class: {counts})" if counts else ""),
         f"- Strategy settings: {summary.get('settings', {})}",
         f"- Trainable parameters: {summary['trainable_params']:,} of {summary['total_params']:,}",
+        f"- Decision: {_decision(manifest)}",
         f"- Pooling {manifest['pooling']}, inputs cut to {manifest['max_length']} tokens"
         if manifest["modality"] == "text"
         else "- Image preprocessing: preprocessor_config.json",

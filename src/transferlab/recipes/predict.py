@@ -16,7 +16,7 @@ from rich.table import Table
 from transferlab.data.images import IMAGE_SUFFIXES
 from transferlab.data.sources import read_table, require_columns
 from transferlab.errors import UserError
-from transferlab.evaluation.metrics import classification_metrics
+from transferlab.evaluation.metrics import classification_metrics, predicted_labels
 from transferlab.runio import atomic_write_text
 
 BACKENDS = ("torch", "onnxruntime")
@@ -27,6 +27,7 @@ class Classifier(Protocol):
 
     label_names: list[str]
     modality: str
+    threshold: float | None  # binary: class 1 from this probability on; None: the most probable class
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = ...) -> np.ndarray: ...
 
@@ -93,8 +94,11 @@ def label_ids(labels: list[str], label_names: list[str], where: Path) -> np.ndar
     return np.array([index[label] for label in labels])
 
 
-def predictions_frame(inputs: Sequence[str], probs: np.ndarray, label_names: list[str], modality: str = "text") -> pd.DataFrame:
-    frame = pd.DataFrame({"image" if modality == "image" else "text": list(inputs), "label": [label_names[i] for i in probs.argmax(-1)]})
+def predictions_frame(
+    inputs: Sequence[str], probs: np.ndarray, label_names: list[str], modality: str = "text", threshold: float | None = None
+) -> pd.DataFrame:
+    labels = [label_names[i] for i in predicted_labels(probs, threshold)]
+    frame = pd.DataFrame({"image" if modality == "image" else "text": list(inputs), "label": labels})
     for i, name in enumerate(label_names):
         frame[f"p_{name}"] = probs[:, i]
     return frame
@@ -129,10 +133,10 @@ def predict_command(
         inputs, labels = read_texts(Path(input_file), text_column, label_column)
         truth = None if labels is None else label_ids(labels, loaded.label_names, Path(input_file))
     probs = loaded.predict_proba(inputs)
-    frame = predictions_frame(inputs, probs, loaded.label_names, loaded.modality)
+    frame = predictions_frame(inputs, probs, loaded.label_names, loaded.modality, loaded.threshold)
     if truth is not None:
         frame.insert(2, "true_label", [loaded.label_names[i] for i in truth])
-        scores = classification_metrics(truth, probs, len(loaded.label_names))
+        scores = classification_metrics(truth, probs, len(loaded.label_names), loaded.threshold)
         console.print(f"on {len(truth)} labelled examples: " + ", ".join(f"{name} {value:.6f}" for name, value in scores.items()))
     if output is not None:
         body = (

@@ -108,6 +108,7 @@ def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter:
             "pooling": config.pooling,
             "max_length": config.max_length,
             "temperature": base_model(model).config.calibration_temperature,  # fitted on validation; 1 when calibration is off
+            "threshold": run.result.get("decision_threshold"),  # binary: class 1 from this probability on; None: argmax
         }
         atomic_write_json(staging / MANIFEST, manifest)
         adapter_config = staging / "adapter_config.json"

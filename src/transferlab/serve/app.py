@@ -15,6 +15,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from transferlab.evaluation.metrics import predicted_labels
 from transferlab.serve.batching import MicroBatcher
 
 
@@ -22,6 +23,7 @@ class ServedTask(Protocol):
     name: str
     label_names: list[str]
     strategy: str
+    threshold: float | None  # binary: class 1 from this probability on; None: the most probable class
 
 
 class ServedModel(Protocol):
@@ -115,7 +117,8 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> FastAPI:
         return PredictResponse(
             task=task.name,
             predictions=[
-                Prediction(label=labels[int(row.argmax())], probabilities={name: float(p) for name, p in zip(labels, row)}) for row in probs
+                Prediction(label=labels[int(chosen)], probabilities={name: float(p) for name, p in zip(labels, row)})
+                for row, chosen in zip(probs, predicted_labels(probs, task.threshold))
             ],
         )
 

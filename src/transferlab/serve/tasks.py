@@ -33,6 +33,7 @@ class Task:
     strategy: str
     pooling: str
     temperature: float
+    threshold: float | None
     preprocessor: Preprocessor
 
 
@@ -87,6 +88,7 @@ class MultiTaskModel:
                 m["strategy"],
                 m["pooling"],
                 m.get("temperature", 1.0),
+                m.get("threshold"),
                 family.load_preprocessor(Path(adapters[name]), m),
             )
             for name, m in manifests.items()

@@ -25,14 +25,10 @@ from transferlab import faults
 from transferlab.distributed import state
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics
-from transferlab.settings import TrainingConfig
+from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.training.checkpoints import last_complete_checkpoint, shared_temporary_folder, tensorboard_callbacks
 from transferlab.training.divergence import DivergenceGuard
 from transferlab.training.inference import precision_flags
-
-# Below this many validation examples early stopping is off: one example is 2 points of accuracy, and a score's
-# standard error on 50 is 7 points, more than most gaps between checkpoints.
-MIN_VALIDATION = 50
 
 # Called with (step, total_steps) while training; the CLI hangs a progress bar here.
 PROGRESS_HOOKS: list[Callable[[int, int], None]] = []
