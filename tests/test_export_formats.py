@@ -171,7 +171,7 @@ def test_predict_on_onnxruntime_imports_no_torch_and_matches_torch_predict(train
     for i, image in enumerate(bright_side_images(3, size=40, seed=9)[0]):
         Image.fromarray(image).save(image_dir / f"{i}.png")
     done = run_without(
-        NO_TORCH, CLI, "predict", "--backend", "onnxruntime", "--model", str(image_export), "--image", str(image_dir),
+        NO_TORCH, CLI, "predict", "--model", str(image_export), "--image", str(image_dir),  # auto: the folder holds a graph
         "--output", str(tmp_path / "i.csv"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -210,6 +210,8 @@ def test_the_onnxruntime_backend_refuses_what_it_cannot_run(trained, trained_cnn
 
     with pytest.raises(UserError, match="not a folder written by 'transferlab export'"):
         OnnxClassifier(trained["full"])  # a train folder: safetensors, no graph
+    with pytest.raises(UserError, match="an export in the onnx format, not a model torch loads"):
+        load_model(export_model(trained["full"], "onnx", tmp_path / "graph"))
     with pytest.raises(UserError, match="an image classifier; serve answers texts"):
         OnnxTasks({"shapes": export_model(trained_cnn, "onnx", tmp_path / "cnn")})
     done = run_without(NO_TORCH, CLI, "serve", "--backend", "onnxruntime", "--adapter", f"a={trained['lora']}")

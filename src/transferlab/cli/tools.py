@@ -16,6 +16,7 @@ EXPORT_FORMAT_HELP = (
     "sentence-transformers (text: SentenceTransformer(DIR).encode gives the logits) or hf (the folder as train wrote it)"
 )
 BACKEND_HELP = "torch, or onnxruntime: run a 'transferlab export' folder with onnxruntime, without importing torch"
+PREDICT_BACKEND_HELP = "auto (onnxruntime for a folder holding model.onnx, else torch), torch or onnxruntime"
 
 
 @config_options("backbone", "seed", "text_column", "image_column", "label_column")
@@ -68,7 +69,7 @@ def predict(
     text_column: Annotated[str, typer.Option(help="text column of --input")] = "text",
     label_column: Annotated[str | None, typer.Option(help="true labels in --input: also report accuracy and macro-F1")] = None,
     output: Annotated[Path | None, typer.Option(help="write predictions here (.csv or .jsonl)")] = None,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    backend: Annotated[str, typer.Option(help=PREDICT_BACKEND_HELP)] = "auto",
 ) -> None:
     """Print the label and class probabilities for each text or image."""
     from transferlab.recipes.predict import predict_command

@@ -19,7 +19,7 @@ from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
 from transferlab.runio import atomic_write_text
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class Classifier(Protocol):
@@ -32,8 +32,13 @@ class Classifier(Protocol):
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = ...) -> np.ndarray: ...
 
 
-def load_classifier(model_dir: Path, backend: str = "torch") -> Classifier:
-    """`train`'s folder on torch, or `export`'s ONNX folder on onnxruntime (no torch imported)."""
+def load_classifier(model_dir: Path, backend: str = "auto") -> Classifier:
+    """`train`'s folder on torch, or `export`'s ONNX folder on onnxruntime (no torch imported); auto: by what the
+    folder holds."""
+    from transferlab.deploy import ONNX_FILE
+
+    if backend == "auto":
+        backend = "onnxruntime" if (Path(model_dir) / ONNX_FILE).is_file() else "torch"
     if backend == "torch":
         from transferlab.recipes.loading import load_model
 
@@ -113,7 +118,7 @@ def predict_command(
     output: Path | None,
     console: Console,
     label_column: str | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> None:
     if sum(map(bool, (texts, images, input_file))) != 1:
         raise UserError("give one of --text (one or more), --image (files or folders) or --input FILE")
