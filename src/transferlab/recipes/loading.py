@@ -59,7 +59,9 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise UserError(f"{model_dir}: the run that wrote it did not finish (no complete {run / RESULTS}); run its command again to resume")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest["format"] not in ("merged", "peft-adapter"):
-        raise UserError(f"{model_dir}: an export in the {manifest['format']} format, not a model torch loads (docs/deploy.md says how to run it)")
+        raise UserError(
+            f"{model_dir}: an export in the {manifest['format']} format, not a model torch loads (docs/deploy.md says how to run it)"
+        )
     # Models exported before families were recorded name only what they read.
     family = family_named(manifest.get("family") or ("cnn" if manifest.get("modality") == "image" else "encoder"))
     preprocessor = family.load_preprocessor(model_dir, manifest)
