@@ -121,3 +121,19 @@ def test_grid_search_over_the_estimator(tiny_bert_dir):
         fitted = _estimator(tiny_bert_dir, strategy_settings={"cv_folds": 2}, **params).fit(X[train], y[train])
         accuracy = float((fitted.predict(X[test]) == y[test]).mean())
         assert search.cv_results_[f"split{k}_test_score"][0] == pytest.approx(accuracy, abs=1e-12)
+
+
+def test_the_estimator_calibrates_on_its_own_validation_split(tiny_bert_dir):
+    from transferlab.backbones.base import base_model
+    from transferlab.evaluation.calibration import softmax
+
+    texts, labels = sentiment_texts(600, seed=4)
+    kept = TransferClassifier(backbone=str(tiny_bert_dir), strategy="full", epochs=1, min_steps=10, max_length=32)
+    calibrated = kept.fit(texts, labels).predict_proba(texts[:50])
+    temperature = base_model(kept.model_).config.calibration_temperature
+    assert temperature != 1.0  # 60 validation examples: enough to fit it
+    base_model(kept.model_).config.calibration_temperature = 1.0
+    raw = kept.predict_proba(texts[:50])
+    np.testing.assert_allclose(calibrated, softmax(np.log(raw), temperature), atol=1e-5)
+    raw_kept = TransferClassifier(backbone=str(tiny_bert_dir), strategy="full", epochs=1, min_steps=10, max_length=32, calibration="none")
+    np.testing.assert_allclose(raw_kept.fit(texts, labels).predict_proba(texts[:50]), raw, atol=1e-6)

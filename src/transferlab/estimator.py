@@ -19,17 +19,20 @@ from sklearn.utils.validation import check_is_fitted
 from transformers import set_seed
 
 from transferlab.backbones import build_classifier, family_of, load_preprocessor, resolve_backbone
+from transferlab.backbones.base import base_model
 from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
+from transferlab.evaluation.calibration import fit_temperature
 from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig
-from transferlab.training.inference import default_device, predict_proba
+from transferlab.training.inference import default_device, predict_logits, predict_proba
 from transferlab.training.loop import FitData
 from transferlab.training.sampling import balanced_class_weights
 
 
 class TransferClassifier(ClassifierMixin, BaseEstimator):
     """Hyperparameters in the constructor; `fit` carves a stratified validation set out of X for early stopping
-    when it would hold MIN_VALIDATION examples or more."""
+    when it would hold MIN_VALIDATION examples or more, and fits the calibration temperature on it
+    (`calibration="temperature"`; `"none"` keeps the raw softmax)."""
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         pooling: str = "mean",
         val_fraction: float = 0.1,
         class_weights: str = "none",
+        calibration: str = "temperature",
         min_steps: int = MIN_STEPS,
         seed: int = 0,
     ):
@@ -58,6 +62,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.pooling = pooling
         self.val_fraction = val_fraction
         self.class_weights = class_weights
+        self.calibration = calibration
         self.min_steps = min_steps
         self.seed = seed
 
@@ -93,6 +98,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         training.validate()
         self.model_ = strategy.export(strategy.fit(model, data, training))
         drop_output_capturing_hooks(self.model_)  # a fitted estimator pickles (joblib, GridSearchCV's n_jobs)
+        if self.calibration == "temperature" and len(val_idx):
+            logits = predict_logits(self.model_, data.val, data.collate, data.length_of)
+            base_model(self.model_).config.calibration_temperature = fit_temperature(logits, labels[val_idx])
         return self
 
     def predict_proba(self, X: Sequence[Any]) -> np.ndarray:
