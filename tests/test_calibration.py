@@ -141,3 +141,23 @@ def test_the_threshold_is_tuned_on_validation_only_and_the_export_decides_with_i
     argmax = _run(tiny_bert_dir, tmp_path, "n", metric="macro_f1", threshold="none")["strategies"]["full"]["runs"][0]
     assert "decision_threshold" not in argmax
     assert argmax["metrics"]["macro_f1"] == pytest.approx(classification_metrics(test["label"].to_numpy(), probs, 2)["macro_f1"], abs=1e-6)
+
+
+def test_the_head_leaves_out_of_fold_logits_for_its_validation_rows():
+    """The head is fitted on the validation rows too: its temperature and threshold come from logits of probes that
+    left each row out, not from its own (in-sample) predictions."""
+    from transferlab.evaluation.probe import out_of_fold_logits
+    from transferlab.settings import TrainingConfig
+    from transferlab.strategies.head import FeatureExtraction
+    from transferlab.training.loop import FitData
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 8))
+    y = (x[:, 0] + rng.normal(size=300) > 0).astype(int)
+    data = FitData([{"labels": int(v)} for v in y[:240]], [{"labels": int(v)} for v in y[240:]], lambda b: b, ["a", "b"])
+    head = FeatureExtraction()
+    head._fit_linear(x, y, 2, data, TrainingConfig())
+    settings = head.probe_settings(TrainingConfig())
+    (c,) = [entry["chosen_C"] for entry in data.log_history if "chosen_C" in entry]
+    assert data.validation_logits.shape == (60, 2)
+    np.testing.assert_allclose(data.validation_logits, out_of_fold_logits(x, y, 2, settings, c)[240:])

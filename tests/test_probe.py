@@ -10,7 +10,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from transferlab.errors import UserError
-from transferlab.evaluation.probe import ProbeSettings, fit_probe, fit_probes
+from transferlab.evaluation.probe import ProbeSettings, fit_probe, fit_probes, out_of_fold_logits
 
 C_GRID = (1e-3, 1e-2, 0.1, 1.0)
 
@@ -62,3 +62,20 @@ def test_probe_needs_two_examples_of_every_class():
     y[0] = 1
     with pytest.raises(UserError, match="at least 2 examples of every class"):
         fit_probe(x, y, 2, ProbeSettings(c_grid=C_GRID))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_out_of_fold_logits_come_from_probes_that_never_saw_the_row(classes):
+    x, y = _problem(5, classes=classes)
+    settings = ProbeSettings(c_grid=(0.1, 1.0), folds=4, seed=3)
+    logits = out_of_fold_logits(x, y, classes, settings, c=0.1)
+    assert logits.shape == (len(y), classes)
+    for fit_rows, held_out in StratifiedKFold(4, shuffle=True, random_state=3).split(x, y):  # each fold by hand
+        scaler = StandardScaler().fit(x[fit_rows])
+        clf = LogisticRegression(C=0.1, max_iter=settings.max_iter, random_state=3).fit(scaler.transform(x[fit_rows]), y[fit_rows])
+        scores = clf.decision_function(scaler.transform(x[held_out]))
+        expected = np.stack([-scores / 2, scores / 2], 1) if classes == 2 else scores
+        np.testing.assert_allclose(logits[held_out], expected, rtol=1e-6, atol=1e-8)
+    in_sample = fit_probe(x, y, classes, ProbeSettings(c_grid=(0.1,), folds=4, seed=3))
+    refit = x @ in_sample.coef.T + in_sample.intercept
+    assert (refit.argmax(1) == y).mean() >= (logits.argmax(1) == y).mean()  # rows seen in fitting look easier

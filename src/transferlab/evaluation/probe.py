@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from joblib import Parallel, cpu_count, delayed
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -114,6 +114,30 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
         chosen_c=chosen_c,
         fold_scores=tuple(float(v) for v in per_fold[:, list(settings.c_grid).index(chosen_c)]),
     )
+
+
+def out_of_fold_logits(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings, c: float) -> np.ndarray:
+    """Each row's logits from the probe (at strength `c`) fitted on the folds that leave it out, on the probe's own
+    folds: what the head would say of examples it never saw, for choosing a temperature or a threshold on rows the
+    head itself was fitted on. A binary probe's score d becomes the logits (-d/2, d/2), as `fold_standardisation` does."""
+    folds = min(settings.folds, int(np.bincount(y, minlength=num_classes).min()))
+    informative = informative_features(x)
+    probe = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            (
+                "clf",
+                LogisticRegression(
+                    C=c, max_iter=settings.max_iter, random_state=settings.seed, class_weight="balanced" if settings.balanced else None
+                ),
+            ),
+        ]
+    )
+    with threadpool_limits(1):
+        scores = cross_val_predict(
+            probe, x[:, informative], y, cv=StratifiedKFold(folds, shuffle=True, random_state=settings.seed), method="decision_function"
+        )
+    return np.stack([-scores / 2, scores / 2], 1) if num_classes == 2 else scores
 
 
 def fit_probes(tasks: list[tuple[np.ndarray, np.ndarray, int, ProbeSettings]]) -> list[Probe]:

@@ -233,7 +233,9 @@ def _decision_rule(
     threshold (argmax) when they are switched off or the split is too small to choose by."""
     if len(data.val) < MIN_VALIDATION or (config.calibration == "none" and config.threshold == "none"):
         return 1.0, None
-    logits = predict_logits(model, data.val, data.collate, data.length_of, training.eval_batch_size)
+    logits = data.validation_logits
+    if logits is None:
+        logits = predict_logits(model, data.val, data.collate, data.length_of, training.eval_batch_size)
     temperature = 1.0 if config.calibration == "none" else fit_temperature(logits, val_labels)
     threshold = None if config.threshold == "none" else tune_threshold(softmax(logits, temperature), val_labels, training.headline_metric)
     return temperature, threshold

@@ -125,6 +125,8 @@ class Contrastive(Strategy):
         scale = self.lr_scale(model, data, training)  # discriminative rates, by the classifier's parameter names
         by_name = None if scale is None else lambda name: scale(name.removeprefix(_PairObjective.MODEL_PREFIX))
         train_with_trainer(_PairObjective(model), pair_data, body_training, lr=self.learning_rate(training), lr_scale=by_name)
-        fitted = FeatureExtraction(layers="last").fit(model, dataclasses.replace(data, frozen_features=None), training)
+        head_data = dataclasses.replace(data, frozen_features=None)
+        fitted = FeatureExtraction(layers="last").fit(model, head_data, training)
+        data.validation_logits = head_data.validation_logits  # the head's out-of-fold logits (its body saw these pairs)
         set_trainable(fitted, lambda name: True)  # the body trained too: every parameter counts as trainable
         return fitted

@@ -19,7 +19,7 @@ from torch import nn
 from transferlab.backbones.base import TransferModel
 from transferlab.backbones.text import FEATURE_LAYERS
 from transferlab.errors import UserError
-from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features
+from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features, out_of_fold_logits
 from transferlab.evaluation.stats import SIGNIFICANCE, paired_p_value
 from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
@@ -113,6 +113,7 @@ class FeatureExtraction(Strategy):
             if better and paired_p_value(np.array(probes[layer].fold_scores), np.array(probes[chosen].fold_scores)) < SIGNIFICANCE:
                 chosen = layer
         self.prepare(model, chosen)
+        self._leave_validation_logits(features[chosen], y, data, settings, probes[chosen].chosen_c)
         data.log_history.extend(probes[chosen].log_entries(training.headline_metric))
         if self.config.layers == "auto":
             scores = {layer: round(probes[layer].best_score, 4) if layer in probes else None for layer in offered}
@@ -143,9 +144,18 @@ class FeatureExtraction(Strategy):
         self, x: np.ndarray, y: np.ndarray, num_classes: int, data: FitData, training: TrainingConfig
     ) -> tuple[np.ndarray, np.ndarray]:
         """The cross-validated probe (evaluation/probe.py); its C search goes to the run's log history."""
-        probe = fit_probe(x, y, num_classes, self.probe_settings(training, balanced=data.class_weights is not None))
+        settings = self.probe_settings(training, balanced=data.class_weights is not None)
+        probe = fit_probe(x, y, num_classes, settings)
+        self._leave_validation_logits(x, y, data, settings, probe.chosen_c)
         data.log_history.extend(probe.log_entries(training.headline_metric))
         return probe.coef, probe.intercept
+
+    @staticmethod
+    def _leave_validation_logits(x: np.ndarray, y: np.ndarray, data: FitData, settings: ProbeSettings, c: float) -> None:
+        """The head is fitted on the validation rows too, so its logits there are in-sample: the run chooses its
+        temperature and threshold from out-of-fold logits instead (rows after the training ones are validation)."""
+        if data.val:
+            data.validation_logits = out_of_fold_logits(x, y, len(data.label_names), settings, c)[len(data.train) :]
 
     def probe_settings(self, training: TrainingConfig, balanced: bool = False) -> ProbeSettings:
         return ProbeSettings(

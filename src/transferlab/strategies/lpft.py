@@ -36,5 +36,6 @@ class LinearProbeThenFineTune(Strategy):
 
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         probed = FeatureExtraction(layers="last").fit(model, data, training)  # Kumar et al. probe the last layer
+        data.validation_logits = None  # the probe's; fine-tuning follows on the training rows alone
         set_trainable(probed, lambda name: True)
         return train_with_trainer(probed, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training))

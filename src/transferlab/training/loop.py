@@ -64,6 +64,9 @@ class FitData:
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None
     mixup_alpha: float | None = None  # images: blend pairs of each training batch, Beta(alpha, alpha) weights
     max_tokens: int | None = None  # text: inputs are cut to this many tokens (the preprocessor's max_length)
+    # A strategy that fits on the validation examples too (the head) leaves their out-of-fold logits here: the run
+    # chooses the calibration temperature and the decision threshold from these, not from in-sample predictions.
+    validation_logits: np.ndarray | None = None
 
 
 class _ListDataset(torch.utils.data.Dataset):
