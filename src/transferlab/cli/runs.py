@@ -22,6 +22,7 @@ TRAINING = (
     "pooling",
     "metric",
     "calibration",
+    "threshold",
     "scheduler",
     "freeze_below",
     "layer_decay",
