@@ -100,6 +100,18 @@ def test_the_temperature_sees_validation_only_and_the_export_predicts_calibrated
     assert expected_calibration_error(test["label"].to_numpy(), calibrated) == pytest.approx(run["metrics"]["ece"], abs=1e-5)
     assert expected_calibration_error(test["label"].to_numpy(), raw) == pytest.approx(run["calibration"]["ece_uncalibrated"], abs=1e-5)
 
+    from sentence_transformers import SentenceTransformer
+
+    from transferlab.deploy import OnnxClassifier
+    from transferlab.recipes.export import export_model
+
+    texts = test["text"].tolist()[:40]  # every export carries T: its probabilities are the calibrated ones
+    np.testing.assert_allclose(
+        OnnxClassifier(export_model(model_dir, "onnx", tmp_path / "onnx")).predict_proba(texts), calibrated[:40], atol=1e-4
+    )
+    encoded = SentenceTransformer(str(export_model(model_dir, "sentence-transformers", tmp_path / "st")), device="cpu").encode(texts)
+    np.testing.assert_allclose(softmax(encoded), calibrated[:40], atol=1e-5)
+
 
 def test_calibration_none_keeps_the_raw_probabilities(tiny_bert_dir, tmp_path):
     run = _run(tiny_bert_dir, tmp_path, "none", calibration="none")["strategies"]["full"]["runs"][0]
