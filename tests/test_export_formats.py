@@ -239,7 +239,9 @@ def _logits(model_dir: Path, texts: list[str]) -> np.ndarray:
         return loaded.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
 
 
-@pytest.mark.parametrize("strategy", ["full", "lora", "head"])  # merged; a kept adapter; the head on the layer below the last
+@pytest.mark.parametrize(  # merged; a kept adapter; the head on the layer below the last
+    "strategy", [pytest.param("full", marks=pytest.mark.slow), pytest.param("lora", marks=pytest.mark.slow), "head"]
+)
 def test_sentence_transformers_export_gives_the_logits_without_transferlab(strategy, trained, tmp_path):
     folder = export_model(trained[strategy], "sentence-transformers", tmp_path / "st")
     done = run_without(("transferlab",), ST_ENCODE, str(folder), *TEXTS)

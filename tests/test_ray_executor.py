@@ -18,6 +18,7 @@ from transferlab.recipes.executors import make_executor  # noqa: E402
 PER_RUN = ("fold", "seed", "metrics", "confusion_matrix")
 
 
+@pytest.mark.slow  # 33 s: starts a local Ray cluster
 def test_ray_runs_give_the_sequential_results(tmp_path, tiny_bert_dir, sentiment_csv):
     options = ["--strategies", "head,lora", "--cv", "2", "--seeds", "2", "--n-train", "120", "--epochs", "1", "--batch-size", "8"]
     options += ["--backbone", str(tiny_bert_dir), "--dataset", str(sentiment_csv), "--max-length", "32"]

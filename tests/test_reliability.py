@@ -79,9 +79,9 @@ def uninterrupted(setup) -> dict:
 @pytest.mark.parametrize(
     "kill_at, finished_before",
     [
-        ("encoded", 0),  # the data is tokenised, nothing is written yet
+        pytest.param("encoded", 0, marks=pytest.mark.slow),  # the data is tokenised, nothing is written yet
         ("train-step@30", 1),  # mid-run in the second strategy, after its first checkpoint
-        ("write:results.json", 3),  # everything trained, results.json half-written
+        pytest.param("write:results.json", 3, marks=pytest.mark.slow),  # everything trained, results.json half-written
     ],
 )
 def test_a_run_killed_at_any_point_resumes_to_identical_metrics(setup, uninterrupted, kill_at, finished_before):
