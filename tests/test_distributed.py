@@ -36,6 +36,7 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*command, "-m", "transferlab.cli", *args], capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow  # 16 s; test_compare_with_the_head_strategy_on_two_processes keeps two processes in make test
 def test_train_on_two_processes_matches_one(tmp_path, bert_without_dropout, sentiment_csv):
     settings = dict(backbone=str(bert_without_dropout), dataset=str(sentiment_csv), **OPTIONS)
     config = load_run_config(
