@@ -299,3 +299,17 @@ def test_train_exports_the_formats_it_is_asked_for(tiny_bert_dir, sentiment_csv,
     from transferlab.deploy import OnnxClassifier
 
     np.testing.assert_allclose(OnnxClassifier(run / "onnx").predict_proba(TEXTS), expected, atol=1e-4, rtol=0)
+
+
+def test_a_decoder_exports_to_sentence_transformers_with_last_token_pooling(tiny_llama_dir, sentiment_csv, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    config = load_run_config(
+        None, backbone=str(tiny_llama_dir), dataset=str(sentiment_csv), strategies=["full"], cv=1, n_train=64, n_test=16,
+        max_length=32, label_issues=False, training={"epochs": 1, "batch_size": 8, "min_steps": 4},
+    )  # fmt: skip
+    train(config, tmp_path / "run", log=lambda _: None)
+    folder = export_model(tmp_path / "run" / "model", "sentence-transformers", tmp_path / "st")
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "lasttoken"
+    encoded = SentenceTransformer(str(folder), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(encoded, _logits(tmp_path / "run" / "model", TEXTS), atol=1e-5, rtol=0)
