@@ -1,7 +1,7 @@
 """An exported ONNX classifier run with onnxruntime, tokenizers, Pillow and numpy only: no torch, no transformers.
 
 `predict --backend onnxruntime` and `serve --backend onnxruntime` load a `transferlab export` folder through this
-module, so a deployment image can leave torch out (tests/test_onnx_runtime.py runs both where torch cannot be
+module, so a deployment image can leave torch out (tests/test_export_formats.py runs both where torch cannot be
 imported). Preprocessing follows the torch path step by step: the tokenizer's own `tokenizer.json` truncated at
 the model's max length and padded per batch on the tokenizer's side; images decoded by Pillow, the shorter side
 resized with the weights' interpolation, centre-cropped with torchvision's rounding, scaled to [0, 1] and normalised.

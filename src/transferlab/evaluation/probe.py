@@ -38,6 +38,17 @@ class ProbeSettings:
     metric: str = "accuracy"  # the cross-validation score that picks C
     balanced: bool = False  # scikit-learn's "balanced" class weights, w_c = N / (C n_c)
 
+    @property
+    def class_weight(self) -> str | None:
+        return "balanced" if self.balanced else None
+
+    def folds_for(self, y: np.ndarray, num_classes: int) -> StratifiedKFold:
+        """The probe's cross-validation: `folds` stratified folds, fewer when the rarest class has fewer examples."""
+        folds = min(self.folds, int(np.bincount(y, minlength=num_classes).min()))
+        if folds < 2:
+            raise UserError("the linear probe's cross-validation needs at least 2 examples of every class")
+        return StratifiedKFold(folds, shuffle=True, random_state=self.seed)
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -83,17 +94,15 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     One BLAS thread: beside torch's OpenMP threads, several BLAS threads on these small solves spin
     against each other and run 40x slower (0.8 s vs 33 s measured on 2 cores).
     """
-    folds = min(settings.folds, int(np.bincount(y, minlength=num_classes).min()))
-    if folds < 2:
-        raise UserError("the linear probe's cross-validation needs at least 2 examples of every class")
+    folds = settings.folds_for(y, num_classes)
     informative = informative_features(x)
     search = LogisticRegressionCV(
         Cs=list(settings.c_grid),
-        cv=StratifiedKFold(folds, shuffle=True, random_state=settings.seed),
+        cv=folds,
         scoring=MetricScorer(settings.metric, num_classes),
         max_iter=settings.max_iter,
         random_state=settings.seed,
-        class_weight="balanced" if settings.balanced else None,
+        class_weight=settings.class_weight,
     )
     model = Pipeline([("scale", StandardScaler()), ("clf", search)])
     with threadpool_limits(1), warnings.catch_warnings():
@@ -105,7 +114,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     full[:, informative] = coef
     scores = search.scores_
     scores = next(iter(scores.values())) if isinstance(scores, dict) else scores  # legacy: {class: folds x Cs}
-    per_fold = np.asarray(scores).reshape(folds, -1)
+    per_fold = np.asarray(scores).reshape(folds.get_n_splits(), -1)
     chosen_c = float(np.ravel(search.C_)[0])
     return Probe(
         coef=full,
@@ -120,23 +129,11 @@ def out_of_fold_logits(x: np.ndarray, y: np.ndarray, num_classes: int, settings:
     """Each row's logits from the probe (at strength `c`) fitted on the folds that leave it out, on the probe's own
     folds: what the head would say of examples it never saw, for choosing a temperature or a threshold on rows the
     head itself was fitted on. A binary probe's score d becomes the logits (-d/2, d/2), as `fold_standardisation` does."""
-    folds = min(settings.folds, int(np.bincount(y, minlength=num_classes).min()))
     informative = informative_features(x)
-    probe = Pipeline(
-        [
-            ("scale", StandardScaler()),
-            (
-                "clf",
-                LogisticRegression(
-                    C=c, max_iter=settings.max_iter, random_state=settings.seed, class_weight="balanced" if settings.balanced else None
-                ),
-            ),
-        ]
-    )
+    clf = LogisticRegression(C=c, max_iter=settings.max_iter, random_state=settings.seed, class_weight=settings.class_weight)
+    probe = Pipeline([("scale", StandardScaler()), ("clf", clf)])
     with threadpool_limits(1):
-        scores = cross_val_predict(
-            probe, x[:, informative], y, cv=StratifiedKFold(folds, shuffle=True, random_state=settings.seed), method="decision_function"
-        )
+        scores = cross_val_predict(probe, x[:, informative], y, cv=settings.folds_for(y, num_classes), method="decision_function")
     return np.stack([-scores / 2, scores / 2], 1) if num_classes == 2 else scores
 
 

@@ -105,10 +105,9 @@ def write_sentence_transformers(loaded: LoadedModel, folder: Path) -> dict[str, 
 
 
 def _check_logits(st: Any, loaded: LoadedModel) -> None:
-    texts = ["a short text", "a longer text, with a few more words in it than the first one has", "and a third"]
+    texts = loaded.sample_inputs()
     got = st.encode(texts, convert_to_numpy=True, batch_size=len(texts))
-    batch = loaded.preprocessor.collate(loaded.preprocessor.encode(texts))
     with torch.no_grad():
-        expected = loaded.merged("sentence-transformers")(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
+        expected = loaded.merged("sentence-transformers")(**loaded.sample_batch()).logits.numpy()
     if got.shape != expected.shape or not np.allclose(got, expected, atol=LOGIT_TOLERANCE, rtol=0):
         raise UserError("this model's features cannot be expressed as a sentence-transformers pipeline (its logits differ): export as onnx")

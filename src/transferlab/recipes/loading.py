@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from peft import PeftModel
 from torch import nn
 
@@ -35,6 +36,17 @@ class LoadedModel:
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         features = self.preprocessor.encode(inputs)
         return predict_proba(self.model, features, self.preprocessor.collate, self.preprocessor.length_of, batch_size)
+
+    def sample_inputs(self) -> list[Any]:
+        """Two inputs of different lengths (or sizes): what an export is checked on against this model."""
+        if self.modality == "image":
+            rng = np.random.default_rng(0)
+            return [rng.integers(0, 256, (96, 80, 3), dtype=np.uint8) for _ in range(2)]
+        return ["a short text", "a longer text, with a few more words in it than the first one has"]
+
+    def sample_batch(self) -> dict[str, torch.Tensor]:
+        """`sample_inputs`, preprocessed as predict does."""
+        return {k: v for k, v in self.preprocessor.collate(self.preprocessor.encode(self.sample_inputs())).items() if k != "labels"}
 
     def merged(self, target: str) -> nn.Module:
         """The classifier as one model on the CPU in eval mode, for exporting to `target`: a kept adapter is merged

@@ -38,23 +38,13 @@ class _Probabilities(nn.Module):
         return torch.softmax(self.model(**dict(zip(self.names, inputs))).logits.float(), -1)
 
 
-def _sample_batch(loaded, image: bool) -> dict[str, torch.Tensor]:
-    """Two inputs of different lengths (or sizes), preprocessed as predict does."""
-    if image:
-        rng = np.random.default_rng(0)
-        inputs = [rng.integers(0, 256, (96, 80, 3), dtype=np.uint8) for _ in range(2)]
-    else:
-        inputs = ["a short text", "a longer text, with a few more words in it than the first one has"]
-    return {k: v for k, v in loaded.preprocessor.collate(loaded.preprocessor.encode(inputs)).items() if k != "labels"}
-
-
 def write_onnx(loaded: LoadedModel, fmt: str, folder: Path) -> dict[str, Any]:
     """The model as `folder`/model.onnx, checked against it; returns what the manifest adds (the graph's inputs)."""
     import onnx
 
     model = loaded.merged("ONNX")
     image = loaded.modality == "image"
-    batch = _sample_batch(loaded, image)
+    batch = loaded.sample_batch()
     names = tuple(batch)
     axes = {name: {0: "batch"} if image else {0: "batch", 1: "sequence"} for name in names} | {"probabilities": {0: "batch"}}
     wrapped = _Probabilities(model, names).eval()

@@ -60,20 +60,25 @@ def training_curves(histories: dict[str, list[list[dict[str, Any]]]], metric: st
     return png(figure)
 
 
+def _panels(count: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """A figure of `count` panels, three to a row, each width x height inches; the grid's spare cells are blank."""
+    columns = min(3, count)
+    rows = math.ceil(count / columns)
+    figure, axes = _pyplot().subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return figure, list(axes.flat[:count])
+
+
 def confusion_matrices(results: dict[str, Any], order: list[str]) -> bytes | None:
     """Summed over each row's runs (rows: true class, columns: predicted)."""
     shown = [n for n in order if results["strategies"][n].get("confusion_matrix")][:MAX_CONFUSION]
     if not shown:
         return None
-    plt = _pyplot()
     names = results.get("label_names") or [str(i) for i in range(len(results["strategies"][shown[0]]["confusion_matrix"]))]
-    columns = min(3, len(shown))
-    rows = math.ceil(len(shown) / columns)
     size = max(3.2, 0.5 * len(names) + 2)
-    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
-    for ax in axes.flat[len(shown) :]:
-        ax.axis("off")
-    for ax, name in zip(axes.flat, shown):
+    figure, axes = _panels(len(shown), size, size)
+    for ax, name in zip(axes, shown):
         matrix = np.asarray(results["strategies"][name]["confusion_matrix"])
         ax.imshow(matrix, cmap="Blues")
         for (i, j), value in np.ndenumerate(matrix):
@@ -100,13 +105,8 @@ def reliability_diagrams(results: dict[str, Any], order: list[str]) -> bytes | N
     ]
     if not shown:
         return None
-    plt = _pyplot()
-    columns = min(3, len(shown))
-    rows = math.ceil(len(shown) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(shown) :]:
-        ax.axis("off")
-    for ax, name in zip(axes.flat, shown):
+    figure, axes = _panels(len(shown), 3.6, 3.4)
+    for ax, name in zip(axes, shown):
         calibration = results["strategies"][name]["runs"][0]["calibration"]
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
         for key, label, marker in (("reliability_uncalibrated", "raw", "o"), ("reliability", f"T = {calibration['temperature']:.2f}", "s")):
