@@ -177,3 +177,13 @@ def format_forgetting(summary: dict[str, Any] | None) -> str:
     if summary["meter"] == "sequential":
         return f"task A {summary['before']['mean']:.3f} -> {summary['after']['mean']:.3f}"
     return f"CKA {summary['after']['mean']:.4f}"
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """A trial's or strategy's settings on one line: 'lr 0.0003, r 16'."""
+    return ", ".join(f"{key} {value:.2g}" if isinstance(value, float) else f"{key} {value}" for key, value in settings.items())
+
+
+def ranked_trials(search: dict[str, Any]) -> list[dict[str, Any]]:
+    """`auto`'s trials, the best validation score first, the trials without one (failed) last."""
+    return sorted(search["trials"], key=lambda r: (r["validation"] is None, -(r["validation"] or 0.0), r["trial"]))

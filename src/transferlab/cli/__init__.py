@@ -31,6 +31,7 @@ COMMANDS = {
     "check": runs.check_command,
     "recommend": tools.recommend_command,
     "train": runs.train,
+    "auto": runs.auto,
     "predict": tools.predict,
     "export": tools.export,
     "serve": tools.serve,

@@ -1,4 +1,4 @@
-"""The commands that run experiments: compare, forgetting, check, train and study.
+"""The commands that run experiments: compare, forgetting, check, train, auto and study.
 
 Their run options come from the run config's fields (`options.py`): each command only names the ones it takes.
 """
@@ -11,6 +11,7 @@ import typer
 
 from transferlab.cli.common import console, out, out_dir, progress_logger, quiet_unless_main, training_progress
 from transferlab.cli.options import build_run_config, config_options
+from transferlab.errors import UserError
 
 DATA = ("backbone", "dataset", "test_dataset", "validation_dataset", "n_train", "n_test")
 TRAINING = (
@@ -172,6 +173,41 @@ def train(
         )
     print_results(results, out)
     console.print(f"model: {target / 'model'}")
+
+
+@config_options(*DATA, *TRAINING, "seeds", *IMBALANCE, *IMAGES, *COLUMNS, *RUN_FOLDER)
+def auto(
+    budget: Annotated[str, typer.Option(help="time for the search: 20m, 90s, 1h30m, or a number of minutes")] = "20m",
+    strategies: Annotated[str, typer.Option(help="comma-separated names the search chooses from, or 'all'")] = "all",
+    *,
+    options: Options,
+    max_trials: Annotated[int | None, typer.Option(help="stop after this many trials, even within the budget [default: no limit]")] = None,
+    export_format: Annotated[
+        str | None,
+        typer.Option(help="also export the winner as these, comma-separated, into DIR/<format>: onnx, onnx-int8, sentence-transformers"),
+    ] = None,
+) -> None:
+    """Search strategies x learning rate (x rank) within a time budget, choosing on validation; test and export the winner."""
+    from transferlab.recipes.auto import auto as run_auto
+    from transferlab.recipes.auto import parse_budget
+    from transferlab.report.table import print_results
+    from transferlab.strategies import parse_strategy_list
+
+    seconds = parse_budget(budget)
+    if max_trials is not None and max_trials < 1:
+        raise UserError(f"--max-trials must be at least 1, got {max_trials}")
+    run_config = build_run_config(options, parse_strategy_list(strategies))
+    target = out_dir(options["out_dir"], "auto")
+    quiet_unless_main()
+    with training_progress() as progress:
+        progress("auto")
+        formats = [fmt.strip() for fmt in (export_format or "").split(",") if fmt.strip()]
+        results = run_auto(
+            run_config, target, seconds, log=progress_logger(), resume=options["resume"], max_trials=max_trials, formats=formats
+        )
+    print_results(results, out)
+    console.print(results["recommendation"]["verdict"], highlight=False)
+    console.print(f"model: {target / 'model'}; trials: {target / 'leaderboard.csv'}; report: {target / 'report.html'}")
 
 
 @config_options(

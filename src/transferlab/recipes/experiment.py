@@ -154,8 +154,32 @@ def _training_examples(experiment: Experiment, split: Split, seed: int) -> tuple
     return examples, indices
 
 
-def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None, fold: int = 0, seed: int | None = None) -> StrategyRun:
-    """Fresh pretrained classifier -> fit -> test metrics, with time, memory and parameter counts."""
+@dataclass
+class FittedRun:
+    """A strategy trained on one split and seed, not yet measured on the test set: a search reads validation only."""
+
+    strategy: Strategy
+    model: nn.Module | None  # None when the strategy does not apply to the backbone
+    skipped: str | None  # why it does not apply
+    data: FitData | None = None
+    fold: int = 0
+    seed: int = 0
+    training: TrainingConfig | None = None
+    train_seconds: float = 0.0
+    peak_mb: float = 0.0
+    probe: Any = None  # the forgetting meter, when the run measures or mitigates forgetting
+
+
+def fit_strategy(
+    experiment: Experiment,
+    name: str,
+    workdir: Path | None = None,
+    fold: int = 0,
+    seed: int | None = None,
+    on_evaluate: Callable[[dict[str, float]], bool] | None = None,
+) -> FittedRun:
+    """Fresh pretrained classifier -> fit, with its time and peak memory. `on_evaluate` sees each validation pass's
+    metrics and stops the training by returning True (a search's pruner)."""
     config = experiment.config
     split = experiment.splits[fold]
     seed = config.training.seed if seed is None else seed
@@ -165,7 +189,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
     reason = strategy.unsupported_reason(model)
     if reason:
-        return StrategyRun(strategy, None, None, {"status": "skipped", "reason": reason}, [])
+        return FittedRun(strategy, None, reason)
     train_examples, train_indices = _training_examples(experiment, split, seed)
     findings = experiment.findings
     frozen = None
@@ -184,6 +208,7 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         frozen_features=frozen,
         mixup_alpha=MIXUP_ALPHA if "mixup" in config.augmentations() else None,
         max_tokens=getattr(experiment.preprocessor, "max_length", None),
+        on_evaluate=on_evaluate,
     )
     probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()
@@ -194,17 +219,41 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     if frozen is not None:  # the features the checks computed count as this strategy's work
         train_seconds += findings.feature_seconds * len(frozen["last"]) / len(findings.used)
         peak_mb = max(peak_mb, findings.feature_peak_mb)
+    return FittedRun(strategy, model, None, data, fold, seed, training, train_seconds, peak_mb, probe)
+
+
+def validation_logits(fitted: FittedRun) -> np.ndarray:
+    """The fitted model's logits on its validation examples (out-of-fold ones for a strategy that fits on them too),
+    computed once and kept on the run's data."""
+    data = fitted.data
+    if data.validation_logits is None:
+        with inference_precision(fitted.training):
+            data.validation_logits = predict_logits(fitted.model, data.val, data.collate, data.length_of, fitted.training.eval_batch_size)
+    return data.validation_logits
+
+
+def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None, fold: int = 0, seed: int | None = None) -> StrategyRun:
+    """Fresh pretrained classifier -> fit -> test metrics, with time, memory and parameter counts."""
+    return measure(experiment, fit_strategy(experiment, name, workdir, fold, seed))
+
+
+def measure(experiment: Experiment, fitted: FittedRun) -> StrategyRun:
+    """The fitted model on its split's test examples: metrics, calibration and parameter counts."""
+    if fitted.model is None:
+        return StrategyRun(fitted.strategy, None, None, {"status": "skipped", "reason": fitted.skipped}, [])
+    config, model, data, strategy, training = experiment.config, fitted.model, fitted.data, fitted.strategy, fitted.training
+    split = experiment.splits[fitted.fold]
     trainable, total = count_parameters(model)
     trainable_head = sum(p.numel() for p in base_model(model).head_parameters() if p.requires_grad)
     labels = experiment.data.labels[split.test]
     with inference_precision(training):
         logits = predict_logits(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
-        temperature, threshold = _decision_rule(model, data, experiment.data.labels[split.val], training, config)
+    temperature, threshold = _decision_rule(fitted, experiment.data.labels[split.val], config)
     probs = softmax(logits, temperature)
     result = {
         "status": "ok",
-        "fold": fold,
-        "seed": seed,
+        "fold": fitted.fold,
+        "seed": fitted.seed,
         "metrics": classification_metrics(labels, probs, len(experiment.label_names), threshold)
         | {"ece": expected_calibration_error(labels, probs), "brier": brier_score(labels, probs)},
         "calibration": calibration_report(labels, logits, temperature),
@@ -212,13 +261,13 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
         "trainable_params_without_head": trainable - trainable_head,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / total,
-        "train_seconds": train_seconds,
-        "peak_memory_mb": peak_mb,
+        "train_seconds": fitted.train_seconds,
+        "peak_memory_mb": fitted.peak_mb,
         "settings": strategy.config.__dict__,
         **per_class_report(labels, probs, experiment.label_names, threshold),
     }
-    if probe is not None:
-        result["forgetting"] = probe.after(strategy, model)
+    if fitted.probe is not None:
+        result["forgetting"] = fitted.probe.after(strategy, model)
     result.update({key: entry[key] for entry in data.log_history for key in REPORTED_CHOICES if key in entry})
     if threshold is not None:
         result["decision_threshold"] = threshold
@@ -226,18 +275,16 @@ def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None,
     return StrategyRun(strategy, model, probs, result, data.log_history)
 
 
-def _decision_rule(
-    model: nn.Module, data: FitData, val_labels: np.ndarray, training: TrainingConfig, config: RunConfig
-) -> tuple[float, float | None]:
+def _decision_rule(fitted: FittedRun, val_labels: np.ndarray, config: RunConfig) -> tuple[float, float | None]:
     """The temperature and the binary decision threshold, both chosen on the validation split only: T = 1 and no
     threshold (argmax) when they are switched off or the split is too small to choose by."""
-    if len(data.val) < MIN_VALIDATION or (config.calibration == "none" and config.threshold == "none"):
+    if len(fitted.data.val) < MIN_VALIDATION or (config.calibration == "none" and config.threshold == "none"):
         return 1.0, None
-    logits = data.validation_logits
-    if logits is None:
-        logits = predict_logits(model, data.val, data.collate, data.length_of, training.eval_batch_size)
+    logits = validation_logits(fitted)
     temperature = 1.0 if config.calibration == "none" else fit_temperature(logits, val_labels)
-    threshold = None if config.threshold == "none" else tune_threshold(softmax(logits, temperature), val_labels, training.headline_metric)
+    threshold = (
+        None if config.threshold == "none" else tune_threshold(softmax(logits, temperature), val_labels, fitted.training.headline_metric)
+    )
     return temperature, threshold
 
 

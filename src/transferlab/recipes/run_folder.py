@@ -26,7 +26,10 @@ from transferlab.errors import UserError
 from transferlab.runio import CONFIG, RESULTS, atomic_write_json, atomic_write_text, atomic_write_yaml
 
 # What a run writes here; a restart removes these and nothing else (the folder may hold the user's own files).
-RUN_ENTRIES = (CONFIG, RESULTS, "strategies", "model", "report.html", "report.md", "study.png", "tensorboard")
+RUN_ENTRIES = (
+    *(CONFIG, RESULTS, "strategies", "model", "report.html", "report.md", "study.png", "tensorboard"),
+    *("search.journal", "search.journal.lock", "leaderboard.csv", "search.png"),  # auto's search
+)
 
 
 def job_name(fold: int, seed: int) -> str:

@@ -53,7 +53,7 @@ def train(
     strategy = config.strategy(name)
     if keep_adapter and not strategy.uses_peft:
         raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
-    _check_export_formats(export_formats, strategy, config)
+    check_export_formats(export_formats, strategy, config)
     experiment = prepare(config, log)
     folder = open_run_folder(out_dir, config, resume, log)
     record = run_record(experiment, "train")
@@ -69,24 +69,29 @@ def train(
         write_label_issues(out_dir, experiment)
         folder.complete(record)
         write_report(out_dir, record)
-        for fmt in [fmt for fmt in dict.fromkeys(export_formats) if fmt != "hf"]:  # hf is DIR/model itself
-            try:
-                log(f"{fmt}: {export_model(out_dir / 'model', fmt, out_dir / fmt)}")
-            except UserError as err:
-                raise UserError(f"the trained model is in {out_dir / 'model'}, but its {fmt} export failed: {err}") from None
+        write_export_formats(out_dir, export_formats, log)
     log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")
     return run, record
 
 
-def _check_export_formats(formats: Sequence[str], strategy: Strategy, config: RunConfig) -> None:
-    """What can be known before training: the format exists, and the strategy and the inputs allow it."""
+def check_export_formats(formats: Sequence[str], strategy: Strategy | None, config: RunConfig) -> None:
+    """What can be known before training: the format exists, and the strategy (when known) and the inputs allow it."""
     unknown = [fmt for fmt in formats if fmt not in FORMATS]
     if unknown:
         raise UserError(f"unknown export format {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
-    if not strategy.merges and set(formats) - {"hf"}:
+    if strategy is not None and not strategy.merges and set(formats) - {"hf"}:
         raise UserError(f"{strategy.name}'s virtual tokens cannot be merged into one classifier: export it as hf only")
     if "sentence-transformers" in formats and config.modality != "text":
         raise UserError("a sentence-transformers export holds a text model; export an image model as onnx or hf")
+
+
+def write_export_formats(out_dir: Path, formats: Sequence[str], log: Log) -> None:
+    """DIR/model exported again as each format, into DIR/<format> (hf is DIR/model itself)."""
+    for fmt in [fmt for fmt in dict.fromkeys(formats) if fmt != "hf"]:
+        try:
+            log(f"{fmt}: {export_model(out_dir / 'model', fmt, out_dir / fmt)}")
+        except UserError as err:
+            raise UserError(f"the trained model is in {out_dir / 'model'}, but its {fmt} export failed: {err}") from None
 
 
 def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter: bool, record: dict[str, Any] | None = None) -> None:

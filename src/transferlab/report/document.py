@@ -17,10 +17,11 @@ from typing import Any
 from transferlab.data.checks import describe as describe_checks
 from transferlab.report import plots
 from transferlab.report.table import CALIBRATION_COLUMNS, SHOWN_METRICS, has_forgetting, row_cells
-from transferlab.results import load_results
+from transferlab.results import describe_settings, load_results, ranked_trials
 from transferlab.runio import atomic_write_bytes, atomic_write_text
 
 STUDY_PLOT = "study.png"
+SAVED_PLOTS = {"study": STUDY_PLOT, "search": "search.png"}  # figures also written beside the report as PNG files
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; padding: 0 1rem; }
@@ -61,6 +62,8 @@ def figures(directory: Path, results: dict[str, Any]) -> list[tuple[str, str, by
     out: list[tuple[str, str, bytes]] = []
     if "study" in results:
         out.append(("study", f"Study: {results['study']['name']}", plots.study_plot(results)))
+    if "search" in results:
+        out.append(("search", "Search: each trial's validation score", plots.search_plot(results["search"])))
     curves = plots.training_curves(load_histories(directory, order), primary)
     if curves:
         out.append(("curves", "Training curves", curves))
@@ -109,6 +112,25 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str
     return header, rows, comparison.get("best")
 
 
+def search_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """`auto`'s trials, best validation score first: what each tried and how it ended."""
+    search = results["search"]
+    header = ["trial", "strategy", "settings", f"validation {search['metric']}", "ended", "evaluations", "s"]
+    rows = [
+        [
+            str(r["trial"]),
+            r["strategy"] or "",
+            describe_settings(r["settings"]),
+            "" if r["validation"] is None else f"{r['validation']:.4f}",
+            r["state"] + (f": {r['reason']}" if r.get("reason") else ""),
+            str(r["evaluations"]),
+            "" if r["seconds"] is None else f"{r['seconds']:.0f}",
+        ]
+        for r in ranked_trials(search)
+    ]
+    return header, rows
+
+
 def describe(results: dict[str, Any]) -> list[str]:
     evaluation = results.get("evaluation", {})
     seeds = evaluation.get("seeds", [results.get("seed", 0)])
@@ -129,6 +151,15 @@ def describe(results: dict[str, Any]) -> list[str]:
     ]
     if comparison := results.get("comparison"):
         lines.append(f"'vs best': {comparison.get('test')}")
+    if search := results.get("search"):
+        winner = search["winner"]
+        lines.append(
+            f"search: {len(search['trials'])} trial(s) in {search['seconds'] / 60:.1f} of {search['budget_seconds'] / 60:.1f} budgeted "
+            f"minutes over {', '.join(search['strategies'])}; winner trial {winner['trial']} ({winner['strategy']}), chosen on "
+            f"{search['validation_examples']} validation examples; the test set was read by the winner only"
+        )
+    if recommendation := results.get("recommendation"):
+        lines.append(f"recommendation: {recommendation.get('verdict')}")
     return lines
 
 
@@ -164,6 +195,11 @@ def render_html(results: dict[str, Any], images: list[tuple[str, str, bytes]]) -
         css = ' class="best"' if row[0] == best else ""
         parts.append(f"<tr{css}>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
     parts.append("</tbody></table>")
+    if "search" in results:
+        header, rows = search_rows(results)
+        parts.append("<h2>Search</h2><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
+        parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in rows]
+        parts.append("</tbody></table>")
     if checks := results.get("data_checks"):
         parts.append("<h2>Data checks</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in describe_checks(checks)) + "</ul>")
     for ident, heading, data in images:
@@ -179,24 +215,29 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str, bytes]
     if v := verdict(results):
         lines += [f"**{v[1]}**", ""]
     header, rows, _ = table_rows(results)
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-    lines.append("")
+    lines += [*_markdown_table(header, rows), ""]
+    if "search" in results:
+        header, rows = search_rows(results)
+        lines += ["## Search", "", *_markdown_table(header, rows), ""]
     if checks := results.get("data_checks"):
         lines += ["## Data checks", "", *(f"- {line.strip().replace('|', '/')}" for line in describe_checks(checks)), ""]
-    if any(ident == "study" for ident, _, _ in images):
-        lines += [f"![study plot]({STUDY_PLOT})", ""]
+    lines += [f"![{ident} plot]({SAVED_PLOTS[ident]})\n" for ident, _, _ in images if ident in SAVED_PLOTS]
     lines.append(f"Plots ({', '.join(heading.lower() for _, heading, _ in images)}): report.html")
     return "\n".join(lines) + "\n"
 
 
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+
+
 def write_report(directory: Path, results: dict[str, Any]) -> Path:
-    """report.html, report.md and (for a study) study.png beside results.json, each written atomically."""
+    """report.html, report.md and (for a study or a search) its plot as a PNG beside results.json, each written atomically."""
     directory = Path(directory)
     images = figures(directory, results)
     for ident, _, data in images:
-        if ident == "study":
-            atomic_write_bytes(directory / STUDY_PLOT, data)
+        if ident in SAVED_PLOTS:
+            atomic_write_bytes(directory / SAVED_PLOTS[ident], data)
     atomic_write_text(directory / "report.md", render_markdown(results, images))
     atomic_write_text(directory / "report.html", render_html(results, images))
     return directory / "report.html"

@@ -67,6 +67,18 @@ class FitData:
     # A strategy that fits on the validation examples too (the head) leaves their out-of-fold logits here: the run
     # chooses the calibration temperature and the decision threshold from these, not from in-sample predictions.
     validation_logits: np.ndarray | None = None
+    # Called with each validation pass's metrics (eval_accuracy, ...); True stops the training there, at the best
+    # checkpoint so far. A search prunes trials that fall behind through it.
+    on_evaluate: Callable[[dict[str, float]], bool] | None = None
+
+
+class _EvaluationHook(TrainerCallback):
+    def __init__(self, hook: Callable[[dict[str, float]], bool]):
+        self.hook = hook
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if self.hook(metrics or {}):
+            control.should_training_stop = True
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -309,6 +321,7 @@ def train_with_trainer(
             *([EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if plan.early_stopping else []),
             _ProgressCallback(),
             *tensorboard_callbacks(data.workdir),
+            *([_EvaluationHook(data.on_evaluate)] if data.on_evaluate is not None else []),
             *callbacks,
         ],
     )

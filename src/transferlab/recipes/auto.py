@@ -1,0 +1,368 @@
+"""`transferlab auto`: the best model the data and a time budget allow, chosen on validation, tested once.
+
+Read top to bottom: the recommendation and the data checks, as for compare; one hold-out split. Then a search
+over strategies x learning rate (x rank or bottleneck width) with Optuna (TPE sampler, Hyperband pruner):
+- the strategies that read cached frozen features (the head) go first: they cost seconds and set the floor;
+- then the recommended strategy, then every other one, each once at its own defaults, so each gets a look;
+- then TPE's proposals, which concentrate on the strategies and rates that did best.
+Each trained trial reports its best validation metric so far at every evaluation; Hyperband's successive halving
+stops those that fall behind, and at the budget the trial in flight stops at its next evaluation. Trials all train
+with the run's seed, so they differ by their settings only. The test set is read once, by the winner (and by its
+reruns with other seeds when --seeds asks for them). The search is an Optuna journal in the run folder: an
+interrupted auto carries on where it stopped, and runs the trial it was in again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from transferlab.config import DEFAULT_STRATEGIES, RunConfig
+from transferlab.errors import TrainingDiverged, UserError
+from transferlab.evaluation.calibration import softmax
+from transferlab.evaluation.metrics import classification_metrics
+from transferlab.evaluation.stats import compare_to_best
+from transferlab.recipes.experiment import (
+    Experiment,
+    FittedRun,
+    Log,
+    StrategyRun,
+    fit_strategy,
+    measure,
+    open_run_folder,
+    prepare,
+    run_record,
+    run_strategy,
+    summarize_runs,
+    validation_logits,
+    write_label_issues,
+)
+from transferlab.recipes.run_folder import RunFolder
+from transferlab.recipes.train import check_export_formats, export, write_export_formats
+from transferlab.report import write_report
+from transferlab.results import describe_settings, ranked_trials
+from transferlab.runio import atomic_write_text
+from transferlab.settings import MIN_VALIDATION
+
+SEARCH_JOURNAL = "search.journal"
+LEADERBOARD = "leaderboard.csv"
+LR_RANGE = 3.0  # each strategy's learning rate is searched within its default / 3 to its default x 3, log-uniform
+WIDTH_FACTORS = (0.5, 1, 2)  # a rank or bottleneck width r: r / 2, r or 2 r
+STUDY = "auto"
+MAX_VALIDATION_SHARE = 1 / 3  # auto takes up to this share of the labelled examples to validate on, to have MIN_VALIDATION
+INTERRUPTED = "interrupted: queued again"  # a trial the process died in; a resumed search runs it again
+GIVE_UP_AFTER = 10  # trials that all failed before any completed: the data or the backbone is at fault, not the settings
+
+
+def parse_budget(text: str) -> float:
+    """'20m', '90s', '1h30m' or a bare number of minutes, in seconds."""
+    text = text.strip().lower()
+    parts = re.fullmatch(r"(\d+(?:\.\d+)?)|(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if parts is None or not any(parts.groups()):
+        raise UserError(f"--budget: cannot read '{text}': write it as 20m, 90s, 1h30m or a number of minutes")
+    bare, hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    total = bare * 60 + hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise UserError("--budget must be more than zero")
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Which strategies the search tries, in the order of their first look, and what it tunes for each."""
+
+    strategies: list[str]
+    config: RunConfig
+
+    def tuned(self, name: str) -> dict[str, Any]:
+        """The settings a trial of `name` draws, with their defaults: the learning rate (unless the run fixes one
+        for all) and a LoRA rank or adapter bottleneck width."""
+        defaults = self.config.strategy(name).config
+        tuned: dict[str, Any] = {}
+        if hasattr(defaults, "lr") and self.config.training.lr is None:
+            tuned["lr"] = defaults.lr
+        if isinstance(getattr(defaults, "r", None), int):
+            tuned["r"] = defaults.r
+        return tuned
+
+    def first_look(self, name: str) -> dict[str, Any]:
+        """The parameters that make a trial `name` at its defaults (for `Study.enqueue_trial`)."""
+        return {"strategy": name, **{f"{name}.{key}": value for key, value in self.tuned(name).items()}}
+
+    def suggest(self, trial: optuna.Trial) -> tuple[str, dict[str, Any]]:
+        name = trial.suggest_categorical("strategy", self.strategies)
+        settings: dict[str, Any] = {}
+        for key, default in self.tuned(name).items():
+            if key == "lr":
+                settings[key] = trial.suggest_float(f"{name}.lr", default / LR_RANGE, default * LR_RANGE, log=True)
+            else:
+                settings[key] = trial.suggest_categorical(f"{name}.{key}", sorted({max(1, int(default * f)) for f in WIDTH_FACTORS}))
+        return name, settings
+
+
+def auto(
+    config: RunConfig,
+    out_dir: Path,
+    budget_seconds: float,
+    log: Log = print,
+    resume: bool | None = None,
+    max_trials: int | None = None,
+    formats: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Search, test the winner once, export it (DIR/model, and DIR/<format> for each of `formats`)."""
+    from transferlab.recipes.recommend import recommend_for_run
+
+    clock = time.monotonic()
+    config.cv = 1  # one model to export, chosen on a validation split and tested on a hold-out split
+    check_export_formats(formats, None, config)
+    recommendation = recommend_for_run(config, log)
+    experiment = prepare(config, log)
+    labelled = len(experiment.split.train) + len(experiment.split.val)
+    if (
+        len(experiment.split.val) < MIN_VALIDATION
+        and config.validation_dataset is None
+        and MIN_VALIDATION <= labelled * MAX_VALIDATION_SHARE
+    ):
+        config.val_fraction = (MIN_VALIDATION + 0.4) / labelled  # rounds to MIN_VALIDATION examples
+        log(f"auto: {MIN_VALIDATION} of the {labelled} labelled examples validate (not {len(experiment.split.val)}): enough to choose by")
+        experiment = prepare(config, log)
+    if len(experiment.split.val) < MIN_VALIDATION:
+        raise UserError(
+            f"auto chooses on the validation split, and {len(experiment.split.val)} examples are too few to choose by "
+            f"(at least {MIN_VALIDATION}): give more data, or a --test-dataset and --validation-dataset, or compare with --cv"
+        )
+    folder = open_run_folder(out_dir, config, resume, log)
+    space = SearchSpace(_search_order(experiment, recommendation["strategy"], formats, log), config)
+    study, spent_before = _open_study(out_dir, config, space)
+    deadline = clock + budget_seconds - spent_before
+    search = _Search(experiment, space, study, deadline, log)
+    while not search.done(max_trials):
+        search.run_trial()
+        study.set_user_attr("seconds", spent_before + time.monotonic() - clock)
+    winner = study.best_trial
+    name, settings = winner.params["strategy"], winner.user_attrs["settings"]
+    log(f"winner: {name}{_describe(settings)}, validation {config.training.metric} {winner.value:.4f}; testing it")
+    final = dataclasses.replace(experiment, config=_with_settings(config, name, settings))
+    runs = _test_winner(final, folder, search.best if search.best_number == winner.number else None)
+    record = run_record(final, "auto")
+    record["strategies"][name] = summarize_runs([run.result for run in runs])
+    record["comparison"] = compare_to_best(record["strategies"], config.training.metric)
+    record["search"] = {
+        "budget_seconds": budget_seconds,
+        "seconds": study.user_attrs["seconds"],
+        "metric": config.training.metric,
+        "validation_examples": len(experiment.split.val),
+        "strategies": space.strategies,
+        "winner": {"trial": winner.number, "strategy": name, "settings": settings, "validation": winner.value},
+        "trials": leaderboard(study),
+    }
+    record["recommendation"] = {**recommendation, "verdict": _verdict(recommendation["strategy"], record["search"])}
+    record["model_dir"] = "model"
+    export(runs[0], final, out_dir / "model", False, record)
+    write_label_issues(out_dir, experiment)
+    _write_leaderboard(out_dir, record["search"])
+    folder.complete(record)
+    write_report(out_dir, record)
+    write_export_formats(out_dir, formats, log)
+    return record
+
+
+def _search_order(experiment: Experiment, recommended: str, formats: Sequence[str], log: Log) -> list[str]:
+    """The strategies that apply to this backbone (and export as asked): cheap frozen-feature ones first, then the
+    recommended one, then the usual comparison, then the rest as registered."""
+    from transferlab.backbones import build_classifier
+
+    config = experiment.config
+    model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
+    usable = []
+    for name in config.strategies:
+        strategy = config.strategy(name)
+        reason = strategy.unsupported_reason(model) or (
+            "its virtual tokens do not merge into one model to export" if not strategy.merges and set(formats) - {"hf"} else None
+        )
+        if reason:
+            log(f"auto leaves out {name}: {reason}")
+        else:
+            usable.append(name)
+    if not usable:
+        raise UserError(f"none of the strategies {', '.join(config.strategies)} applies to {config.backbone}")
+
+    def rank(name: str) -> tuple[int, int]:
+        cheap = not config.strategy(name).reads_frozen_features()
+        return (cheap, name != recommended, name not in DEFAULT_STRATEGIES, config.strategies.index(name))
+
+    return sorted(usable, key=rank)
+
+
+def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[optuna.Study, float]:
+    """The run folder's search journal, and the seconds the search spent before this call. A trial that an
+    interruption left running is recorded as failed and queued again."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(out_dir / SEARCH_JOURNAL)))
+    evaluations = max(1, round(config.training.epochs * config.training.evals_per_epoch))
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=config.training.seed),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=evaluations, reduction_factor=3),
+        load_if_exists=True,
+    )
+    if not study.trials:
+        for name in space.strategies:
+            study.enqueue_trial(space.first_look(name))
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        optuna.Trial(study, trial._trial_id).set_user_attr("reason", INTERRUPTED)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+    return study, float(study.user_attrs.get("seconds", 0.0))
+
+
+class _Search:
+    """The trial loop: runs each trial Optuna asks for, keeps the best fitted model in memory for the final test."""
+
+    def __init__(self, experiment: Experiment, space: SearchSpace, study: optuna.Study, deadline: float, log: Log):
+        self.experiment, self.space, self.study, self.deadline, self.log = experiment, space, study, deadline, log
+        self.metric = experiment.config.training.metric
+        self.val_labels = experiment.data.labels[experiment.split.val]
+        self.best: FittedRun | None = None
+        self.best_number: int | None = None
+
+    def done(self, max_trials: int | None) -> bool:
+        """At the budget or at --max-trials, once one trial is complete (the head, usually, within seconds)."""
+        finished = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("reason") != INTERRUPTED]
+        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete and len(finished) >= GIVE_UP_AFTER:
+            first = finished[0].user_attrs.get("reason", "no reason recorded")
+            raise UserError(f"auto: the first {len(finished)} trials all failed (the first: {first}); leaderboard in {SEARCH_JOURNAL}")
+        if not complete:
+            return False
+        if max_trials is not None and len(finished) >= max_trials:
+            return True
+        if time.monotonic() >= self.deadline:
+            self.log(f"budget spent: {len(finished)} trial(s), {len(complete)} complete")
+            return True
+        return False
+
+    def run_trial(self) -> None:
+        trial = self.study.ask()
+        name, settings = self.space.suggest(trial)
+        trial.set_user_attr("settings", settings)
+        config = _with_settings(self.experiment.config, name, settings)
+        stopped: list[str] = []
+        best_so_far, step = -math.inf, 0
+
+        def on_evaluate(metrics: dict[str, float]) -> bool:
+            nonlocal best_so_far, step
+            best_so_far, step = max(best_so_far, metrics.get(f"eval_{self.metric}", -math.inf)), step + 1
+            trial.report(best_so_far, step)
+            if trial.should_prune():
+                stopped.append("pruned")
+            elif time.monotonic() >= self.deadline:
+                stopped.append("budget")
+            return bool(stopped)
+
+        started = time.perf_counter()
+        try:
+            fitted = fit_strategy(dataclasses.replace(self.experiment, config=config), name, on_evaluate=on_evaluate)
+        except TrainingDiverged as err:
+            return self._fail(trial, name, settings, f"diverged: {err}", started)
+        except Exception as err:  # one bad setting must not end the search; the reason goes to the leaderboard
+            return self._fail(trial, name, settings, f"{type(err).__name__}: {str(err).strip()[:200]}", started)
+        if fitted.model is None:
+            return self._fail(trial, name, settings, f"skipped: {fitted.skipped}", started)
+        probs = softmax(validation_logits(fitted))
+        value = float(classification_metrics(self.val_labels, probs, len(self.experiment.label_names))[self.metric])
+        trial.set_user_attr("validation", value)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        how = f"validation {self.metric} {value:.4f} in {time.perf_counter() - started:.0f}s"
+        if stopped:
+            trial.set_user_attr("stopped", stopped[0])
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            self.log(f"trial {trial.number}: {name}{_describe(settings)}: {how}, stopped ({stopped[0]})")
+            return
+        self.study.tell(trial, value)
+        self.log(f"trial {trial.number}: {name}{_describe(settings)}: {how}")
+        if self.best_number is None or value > self.study.trials[self.best_number].value:
+            self.best, self.best_number = fitted, trial.number
+
+    def _fail(self, trial: optuna.Trial, name: str, settings: dict[str, Any], reason: str, started: float) -> None:
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self.log(f"trial {trial.number}: {name}{_describe(settings)}: {reason}")
+
+
+def _with_settings(config: RunConfig, name: str, settings: dict[str, Any]) -> RunConfig:
+    chosen = {**config.strategy_settings.get(name, {}), **settings}
+    return dataclasses.replace(config, strategies=[name], strategy_settings={name: chosen})
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    return f" ({describe_settings(settings)})" if settings else ""
+
+
+def _test_winner(final: Experiment, folder: RunFolder, fitted: FittedRun | None) -> list[StrategyRun]:
+    """The winner on the test set, once per seed: the search's own model for the run's seed (refitted when the
+    search was resumed after it), a fresh fit for each further seed (saved, so a resumed run skips them)."""
+    name = final.config.strategies[0]
+    runs = []
+    for seed in final.seeds():
+        if seed == final.config.training.seed:
+            run = measure(final, fitted) if fitted is not None else run_strategy(final, name, seed=seed)
+        else:
+            run = run_strategy(final, name, workdir=folder.workdir(name, 0, seed), seed=seed)
+        folder.save_run(name, 0, seed, run.result, run.log_history)
+        runs.append(run)
+    return runs
+
+
+def leaderboard(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every finished trial in order: its strategy and settings, how it ended, its validation score and time."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if not trial.state.is_finished():
+            continue
+        state = {"COMPLETE": "complete", "PRUNED": trial.user_attrs.get("stopped", "pruned"), "FAIL": "failed"}[trial.state.name]
+        rows.append(
+            {
+                "trial": trial.number,
+                "strategy": trial.params.get("strategy"),
+                "settings": trial.user_attrs.get("settings", {}),
+                "state": state,
+                "validation": trial.user_attrs.get("validation"),
+                "evaluations": len(trial.intermediate_values),
+                "seconds": trial.user_attrs.get("seconds"),
+                "reason": trial.user_attrs.get("reason"),
+            }
+        )
+    return rows
+
+
+def _verdict(recommended: str, search: dict[str, Any]) -> str:
+    winner = search["winner"]["strategy"]
+    if recommended == winner:
+        return f"the recommended {recommended} won the search"
+    looked = [row for row in search["trials"] if row["strategy"] == recommended and row["validation"] is not None]
+    if not looked:
+        return f"the recommended {recommended} was not tried; {winner} won"
+    best = max(row["validation"] for row in looked)
+    return f"the recommended {recommended} reached {best:.4f} on validation; {winner} won with {search['winner']['validation']:.4f}"
+
+
+def _write_leaderboard(out_dir: Path, search: dict[str, Any]) -> None:
+    """leaderboard.csv: every trial, the best validation score first."""
+    import pandas as pd
+
+    table = pd.DataFrame([{**row, "settings": describe_settings(row["settings"])} for row in ranked_trials(search)])
+    atomic_write_text(out_dir / LEADERBOARD, table.to_csv(index=False))

@@ -1,0 +1,147 @@
+"""`transferlab auto`: a search over strategies x learning rate that chooses on validation only, tests the winner
+once, exports it, and carries on after an interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import sentiment_texts
+from transferlab.config import load_run_config
+from transferlab.errors import UserError
+from transferlab.recipes.auto import auto, parse_budget
+from transferlab.recipes.loading import load_model
+from transferlab.strategies.full import FullConfig
+from transferlab.strategies.lora import LoraConfig
+
+STRATEGIES = ["head", "full", "lora", "bitfit"]
+
+
+def _files(tmp_path, flip_test_labels: bool = False):
+    """A training file and a separate test file, so a test can change the test labels and nothing else."""
+    texts, labels = sentiment_texts(560, seed=3)
+    names = np.array(["negative", "positive"])
+    train = pd.DataFrame({"text": texts[:480], "label": names[labels[:480]]})
+    test_labels = np.array(labels[480:])
+    test = pd.DataFrame({"text": texts[480:], "label": names[1 - test_labels if flip_test_labels else test_labels]})
+    folder = tmp_path / ("flipped" if flip_test_labels else "plain")
+    folder.mkdir()
+    train.to_csv(folder / "train.csv", index=False)
+    test.to_csv(folder / "test.csv", index=False)
+    return folder / "train.csv", folder / "test.csv"
+
+
+def _auto(tmp_path, backbone, name="out", flip_test_labels=False, max_trials=6, seeds=1):
+    train, test = _files(tmp_path, flip_test_labels)
+    config = load_run_config(
+        None,
+        backbone=str(backbone),
+        dataset=str(train),
+        test_dataset=str(test),
+        strategies=list(STRATEGIES),
+        seeds=seeds,
+        max_length=40,
+        training={"epochs": 2, "batch_size": 16},
+    )
+    return auto(config, tmp_path / name, budget_seconds=3600, max_trials=max_trials, log=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("20m", 1200), ("90s", 90), ("1h30m", 5400), ("2", 120), ("1.5h", 5400), ("45min", 2700), (" 10S ", 10)]
+)
+def test_budget_is_read_in_hours_minutes_and_seconds(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0m", "ten minutes", "5x", "-3m", "m"])
+def test_a_budget_that_cannot_be_read_is_refused(text):
+    with pytest.raises(UserError, match="budget"):
+        parse_budget(text)
+
+
+def test_search_order_defaults_export_and_report(tmp_path, tiny_bert_dir):
+    record = _auto(tmp_path, tiny_bert_dir)
+    out = tmp_path / "out"
+    trials = record["search"]["trials"]
+    assert len(trials) == 6 and record["status"] == "complete"
+    # the cheap frozen-feature head first, then each strategy once at its own defaults, before any proposal
+    assert [t["strategy"] for t in trials[:1]] == ["head"]
+    first_looks = {t["strategy"]: t["settings"] for t in trials[:4]}
+    assert set(first_looks) == set(STRATEGIES)
+    assert first_looks["full"] == {"lr": FullConfig().lr}
+    assert first_looks["lora"] == {"lr": LoraConfig().lr, "r": LoraConfig().r}
+    for proposal in trials[4:]:  # TPE's proposals stay within each strategy's default / 3 .. x 3
+        default = {"full": FullConfig().lr, "lora": LoraConfig().lr, "bitfit": 1e-3}.get(proposal["strategy"])
+        if default is not None:
+            assert default / 3 <= proposal["settings"]["lr"] <= default * 3
+    winner = record["search"]["winner"]
+    complete = [t for t in trials if t["state"] == "complete"]
+    assert winner["validation"] == max(t["validation"] for t in complete)
+    assert list(record["strategies"]) == [winner["strategy"]]
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board) == 6 and board["validation"].iloc[0] == pytest.approx(winner["validation"])
+    assert (out / "search.png").stat().st_size > 1000
+    assert "Search" in (out / "report.html").read_text() and "search.png" in (out / "report.md").read_text()
+    manifest = json.loads((out / "model" / "transferlab.json").read_text())
+    assert manifest["strategy"] == winner["strategy"]
+    model = load_model(out / "model")
+    probs = model.predict_proba(["the film was great and lovely", "the plot was dull and boring"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_the_search_never_reads_the_test_labels(tmp_path, tiny_bert_dir):
+    """The same search on the same training data, with every test label flipped: every trial scores the same on
+    validation and the same winner is chosen; only its test score changes (to one minus itself)."""
+    plain = _auto(tmp_path, tiny_bert_dir, "plain", max_trials=5)
+    flipped = _auto(tmp_path, tiny_bert_dir, "flipped", flip_test_labels=True, max_trials=5)
+    keys = ("strategy", "settings", "state", "validation", "evaluations")
+    assert [{k: t[k] for k in keys} for t in plain["search"]["trials"]] == [{k: t[k] for k in keys} for t in flipped["search"]["trials"]]
+    assert plain["search"]["winner"] == flipped["search"]["winner"]
+    name = plain["search"]["winner"]["strategy"]
+    accuracy = plain["strategies"][name]["metrics"]["accuracy"]["mean"]
+    assert flipped["strategies"][name]["metrics"]["accuracy"]["mean"] == pytest.approx(1 - accuracy)
+
+
+def test_small_data_validates_on_enough_examples_or_is_refused(tmp_path, tiny_bert_dir, sentiment_csv):
+    """240 labelled examples: 50 of them validate (not the usual 10%); 120: too few to spare 50, refused before any output."""
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head"], n_train=160, max_length=40)
+    record = auto(config, tmp_path / "out", budget_seconds=60, log=lambda _: None)
+    assert (record["n_val"], record["n_fit"]) == (50, 110)
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head"], n_train=120, max_length=40)
+    with pytest.raises(UserError, match="too few to choose by"):
+        auto(config, tmp_path / "small", budget_seconds=60, log=lambda _: None)
+    assert not (tmp_path / "small").exists()
+
+
+def _cli(*args, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFERLAB_KILL_AT"}
+    if kill_at:
+        env["TRANSFERLAB_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "transferlab.cli", "auto", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_an_interrupted_search_carries_on_with_the_trial_it_was_in(tmp_path, tiny_bert_dir):
+    """Killed during its second trial (full fine-tuning), the search resumes: the head is not run again, the
+    killed trial is recorded and queued again, and the trials match an uninterrupted search's."""
+    train, test = _files(tmp_path)
+    args = ["--backbone", tiny_bert_dir, "--dataset", train, "--test-dataset", test, "--strategies", "head,full,lora"]
+    args += ["--max-length", 40, "--epochs", 2, "--batch-size", 16, "--max-trials", 3, "--budget", "30m"]
+    killed = _cli(*args, "--out", tmp_path / "resumed", kill_at="train-step@5")
+    assert killed.returncode != 0 and not (tmp_path / "resumed" / "results.json").exists()
+    resumed = _cli(*args, "--out", tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = _cli(*args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    board = json.loads((tmp_path / "resumed" / "results.json").read_text())["search"]["trials"]
+    reference = json.loads((tmp_path / "whole" / "results.json").read_text())["search"]["trials"]
+    assert [t["strategy"] for t in board] == ["head", "full", "lora", "full"]
+    assert board[1]["state"] == "failed" and "interrupted" in board[1]["reason"]
+    keys = ("strategy", "settings", "state", "validation")
+    kept = sorted(([t[k] for k in keys] for t in board if t["state"] != "failed"), key=str)
+    assert kept == sorted(([t[k] for k in keys] for t in reference), key=str)
