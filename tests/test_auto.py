@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import sentiment_texts
+from tests.conftest import NEUTRAL, sentiment_texts
 from transferlab.config import load_run_config
 from transferlab.errors import UserError
 from transferlab.recipes.auto import auto, parse_budget
 from transferlab.recipes.loading import load_model
+from transferlab.settings import HEADLINE_METRICS
 from transferlab.strategies.full import FullConfig
 from transferlab.strategies.lora import LoraConfig
 
@@ -111,7 +112,7 @@ def test_the_search_never_reads_the_test_labels(tmp_path, tiny_bert_dir):
 def test_small_data_validates_on_enough_examples_or_is_refused(tmp_path, tiny_bert_dir, sentiment_csv):
     """240 labelled examples: 50 of them validate (not the usual 10%); 120: too few to spare 50, refused before any output."""
     config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head"], n_train=160, max_length=40)
-    record = auto(config, tmp_path / "out", budget_seconds=60, log=lambda _: None)
+    record = auto(config, tmp_path / "out", budget_seconds=60, max_trials=1, log=lambda _: None)
     assert (record["n_val"], record["n_fit"]) == (50, 110)
     config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head"], n_train=120, max_length=40)
     with pytest.raises(UserError, match="too few to choose by"):
@@ -128,7 +129,8 @@ def _cli(*args, kill_at: str | None = None) -> subprocess.CompletedProcess:
 
 def test_an_interrupted_search_carries_on_with_the_trial_it_was_in(tmp_path, tiny_bert_dir):
     """Killed during its second trial (full fine-tuning), the search resumes: the head is not run again, the
-    killed trial is recorded and queued again, and the trials match an uninterrupted search's."""
+    killed trial is recorded and queued again, and the trials match an uninterrupted search's (their order, and so
+    which of them the pruner stops, may differ)."""
     train, test = _files(tmp_path)
     args = ["--backbone", tiny_bert_dir, "--dataset", train, "--test-dataset", test, "--strategies", "head,full,lora"]
     args += ["--max-length", 40, "--epochs", 2, "--batch-size", 16, "--max-trials", 3, "--budget", "30m"]
@@ -142,6 +144,56 @@ def test_an_interrupted_search_carries_on_with_the_trial_it_was_in(tmp_path, tin
     reference = json.loads((tmp_path / "whole" / "results.json").read_text())["search"]["trials"]
     assert [t["strategy"] for t in board] == ["head", "full", "lora", "full"]
     assert board[1]["state"] == "failed" and "interrupted" in board[1]["reason"]
-    keys = ("strategy", "settings", "state", "validation")
-    kept = sorted(([t[k] for k in keys] for t in board if t["state"] != "failed"), key=str)
-    assert kept == sorted(([t[k] for k in keys] for t in reference), key=str)
+    tried = {(t["strategy"], str(t["settings"])): t for t in board if t["state"] != "failed"}
+    assert set(tried) == {(t["strategy"], str(t["settings"])) for t in reference}
+    for t in reference:
+        again = tried[(t["strategy"], str(t["settings"]))]
+        if t["state"] == again["state"] == "complete":
+            assert again["validation"] == t["validation"]
+
+
+@pytest.mark.parametrize("metric", HEADLINE_METRICS)
+def test_every_metric_steers_the_search(tmp_path, tiny_bert_dir, metric):
+    """Three imbalanced string classes (one with no sentiment word at all); the search scores each trial by the
+    metric asked for and the winner is the trial with the highest score."""
+    texts, labels = sentiment_texts(420, seed=5)
+    names = ["negative", "positive"]
+    rows = [(t, names[y]) for t, y in zip(texts, labels)][:300]
+    rows = [r for i, r in enumerate(rows) if r[1] == "positive" or i % 3 == 0]  # 3:1 positive to negative
+    filler = sentiment_texts(60, seed=9)[0]
+    rows += [(" ".join(w for w in t.split() if w in NEUTRAL) or "the film", "neutral") for t in filler]
+    path = tmp_path / "three.csv"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    config = load_run_config(
+        None, backbone=str(tiny_bert_dir), dataset=str(path), strategies=["head", "full"], cv=1, n_test=60, max_length=40,
+        training={"metric": metric, "epochs": 1, "batch_size": 16},
+    )  # fmt: skip
+    record = auto(config, tmp_path / "out", budget_seconds=600, max_trials=2, log=lambda _: None)
+    trials = record["search"]["trials"]
+    assert [t["strategy"] for t in trials] == ["head", "full"] and record["search"]["metric"] == metric
+    scores = [t["validation"] for t in trials]
+    assert all(-1 <= s <= 1 for s in scores)
+    assert record["search"]["winner"]["validation"] == max(scores)
+    assert record["primary_metric"] == metric and metric in record["strategies"][record["search"]["winner"]["strategy"]]["metrics"]
+
+
+def test_an_image_search_leaves_out_what_does_not_apply_and_exports_the_winner(tmp_path, tiny_cnn_dir):
+    """A CNN: prompt tuning has no token sequence to prepend to, so the search leaves it out and says why."""
+    from PIL import Image
+
+    from tests.conftest import bright_side_images
+
+    images, labels = bright_side_images(240)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "images" / ("right" if label else "left")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    config = load_run_config(
+        None, backbone=str(tiny_cnn_dir), dataset=str(tmp_path / "images"), strategies=["head", "full", "prompt"], cv=1,
+        n_test=40, image_size=32, training={"epochs": 1, "batch_size": 16},
+    )  # fmt: skip
+    lines: list[str] = []
+    record = auto(config, tmp_path / "out", budget_seconds=600, max_trials=2, log=lines.append)
+    assert record["search"]["strategies"] == ["head", "full"]
+    assert any(line.startswith("auto leaves out prompt:") for line in lines)
+    assert load_model(tmp_path / "out" / "model").label_names == ["left", "right"]

@@ -88,6 +88,16 @@ def test_trainable_parameters_by_hand(name, expected, tiny_bert_dir):
     assert count_parameters(get_strategy(name).prepare(model))[0] == expected
 
 
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_a_strategy_that_says_it_leaves_the_backbone_frozen_trains_the_head_only(name, tiny_bert_dir):
+    """`auto` runs these first as the cheap ones: after prepare, nothing but head parameters may require grad."""
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["negative", "positive"], "mean")
+    prepared = get_strategy(name).prepare(model)
+    head = {id(p) for p in model.head_parameters()}  # after prepare: a learned layer mix joins the head
+    body = sum(p.numel() for p in prepared.parameters() if p.requires_grad and id(p) not in head)
+    assert (body == 0) == (not STRATEGIES[name].trains_backbone)
+
+
 def _pretrained_name(wrapped: str) -> str:
     """A parameter's name in the unwrapped model, whatever peft or our adapters wrapped around it."""
     name = wrapped.removeprefix("base_model.model.").removeprefix("base_model.")

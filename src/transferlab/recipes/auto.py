@@ -2,7 +2,7 @@
 
 Read top to bottom: the recommendation and the data checks, as for compare; one hold-out split. Then a search
 over strategies x learning rate (x rank or bottleneck width) with Optuna (TPE sampler, Hyperband pruner):
-- the strategies that read cached frozen features (the head) go first: they cost seconds and set the floor;
+- the strategies that fit a head on cached frozen features go first: they cost seconds and set the floor;
 - then the recommended strategy, then every other one, each once at its own defaults, so each gets a look;
 - then TPE's proposals, which concentrate on the strategies and rates that did best.
 Each trained trial reports its best validation metric so far at every evaluation; Hyperband's successive halving
@@ -175,8 +175,8 @@ def auto(
 
 
 def _search_order(experiment: Experiment, recommended: str, formats: Sequence[str], log: Log) -> list[str]:
-    """The strategies that apply to this backbone (and export as asked): cheap frozen-feature ones first, then the
-    recommended one, then the usual comparison, then the rest as registered."""
+    """The strategies that apply to this backbone (and export as asked): those that fit a head on frozen features
+    first (seconds), then the recommended one, then the usual comparison, then the rest as registered."""
     from transferlab.backbones import build_classifier
 
     config = experiment.config
@@ -194,9 +194,8 @@ def _search_order(experiment: Experiment, recommended: str, formats: Sequence[st
     if not usable:
         raise UserError(f"none of the strategies {', '.join(config.strategies)} applies to {config.backbone}")
 
-    def rank(name: str) -> tuple[int, int]:
-        cheap = not config.strategy(name).reads_frozen_features()
-        return (cheap, name != recommended, name not in DEFAULT_STRATEGIES, config.strategies.index(name))
+    def rank(name: str) -> tuple[bool, bool, bool, int]:
+        return (config.strategy(name).trains_backbone, name != recommended, name not in DEFAULT_STRATEGIES, config.strategies.index(name))
 
     return sorted(usable, key=rank)
 
@@ -209,13 +208,16 @@ def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[o
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(out_dir / SEARCH_JOURNAL)))
-    evaluations = max(1, round(config.training.epochs * config.training.evals_per_epoch))
+    per_epoch = config.training.evals_per_epoch
+    evaluations = max(1, round(config.training.epochs * per_epoch))
     study = optuna.create_study(
         storage=storage,
         study_name=STUDY,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=config.training.seed),
-        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=evaluations, reduction_factor=3),
+        # No trial is judged before a full epoch: after half of one, a strategy that starts from a fitted head (LP-FT)
+        # is far ahead of one whose head is still random, whatever either reaches in the end.
+        pruner=optuna.pruners.HyperbandPruner(min_resource=min(per_epoch, evaluations), max_resource=evaluations, reduction_factor=3),
         load_if_exists=True,
     )
     if not study.trials:

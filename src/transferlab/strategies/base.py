@@ -56,6 +56,7 @@ class Strategy(ABC):
     uses_peft: ClassVar[bool] = False  # the trained model is a peft wrapper: `train --keep-adapter` applies
     merges: ClassVar[bool] = True  # the trained model can be one plain classifier (ONNX, sentence-transformers exports)
     starts_at_pretrained: ClassVar[bool] = True  # prepare() leaves the model's function unchanged
+    trains_backbone: ClassVar[bool] = True  # False: only a head on frozen features learns (seconds, not minutes)
     requires: ClassVar[frozenset[str]] = frozenset()  # model capabilities it needs (backbones/base.py: CAPABILITIES)
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any):

@@ -56,6 +56,7 @@ class FeatureExtraction(Strategy):
     name = "head"
     summary = "frozen backbone, features cached once, linear head fitted to convergence"
     config_class = HeadConfig
+    trains_backbone = False
 
     def prepare(self, model: TransferModel, layers: str | None = None) -> nn.Module:
         """Only the head trains; it reads `layers` (default: the configured choice, the last layer for auto)."""
