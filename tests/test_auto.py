@@ -4,9 +4,6 @@ once, exports it, and carries on after an interruption."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -21,34 +18,37 @@ from transferlab.settings import HEADLINE_METRICS
 from transferlab.strategies.full import FullConfig
 from transferlab.strategies.lora import LoraConfig
 
-STRATEGIES = ["head", "full", "lora", "bitfit"]
+STRATEGIES = ["head", "full", "lora", "bitfit", "setfit"]
+SEARCHED = STRATEGIES[:4]  # SetFit's body learns from the validation pairs: a search that chooses on them leaves it out
 
 
 def _files(tmp_path, flip_test_labels: bool = False):
     """A training file and a separate test file, so a test can change the test labels and nothing else."""
+    folder = tmp_path / ("flipped" if flip_test_labels else "plain")
+    if folder.exists():
+        return folder / "train.csv", folder / "test.csv"
     texts, labels = sentiment_texts(560, seed=3)
     names = np.array(["negative", "positive"])
     train = pd.DataFrame({"text": texts[:480], "label": names[labels[:480]]})
     test_labels = np.array(labels[480:])
     test = pd.DataFrame({"text": texts[480:], "label": names[1 - test_labels if flip_test_labels else test_labels]})
-    folder = tmp_path / ("flipped" if flip_test_labels else "plain")
     folder.mkdir()
     train.to_csv(folder / "train.csv", index=False)
     test.to_csv(folder / "test.csv", index=False)
     return folder / "train.csv", folder / "test.csv"
 
 
-def _auto(tmp_path, backbone, name="out", flip_test_labels=False, max_trials=6, seeds=1):
+def _auto(tmp_path, backbone, name="out", flip_test_labels=False, max_trials=6, seeds=1, strategies=STRATEGIES, epochs=2):
     train, test = _files(tmp_path, flip_test_labels)
     config = load_run_config(
         None,
         backbone=str(backbone),
         dataset=str(train),
         test_dataset=str(test),
-        strategies=list(STRATEGIES),
+        strategies=list(strategies),
         seeds=seeds,
         max_length=40,
-        training={"epochs": 2, "batch_size": 16},
+        training={"epochs": epochs, "batch_size": 16, "min_steps": 0},
     )
     return auto(config, tmp_path / name, budget_seconds=3600, max_trials=max_trials, log=lambda _: None)
 
@@ -71,10 +71,11 @@ def test_search_order_defaults_export_and_report(tmp_path, tiny_bert_dir):
     out = tmp_path / "out"
     trials = record["search"]["trials"]
     assert len(trials) == 6 and record["status"] == "complete"
+    assert record["search"]["strategies"] == SEARCHED
     # the cheap frozen-feature head first, then each strategy once at its own defaults, before any proposal
     assert [t["strategy"] for t in trials[:1]] == ["head"]
     first_looks = {t["strategy"]: t["settings"] for t in trials[:4]}
-    assert set(first_looks) == set(STRATEGIES)
+    assert set(first_looks) == set(SEARCHED)
     assert first_looks["full"] == {"lr": FullConfig().lr}
     assert first_looks["lora"] == {"lr": LoraConfig().lr, "r": LoraConfig().r}
     for proposal in trials[4:]:  # TPE's proposals stay within each strategy's default / 3 .. x 3
@@ -120,28 +121,45 @@ def test_small_data_validates_on_enough_examples_or_is_refused(tmp_path, tiny_be
     assert not (tmp_path / "small").exists()
 
 
-def _cli(*args, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRANSFERLAB_KILL_AT"}
-    if kill_at:
-        env["TRANSFERLAB_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "transferlab.cli", "auto", *map(str, args)], capture_output=True, text=True, env=env)
+@pytest.mark.parametrize("prune_from", [2, 4])
+def test_the_pruner_stops_a_trial_at_once_but_never_one_trained_to_its_end(tmp_path, tiny_bert_dir, monkeypatch, prune_from):
+    """A pruner that says "prune" from the Nth evaluation on. 2 epochs x 2 evaluations: from the 2nd, each trained
+    trial stops there; from the 4th (its last planned evaluation), stopping would save nothing, so none is pruned."""
+    import optuna
+
+    def should_prune(trial) -> bool:
+        return len(trial.study._storage.get_trial(trial._trial_id).intermediate_values) >= prune_from
+
+    monkeypatch.setattr(optuna.Trial, "should_prune", should_prune)
+    trials = _auto(tmp_path, tiny_bert_dir, max_trials=3, strategies=["head", "full", "lora"])["search"]["trials"]
+    trained = [t for t in trials if t["strategy"] != "head"]
+    if prune_from == 2:
+        assert [(t["state"], t["evaluations"]) for t in trained] == [("pruned", 2)] * 2
+    else:
+        assert {t["state"] for t in trained} == {"complete"} and all(t["evaluations"] >= 4 for t in trained)
 
 
-def test_an_interrupted_search_carries_on_with_the_trial_it_was_in(tmp_path, tiny_bert_dir):
-    """Killed during its second trial (full fine-tuning), the search resumes: the head is not run again, the
-    killed trial is recorded and queued again, and the trials match an uninterrupted search's (their order, and so
-    which of them the pruner stops, may differ)."""
-    train, test = _files(tmp_path)
-    args = ["--backbone", tiny_bert_dir, "--dataset", train, "--test-dataset", test, "--strategies", "head,full,lora"]
-    args += ["--max-length", 40, "--epochs", 2, "--batch-size", 16, "--max-trials", 3, "--budget", "30m"]
-    killed = _cli(*args, "--out", tmp_path / "resumed", kill_at="train-step@5")
-    assert killed.returncode != 0 and not (tmp_path / "resumed" / "results.json").exists()
-    resumed = _cli(*args, "--out", tmp_path / "resumed")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole = _cli(*args, "--out", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    board = json.loads((tmp_path / "resumed" / "results.json").read_text())["search"]["trials"]
-    reference = json.loads((tmp_path / "whole" / "results.json").read_text())["search"]["trials"]
+class _Interrupted(BaseException):
+    """Stands for Ctrl-C: not an Exception, so the search records nothing and the trial stays running."""
+
+
+def test_an_interrupted_search_carries_on_with_the_trial_it_was_in(tmp_path, tiny_bert_dir, monkeypatch):
+    """Interrupted during its second trial (full fine-tuning), the search resumes: the head is not run again, the
+    interrupted trial is recorded and queued again, and the trials match an uninterrupted search's (their order,
+    and so which of them the pruner stops, may differ)."""
+    from transferlab.training import loop
+
+    def interrupt(step: int, total: int) -> None:
+        if step == 5:
+            raise _Interrupted
+
+    monkeypatch.setattr(loop, "PROGRESS_HOOKS", [interrupt])
+    with pytest.raises(_Interrupted):
+        _auto(tmp_path, tiny_bert_dir, "resumed", max_trials=3, strategies=["head", "full", "lora"])
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.setattr(loop, "PROGRESS_HOOKS", [])
+    board = _auto(tmp_path, tiny_bert_dir, "resumed", max_trials=3, strategies=["head", "full", "lora"])["search"]["trials"]
+    reference = _auto(tmp_path, tiny_bert_dir, "whole", max_trials=3, strategies=["head", "full", "lora"])["search"]["trials"]
     assert [t["strategy"] for t in board] == ["head", "full", "lora", "full"]
     assert board[1]["state"] == "failed" and "interrupted" in board[1]["reason"]
     tried = {(t["strategy"], str(t["settings"])): t for t in board if t["state"] != "failed"}
@@ -166,7 +184,7 @@ def test_every_metric_steers_the_search(tmp_path, tiny_bert_dir, metric):
     pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
     config = load_run_config(
         None, backbone=str(tiny_bert_dir), dataset=str(path), strategies=["head", "full"], cv=1, n_test=60, max_length=40,
-        training={"metric": metric, "epochs": 1, "batch_size": 16},
+        training={"metric": metric, "epochs": 1, "batch_size": 16, "min_steps": 0},
     )  # fmt: skip
     record = auto(config, tmp_path / "out", budget_seconds=600, max_trials=2, log=lambda _: None)
     trials = record["search"]["trials"]
@@ -190,7 +208,7 @@ def test_an_image_search_leaves_out_what_does_not_apply_and_exports_the_winner(t
         Image.fromarray(image).save(folder / f"{i}.png")
     config = load_run_config(
         None, backbone=str(tiny_cnn_dir), dataset=str(tmp_path / "images"), strategies=["head", "full", "prompt"], cv=1,
-        n_test=40, image_size=32, training={"epochs": 1, "batch_size": 16},
+        n_test=40, image_size=32, training={"epochs": 1, "batch_size": 16, "min_steps": 0},
     )  # fmt: skip
     lines: list[str] = []
     record = auto(config, tmp_path / "out", budget_seconds=600, max_trials=2, log=lines.append)

@@ -91,6 +91,19 @@ CASES = {
         "broken.png: not a readable image",
     ),
     "train with two strategies": (["train", "--strategy", "lora,full", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv"], "one strategy"),
+    "a budget that cannot be read": (
+        ["auto", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--budget", "soon"],
+        "--budget: cannot read",
+    ),
+    "zero trials": (["auto", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--max-trials", "0"], "--max-trials must be at least 1"),
+    "auto export format": (
+        ["auto", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--export-format", "tflite"],
+        "unknown export format",
+    ),
+    "auto without enough examples to validate on": (
+        ["auto", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--out", "{d}/auto-run"],
+        "too few to choose by",
+    ),
     "not a model folder": (PREDICT + ["--model", "{d}", "--text", "good"], "not a model exported"),
     "a model from an unfinished run": (PREDICT + ["--model", "{unfinished}/model", "--text", "good"], "did not finish"),
     "label the model never saw": (

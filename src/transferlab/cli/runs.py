@@ -36,6 +36,7 @@ FORGETTING = ("meter", "mitigations", "ewc_lambda", "l2sp_alpha", "replay_fracti
 STUDY_FILES = ("test_dataset", "validation_dataset", "text_column", "label_column")
 
 Options = dict[str, Any]
+TRIALS_SHOWN = 8  # auto's best trials printed; leaderboard.csv has them all
 
 
 @config_options(*DATA, *TRAINING, "cv", "seeds", *IMBALANCE, *IMAGES, *COLUMNS, *RUN_FOLDER)
@@ -191,6 +192,7 @@ def auto(
     from transferlab.recipes.auto import auto as run_auto
     from transferlab.recipes.auto import parse_budget
     from transferlab.report.table import print_results
+    from transferlab.results import describe_settings, ranked_trials
     from transferlab.strategies import parse_strategy_list
 
     seconds = parse_budget(budget)
@@ -204,6 +206,13 @@ def auto(
         formats = [fmt.strip() for fmt in (export_format or "").split(",") if fmt.strip()]
         results = run_auto(
             run_config, target, seconds, log=progress_logger(), resume=options["resume"], max_trials=max_trials, formats=formats
+        )
+    search = results["search"]
+    out.print(f"search: {len(search['trials'])} trials in {search['seconds'] / 60:.1f} min; validation {search['metric']}, best first:")
+    for row in ranked_trials(search)[:TRIALS_SHOWN]:
+        score = "failed" if row["validation"] is None else f"{row['validation']:.4f}"
+        out.print(
+            f"  {row['trial']:>3}  {row['strategy']:<16} {score}  {row['state']:<9} {describe_settings(row['settings'])}", highlight=False
         )
     print_results(results, out)
     console.print(results["recommendation"]["verdict"], highlight=False)

@@ -50,6 +50,7 @@ from transferlab.report import write_report
 from transferlab.results import describe_settings, ranked_trials
 from transferlab.runio import atomic_write_text
 from transferlab.settings import MIN_VALIDATION
+from transferlab.strategies import Strategy
 
 SEARCH_JOURNAL = "search.journal"
 LEADERBOARD = "leaderboard.csv"
@@ -150,9 +151,9 @@ def auto(
     name, settings = winner.params["strategy"], winner.user_attrs["settings"]
     log(f"winner: {name}{_describe(settings)}, validation {config.training.metric} {winner.value:.4f}; testing it")
     final = dataclasses.replace(experiment, config=_with_settings(config, name, settings))
-    runs = _test_winner(final, folder, search.best if search.best_number == winner.number else None)
+    first, results = _test_winner(final, folder, search.best if search.best_number == winner.number else None)
     record = run_record(final, "auto")
-    record["strategies"][name] = summarize_runs([run.result for run in runs])
+    record["strategies"][name] = summarize_runs(results)
     record["comparison"] = compare_to_best(record["strategies"], config.training.metric)
     record["search"] = {
         "budget_seconds": budget_seconds,
@@ -165,7 +166,7 @@ def auto(
     }
     record["recommendation"] = {**recommendation, "verdict": _verdict(recommendation["strategy"], record["search"])}
     record["model_dir"] = "model"
-    export(runs[0], final, out_dir / "model", False, record)
+    export(first, final, out_dir / "model", False, record)
     write_label_issues(out_dir, experiment)
     _write_leaderboard(out_dir, record["search"])
     folder.complete(record)
@@ -183,10 +184,7 @@ def _search_order(experiment: Experiment, recommended: str, formats: Sequence[st
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
     usable = []
     for name in config.strategies:
-        strategy = config.strategy(name)
-        reason = strategy.unsupported_reason(model) or (
-            "its virtual tokens do not merge into one model to export" if not strategy.merges and set(formats) - {"hf"} else None
-        )
+        reason = _left_out_because(config.strategy(name), model, formats)
         if reason:
             log(f"auto leaves out {name}: {reason}")
         else:
@@ -200,6 +198,16 @@ def _search_order(experiment: Experiment, recommended: str, formats: Sequence[st
     return sorted(usable, key=rank)
 
 
+def _left_out_because(strategy: Strategy, model: Any, formats: Sequence[str]) -> str | None:
+    if reason := strategy.unsupported_reason(model):
+        return reason
+    if not strategy.validation_is_held_out:
+        return "it learns from the validation labels, so its validation score would flatter it"
+    if not strategy.merges and set(formats) - {"hf"}:
+        return "its virtual tokens do not merge into one model to export"
+    return None
+
+
 def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[optuna.Study, float]:
     """The run folder's search journal, and the seconds the search spent before this call. A trial that an
     interruption left running is recorded as failed and queued again."""
@@ -208,8 +216,7 @@ def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[o
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(out_dir / SEARCH_JOURNAL)))
-    per_epoch = config.training.evals_per_epoch
-    evaluations = max(1, round(config.training.epochs * per_epoch))
+    per_epoch, evaluations = config.training.evals_per_epoch, planned_evaluations(config)
     study = optuna.create_study(
         storage=storage,
         study_name=STUDY,
@@ -230,6 +237,11 @@ def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[o
     return study, float(study.user_attrs.get("seconds", 0.0))
 
 
+def planned_evaluations(config: RunConfig) -> int:
+    """How many times a trial that runs to its end is evaluated on validation (besides a last one at its end)."""
+    return max(1, round(config.training.epochs * config.training.evals_per_epoch))
+
+
 class _Search:
     """The trial loop: runs each trial Optuna asks for, keeps the best fitted model in memory for the final test."""
 
@@ -239,6 +251,7 @@ class _Search:
         self.val_labels = experiment.data.labels[experiment.split.val]
         self.best: FittedRun | None = None
         self.best_number: int | None = None
+        self.evaluations = planned_evaluations(experiment.config)
 
     def done(self, max_trials: int | None) -> bool:
         """At the budget or at --max-trials, once one trial is complete (the head, usually, within seconds)."""
@@ -268,6 +281,8 @@ class _Search:
             nonlocal best_so_far, step
             best_so_far, step = max(best_so_far, metrics.get(f"eval_{self.metric}", -math.inf)), step + 1
             trial.report(best_so_far, step)
+            if step >= self.evaluations:  # trained to its end: stopping it now would save nothing
+                return False
             if trial.should_prune():
                 stopped.append("pruned")
             elif time.monotonic() >= self.deadline:
@@ -314,19 +329,22 @@ def _describe(settings: dict[str, Any]) -> str:
     return f" ({describe_settings(settings)})" if settings else ""
 
 
-def _test_winner(final: Experiment, folder: RunFolder, fitted: FittedRun | None) -> list[StrategyRun]:
+def _test_winner(final: Experiment, folder: RunFolder, fitted: FittedRun | None) -> tuple[StrategyRun, list[dict[str, Any]]]:
     """The winner on the test set, once per seed: the search's own model for the run's seed (refitted when the
-    search was resumed after it), a fresh fit for each further seed (saved, so a resumed run skips them)."""
+    search was resumed after it), a fresh fit for each further seed (saved, so a resumed run reads it back).
+    Returns the first seed's run (the model to export) and every seed's result."""
     name = final.config.strategies[0]
-    runs = []
-    for seed in final.seeds():
-        if seed == final.config.training.seed:
-            run = measure(final, fitted) if fitted is not None else run_strategy(final, name, seed=seed)
-        else:
+    first = measure(final, fitted) if fitted is not None else run_strategy(final, name)
+    folder.save_run(name, 0, first.result["seed"], first.result, first.log_history)
+    results = [first.result]
+    for seed in final.seeds()[1:]:
+        result = folder.finished_result(name, 0, seed)
+        if result is None:
             run = run_strategy(final, name, workdir=folder.workdir(name, 0, seed), seed=seed)
-        folder.save_run(name, 0, seed, run.result, run.log_history)
-        runs.append(run)
-    return runs
+            folder.save_run(name, 0, seed, run.result, run.log_history)
+            result = run.result
+        results.append(result)
+    return first, results
 
 
 def leaderboard(study: optuna.Study) -> list[dict[str, Any]]:

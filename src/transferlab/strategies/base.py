@@ -57,6 +57,9 @@ class Strategy(ABC):
     merges: ClassVar[bool] = True  # the trained model can be one plain classifier (ONNX, sentence-transformers exports)
     starts_at_pretrained: ClassVar[bool] = True  # prepare() leaves the model's function unchanged
     trains_backbone: ClassVar[bool] = True  # False: only a head on frozen features learns (seconds, not minutes)
+    # False: the fit learns from the validation examples' labels, so its validation score flatters it (a search
+    # that chooses on validation must leave it out; its test score stays honest)
+    validation_is_held_out: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset()  # model capabilities it needs (backbones/base.py: CAPABILITIES)
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any):

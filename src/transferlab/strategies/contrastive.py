@@ -92,6 +92,7 @@ class Contrastive(Strategy):
     name = "setfit"
     summary = "SetFit: contrastive fine-tuning on pairs of labelled examples, then the logistic head (Tunstall 2022)"
     config_class = ContrastiveConfig
+    validation_is_held_out = False  # its pairs are drawn from train + val
     requires = frozenset({"tokens"})  # pairs of sentences, as SetFit defines it
 
     def expected_trainable_params(self, model: TransferModel) -> int:
