@@ -141,6 +141,7 @@ def test_mobilenet_gap_orders_photographs_below_fashion_mnist(photo_gap):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the same ordering as on fashion-mnist, which the fast suite checks
 def test_mobilenet_gap_orders_photographs_below_mnist(photo_gap):
     """Measured: MNIST digits 0.72 (large)."""
     digits = _gap("mobilenet-v2", load_dataset("mnist-5k", modality="image").inputs)

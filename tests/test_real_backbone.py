@@ -23,7 +23,9 @@ def few_hundred():
     return prepare(load_run_config(None, cv=1, n_train=400, n_test=300, training={"epochs": 3}), log=lambda _: None)
 
 
-@pytest.mark.parametrize("name", list(FEW_HUNDRED_FLOORS))
+# Full fine-tuning's 100 steps of the whole network take half a minute: in the slow suite (compare's documented
+# runs measure it on real data too).
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "full" else n for n in FEW_HUNDRED_FLOORS])
 def test_each_strategy_beats_chance_on_a_few_hundred_sentences(few_hundred, name):
     run = run_strategy(few_hundred, name)
     accuracy = run.result["metrics"]["accuracy"]
