@@ -300,9 +300,10 @@ class _Search:
             return self._fail(trial, name, settings, f"skipped: {fitted.skipped}", started)
         probs = softmax(validation_logits(fitted))
         value = float(classification_metrics(self.val_labels, probs, len(self.experiment.label_names))[self.metric])
+        seconds = time.perf_counter() - started
         trial.set_user_attr("validation", value)
-        trial.set_user_attr("seconds", time.perf_counter() - started)
-        how = f"validation {self.metric} {value:.4f} in {time.perf_counter() - started:.0f}s"
+        trial.set_user_attr("seconds", seconds)
+        how = f"validation {self.metric} {value:.4f} in {seconds:.0f}s"
         if stopped:
             trial.set_user_attr("stopped", stopped[0])
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)

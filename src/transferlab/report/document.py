@@ -190,16 +190,9 @@ def render_html(results: dict[str, Any], images: list[tuple[str, str, bytes]]) -
     if v := verdict(results):
         parts.append(f'<p class="verdict {v[0]}">{e(v[1])}</p>')
     header, rows, best = table_rows(results)
-    parts.append("<h2>Comparison</h2><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
-    for row in rows:
-        css = ' class="best"' if row[0] == best else ""
-        parts.append(f"<tr{css}>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
-    parts.append("</tbody></table>")
+    parts.append("<h2>Comparison</h2>" + _html_table(header, rows, best))
     if "search" in results:
-        header, rows = search_rows(results)
-        parts.append("<h2>Search</h2><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
-        parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in rows]
-        parts.append("</tbody></table>")
+        parts.append("<h2>Search</h2>" + _html_table(*search_rows(results)))
     if checks := results.get("data_checks"):
         parts.append("<h2>Data checks</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in describe_checks(checks)) + "</ul>")
     for ident, heading, data in images:
@@ -224,6 +217,16 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str, bytes]
     lines += [f"![{ident} plot]({SAVED_PLOTS[ident]})\n" for ident, _, _ in images if ident in SAVED_PLOTS]
     lines.append(f"Plots ({', '.join(heading.lower() for _, heading, _ in images)}): report.html")
     return "\n".join(lines) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]], best: str | None = None) -> str:
+    """A table whose row named `best` (first cell) is marked."""
+    e = html.escape
+    cells = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    for row in rows:
+        css = ' class="best"' if best is not None and row[0] == best else ""
+        cells.append(f"<tr{css}>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
+    return "\n".join(cells) + "\n</tbody></table>"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
