@@ -54,6 +54,14 @@ CASES = {
     "single class": (COMPARE + ["--dataset", "{d}/oneclass.csv"], "single class"),
     "not UTF-8": (COMPARE + ["--dataset", "{d}/latin1.csv"], "not valid UTF-8"),
     "every text empty": (COMPARE + ["--dataset", "{d}/emptytext.csv"], "every 'text' is empty"),
+    "class weights on multi-label data": (
+        COMPARE + ["--dataset", "{d}/ok.csv", "--label-separator", ";", "--class-weights", "balanced"],
+        "does not apply to multi-label data",
+    ),
+    "sets of labels from an image folder": (
+        ["compare", "--backbone", "{cnn}", "--dataset", "{d}/images", "--label-separator", ";", "--out", "{d}/run"],
+        "multi-label images need a table",
+    ),
     "validation file without a test file": (
         COMPARE + ["--dataset", "{d}/ok.csv", "--validation-dataset", "{d}/ok.csv"],
         "--validation-dataset needs --test-dataset",

@@ -40,6 +40,8 @@ def _reference_score(metric: str, y: np.ndarray, probs: np.ndarray, num_classes:
         return accuracy_score(y, predicted)
     if metric == "macro_f1":
         return f1_score(y, predicted, average="macro", zero_division=0)
+    if metric == "micro_f1":
+        return f1_score(y, predicted, average="micro", zero_division=0)
     if metric == "precision":
         return precision_score(y, predicted, average=average, zero_division=0)
     if metric == "recall":

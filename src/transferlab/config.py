@@ -32,6 +32,13 @@ class RunConfig:
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "catalog name or a .csv/.jsonl/.parquet file"})
     text_column: str = field(default="text", metadata={"help": "text column of your file [default: text]"})
     label_column: str = field(default="label", metadata={"help": "label column of your file [default: label]"})
+    label_separator: str | None = field(
+        default=None,
+        metadata={
+            "help": "multi-label data: each label cell holds a set of labels split at this separator, e.g. ';' for "
+            "'news;sport' (sigmoid outputs, a threshold per label) [default: one class per example]"
+        },
+    )
     test_dataset: str | None = field(
         default=None,
         metadata={"help": "your own test file (same columns): evaluated as given; training drops its inputs [default: a split]"},
@@ -151,6 +158,8 @@ class RunConfig:
             raise UserError(f"calibration must be temperature or none, got '{self.calibration}'")
         if self.class_weights not in ("none", "balanced"):
             raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
+        if self.label_separator is not None:
+            self._check_multi_label()
         known = self.family.augmentations
         unknown = set(self.augmentations()) - set(known)
         if unknown:
@@ -164,6 +173,19 @@ class RunConfig:
         unused = set(self.strategy_settings) - set(self.strategies)
         if unused:
             raise UserError(f"settings given for strategies not in the run: {', '.join(sorted(unused))}")
+
+    def _check_multi_label(self) -> None:
+        """What balances or blends classes assumes one class per example."""
+        if self.label_separator == "":
+            raise UserError("--label-separator must be at least one character")
+        for name, used in (
+            ("--class-weights balanced", self.class_weights == "balanced"),
+            ("--oversample", self.oversample),
+            ("--imbalance", self.imbalance is not None),
+            ("mixup", "mixup" in self.augmentations()),
+        ):
+            if used:
+                raise UserError(f"{name} balances or blends single classes; it does not apply to multi-label data (--label-separator)")
 
     def strategy(self, name: str):
         return strategy_for(name, self.family, self.strategy_settings.get(name))

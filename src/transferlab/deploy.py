@@ -42,7 +42,8 @@ class OnnxClassifier:
         self.folder = folder
         self.manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         self.label_names: list[str] = self.manifest["label_names"]
-        self.threshold: float | None = self.manifest.get("threshold")  # binary: class 1 from this probability on
+        self.threshold: float | list[float] | None = self.manifest.get("threshold")  # binary: class 1 from this probability on
+        self.multi_label: bool = bool(self.manifest.get("multi_label"))  # the graph gives a sigmoid per label
         self.modality: str = "image" if "pixel_values" in self.manifest["onnx_inputs"] else "text"
         self.session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
         self._encode = _ImageInputs(folder) if self.modality == "image" else _TextInputs(folder, self.manifest["max_length"])

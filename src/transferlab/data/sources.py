@@ -18,7 +18,8 @@ from transferlab.hashing import sha256_of
 
 @dataclass
 class LabeledData:
-    """Inputs (texts, or images as file paths or pixel arrays) with integer labels indexing `label_names`.
+    """Inputs (texts, or images as file paths or pixel arrays) with integer labels indexing `label_names`, or, for
+    multi-label data, an examples x labels 0/1 matrix whose columns are `label_names`.
 
     `modality` says which backbone family can read them; `asset` says where they came from; `rows` is each
     example's row in its file (1-based, as error messages count), and `empty_rows` the rows left out as empty.
@@ -50,9 +51,31 @@ class LabeledData:
             self.empty_rows,
         )
 
+    @property
+    def multi_label(self) -> bool:
+        return is_multi_label(self.labels)
+
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.label_names))
-        return {name: int(c) for name, c in zip(self.label_names, counts)}
+        """Examples per class; for multi-label data, examples carrying each label."""
+        return {name: int(c) for name, c in zip(self.label_names, label_counts(self.labels, len(self.label_names)))}
+
+
+def is_multi_label(labels: np.ndarray) -> bool:
+    """Multi-label targets are an examples x labels matrix; single-label ones a vector of class ids."""
+    return np.ndim(labels) == 2
+
+
+def label_counts(labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """Examples per class, or per label of multi-label targets."""
+    return np.asarray(labels).sum(0).astype(np.int64) if is_multi_label(labels) else np.bincount(labels, minlength=num_labels)
+
+
+def label_keys(labels: np.ndarray, label_names: list[str], separator: str = ";") -> list[str]:
+    """Each example's label as text: its class, or its set of labels joined by `separator` ("" for none), so that
+    multi-label examples can be compared and counted as wholes."""
+    if not is_multi_label(labels):
+        return [label_names[i] for i in labels]
+    return [separator.join(label_names[j] for j in np.flatnonzero(row)) for row in labels]
 
 
 def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
@@ -72,6 +95,18 @@ def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in values], dtype=np.int64), names
 
 
+def encode_label_sets(raw: pd.Series, separator: str, where: str) -> tuple[np.ndarray, list[str]]:
+    """Labels such as "news;sport" split at `separator` -> (examples x labels 0/1 matrix, sorted label names). An
+    empty cell is an example with none of the labels (a CSV cannot tell an empty string from a missing value)."""
+    sets = [set() if pd.isna(value) else {part.strip() for part in str(value).split(separator)} - {""} for value in raw.tolist()]
+    names = sorted(set().union(*sets))
+    index = {name: i for i, name in enumerate(names)}
+    matrix = np.zeros((len(sets), len(names)), dtype=np.int64)
+    for row, labels in enumerate(sets):
+        matrix[row, [index[name] for name in labels]] = 1
+    return matrix, names
+
+
 def require_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
     """A missing column is named, with the closest existing one when it looks misspelt."""
     for column in columns:
@@ -81,8 +116,11 @@ def require_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None
             raise UserError(f"{where}: no column '{column}'{hint}")
 
 
-def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: str, asset: ResolvedAsset | None) -> LabeledData:
-    """Validate the columns and values of a table and turn it into LabeledData."""
+def from_frame(
+    frame: pd.DataFrame, text_column: str, label_column: str, where: str, asset: ResolvedAsset | None, label_separator: str | None = None
+) -> LabeledData:
+    """Validate the columns and values of a table and turn it into LabeledData; with `label_separator`, each label
+    cell holds a set of labels (multi-label data)."""
     if frame.empty:
         raise UserError(f"{where}: no rows")
     require_columns(frame, [text_column, label_column], where)
@@ -90,7 +128,10 @@ def from_frame(frame: pd.DataFrame, text_column: str, label_column: str, where: 
     empty = (texts.isna() | (texts.astype(str).str.strip() == "")).to_numpy()
     if empty.all():
         raise UserError(f"{where}: every '{text_column}' is empty")
-    labels, names = encode_labels(frame[label_column][~empty], where)
+    if label_separator is None:
+        labels, names = encode_labels(frame[label_column][~empty], where)
+    else:
+        labels, names = encode_label_sets(frame[label_column][~empty], label_separator, where)
     if len(names) < 2:
         raise UserError(f"{where}: column '{label_column}' has a single class ({names[0]}); at least 2 are needed")
     rows = np.arange(1, len(frame) + 1)
@@ -103,7 +144,11 @@ def with_label_names(data: LabeledData, names: list[str], where: str) -> Labeled
     unknown = sorted(set(data.label_names) - set(names))
     if unknown:
         raise UserError(f"{where}: class {', '.join(unknown)} does not occur in the training data ({', '.join(names)})")
-    mapping = np.array([names.index(name) for name in data.label_names])
+    mapping = np.array([names.index(name) for name in data.label_names], dtype=np.int64)
+    if data.multi_label:
+        labels = np.zeros((len(data), len(names)), dtype=np.int64)
+        labels[:, mapping] = data.labels
+        return dataclasses.replace(data, labels=labels, label_names=names)
     return dataclasses.replace(data, labels=mapping[data.labels], label_names=names)
 
 
@@ -146,8 +191,8 @@ def read_table(path: Path) -> pd.DataFrame:
     raise UserError(f"{path}: unsupported file type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
 
 
-def load_user_file(path: Path, text_column: str = "text", label_column: str = "label") -> LabeledData:
+def load_user_file(path: Path, text_column: str = "text", label_column: str = "label", label_separator: str | None = None) -> LabeledData:
     path = Path(path).expanduser()
     frame = read_table(path)
     asset = ResolvedAsset(path.name, str(path.resolve()), {path.name: sha256_of(path)})
-    return from_frame(frame, text_column, label_column, str(path), asset)
+    return from_frame(frame, text_column, label_column, str(path), asset, label_separator)

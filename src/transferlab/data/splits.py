@@ -4,7 +4,8 @@ A split is three index arrays into one dataset, so that every fold and seed of a
 shares a single tokenisation of the examples it uses. Given duplicate groups (data/checks.py), all
 copies of an input land on the same side: whole groups are drawn, stratified by their label, in the
 spirit of scikit-learn's `StratifiedGroupKFold` (which makes the folds). Without copies the splits are
-scikit-learn's plain stratified ones.
+scikit-learn's plain stratified ones. Multi-label data is split by iterative stratification (Sechidis et al. 2011,
+the `iterative-stratification` package), which keeps each label's share on both sides.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from transferlab.data.checks import has_copies
-from transferlab.data.sources import LabeledData
+from transferlab.data.sources import LabeledData, is_multi_label
 from transferlab.errors import UserError
 from transferlab.settings import DEFAULT_N_TRAIN
 
@@ -50,22 +52,39 @@ def _stratified_take(
         return pool, pool[:0]
     units, unit_labels = pool, labels[pool]
     grouped = groups is not None and has_copies(groups[pool])
+    multi = is_multi_label(labels)
     if grouped:
         units, inverse = np.unique(groups[pool], return_inverse=True)
-        votes = np.zeros((len(units), int(labels.max()) + 1), dtype=np.int64)
-        np.add.at(votes, (inverse, labels[pool]), 1)
-        unit_labels = votes.argmax(1)
-        classes = len(np.unique(unit_labels))
+        unit_labels = _group_labels(labels[pool], inverse, len(units))
+        classes = 1 if multi else len(np.unique(unit_labels))
         size = round(size * len(units) / len(pool))
         if len(units) - size < classes:  # the rest could not hold a group of every class: take them all
             return pool, pool[:0]
         size = max(size, classes)
     try:
-        taken, _ = train_test_split(units, train_size=size, stratify=unit_labels, random_state=seed)
+        if multi:
+            if size >= len(units):
+                return pool, pool[:0]
+            splitter = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=size, test_size=len(units) - size, random_state=seed)
+            taken = units[next(splitter.split(units, unit_labels))[0]]
+        else:
+            taken, _ = train_test_split(units, train_size=size, stratify=unit_labels, random_state=seed)
     except ValueError as err:
         raise UserError(f"cannot draw a stratified {what} of {size} {'groups of ' if grouped else ''}examples: {err}") from None
     chosen = np.isin(groups[pool] if grouped else pool, taken)
     return np.sort(pool[chosen]), np.sort(pool[~chosen])
+
+
+def _group_labels(labels: np.ndarray, inverse: np.ndarray, groups: int) -> np.ndarray:
+    """One label per group of copies to stratify by: its most common class, or for multi-label data every label
+    any copy carries."""
+    if is_multi_label(labels):
+        merged = np.zeros((groups, labels.shape[1]), dtype=labels.dtype)
+        np.maximum.at(merged, inverse, labels)
+        return merged
+    votes = np.zeros((groups, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(votes, (inverse, labels), 1)
+    return votes.argmax(1)
 
 
 def _carve_validation(
@@ -79,9 +98,12 @@ def _carve_validation(
 
 
 def checked(split: Split) -> Split:
-    """Every class must be present in each part."""
+    """Every class must be present in each part; every label of multi-label data in the training part (a label
+    absent from validation keeps the default threshold, and from test is left out of the per-label AUROC)."""
     for name, counts in split.summary().items():
         missing = [c for c, n in counts.items() if n == 0]
+        if split.data.multi_label and name != "train":
+            continue
         if missing:
             raise UserError(f"the {name} set has no example of class {', '.join(missing)}: give more data or a larger --n-train/--n-test")
     return split
@@ -157,6 +179,11 @@ def cross_validation_splits(
     With copies among them, whole groups go to a fold (scikit-learn's `StratifiedGroupKFold`)."""
     pool = _training_pool(data, np.arange(len(data)), n_train, seed, groups)
     grouped = groups is not None and has_copies(groups[pool])
+    if data.multi_label:
+        return [
+            _carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool), groups)
+            for train, test in _multi_label_folds(data.labels[pool], folds, seed, groups[pool] if grouped else None)
+        ]
     units = np.unique(groups[pool], return_index=True)[1] if grouped else np.arange(len(pool))
     per_class = np.bincount(data.labels[pool][units], minlength=len(data.label_names))
     smallest = int(per_class.min())
@@ -169,6 +196,20 @@ def cross_validation_splits(
     else:
         parts = StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool, data.labels[pool])
     return [_carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool), groups) for train, test in parts]
+
+
+def _multi_label_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None):
+    """(train, test) positions of iteratively stratified folds; with copies, whole groups are assigned to folds."""
+    if groups is None:
+        yield from MultilabelStratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels)
+        return
+    units, inverse = np.unique(groups, return_inverse=True)
+    if len(units) < folds:
+        raise UserError(f"{len(units)} distinct inputs cannot make {folds} folds: use fewer folds or more data")
+    unit_labels = _group_labels(labels, inverse, len(units))
+    for _, test_units in MultilabelStratifiedKFold(folds, shuffle=True, random_state=seed).split(unit_labels, unit_labels):
+        test = np.isin(inverse, test_units)
+        yield np.flatnonzero(~test), np.flatnonzero(test)
 
 
 def make_imbalanced(data: LabeledData, minority_share: float, seed: int = 0) -> LabeledData:

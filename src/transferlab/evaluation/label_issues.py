@@ -17,14 +17,16 @@ import numpy as np
 import pandas as pd
 from cleanlab.filter import find_label_issues as cleanlab_find_label_issues
 from cleanlab.rank import get_label_quality_scores
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from transferlab.data.sources import label_keys
 from transferlab.errors import UserError
-from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features
+from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features, out_of_fold_logits
 
 LABEL_ISSUE_COLUMNS = ("row", "given_label", "suggested_label", "score")
 
@@ -45,6 +47,9 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, se
     """
     x = np.asarray(x)
     y = np.asarray(y)
+    if y.ndim == 2 and len(x) == len(y):  # multi-label: each label's out-of-fold sigmoid, from the probe's folds
+        probe = fit_probe(x, y, num_classes, settings)
+        return expit(out_of_fold_logits(x, y, num_classes, settings, probe.chosen_c))
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"expected features (rows x dims) and one label per row, got {x.shape} and {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
@@ -108,6 +113,8 @@ def find_label_issues(probs: np.ndarray, labels: np.ndarray, label_names: list[s
     """
     probs = np.asarray(probs, dtype=float)
     labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return _multi_label_issues(probs, labels, label_names, np.arange(len(labels)) if rows is None else np.asarray(rows))
     n = len(labels)
     if probs.ndim != 2 or probs.shape != (n, len(label_names)):
         raise ValueError(f"expected probabilities of shape ({n}, {len(label_names)}), got {probs.shape}")
@@ -130,6 +137,32 @@ def find_label_issues(probs: np.ndarray, labels: np.ndarray, label_names: list[s
         return empty
     flagged = np.asarray(flagged, dtype=int)
     return _frame(flagged, labels, probs, scores[flagged], label_names, positions)
+
+
+def _multi_label_issues(probs: np.ndarray, labels: np.ndarray, label_names: list[str], rows: np.ndarray) -> pd.DataFrame:
+    """cleanlab's multi-label confident learning (`multi_label=True`: one-vs-rest per label) and its multi-label
+    label quality score; the suggestion is every label whose out-of-fold probability reaches one half."""
+    from cleanlab.multilabel_classification import get_label_quality_scores as multi_label_scores
+
+    given = [np.flatnonzero(row).tolist() for row in labels]
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flagged = cleanlab_find_label_issues(given, probs, multi_label=True, return_indices_ranked_by="self_confidence", n_jobs=1)
+            scores = multi_label_scores(given, probs)
+    except Exception as err:  # cleanlab signals degenerate input with assorted exceptions
+        empty = pd.DataFrame(columns=list(LABEL_ISSUE_COLUMNS))
+        empty.attrs["skipped"] = f"cleanlab: {type(err).__name__}: {err}"
+        return empty
+    flagged = np.asarray(flagged, dtype=int)
+    return pd.DataFrame(
+        {
+            "row": rows[flagged].astype(np.int64),
+            "given_label": pd.Series(label_keys(labels[flagged], label_names), dtype=object),
+            "suggested_label": pd.Series(label_keys((probs[flagged] >= 0.5).astype(int), label_names), dtype=object),
+            "score": np.asarray(scores[flagged], dtype=float),
+        },
+        columns=list(LABEL_ISSUE_COLUMNS),
+    )
 
 
 def _frame(

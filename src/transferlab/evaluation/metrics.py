@@ -1,4 +1,5 @@
-"""Classification metrics, all from scikit-learn."""
+"""Classification metrics, all from scikit-learn, for single-label classes and for multi-label data (an examples x
+labels 0/1 matrix of targets, independent sigmoid probabilities, a decision threshold per label)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,39 @@ from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
     f1_score,
+    hamming_loss,
     matthews_corrcoef,
+    multilabel_confusion_matrix,
     precision_recall_fscore_support,
     roc_auc_score,
 )
 
+from transferlab.data.sources import is_multi_label
 from transferlab.settings import HEADLINE_METRICS
 
+MULTI_LABEL_THRESHOLD = 0.5  # a label is predicted from this probability on, unless a threshold was tuned for it
 
-def predicted_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """The most probable class; with a decision threshold (binary), class 1 when its probability reaches it."""
+
+def predicted_labels(probs: np.ndarray, threshold: float | np.ndarray | list[float] | None = None, multi_label: bool = False) -> np.ndarray:
+    """The most probable class; with a decision threshold (binary), class 1 when its probability reaches it.
+    Multi-label: each label whose probability reaches its own threshold (0.5 where none was tuned)."""
+    if multi_label:
+        cut = MULTI_LABEL_THRESHOLD if threshold is None else np.asarray(threshold, dtype=float)
+        return (probs >= cut).astype(int)
     if threshold is None:
         return probs.argmax(-1)
     return (probs[:, 1] >= threshold).astype(int)
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int, threshold: float | None = None) -> dict[str, float]:
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, num_classes: int, threshold: float | np.ndarray | list[float] | None = None
+) -> dict[str, float]:
     """Scalar metrics. precision/recall/f1 are for the positive class when binary, macro-averaged otherwise;
-    labels are decided as `predicted_labels` says (AUROC reads the probabilities alone)."""
+    labels are decided as `predicted_labels` says (AUROC reads the probabilities alone). Multi-label targets
+    (a matrix) get `multi_label_metrics`."""
     labels = np.asarray(labels)
+    if is_multi_label(labels):
+        return multi_label_metrics(labels.astype(int), probs, threshold)
     predicted = predicted_labels(probs, threshold)
     classes = list(range(num_classes))
     average = "binary" if num_classes == 2 else "macro"
@@ -41,12 +56,41 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: i
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
         "macro_f1": float(macro_f1),
+        "micro_f1": float(accuracy_score(labels, predicted)),  # one class per example: pooled F1 is accuracy
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
         "auroc": _auroc(labels, probs, num_classes),
         "mcc": float(matthews_corrcoef(labels, predicted)),
     }
+
+
+def multi_label_metrics(labels: np.ndarray, probs: np.ndarray, threshold: np.ndarray | list[float] | None = None) -> dict[str, float]:
+    """accuracy is subset accuracy (scikit-learn's on indicator matrices), precision/recall/f1 are micro-averaged,
+    auroc is the mean of the per-label AUROCs (over labels with both outcomes present), mcc is over every
+    (example, label) decision; hamming_loss is the share of wrong label decisions."""
+    predicted = predicted_labels(probs, threshold, multi_label=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average="micro", zero_division=0)
+        macro_f1 = f1_score(labels, predicted, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(macro_f1),
+        "micro_f1": float(f1),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "auroc": float(np.nanmean(per_label_auroc(labels, probs))) if labels.any(0).any() else float("nan"),
+        "mcc": float(matthews_corrcoef(labels.ravel(), predicted.ravel())),
+        "hamming_loss": float(hamming_loss(labels, predicted)),
+    }
+
+
+def per_label_auroc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each label's AUROC; NaN for a label whose examples all carry it or all lack it."""
+    both = [len(np.unique(labels[:, j])) == 2 for j in range(labels.shape[1])]
+    return np.array([roc_auc_score(labels[:, j], probs[:, j]) if ok else np.nan for j, ok in enumerate(both)])
 
 
 class MetricScorer:
@@ -83,8 +127,13 @@ def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
     return float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(num_classes))))
 
 
-def per_class_report(labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float | None = None) -> dict:
-    """Per-class precision / recall / F1 / support and the confusion matrix (rows: true, columns: predicted)."""
+def per_class_report(
+    labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float | np.ndarray | list[float] | None = None
+) -> dict:
+    """Per-class precision / recall / F1 / support and the confusion matrix (rows: true, columns: predicted).
+    Multi-label: per label, with its AUROC and its 2 x 2 confusion counts (no, yes) in place of one matrix."""
+    if is_multi_label(labels):
+        return _per_label_report(np.asarray(labels, dtype=int), probs, label_names, threshold)
     predicted = predicted_labels(probs, threshold)
     classes = list(range(len(label_names)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
@@ -94,4 +143,17 @@ def per_class_report(labels: np.ndarray, probs: np.ndarray, label_names: list[st
             for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
         },
         "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
+    }
+
+
+def _per_label_report(labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: np.ndarray | list[float] | None) -> dict:
+    predicted = predicted_labels(probs, threshold, multi_label=True)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, average=None, zero_division=0)
+    auroc = per_label_auroc(labels, probs)
+    confusion = multilabel_confusion_matrix(labels, predicted)
+    return {
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s), "auroc": float(a), "confusion": c.tolist()}
+            for name, p, r, f, s, a, c in zip(label_names, precision, recall, f1, support, auroc, confusion)
+        }
     }

@@ -8,6 +8,10 @@ for a grid search of cold fits over the 7 layer probes of minilm-l6 on 2,000 sen
 test accuracy to 0.001 (docs/benchmarks.md). The scaler is fitted once on all rows rather than per fold: a mean and a
 standard deviation, which see no labels.
 
+Multi-label targets get one regression per label on the shared standardised features (one-vs-rest), all at the
+strength C whose cross-validated log-loss, averaged over the labels, is best: each label's folds are stratified on
+it, and thresholds are tuned afterwards, so the probe is chosen for its probabilities rather than its cuts.
+
 This module imports only numpy and scikit-learn, so the worker processes `fit_probes` spreads probes over
 load those and not torch (starting two still costs 1.5-2 s the first time, docs/benchmarks.md).
 """
@@ -56,7 +60,9 @@ class Probe:
     intercept: np.ndarray
     cv_scores: dict[float, float]  # mean cross-validated score of each C
     chosen_c: float
-    fold_scores: tuple[float, ...] = ()  # the chosen C's score on each fold, for paired comparisons on the same folds
+    # the chosen C's score on each fold (multi-label: on each label), for paired comparisons on the same folds
+    fold_scores: tuple[float, ...] = ()
+    scored_by: str | None = None  # what the cross-validation scored, when not the run's headline metric
 
     @property
     def best_score(self) -> float:
@@ -64,6 +70,7 @@ class Probe:
 
     def log_entries(self, metric: str) -> list[dict[str, float]]:
         """For a run's log history: the score of every C, then the choice."""
+        metric = self.scored_by or metric
         return [{"C": c, f"cv_{metric}": s} for c, s in self.cv_scores.items()] + [
             {"chosen_C": self.chosen_c, f"best_cv_{metric}": self.best_score}
         ]
@@ -94,6 +101,8 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     One BLAS thread: beside torch's OpenMP threads, several BLAS threads on these small solves spin
     against each other and run 40x slower (0.8 s vs 33 s measured on 2 cores).
     """
+    if y.ndim == 2:
+        return _fit_multi_label_probe(x, y, settings)
     folds = settings.folds_for(y, num_classes)
     informative = informative_features(x)
     search = LogisticRegressionCV(
@@ -125,16 +134,79 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     )
 
 
+MULTI_LABEL_SCORE = "neg_log_loss"
+
+
+def _fit_multi_label_probe(x: np.ndarray, y: np.ndarray, settings: ProbeSettings) -> Probe:
+    informative = informative_features(x)
+    scaler = StandardScaler().fit(x[:, informative])
+    z = scaler.transform(x[:, informative])
+    grid = list(settings.c_grid)
+    scores = np.full((y.shape[1], len(grid)), np.nan)  # labels x C: mean cross-validated score
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for j in range(y.shape[1]):
+            if np.bincount(y[:, j], minlength=2).min() < 2:  # too rare to cross-validate: fitted at the chosen C only
+                continue
+            search = LogisticRegressionCV(
+                Cs=grid, cv=settings.folds_for(y[:, j], 2), scoring=MULTI_LABEL_SCORE, max_iter=settings.max_iter,
+                random_state=settings.seed, class_weight=settings.class_weight, refit=False,
+            )  # fmt: skip
+            search.fit(z, y[:, j])
+            per_fold = search.scores_
+            scores[j] = np.asarray(next(iter(per_fold.values())) if isinstance(per_fold, dict) else per_fold).reshape(-1, len(grid)).mean(0)
+        mean = np.nanmean(scores, 0) if np.isfinite(scores).any() else np.zeros(len(grid))
+        best = int(np.argmax(mean))
+        fits = [_fit_label(z, y[:, j], grid[best], settings) for j in range(y.shape[1])]
+    coef = np.vstack([w for w, _ in fits]) / scaler.scale_
+    intercept = np.array([b for _, b in fits]) - (coef * scaler.mean_).sum(1)
+    full = np.zeros((coef.shape[0], x.shape[1]), dtype=coef.dtype)
+    full[:, informative] = coef
+    return Probe(
+        coef=full,
+        intercept=intercept,
+        cv_scores={float(c): float(v) for c, v in zip(grid, mean)},
+        chosen_c=float(grid[best]),
+        fold_scores=tuple(float(v) for v in np.nan_to_num(scores[:, best])),
+        scored_by=MULTI_LABEL_SCORE,
+    )
+
+
+def _fit_label(z: np.ndarray, y: np.ndarray, c: float, settings: ProbeSettings) -> tuple[np.ndarray, float]:
+    """One label's weights and bias; a label every example carries (or none does) has no boundary to learn: its
+    bias alone says so, at the smoothed frequency (n + 1/2) / (n + 1)."""
+    if len(np.unique(y)) < 2:
+        n = len(y)
+        sure = np.log((n + 0.5) / 0.5)
+        return np.zeros(z.shape[1]), sure if y[0] == 1 else -sure
+    fit = _label_regression(c, settings).fit(z, y)
+    return fit.coef_[0], float(fit.intercept_[0])
+
+
+def _label_regression(c: float, settings: ProbeSettings) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=settings.max_iter, random_state=settings.seed, class_weight=settings.class_weight)
+
+
 def out_of_fold_logits(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings, c: float) -> np.ndarray:
     """Each row's logits from the probe (at strength `c`) fitted on the folds that leave it out, on the probe's own
     folds: what the head would say of examples it never saw, for choosing a temperature or a threshold on rows the
     head itself was fitted on. A binary probe's score d becomes the logits (-d/2, d/2), as `fold_standardisation` does."""
     informative = informative_features(x)
-    clf = LogisticRegression(C=c, max_iter=settings.max_iter, random_state=settings.seed, class_weight=settings.class_weight)
-    probe = Pipeline([("scale", StandardScaler()), ("clf", clf)])
+    probe = Pipeline([("scale", StandardScaler()), ("clf", _label_regression(c, settings))])
     with threadpool_limits(1):
+        if y.ndim == 2:
+            return np.stack([_out_of_fold_label(probe, x[:, informative], y[:, j], c, settings) for j in range(y.shape[1])], 1)
         scores = cross_val_predict(probe, x[:, informative], y, cv=settings.folds_for(y, num_classes), method="decision_function")
     return np.stack([-scores / 2, scores / 2], 1) if num_classes == 2 else scores
+
+
+def _out_of_fold_label(probe: Pipeline, x: np.ndarray, y: np.ndarray, c: float, settings: ProbeSettings) -> np.ndarray:
+    """One label's out-of-fold scores; a label too rare to cross-validate gets its in-sample ones."""
+    if np.bincount(y, minlength=2).min() >= 2:
+        return cross_val_predict(probe, x, y, cv=settings.folds_for(y, 2), method="decision_function")
+    scaler = StandardScaler().fit(x)
+    weights, bias = _fit_label(scaler.transform(x), y, c, settings)
+    return scaler.transform(x) @ weights + bias
 
 
 def fit_probes(tasks: list[tuple[np.ndarray, np.ndarray, int, ProbeSettings]]) -> list[Probe]:

@@ -24,7 +24,7 @@ def mean_std(values: list[float]) -> dict[str, Any]:
 # What results.json keeps of each run.
 RUN_KEYS = (
     "fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb", "head_layer", "calibration",
-    "decision_threshold",
+    "decision_threshold", "decision_thresholds",
 )  # fmt: skip
 
 
@@ -44,7 +44,7 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "train_seconds": float(np.mean([r["train_seconds"] for r in runs])),
         "peak_memory_mb": float(max(r["peak_memory_mb"] for r in runs)),
         "settings": first["settings"],
-        "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(),
+        **({"confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist()} if "confusion_matrix" in first else {}),
         **_calibration_summary(runs),
         "runs": [{k: r[k] for k in RUN_KEYS if k in r} for r in runs],
     }

@@ -26,8 +26,7 @@ import optuna
 
 from transferlab.config import DEFAULT_STRATEGIES, RunConfig
 from transferlab.errors import TrainingDiverged, UserError
-from transferlab.evaluation.calibration import softmax
-from transferlab.evaluation.metrics import classification_metrics
+from transferlab.evaluation.calibration import probabilities, validation_metrics
 from transferlab.evaluation.stats import compare_to_best
 from transferlab.recipes.experiment import (
     Experiment,
@@ -298,8 +297,8 @@ class _Search:
             return self._fail(trial, name, settings, f"{type(err).__name__}: {str(err).strip()[:200]}", started)
         if fitted.model is None:
             return self._fail(trial, name, settings, f"skipped: {fitted.skipped}", started)
-        probs = softmax(validation_logits(fitted))
-        value = float(classification_metrics(self.val_labels, probs, len(self.experiment.label_names))[self.metric])
+        probs = probabilities(validation_logits(fitted), multi_label=self.experiment.data.multi_label)
+        value = float(validation_metrics(self.val_labels, probs, len(self.experiment.label_names), self.metric)[self.metric])
         seconds = time.perf_counter() - started
         trial.set_user_attr("validation", value)
         trial.set_user_attr("seconds", seconds)

@@ -55,7 +55,15 @@ def load_run_data(config: RunConfig) -> RunData:
     relabelled to the training classes."""
 
     def read(spec: str) -> LabeledData:
-        return load_dataset(spec, config.text_column, config.label_column, config.modality, config.image_column, config.skip_bad_images)
+        return load_dataset(
+            spec,
+            config.text_column,
+            config.label_column,
+            config.modality,
+            config.image_column,
+            config.skip_bad_images,
+            config.label_separator,
+        )
 
     train = read(config.dataset)
     if config.imbalance is not None:

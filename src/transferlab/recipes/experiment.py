@@ -22,12 +22,12 @@ from transformers import set_seed
 
 from transferlab import faults
 from transferlab.backbones import Preprocessor, build_classifier, load_preprocessor, resolve_backbone
-from transferlab.backbones.base import base_model
+from transferlab.backbones.base import MULTI_LABEL, base_model
 from transferlab.backbones.cnn import MIXUP_ALPHA
 from transferlab.catalog import ResolvedAsset
 from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
-from transferlab.data.sources import LabeledData
+from transferlab.data.sources import LabeledData, is_multi_label, label_counts
 from transferlab.data.splits import Split
 from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
@@ -37,8 +37,10 @@ from transferlab.evaluation.calibration import (
     calibration_report,
     expected_calibration_error,
     fit_temperature,
+    probabilities,
     softmax,
     tune_threshold,
+    tune_thresholds,
 )
 from transferlab.evaluation.forgetting_meter import forgetting_probe, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
@@ -98,8 +100,10 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     backbone = resolve_backbone(config.backbone)
     folds = config.folds(len(run_data.parts["train"]))
     splits = make_splits(config, run_data, folds)
-    counts = np.bincount(data.labels[run_data.parts["train"]], minlength=len(data.label_names))
-    if config.training.metric is None:
+    counts = label_counts(data.labels[run_data.parts["train"]], len(data.label_names))
+    if config.training.metric is None and data.multi_label:
+        config.training.metric = "micro_f1"
+    elif config.training.metric is None:
         config.training.metric = "macro_f1" if counts.max() / max(1, counts.min()) > IMBALANCED else "accuracy"
     log(
         f"{config.dataset}: {len(run_data.parts['train'])} examples, classes {_counts(dict(zip(data.label_names, counts.tolist())))}; headline metric {config.training.metric}"
@@ -187,6 +191,8 @@ def fit_strategy(
     strategy = config.strategy(name)
     seed_deterministically(seed)
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling).to(default_device())
+    if experiment.data.multi_label:
+        model.config.problem_type = MULTI_LABEL  # the export says so: a plain pipeline then applies a sigmoid per label
     reason = strategy.unsupported_reason(model)
     if reason:
         return FittedRun(strategy, None, reason)
@@ -195,7 +201,7 @@ def fit_strategy(
     frozen = None
     if strategy.reads_frozen_features() and train_indices is not None and findings.layer_features is not None:
         frozen = findings.features_of(np.concatenate([train_indices, split.val]))
-    train_labels = np.array([f["labels"] for f in train_examples])
+    train_labels = np.array([f["labels"] for f in train_examples])  # class weights: refused for multi-label data
     data = FitData(
         train=train_examples,
         val=experiment.features(split.val),
@@ -246,10 +252,11 @@ def measure(experiment: Experiment, fitted: FittedRun) -> StrategyRun:
     trainable, total = count_parameters(model)
     trainable_head = sum(p.numel() for p in base_model(model).head_parameters() if p.requires_grad)
     labels = experiment.data.labels[split.test]
+    multi = experiment.data.multi_label
     with inference_precision(training):
         logits = predict_logits(model, experiment.features(split.test), data.collate, data.length_of, training.eval_batch_size)
     temperature, threshold = _decision_rule(fitted, experiment.data.labels[split.val], config)
-    probs = softmax(logits, temperature)
+    probs = probabilities(logits, temperature, multi)
     result = {
         "status": "ok",
         "fold": fitted.fold,
@@ -270,7 +277,9 @@ def measure(experiment: Experiment, fitted: FittedRun) -> StrategyRun:
         result["forgetting"] = fitted.probe.after(strategy, model)
     result.update({key: entry[key] for entry in data.log_history for key in REPORTED_CHOICES if key in entry})
     if threshold is not None:
-        result["decision_threshold"] = threshold
+        result["decision_thresholds" if multi else "decision_threshold"] = threshold
+    if multi:
+        result["metrics"]["prior_baseline_micro_f1"] = prior_baseline(experiment, fitted, threshold is not None)["micro_f1"]
     base_model(model).config.calibration_temperature = temperature  # set last: the forgetting probe may train the model further
     return StrategyRun(strategy, model, probs, result, data.log_history)
 
@@ -282,10 +291,34 @@ def _decision_rule(fitted: FittedRun, val_labels: np.ndarray, config: RunConfig)
         return 1.0, None
     logits = validation_logits(fitted)
     temperature = 1.0 if config.calibration == "none" else fit_temperature(logits, val_labels)
-    threshold = (
-        None if config.threshold == "none" else tune_threshold(softmax(logits, temperature), val_labels, fitted.training.headline_metric)
-    )
-    return temperature, threshold
+    if config.threshold == "none":
+        return temperature, None
+    metric = fitted.training.headline_metric
+    if is_multi_label(val_labels):
+        return temperature, tune_thresholds(probabilities(logits, temperature, multi_label=True), val_labels, metric)
+    return temperature, tune_threshold(softmax(logits, temperature), val_labels, metric)
+
+
+def prior_baseline(experiment: Experiment, fitted: FittedRun, tuned: bool) -> dict[str, float]:
+    """Multi-label: the test metrics of predicting every example's labels from their training frequencies alone
+    (scikit-learn's `DummyClassifier(strategy="prior")`), with thresholds tuned on validation as the model's are: the
+    score a model must beat to have learnt anything from the inputs."""
+    from sklearn.dummy import DummyClassifier
+
+    split, labels = experiment.splits[fitted.fold], experiment.data.labels
+    dummy = DummyClassifier(strategy="prior").fit(np.zeros((len(split.train), 1)), labels[split.train])
+
+    def prior(n: int) -> np.ndarray:
+        return np.stack(
+            [
+                p[:, 1] if p.shape[1] == 2 else np.full(n, float(c[0]))
+                for p, c in zip(dummy.predict_proba(np.zeros((n, 1))), dummy.classes_)
+            ],
+            1,
+        )
+
+    threshold = tune_thresholds(prior(len(split.val)), labels[split.val], fitted.training.headline_metric) if tuned else None
+    return classification_metrics(labels[split.test], prior(len(split.test)), len(experiment.label_names), threshold)
 
 
 @dataclass(frozen=True)

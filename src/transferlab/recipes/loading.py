@@ -14,6 +14,7 @@ from peft import PeftModel
 from torch import nn
 
 from transferlab.backbones import Preprocessor, build_classifier, family_named, resolve_backbone
+from transferlab.backbones.base import MULTI_LABEL
 from transferlab.errors import UserError
 from transferlab.recipes.run_folder import is_complete
 from transferlab.runio import CONFIG, MANIFEST, RESULTS
@@ -29,9 +30,13 @@ class LoadedModel:
     manifest: dict[str, Any] = field(default_factory=dict)  # transferlab.json: what the model is and was trained on
 
     @property
-    def threshold(self) -> float | None:
-        """The decision threshold the run tuned (binary), or None: the most probable class."""
+    def threshold(self) -> float | list[float] | None:
+        """The decision threshold the run tuned (binary; multi-label: one per label), or None: the most probable class."""
         return self.manifest.get("threshold")
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.manifest.get("multi_label"))
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         features = self.preprocessor.encode(inputs)
@@ -83,6 +88,7 @@ def load_model(model_dir: Path) -> LoadedModel:
             raise UserError(f"{model_dir}: the adapter was trained on a different '{manifest['backbone']}' (weight hashes differ)")
         base = build_classifier(asset, manifest["label_names"], manifest["pooling"])
         base.config.calibration_temperature = manifest.get("temperature", 1.0)  # the adapter holds weights, not the config
+        base.config.problem_type = MULTI_LABEL if manifest.get("multi_label") else None
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
         model = family.load_merged(model_dir)

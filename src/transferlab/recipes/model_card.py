@@ -62,11 +62,13 @@ def front_matter(record: dict[str, Any], manifest: dict[str, Any]) -> dict[str, 
 
 def _decision(manifest: dict[str, Any]) -> str:
     temperature, threshold = manifest.get("temperature", 1.0), manifest.get("threshold")
-    scaled = (
-        f"probabilities calibrated by temperature scaling (T = {temperature:.3f}, fitted on validation)"
-        if temperature != 1.0
-        else "raw softmax probabilities"
-    )
+    multi = manifest.get("multi_label", False)
+    raw = "raw sigmoid probabilities, one per label" if multi else "raw softmax probabilities"
+    scaled = f"probabilities calibrated by temperature scaling (T = {temperature:.3f}, fitted on validation)" if temperature != 1.0 else raw
+    if multi:
+        cuts = ", ".join(f"{name} {cut:.2f}" for name, cut in zip(manifest["label_names"], threshold)) if threshold else None
+        chosen = f"every label whose probability reaches its threshold ({cuts or 'one half each'}{'; tuned on validation' if cuts else ''})"
+        return f"{scaled}; the labels are {chosen}"
     chosen = (
         f"{manifest['label_names'][1]} from P = {threshold:.2f} on (tuned on validation)"
         if threshold is not None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.backbones.base import output_probabilities
 from transferlab.deploy import ONNX_FILE
 from transferlab.errors import UserError
 from transferlab.recipes.loading import LoadedModel
@@ -28,14 +29,14 @@ EXPORT_TOLERANCE = 1e-4
 
 
 class _Probabilities(nn.Module):
-    """The classifier as `predict` runs it: named inputs in, softmax probabilities out."""
+    """The classifier as `predict` runs it: named inputs in, probabilities out (softmax, or a sigmoid per label)."""
 
     def __init__(self, model: nn.Module, names: tuple[str, ...]):
         super().__init__()
         self.model, self.names = model, names
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(**dict(zip(self.names, inputs))).logits.float(), -1)
+        return output_probabilities(self.model, self.model(**dict(zip(self.names, inputs))).logits)
 
 
 def write_onnx(loaded: LoadedModel, fmt: str, folder: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferlab.data.images import IMAGE_SUFFIXES
-from transferlab.data.sources import read_table, require_columns
+from transferlab.data.sources import label_keys, read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
 from transferlab.runio import atomic_write_text
@@ -27,7 +27,9 @@ class Classifier(Protocol):
 
     label_names: list[str]
     modality: str
-    threshold: float | None  # binary: class 1 from this probability on; None: the most probable class
+    threshold: float | list[float] | None  # binary: class 1 from this probability on; None: the most probable class
+    multi_label: bool  # independent labels, each decided by its own threshold
+    manifest: dict[str, Any]
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = ...) -> np.ndarray: ...
 
@@ -66,8 +68,11 @@ def image_files(paths: Sequence[Path]) -> list[str]:
     return files
 
 
-def read_texts(path: Path, text_column: str, label_column: str | None = None) -> tuple[list[str], list[str] | None]:
-    """One text per line of a .txt file, or a column of a table; and its true labels when they are given."""
+def read_texts(
+    path: Path, text_column: str, label_column: str | None = None, label_sets: bool = False
+) -> tuple[list[str], list[str] | None]:
+    """One text per line of a .txt file, or a column of a table; and its true labels when they are given (with
+    `label_sets`, multi-label cells, where an empty one is an example with none of the labels)."""
     if path.suffix.lower() == ".txt":
         if label_column:
             raise UserError(f"{path}: a .txt file has no label column; give a .csv/.jsonl/.parquet table for --label-column")
@@ -83,6 +88,8 @@ def read_texts(path: Path, text_column: str, label_column: str | None = None) ->
     frame = read_table(path)
     columns = [c for c in (text_column, label_column) if c]
     require_columns(frame, columns, str(path))
+    if label_sets and label_column:
+        frame[label_column] = frame[label_column].fillna("")
     for column in columns:
         if frame[column].isna().any():
             raise UserError(f"{path}: row {int(np.flatnonzero(frame[column].isna().to_numpy())[0]) + 1} has an empty '{column}'")
@@ -90,19 +97,37 @@ def read_texts(path: Path, text_column: str, label_column: str | None = None) ->
     return frame[text_column].astype(str).tolist(), labels
 
 
-def label_ids(labels: list[str], label_names: list[str], where: Path) -> np.ndarray:
-    """True labels as the model's class ids; a label it was never trained on is an error, not a silent miss."""
+def label_ids(labels: list[str], label_names: list[str], where: Path, separator: str | None = None) -> np.ndarray:
+    """True labels as the model's class ids (with `separator`, sets of labels as a 0/1 row each); a label it was never
+    trained on is an error, not a silent miss."""
     index = {name: i for i, name in enumerate(label_names)}
-    for row, label in enumerate(labels):
-        if label not in index:
-            raise UserError(f"{where}: row {row + 1} has label '{label}', which the model never saw (it knows {', '.join(label_names)})")
-    return np.array([index[label] for label in labels])
+    rows = [[part.strip() for part in label.split(separator) if part.strip()] if separator else [label] for label in labels]
+    for row, names in enumerate(rows):
+        for label in names:
+            if label not in index:
+                raise UserError(
+                    f"{where}: row {row + 1} has label '{label}', which the model never saw (it knows {', '.join(label_names)})"
+                )
+    if separator is None:
+        return np.array([index[label] for label in labels])
+    matrix = np.zeros((len(rows), len(label_names)), dtype=np.int64)
+    for row, names in enumerate(rows):
+        matrix[row, [index[name] for name in names]] = 1
+    return matrix
 
 
 def predictions_frame(
-    inputs: Sequence[str], probs: np.ndarray, label_names: list[str], modality: str = "text", threshold: float | None = None
+    inputs: Sequence[str],
+    probs: np.ndarray,
+    label_names: list[str],
+    modality: str = "text",
+    threshold: float | list[float] | None = None,
+    separator: str | None = None,
 ) -> pd.DataFrame:
-    labels = [label_names[i] for i in predicted_labels(probs, threshold)]
+    """One row per input: its label (with `separator`, multi-label: every label over its threshold, joined), then the
+    probability of each class or label."""
+    decided = predicted_labels(probs, threshold, separator is not None)
+    labels = [label_names[i] for i in decided] if separator is None else label_keys(decided, label_names, separator)
     frame = pd.DataFrame({"image" if modality == "image" else "text": list(inputs), "label": labels})
     for i, name in enumerate(label_names):
         frame[f"p_{name}"] = probs[:, i]
@@ -131,16 +156,18 @@ def predict_command(
         )
     if label_column and not input_file:
         raise UserError("--label-column applies to an --input table")
+    # multi-label: sets of labels are written (and true labels read) with the separator the model was trained with
+    separator = (loaded.manifest.get("label_separator") or ";") if loaded.multi_label else None
     truth = None
     if images or texts:
         inputs = image_files(images) if images else list(texts)
     else:
-        inputs, labels = read_texts(Path(input_file), text_column, label_column)
-        truth = None if labels is None else label_ids(labels, loaded.label_names, Path(input_file))
+        inputs, labels = read_texts(Path(input_file), text_column, label_column, separator is not None)
+        truth = None if labels is None else label_ids(labels, loaded.label_names, Path(input_file), separator)
     probs = loaded.predict_proba(inputs)
-    frame = predictions_frame(inputs, probs, loaded.label_names, loaded.modality, loaded.threshold)
+    frame = predictions_frame(inputs, probs, loaded.label_names, loaded.modality, loaded.threshold, separator)
     if truth is not None:
-        frame.insert(2, "true_label", [loaded.label_names[i] for i in truth])
+        frame.insert(2, "true_label", label_keys(truth, loaded.label_names, separator or ";"))
         scores = classification_metrics(truth, probs, len(loaded.label_names), loaded.threshold)
         console.print(f"on {len(truth)} labelled examples: " + ", ".join(f"{name} {value:.6f}" for name, value in scores.items()))
     if output is not None:

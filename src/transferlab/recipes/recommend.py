@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from transferlab.backbones import build_classifier, family_for, load_preprocessor, resolve_backbone
 from transferlab.config import strategy_for
 from transferlab.data.catalog import load_dataset
+from transferlab.data.sources import label_counts
 from transferlab.data.splits import stratified_subset
 from transferlab.decision import ADAM_BYTES_PER_PARAM, Situation, decide
 from transferlab.errors import UserError
@@ -35,12 +34,13 @@ def recommend(
     label_column: str = "label",
     log: Log = print,
     image_column: str = "path",
+    label_separator: str | None = None,
 ) -> dict[str, Any]:
     """The recommendation as a plain dict (printed by the CLI, stored in compare's results.json)."""
     if tasks < 1 or (n_train is not None and n_train < 2) or (memory_gb is not None and memory_gb <= 0):
         raise UserError("recommend needs --tasks >= 1, --n-train >= 2 and --memory-gb > 0")
     family = family_for(backbone)
-    data = load_dataset(dataset, text_column, label_column, family.inputs, image_column)
+    data = load_dataset(dataset, text_column, label_column, family.inputs, image_column, label_separator=label_separator)
     if n_train is not None:
         if n_train > len(data):
             raise UserError(f"--n-train {n_train} is more than the {len(data)} examples of {dataset}")
@@ -52,7 +52,7 @@ def recommend(
     log(f"domain gap of {dataset} for {backbone}: {gap.describe()}")
     params = sum(p.numel() for p in model.parameters())
     note = f" (score {gap.score:.2f} from {gap.signal}; small < {SMALL_BELOW}, large >= {LARGE_FROM})"
-    smallest = int(np.bincount(data.labels, minlength=len(data.label_names)).min())
+    smallest = int(label_counts(data.labels, len(data.label_names)).min())
     situation = Situation(len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, family.inputs, note, smallest)
     decision = decide(situation)
     strategy = strategy_for(decision.strategy, family)
@@ -72,7 +72,16 @@ def recommend_for_run(config: Any, log: Log = print) -> dict[str, Any]:
         if config.n_train is not None
         else min(
             DEFAULT_N_TRAIN,
-            len(load_dataset(config.dataset, config.text_column, config.label_column, config.modality, config.image_column)),
+            len(
+                load_dataset(
+                    config.dataset,
+                    config.text_column,
+                    config.label_column,
+                    config.modality,
+                    config.image_column,
+                    label_separator=config.label_separator,
+                )
+            ),
         )
     )
     rec = recommend(
@@ -84,6 +93,7 @@ def recommend_for_run(config: Any, log: Log = print) -> dict[str, Any]:
         label_column=config.label_column,
         log=log,
         image_column=config.image_column,
+        label_separator=config.label_separator,
     )
     log(f"recommended: {rec['strategy']} ({rec['reasons'][-1]})")
     if rec["strategy"] not in config.strategies:

@@ -113,7 +113,10 @@ def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter:
             "pooling": config.pooling,
             "max_length": config.max_length,
             "temperature": base_model(model).config.calibration_temperature,  # fitted on validation; 1 when calibration is off
-            "threshold": run.result.get("decision_threshold"),  # binary: class 1 from this probability on; None: argmax
+            # binary: class 1 from this probability on; multi-label: one per label; None: argmax (multi-label: 0.5)
+            "threshold": run.result.get("decision_thresholds" if experiment.data.multi_label else "decision_threshold"),
+            "multi_label": experiment.data.multi_label,  # a sigmoid per label: every label whose probability reaches its threshold
+            "label_separator": config.label_separator,  # how predict writes (and reads) a set of labels
         }
         atomic_write_json(staging / MANIFEST, manifest)
         adapter_config = staging / "adapter_config.json"

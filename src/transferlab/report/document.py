@@ -16,7 +16,7 @@ from typing import Any
 
 from transferlab.data.checks import describe as describe_checks
 from transferlab.report import plots
-from transferlab.report.table import CALIBRATION_COLUMNS, SHOWN_METRICS, has_forgetting, row_cells
+from transferlab.report.table import CALIBRATION_COLUMNS, has_forgetting, row_cells, shown_metrics
 from transferlab.results import describe_settings, load_results, ranked_trials
 from transferlab.runio import atomic_write_bytes, atomic_write_text
 
@@ -79,7 +79,8 @@ def figures(directory: Path, results: dict[str, Any]) -> list[tuple[str, str, by
         out.append(
             (
                 "reliability",
-                "Reliability (test set, first run): accuracy per confidence bin, before and after temperature scaling",
+                "Reliability (test set, first run): accuracy per confidence bin (multi-label: how often a label is there per bin of its "
+                "probability), before and after temperature scaling",
                 reliability,
             )
         )
@@ -87,8 +88,7 @@ def figures(directory: Path, results: dict[str, Any]) -> list[tuple[str, str, by
 
 
 def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], str | None]:
-    primary = results.get("primary_metric", "accuracy")
-    metrics = [primary] + [m for m in SHOWN_METRICS if m != primary]
+    metrics = shown_metrics(results)
     forgetting = has_forgetting(results)
     header = [
         "point" if "study" in results else "strategy",

@@ -10,6 +10,8 @@ from rich.table import Table
 from transferlab.results import format_forgetting
 
 SHOWN_METRICS = ("accuracy", "macro_f1", "auroc", "mcc")
+# Multi-label runs also show what predicting the labels' training frequencies scores: the floor to beat.
+BASELINE_METRIC = "prior_baseline_micro_f1"
 # Expected calibration error and Brier score: before temperature scaling -> after (lower is better).
 CALIBRATION_COLUMNS = ("ECE raw→T", "Brier raw→T")
 
@@ -21,9 +23,17 @@ def format_metric(entry: dict[str, float]) -> str:
     return f"{mean:.4f}" if std == 0 else f"{mean:.4f} ± {std:.4f}"
 
 
+def shown_metrics(results: dict[str, Any]) -> list[str]:
+    """The headline metric first, then the others every table shows, then the label-prior baseline where recorded."""
+    primary = results.get("primary_metric", "accuracy")
+    recorded = [r["metrics"] for r in results["strategies"].values() if r.get("status") == "ok"]
+    baseline = [BASELINE_METRIC] if recorded and BASELINE_METRIC in recorded[0] else []
+    return [primary] + [m for m in SHOWN_METRICS if m != primary] + baseline
+
+
 def results_table(results: dict[str, Any]) -> Table:
     primary = results.get("primary_metric", "accuracy")
-    metrics = [primary] + [m for m in SHOWN_METRICS if m != primary]
+    metrics = shown_metrics(results)
     evaluation = results.get("evaluation", {"folds": 1, "seeds": [results.get("seed", 0)]})
     runs = evaluation["folds"] * len(evaluation["seeds"])
     comparison = results.get("comparison", {})

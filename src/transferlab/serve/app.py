@@ -23,7 +23,8 @@ class ServedTask(Protocol):
     name: str
     label_names: list[str]
     strategy: str
-    threshold: float | None  # binary: class 1 from this probability on; None: the most probable class
+    threshold: float | list[float] | None  # binary: class 1 from this probability on; None: the most probable class
+    multi_label: bool  # independent labels: every label whose probability reaches its threshold (one per label)
 
 
 class ServedModel(Protocol):
@@ -55,8 +56,9 @@ class TaskInfo(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str
+    label: str  # multi-label: the predicted labels joined by ";" ("" for none)
     probabilities: dict[str, float]
+    labels: list[str] | None = None  # multi-label: the predicted labels
 
 
 class PredictResponse(BaseModel):
@@ -114,12 +116,10 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> FastAPI:
             raise HTTPException(404, f"unknown task '{request.task}'; tasks: {', '.join(model.tasks)}")
         probs = await batcher.submit(task.name, request.inputs)
         labels = task.label_names
+        chosen = predicted_labels(probs, task.threshold, task.multi_label)
         return PredictResponse(
             task=task.name,
-            predictions=[
-                Prediction(label=labels[int(chosen)], probabilities={name: float(p) for name, p in zip(labels, row)})
-                for row, chosen in zip(probs, predicted_labels(probs, task.threshold))
-            ],
+            predictions=[_prediction(labels, row, decided, task.multi_label) for row, decided in zip(probs, chosen)],
         )
 
     @app.get("/v1/tasks")
@@ -131,3 +131,12 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _prediction(label_names: list[str], probs: np.ndarray, decided: np.ndarray, multi_label: bool) -> Prediction:
+    """One input's answer: its class, or its set of labels, with every probability."""
+    probabilities = {name: float(p) for name, p in zip(label_names, probs)}
+    if not multi_label:
+        return Prediction(label=label_names[int(decided)], probabilities=probabilities)
+    chosen = [name for name, on in zip(label_names, decided) if on]
+    return Prediction(label=";".join(chosen), probabilities=probabilities, labels=chosen)

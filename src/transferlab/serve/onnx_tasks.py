@@ -21,8 +21,9 @@ class OnnxTask:
     name: str
     label_names: list[str]
     strategy: str
-    threshold: float | None
+    threshold: float | list[float] | None
     classifier: OnnxClassifier
+    multi_label: bool = False
 
 
 class OnnxTasks:
@@ -36,7 +37,9 @@ class OnnxTasks:
             classifier = OnnxClassifier(Path(folder))
             if classifier.modality != "text":
                 raise UserError(f"--model {name}={folder}: an image classifier; serve answers texts")
-            self.tasks[name] = OnnxTask(name, classifier.label_names, classifier.manifest["strategy"], classifier.threshold, classifier)
+            self.tasks[name] = OnnxTask(
+                name, classifier.label_names, classifier.manifest["strategy"], classifier.threshold, classifier, classifier.multi_label
+            )
         self.backbone = ", ".join(sorted({task.classifier.manifest["backbone"] for task in self.tasks.values()}))
 
     def predict_proba(self, task: str, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -20,6 +20,7 @@ from peft import PeftModel
 from torch import nn
 
 from transferlab.backbones import Preprocessor, build_classifier, family_of, resolve_backbone
+from transferlab.backbones.base import MULTI_LABEL
 from transferlab.errors import UserError
 from transferlab.runio import MANIFEST
 from transferlab.training.inference import default_device, predict_proba
@@ -33,8 +34,9 @@ class Task:
     strategy: str
     pooling: str
     temperature: float
-    threshold: float | None
+    threshold: float | list[float] | None
     preprocessor: Preprocessor
+    multi_label: bool = False
 
 
 def _read_manifest(name: str, folder: Path) -> dict:
@@ -90,6 +92,7 @@ class MultiTaskModel:
                 m.get("temperature", 1.0),
                 m.get("threshold"),
                 family.load_preprocessor(Path(adapters[name]), m),
+                bool(m.get("multi_label")),
             )
             for name, m in manifests.items()
         }
@@ -111,6 +114,7 @@ class MultiTaskModel:
             self.model.set_adapter(spec.name)
             config = self.model.get_base_model().config
             config.pooling, config.calibration_temperature = spec.pooling, spec.temperature  # read by the forward pass, per task
+            config.problem_type = MULTI_LABEL if spec.multi_label else None  # softmax or a sigmoid per label
             features = spec.preprocessor.encode(texts)
             return predict_proba(self.model, features, spec.preprocessor.collate, spec.preprocessor.length_of, batch_size)
 

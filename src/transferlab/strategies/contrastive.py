@@ -76,10 +76,12 @@ class _PairObjective(nn.Module):
 
 
 def pairs(labels: np.ndarray, iterations: int, max_pairs: int, seed: int) -> list[tuple[int, int, float]]:
-    """SetFit's pairs over example positions: (i, j, 1.0 for the same class else 0.0), at most `max_pairs`."""
+    """SetFit's pairs over example positions: (i, j, 1.0 for the same class else 0.0), at most `max_pairs`; `labels`
+    are class ids, or an examples x labels 0/1 matrix."""
     from setfit.sampler import ContrastiveDataset
 
-    sampled = ContrastiveDataset(list(range(len(labels))), labels.tolist(), multilabel=False, num_iterations=iterations)
+    multilabel = labels.ndim == 2  # SetFit pairs multi-label examples as similar when they share a label
+    sampled = ContrastiveDataset(list(range(len(labels))), labels.astype(int).tolist(), multilabel=multilabel, num_iterations=iterations)
     found = [(p["sentence_1"], p["sentence_2"], float(p["label"])) for p in sampled]
     if len(found) > max_pairs:
         keep = np.random.default_rng(seed).choice(len(found), max_pairs, replace=False)

@@ -84,7 +84,7 @@ class FeatureExtraction(Strategy):
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         model = self.prepare(model)
         examples = data.train + data.val
-        y = np.array([f["labels"] for f in examples])
+        y = np.array([f["labels"] for f in examples]).astype(np.int64)  # class ids, or a 0/1 row per example (multi-label)
         if self.config.layers == "weighted":
             states = self._layer_states(model, examples, data, training)
             mix = self._fit_layer_mix(model, states, y, len(data.train), data, training)
@@ -179,7 +179,13 @@ class FeatureExtraction(Strategy):
         """
         num_classes = len(data.label_names)
         s = torch.as_tensor(states, dtype=torch.float32)
-        target = torch.as_tensor(y)
+        target = torch.as_tensor(y, dtype=torch.float32 if y.ndim == 2 else torch.int64)
+
+        def example_losses(logits: torch.Tensor) -> torch.Tensor:
+            if y.ndim == 2:  # multi-label: binary cross-entropy per label, averaged per example
+                return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+            return nn.functional.cross_entropy(logits, target, reduction="none")
+
         logits_of = torch.zeros(states.shape[1], requires_grad=True)
         for _ in range(2):
             mix = torch.softmax(logits_of.detach(), 0).numpy()
@@ -189,7 +195,7 @@ class FeatureExtraction(Strategy):
             best = (float("inf"), logits_of.detach().clone())
             for _ in range(100):
                 mixed = torch.einsum("l,nld->nd", torch.softmax(logits_of, 0), s)
-                losses = nn.functional.cross_entropy(mixed @ w.T + b, target, reduction="none")
+                losses = example_losses(mixed @ w.T + b)
                 val_loss = float(losses[n_train:].detach().mean())
                 if val_loss < best[0]:
                     best = (val_loss, logits_of.detach().clone())

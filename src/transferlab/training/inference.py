@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.backbones.base import output_probabilities
+
 if TYPE_CHECKING:
     from transferlab.settings import TrainingConfig
 
@@ -86,8 +88,8 @@ def map_batches(
 def predict_proba(
     model: nn.Module, features: Sequence[dict[str, Any]], collate: Callable, length_of: Callable = lambda f: 1, batch_size: int = 64
 ) -> np.ndarray:
-    """Class probabilities in input order."""
-    return map_batches(model, features, collate, lambda m, b: torch.softmax(m(**b).logits.float(), -1), length_of, batch_size)
+    """Class probabilities (a multi-label classifier's: per label) in input order."""
+    return map_batches(model, features, collate, lambda m, b: output_probabilities(m, m(**b).logits), length_of, batch_size)
 
 
 def predict_logits(

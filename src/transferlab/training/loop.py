@@ -22,9 +22,10 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from transferlab import faults
+from transferlab.data.sources import is_multi_label
 from transferlab.distributed import state
 from transferlab.errors import UserError
-from transferlab.evaluation.metrics import classification_metrics
+from transferlab.evaluation.calibration import probabilities, validation_metrics
 from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.training.checkpoints import last_complete_checkpoint, shared_temporary_folder, tensorboard_callbacks
 from transferlab.training.divergence import DivergenceGuard
@@ -267,8 +268,10 @@ def train_with_trainer(
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).numpy()
-        return classification_metrics(prediction.label_ids, probs, len(data.label_names))
+        labels = np.asarray(prediction.label_ids)
+        multi = is_multi_label(labels)  # multi-label targets: a 0/1 float per label
+        probs = probabilities(np.asarray(logits, dtype=np.float32), multi_label=multi)
+        return validation_metrics(labels.astype(np.int64) if multi else labels, probs, len(data.label_names), metric)
 
     args = TrainingArguments(
         output_dir=str(checkpoints),
