@@ -100,8 +100,8 @@ def test_search_order_defaults_export_and_report(tmp_path, tiny_bert_dir):
 def test_the_search_never_reads_the_test_labels(tmp_path, tiny_bert_dir):
     """The same search on the same training data, with every test label flipped: every trial scores the same on
     validation and the same winner is chosen; only its test score changes (to one minus itself)."""
-    plain = _auto(tmp_path, tiny_bert_dir, "plain", max_trials=5)
-    flipped = _auto(tmp_path, tiny_bert_dir, "flipped", flip_test_labels=True, max_trials=5)
+    plain = _auto(tmp_path, tiny_bert_dir, "plain", max_trials=3)
+    flipped = _auto(tmp_path, tiny_bert_dir, "flipped", flip_test_labels=True, max_trials=3)
     keys = ("strategy", "settings", "state", "validation", "evaluations")
     assert [{k: t[k] for k in keys} for t in plain["search"]["trials"]] == [{k: t[k] for k in keys} for t in flipped["search"]["trials"]]
     assert plain["search"]["winner"] == flipped["search"]["winner"]

@@ -26,8 +26,11 @@ def _cli(*args, cwd=None):
 
 def test_compare_writes_the_documented_results(tmp_path, tiny_bert_dir, sentiment_csv):
     out = tmp_path / "run"
+    (tmp_path / "fast.yaml").write_text("training:\n  min_steps: 0\n")  # one epoch, not the 100-step floor
     done = _cli(
         "compare",
+        "--config",
+        tmp_path / "fast.yaml",
         "--backbone",
         tiny_bert_dir,
         "--dataset",

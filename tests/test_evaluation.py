@@ -110,8 +110,11 @@ def test_cross_validated_compare_reports_spread(tmp_path, tiny_bert_dir):
     noisy = [1 - y if rng.random() < 0.25 else y for y in labels]  # label noise: fold scores must differ
     pd.DataFrame({"text": texts, "label": noisy}).to_csv(tmp_path / "noisy.csv", index=False)
     out = tmp_path / "run"
+    (tmp_path / "fast.yaml").write_text("training:\n  min_steps: 0\n")  # one epoch, not the 100-step floor, per fold
     args = [
         "compare",
+        "--config",
+        tmp_path / "fast.yaml",
         "--backbone",
         tiny_bert_dir,
         "--dataset",
