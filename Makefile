@@ -46,8 +46,10 @@ assets-large: $(VENV)/.assets-large
 demo: $(VENV)/.installed
 	$(VENV)/bin/transferlab compare
 
+# One test process per core (pytest-xdist), a file's tests together in one of them, one torch thread each
+# (tests/conftest.py): the tests are mostly single-threaded, so this halves the suite's time on 2 cores.
 test: $(VENV)/.installed | $(FASHION_MNIST) $(CHROMIUM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-slow: $(VENV)/.assets-large | $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest -q -m slow

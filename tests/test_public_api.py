@@ -65,6 +65,7 @@ def _keys_are_in_the_schema(record: dict) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 50-75 s; the Python API's calls run in the fast suite on a tiny model (test_compare_train_and_load_from_python)
 def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     """The Quick start's Python block, as written, on the packaged backbone and data."""
     block = re.search(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S).group(1)

@@ -25,7 +25,8 @@ def few_hundred():
 
 # Full fine-tuning's 100 steps of the whole network take half a minute: in the slow suite (compare's documented
 # runs measure it on real data too).
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "full" else n for n in FEW_HUNDRED_FLOORS])
+# The head runs here; LoRA and full fine-tuning (about 50 s each) in make test-slow.
+@pytest.mark.parametrize("name", [n if n == "head" else pytest.param(n, marks=pytest.mark.slow) for n in FEW_HUNDRED_FLOORS])
 def test_each_strategy_beats_chance_on_a_few_hundred_sentences(few_hundred, name):
     run = run_strategy(few_hundred, name)
     accuracy = run.result["metrics"]["accuracy"]
