@@ -178,6 +178,7 @@ def test_check_command_writes_its_findings(tmp_path, tiny_bert_dir):
     assert re.search(r"exact duplicates: 1 group", done.stdout)
 
 
+@pytest.mark.slow  # three CLI subprocesses, 35 s; in-process, test_calibration compares predict with the run
 def test_user_test_file_gives_the_metrics_predict_gives(tmp_path, tiny_bert_dir):
     """compare --test-dataset F and predict --input F on train's export with the same settings agree to 1e-6."""
     texts, labels = sentiment_texts(200, seed=4)

@@ -133,6 +133,7 @@ def photo_gap():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # about 30 s of real weights; the BatchNorm-shift signal is checked on its own in the fast suite
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_mobilenet_gap_orders_photographs_below_fashion_mnist(photo_gap):
     """Measured (BatchNorm statistics): photographs 0.15 (small), Fashion-MNIST 0.66 (large)."""
@@ -141,7 +142,7 @@ def test_mobilenet_gap_orders_photographs_below_fashion_mnist(photo_gap):
 
 
 @pytest.mark.integration
-@pytest.mark.slow  # the same ordering as on fashion-mnist, which the fast suite checks
+@pytest.mark.slow  # the same ordering as on fashion-mnist
 def test_mobilenet_gap_orders_photographs_below_mnist(photo_gap):
     """Measured: MNIST digits 0.72 (large)."""
     digits = _gap("mobilenet-v2", load_dataset("mnist-5k", modality="image").inputs)

@@ -248,6 +248,7 @@ def test_compare_forgetting_column_on_a_decoder(tmp_path, tiny_llama_dir, sentim
     assert full["after"]["mean"] != pytest.approx(full["before"]["mean"], rel=1e-3)
 
 
+@pytest.mark.slow  # about 25 s of subprocesses; the meters themselves are tested in-process above
 def test_forgetting_command_cka_and_sequential(tmp_path, tiny_bert_dir, sentiment_csv):
     import pandas as pd
 

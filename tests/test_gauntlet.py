@@ -95,8 +95,11 @@ def test_the_sample_reads_back_with_every_class_kept(name, tmp_path):
     assert set(data.inputs) <= set(full[text_column].astype(str))
 
 
-# 20 Newsgroups is the slowest (14 s) and its 20 classes are covered by make test-slow; the other nine run here.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "newsgroups-20" else n for n in GAUNTLET])
+# The five slowest (12-20 s each: the longest texts, the most classes) run in make test-slow; the others here.
+SLOWEST = ("newsgroups-20", "reuters-r8", "drug-reviews", "slo-opinion", "convention-speeches-2012")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOWEST else n for n in GAUNTLET])
 def test_head_beats_the_majority_class(name, tmp_path, capsys):
     results, baseline = compare(name, "head", tmp_path, capsys)
     checks = results["data_checks"]

@@ -137,6 +137,7 @@ def test_image_folder_and_csv_load_and_a_corrupt_image_is_named_or_skipped(tmp_p
         load_dataset("mnist-5k", modality="text")
 
 
+@pytest.mark.slow  # 35-40 s of subprocesses; the same path runs in-process on the tiny CNN (test_auto, test_multi_label)
 def test_train_then_predict_on_an_image_folder_from_the_command_line(tiny_cnn_dir, tmp_path):
     root = _image_folder(tmp_path / "images", n=40)
     out = tmp_path / "run"
@@ -222,6 +223,7 @@ def test_wrong_normalisation_measurably_lowers_feature_extraction():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # about 20 s of real weights; the packaged mobilenet runs in the fast suite
 def test_mnist_digits_through_the_packaged_efficientnet():
     from transferlab.recipes.experiment import prepare, run_strategy
 
