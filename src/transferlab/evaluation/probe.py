@@ -121,9 +121,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
     coef, intercept = fold_standardisation(search, model.named_steps["scale"], num_classes)
     full = np.zeros((coef.shape[0], x.shape[1]), dtype=coef.dtype)
     full[:, informative] = coef
-    scores = search.scores_
-    scores = next(iter(scores.values())) if isinstance(scores, dict) else scores  # legacy: {class: folds x Cs}
-    per_fold = np.asarray(scores).reshape(folds.get_n_splits(), -1)
+    per_fold = _scores_by_fold(search, len(settings.c_grid))
     chosen_c = float(np.ravel(search.C_)[0])
     return Probe(
         coef=full,
@@ -146,15 +144,14 @@ def _fit_multi_label_probe(x: np.ndarray, y: np.ndarray, settings: ProbeSettings
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         for j in range(y.shape[1]):
-            if np.bincount(y[:, j], minlength=2).min() < 2:  # too rare to cross-validate: fitted at the chosen C only
+            if not _cross_validates(y[:, j]):  # fitted at the chosen C only
                 continue
             search = LogisticRegressionCV(
                 Cs=grid, cv=settings.folds_for(y[:, j], 2), scoring=MULTI_LABEL_SCORE, max_iter=settings.max_iter,
                 random_state=settings.seed, class_weight=settings.class_weight, refit=False,
             )  # fmt: skip
             search.fit(z, y[:, j])
-            per_fold = search.scores_
-            scores[j] = np.asarray(next(iter(per_fold.values())) if isinstance(per_fold, dict) else per_fold).reshape(-1, len(grid)).mean(0)
+            scores[j] = _scores_by_fold(search, len(grid)).mean(0)
         mean = np.nanmean(scores, 0) if np.isfinite(scores).any() else np.zeros(len(grid))
         best = int(np.argmax(mean))
         fits = [_fit_label(z, y[:, j], grid[best], settings) for j in range(y.shape[1])]
@@ -170,6 +167,18 @@ def _fit_multi_label_probe(x: np.ndarray, y: np.ndarray, settings: ProbeSettings
         fold_scores=tuple(float(v) for v in np.nan_to_num(scores[:, best])),
         scored_by=MULTI_LABEL_SCORE,
     )
+
+
+def _scores_by_fold(search: LogisticRegressionCV, n_c: int) -> np.ndarray:
+    """The cross-validated scores as folds x Cs, whichever layout scikit-learn keeps them in."""
+    scores = search.scores_
+    scores = next(iter(scores.values())) if isinstance(scores, dict) else scores  # legacy: {class: folds x Cs}
+    return np.asarray(scores).reshape(-1, n_c)
+
+
+def _cross_validates(y: np.ndarray) -> bool:
+    """A binary label with at least 2 examples on each side: enough for stratified folds."""
+    return np.bincount(y, minlength=2).min() >= 2
 
 
 def _fit_label(z: np.ndarray, y: np.ndarray, c: float, settings: ProbeSettings) -> tuple[np.ndarray, float]:
@@ -202,7 +211,7 @@ def out_of_fold_logits(x: np.ndarray, y: np.ndarray, num_classes: int, settings:
 
 def _out_of_fold_label(probe: Pipeline, x: np.ndarray, y: np.ndarray, c: float, settings: ProbeSettings) -> np.ndarray:
     """One label's out-of-fold scores; a label too rare to cross-validate gets its in-sample ones."""
-    if np.bincount(y, minlength=2).min() >= 2:
+    if _cross_validates(y):
         return cross_val_predict(probe, x, y, cv=settings.folds_for(y, 2), method="decision_function")
     scaler = StandardScaler().fit(x)
     weights, bias = _fit_label(scaler.transform(x), y, c, settings)

@@ -300,22 +300,14 @@ def _decision_rule(fitted: FittedRun, val_labels: np.ndarray, config: RunConfig)
 
 
 def prior_baseline(experiment: Experiment, fitted: FittedRun, tuned: bool) -> dict[str, float]:
-    """Multi-label: the test metrics of predicting every example's labels from their training frequencies alone
-    (scikit-learn's `DummyClassifier(strategy="prior")`), with thresholds tuned on validation as the model's are: the
-    score a model must beat to have learnt anything from the inputs."""
-    from sklearn.dummy import DummyClassifier
-
+    """Multi-label: the test metrics of predicting every example's labels from their training frequencies alone (what
+    scikit-learn's `DummyClassifier(strategy="prior")` predicts), with thresholds tuned on validation as the model's
+    are: the score a model must beat to have learnt anything from the inputs."""
     split, labels = experiment.splits[fitted.fold], experiment.data.labels
-    dummy = DummyClassifier(strategy="prior").fit(np.zeros((len(split.train), 1)), labels[split.train])
+    frequencies = labels[split.train].mean(0)
 
     def prior(n: int) -> np.ndarray:
-        return np.stack(
-            [
-                p[:, 1] if p.shape[1] == 2 else np.full(n, float(c[0]))
-                for p, c in zip(dummy.predict_proba(np.zeros((n, 1))), dummy.classes_)
-            ],
-            1,
-        )
+        return np.tile(frequencies, (n, 1))
 
     threshold = tune_thresholds(prior(len(split.val)), labels[split.val], fitted.training.headline_metric) if tuned else None
     return classification_metrics(labels[split.test], prior(len(split.test)), len(experiment.label_names), threshold)
