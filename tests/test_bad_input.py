@@ -33,6 +33,8 @@ def _write_inputs(d: Path) -> None:
     (d / "broken.yaml").write_text("strategies: [lora\n")
     (d / "list.yaml").write_text("- lora\n- full\n")
     (d / "unseen.csv").write_text("text,label\ngood film,pos\nso-so film,neutral\n")
+    spam = ["yes" if i == 7 else str(i % 3) for i in range(20)]  # row 8 is not 0/1, nor is a 2
+    (d / "wide.csv").write_text("text,toxic,spam\n" + "".join(f"word {i},{i % 2},{spam[i]}\n" for i in range(20)))
     other = d / "other-run"
     other.mkdir()
     (other / "config.yaml").write_text("backbone: minilm-l6\n")
@@ -54,6 +56,14 @@ CASES = {
     "single class": (COMPARE + ["--dataset", "{d}/oneclass.csv"], "single class"),
     "not UTF-8": (COMPARE + ["--dataset", "{d}/latin1.csv"], "not valid UTF-8"),
     "every text empty": (COMPARE + ["--dataset", "{d}/emptytext.csv"], "every 'text' is empty"),
+    "label columns that are not 0/1": (
+        COMPARE + ["--dataset", "{d}/wide.csv", "--label-columns", "toxic,spam"],
+        "row 3 has '2' in label column 'spam'",
+    ),
+    "a misspelt label column among several": (
+        COMPARE + ["--dataset", "{d}/wide.csv", "--label-columns", "toxic,spma"],
+        "did you mean 'spam'",
+    ),
     "class weights on multi-label data": (
         COMPARE + ["--dataset", "{d}/ok.csv", "--label-separator", ";", "--class-weights", "balanced"],
         "does not apply to multi-label data",

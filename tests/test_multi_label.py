@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE
 from transferlab.config import load_run_config
-from transferlab.data.sources import encode_label_sets, label_keys
+from transferlab.data.sources import encode_label_columns, encode_label_sets, label_keys
 from transferlab.data.splits import cross_validation_splits, stratified_split
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature, tune_thresholds
@@ -76,6 +76,62 @@ def test_label_sets_are_read_into_a_matrix():
     assert label_keys(matrix, names) == ["a;b", "", "a;c", "a"]
     # an empty CSV cell reads as missing: an example with none of the labels
     assert encode_label_sets(pd.Series(["a", None, "b"]), ";", "f.csv")[0].tolist() == [[1, 0], [0, 0], [0, 1]]
+
+
+def test_label_columns_are_read_into_a_matrix():
+    frame = pd.DataFrame({"text": ["x", "y", "z"], "toxic": [1, 0, 1], "insult": [True, False, False], "spam": [0.0, 1.0, 0.0]})
+    matrix, names = encode_label_columns(frame, ["toxic", "insult", "spam"], "f.csv")
+    assert names == ["toxic", "insult", "spam"]  # the user's column order, not sorted
+    assert matrix.tolist() == [[1, 1, 0], [0, 0, 1], [1, 0, 0]]
+    bad = frame.assign(spam=[0, 2, 0])
+    with pytest.raises(UserError, match="row 2 has '2' in label column 'spam'"):
+        encode_label_columns(bad, ["toxic", "spam"], "f.csv")
+    with pytest.raises(UserError, match="row 3 has no value in label column 'toxic'"):
+        encode_label_columns(frame.assign(toxic=[1, 0, None]), ["toxic", "spam"], "f.csv")
+    with pytest.raises(UserError, match="'yes' in label column 'toxic'"):
+        encode_label_columns(frame.assign(toxic=["yes", "no", "no"]), ["toxic", "spam"], "f.csv")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"label_columns": "negative", "label_separator": None}, "two or more columns"),
+        ({"label_columns": "negative,", "label_separator": None}, "two or more columns"),
+        ({"label_columns": "negative,positive", "label_separator": ";"}, "give one"),
+        ({"label_columns": "negative,positive", "label_separator": None, "oversample": True}, "--oversample"),
+    ],
+)
+def test_label_columns_options_are_checked(overrides, message, tiny_bert_dir, multi_label_csv):
+    with pytest.raises(UserError, match=message):
+        _config(tiny_bert_dir, multi_label_csv, ["head"], **overrides).validate()
+
+
+def test_one_column_per_label_trains_and_predicts_like_sets_of_labels(tmp_path, tiny_bert_dir, multi_label_csv):
+    """The same examples as 0/1 columns and as "a;b" cells give the same label matrix, split and scores; predict reads
+    true labels from the columns."""
+    from rich.console import Console
+
+    from transferlab.recipes.predict import predict_command
+
+    frame = pd.read_csv(multi_label_csv, keep_default_na=False)
+    wide = frame[["text"]].assign(**{name: frame["tags"].map(lambda cell, n=name: int(n in cell.split(";"))) for name in LABELS})
+    wide_csv = tmp_path / "wide.csv"
+    wide.to_csv(wide_csv, index=False)
+    runs = {}
+    for name, dataset, layout in (
+        ("sets", multi_label_csv, {}),
+        ("columns", wide_csv, {"label_separator": None, "label_columns": ",".join(LABELS)}),
+    ):
+        config = _config(tiny_bert_dir, dataset, ["head"], cv=1, val_fraction=0.2, **layout)
+        _, runs[name] = train(config, tmp_path / name, log=lambda _: None)
+    assert runs["columns"]["label_names"] == LABELS
+    assert runs["columns"]["strategies"]["head"]["metrics"]["micro_f1"]["mean"] == pytest.approx(
+        runs["sets"]["strategies"]["head"]["metrics"]["micro_f1"]["mean"]
+    )
+    out = tmp_path / "predictions.csv"
+    predict_command(tmp_path / "columns" / "model", None, None, wide_csv, "text", out, Console(), label_column=LABELS)
+    written = pd.read_csv(out, keep_default_na=False)
+    assert written["true_label"].tolist() == frame["tags"].map(lambda cell: ";".join(n for n in LABELS if n in cell.split(";"))).tolist()
 
 
 def test_metrics_match_the_counts_by_hand():

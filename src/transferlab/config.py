@@ -39,6 +39,12 @@ class RunConfig:
             "'news;sport' (sigmoid outputs, a threshold per label) [default: one class per example]"
         },
     )
+    label_columns: str | None = field(
+        default=None,
+        metadata={
+            "help": "multi-label data as one 0/1 column per label, comma-separated, e.g. 'toxic,obscene,insult' [default: --label-column]"
+        },
+    )
     test_dataset: str | None = field(
         default=None,
         metadata={"help": "your own test file (same columns): evaluated as given; training drops its inputs [default: a split]"},
@@ -115,6 +121,10 @@ class RunConfig:
         return family_for(self.backbone)
 
     @property
+    def labels(self) -> str | list[str]:
+        return label_source(self.label_column, self.label_columns)
+
+    @property
     def modality(self) -> str:
         """What the examples are (text or image): how data files are read."""
         return self.family.inputs
@@ -158,7 +168,7 @@ class RunConfig:
             raise UserError(f"calibration must be temperature or none, got '{self.calibration}'")
         if self.class_weights not in ("none", "balanced"):
             raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
-        if self.label_separator is not None:
+        if self.label_separator is not None or self.label_columns is not None:
             self._check_multi_label()
         known = self.family.augmentations
         unknown = set(self.augmentations()) - set(known)
@@ -178,6 +188,15 @@ class RunConfig:
         """What balances or blends classes assumes one class per example."""
         if self.label_separator == "":
             raise UserError("--label-separator must be at least one character")
+        if self.label_columns is not None:
+            if self.label_separator is not None:
+                raise UserError("--label-columns and --label-separator are two layouts of multi-label data: give one")
+            columns = self.labels
+            if len(columns) < 2 or "" in columns:
+                raise UserError(
+                    f"--label-columns '{self.label_columns}': name two or more columns, comma-separated; one 0/1 column is a "
+                    "binary label (--label-column)"
+                )
         for name, used in (
             ("--class-weights balanced", self.class_weights == "balanced"),
             ("--oversample", self.oversample),
@@ -185,7 +204,7 @@ class RunConfig:
             ("mixup", "mixup" in self.augmentations()),
         ):
             if used:
-                raise UserError(f"{name} balances or blends single classes; it does not apply to multi-label data (--label-separator)")
+                raise UserError(f"{name} balances or blends single classes; it does not apply to multi-label data")
 
     def strategy(self, name: str):
         return strategy_for(name, self.family, self.strategy_settings.get(name))
@@ -195,6 +214,11 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["strategy_settings"] = {name: dataclasses.asdict(self.strategy(name).config) for name in self.strategies}
         return out
+
+
+def label_source(label_column: str | None, label_columns: str | None) -> str | list[str] | None:
+    """Where a table's labels are: one column, or (from a comma-separated --label-columns) one 0/1 column per label."""
+    return label_column if label_columns is None else [c.strip() for c in label_columns.split(",")]
 
 
 def strategy_for(name: str, family: BackboneFamily, settings: dict[str, Any] | None = None):

@@ -30,10 +30,10 @@ TRAINING = (
 )
 IMBALANCE = ("class_weights", "oversample", "imbalance")
 IMAGES = ("augment", "image_size", "normalization", "skip_bad_images")
-COLUMNS = ("text_column", "image_column", "label_column", "label_separator")
+COLUMNS = ("text_column", "image_column", "label_column", "label_separator", "label_columns")
 RUN_FOLDER = ("config", "out_dir", "resume")
 FORGETTING = ("meter", "mitigations", "ewc_lambda", "l2sp_alpha", "replay_fraction", "task_b", "task_b_lr", "general_text", "objective")
-STUDY_FILES = ("test_dataset", "validation_dataset", "text_column", "label_column", "label_separator")
+STUDY_FILES = ("test_dataset", "validation_dataset", "text_column", "label_column", "label_separator", "label_columns")
 
 Options = dict[str, Any]
 TRIALS_SHOWN = 8  # auto's best trials printed; leaderboard.csv has them all

@@ -19,7 +19,7 @@ BACKEND_HELP = "torch, or onnxruntime: run a 'transferlab export' folder with on
 PREDICT_BACKEND_HELP = "auto (onnxruntime for a folder holding model.onnx, else torch), torch or onnxruntime"
 
 
-@config_options("backbone", "seed", "text_column", "image_column", "label_column", "label_separator")
+@config_options("backbone", "seed", "text_column", "image_column", "label_column", "label_separator", "label_columns")
 def recommend_command(
     dataset: Annotated[str, typer.Option(help="catalog name or a .csv/.jsonl/.parquet file")],
     n_train: Annotated[int | None, typer.Option(help="labelled examples you have: a stratified subset of this size [default: all]")] = None,
@@ -30,6 +30,7 @@ def recommend_command(
 ) -> None:
     """Recommend a strategy and its settings from data size, a measured domain gap, tasks and memory (rules of thumb, with reasons)."""
     from transferlab.catalog import DEFAULT_BACKBONE
+    from transferlab.config import label_source
     from transferlab.recipes.recommend import format_recommendation, recommend
 
     rec = recommend(
@@ -40,7 +41,7 @@ def recommend_command(
         memory_gb,
         options["seed"] or 0,
         options["text_column"] or "text",
-        options["label_column"] or "label",
+        label_source(options["label_column"] or "label", options["label_columns"]),
         progress_logger(),
         options["image_column"] or "path",
         options["label_separator"],
@@ -69,13 +70,19 @@ def predict(
     input_file: Annotated[Path | None, typer.Option("--input", help=".csv/.jsonl/.parquet/.txt file of texts")] = None,
     text_column: Annotated[str, typer.Option(help="text column of --input")] = "text",
     label_column: Annotated[str | None, typer.Option(help="true labels in --input: also report accuracy and macro-F1")] = None,
+    label_columns: Annotated[
+        str | None, typer.Option(help="true labels of a multi-label model in --input as one 0/1 column per label, comma-separated")
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="write predictions here (.csv or .jsonl)")] = None,
     backend: Annotated[str, typer.Option(help=PREDICT_BACKEND_HELP)] = "auto",
 ) -> None:
     """Print the label and class probabilities for each text or image."""
+    from transferlab.config import label_source
     from transferlab.recipes.predict import predict_command
 
-    predict_command(model, text, image, input_file, text_column, output, out, label_column, backend)
+    if label_column and label_columns:
+        raise UserError("give --label-column or --label-columns, not both")
+    predict_command(model, text, image, input_file, text_column, output, out, label_source(label_column, label_columns), backend)
 
 
 def serve(

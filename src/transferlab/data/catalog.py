@@ -116,14 +116,15 @@ DATASETS: dict[str, NamedDataset] = {
 def load_dataset(
     spec: str,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | list[str] = "label",
     modality: str = "text",
     image_column: str = "path",
     skip_bad_images: bool = False,
     label_separator: str | None = None,
 ) -> LabeledData:
     """A catalog name, the user's table (texts, or image paths for an image backbone), or a folder of class folders.
-    With `label_separator` a table's label cells hold sets of labels (multi-label data)."""
+    With `label_separator` a table's label cells hold sets of labels, and with a list of label columns each is one
+    label's 0/1 (multi-label data)."""
     if spec in DATASETS:
         named = DATASETS[spec]
         if named.modality != modality:
@@ -133,7 +134,7 @@ def load_dataset(
     if path.is_dir():
         if modality != "image":
             raise UserError(f"{path} is a folder: folders of class sub-folders are image datasets, for an image backbone")
-        if label_separator is not None:
+        if label_separator is not None or not isinstance(label_column, str):
             raise UserError(f"{path}: a folder of class folders holds one label per image; multi-label images need a table")
         return images.image_folder(path, skip_bad_images)
     if path.suffix or path.exists():

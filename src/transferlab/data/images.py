@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from transferlab.catalog import ResolvedAsset, package_file
-from transferlab.data.sources import LabeledData, encode_label_sets, encode_labels, read_table, require_columns
+from transferlab.data.sources import LabeledData, encode_label_column, label_columns_of, read_table, require_columns
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.hashing import sha256_of
 
@@ -90,11 +90,16 @@ def _checked(paths: list[Path], skip_bad: bool) -> list[bool]:
 
 
 def _from_paths(
-    paths: list[Path], raw_labels: pd.Series, where: str, skip_bad: bool, asset: ResolvedAsset, label_separator: str | None = None
+    paths: list[Path],
+    table: pd.DataFrame,
+    label_column: str | list[str],
+    where: str,
+    skip_bad: bool,
+    asset: ResolvedAsset,
+    label_separator: str | None = None,
 ) -> LabeledData:
     keep = np.array(_checked(paths, skip_bad), dtype=bool)
-    raw = raw_labels[keep].reset_index(drop=True)
-    labels, names = encode_labels(raw, where) if label_separator is None else encode_label_sets(raw, label_separator, where)
+    labels, names = encode_label_column(table[keep].reset_index(drop=True), label_column, label_separator, where)
     if len(names) < 2:
         raise UserError(f"{where}: a single class ({names[0] if names else 'none'}); at least 2 are needed")
     return LabeledData([str(p) for p, k in zip(paths, keep) if k], labels, names, asset, "image")
@@ -106,18 +111,18 @@ def image_folder(root: Path, skip_bad: bool = False) -> LabeledData:
     paths = [f for c in classes for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise UserError(f"{root}: no images in class sub-folders (expected {root}/<class>/<image>.png)")
-    labels = pd.Series([p.relative_to(root).parts[0] for p in paths])
+    labels = pd.DataFrame({"label": [p.relative_to(root).parts[0] for p in paths]})
     digest = hashlib.sha256("".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in paths).encode()).hexdigest()
-    return _from_paths(paths, labels, str(root), skip_bad, ResolvedAsset(root.name, str(root.resolve()), {"listing": digest}))
+    return _from_paths(paths, labels, "label", str(root), skip_bad, ResolvedAsset(root.name, str(root.resolve()), {"listing": digest}))
 
 
 def image_table(
-    path: Path, image_column: str, label_column: str, skip_bad: bool = False, label_separator: str | None = None
+    path: Path, image_column: str, label_column: str | list[str], skip_bad: bool = False, label_separator: str | None = None
 ) -> LabeledData:
     """A CSV (or other table) of image paths, relative to the table's folder, and labels (sets of labels with
-    `label_separator`)."""
+    `label_separator`, one 0/1 column per label with a list of label columns)."""
     frame = read_table(path)
-    require_columns(frame, [image_column, label_column], str(path))
+    require_columns(frame, [image_column, *label_columns_of(label_column)], str(path))
     paths = []
     for row, value in enumerate(frame[image_column], start=1):
         if not isinstance(value, str) or not value.strip():
@@ -127,4 +132,4 @@ def image_table(
             raise UserError(f"{path}: row {row}: no image file {image}")
         paths.append(image)
     asset = ResolvedAsset(path.name, str(path.resolve()), {path.name: sha256_of(path)})
-    return _from_paths(paths, frame[label_column], str(path), skip_bad, asset, label_separator)
+    return _from_paths(paths, frame, label_column, str(path), skip_bad, asset, label_separator)

@@ -107,6 +107,40 @@ def encode_label_sets(raw: pd.Series, separator: str, where: str) -> tuple[np.nd
     return matrix, names
 
 
+def encode_label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+    """Several 0/1 columns, one per label (the layout of Jigsaw's toxicity data) -> (examples x labels 0/1 matrix, the
+    column names as label names). Booleans and 0/1 numbers are read; anything else is named with its row."""
+    if len(set(columns)) != len(columns):
+        raise UserError(f"{where}: --label-columns names a column twice")
+    for column in columns:
+        values = frame[column]
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise UserError(f"{where}: row {row + 1} has no value in label column '{column}'")
+        numeric = pd.to_numeric(values.astype(object).map(lambda v: int(v) if isinstance(v, (bool, np.bool_)) else v), errors="coerce")
+        bad = ~numeric.isin([0, 1]).to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{where}: row {row + 1} has '{values.iloc[row]}' in label column '{column}'; label columns hold 0 or 1")
+    return frame[columns].astype(object).map(int).to_numpy(dtype=np.int64), list(map(str, columns))
+
+
+def encode_label_column(
+    frame: pd.DataFrame, label_column: str | list[str], label_separator: str | None, where: str
+) -> tuple[np.ndarray, list[str]]:
+    """The labels of a table, as one of three layouts: a class per row, a set of labels per row split at
+    `label_separator`, or (with a list of columns) one 0/1 column per label."""
+    if not isinstance(label_column, str):
+        return encode_label_columns(frame, list(label_column), where)
+    if label_separator is None:
+        return encode_labels(frame[label_column], where)
+    return encode_label_sets(frame[label_column], label_separator, where)
+
+
+def label_columns_of(label_column: str | list[str]) -> list[str]:
+    return [label_column] if isinstance(label_column, str) else list(label_column)
+
+
 def require_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
     """A missing column is named, with the closest existing one when it looks misspelt."""
     for column in columns:
@@ -117,21 +151,23 @@ def require_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None
 
 
 def from_frame(
-    frame: pd.DataFrame, text_column: str, label_column: str, where: str, asset: ResolvedAsset | None, label_separator: str | None = None
+    frame: pd.DataFrame,
+    text_column: str,
+    label_column: str | list[str],
+    where: str,
+    asset: ResolvedAsset | None,
+    label_separator: str | None = None,
 ) -> LabeledData:
     """Validate the columns and values of a table and turn it into LabeledData; with `label_separator`, each label
-    cell holds a set of labels (multi-label data)."""
+    cell holds a set of labels, and with a list of label columns each is one label's 0/1 (multi-label data)."""
     if frame.empty:
         raise UserError(f"{where}: no rows")
-    require_columns(frame, [text_column, label_column], where)
+    require_columns(frame, [text_column, *label_columns_of(label_column)], where)
     texts = frame[text_column]
     empty = (texts.isna() | (texts.astype(str).str.strip() == "")).to_numpy()
     if empty.all():
         raise UserError(f"{where}: every '{text_column}' is empty")
-    if label_separator is None:
-        labels, names = encode_labels(frame[label_column][~empty], where)
-    else:
-        labels, names = encode_label_sets(frame[label_column][~empty], label_separator, where)
+    labels, names = encode_label_column(frame[~empty].reset_index(drop=True), label_column, label_separator, where)
     if len(names) < 2:
         raise UserError(f"{where}: column '{label_column}' has a single class ({names[0]}); at least 2 are needed")
     rows = np.arange(1, len(frame) + 1)
@@ -191,7 +227,9 @@ def read_table(path: Path) -> pd.DataFrame:
     raise UserError(f"{path}: unsupported file type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
 
 
-def load_user_file(path: Path, text_column: str = "text", label_column: str = "label", label_separator: str | None = None) -> LabeledData:
+def load_user_file(
+    path: Path, text_column: str = "text", label_column: str | list[str] = "label", label_separator: str | None = None
+) -> LabeledData:
     path = Path(path).expanduser()
     frame = read_table(path)
     asset = ResolvedAsset(path.name, str(path.resolve()), {path.name: sha256_of(path)})

@@ -58,7 +58,7 @@ def load_run_data(config: RunConfig) -> RunData:
         return load_dataset(
             spec,
             config.text_column,
-            config.label_column,
+            config.labels,
             config.modality,
             config.image_column,
             config.skip_bad_images,

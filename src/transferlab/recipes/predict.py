@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferlab.data.images import IMAGE_SUFFIXES
-from transferlab.data.sources import label_keys, read_table, require_columns
+from transferlab.data.sources import encode_label_columns, label_columns_of, label_keys, read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
 from transferlab.runio import atomic_write_text
@@ -69,10 +69,11 @@ def image_files(paths: Sequence[Path]) -> list[str]:
 
 
 def read_texts(
-    path: Path, text_column: str, label_column: str | None = None, label_sets: bool = False
+    path: Path, text_column: str, label_column: str | list[str] | None = None, label_sets: bool = False, separator: str = ";"
 ) -> tuple[list[str], list[str] | None]:
     """One text per line of a .txt file, or a column of a table; and its true labels when they are given (with
-    `label_sets`, multi-label cells, where an empty one is an example with none of the labels)."""
+    `label_sets`, multi-label cells, where an empty one is an example with none of the labels; with a list of label
+    columns, one 0/1 column per label, read as sets joined by `separator`)."""
     if path.suffix.lower() == ".txt":
         if label_column:
             raise UserError(f"{path}: a .txt file has no label column; give a .csv/.jsonl/.parquet table for --label-column")
@@ -86,14 +87,15 @@ def read_texts(
             raise UserError(f"{path}: no texts")
         return lines, None
     frame = read_table(path)
-    columns = [c for c in (text_column, label_column) if c]
-    require_columns(frame, columns, str(path))
-    if label_sets and label_column:
-        frame[label_column] = frame[label_column].fillna("")
-    for column in columns:
+    require_columns(frame, [text_column, *(label_columns_of(label_column) if label_column else [])], str(path))
+    for column in [text_column] if label_sets or not isinstance(label_column, str) else [text_column, label_column]:
         if frame[column].isna().any():
             raise UserError(f"{path}: row {int(np.flatnonzero(frame[column].isna().to_numpy())[0]) + 1} has an empty '{column}'")
-    labels = frame[label_column].astype(str).tolist() if label_column else None
+    labels = None
+    if label_column and not isinstance(label_column, str):
+        labels = label_keys(*encode_label_columns(frame, list(label_column), str(path)), separator)
+    elif label_column:
+        labels = frame[label_column].fillna("").astype(str).tolist()
     return frame[text_column].astype(str).tolist(), labels
 
 
@@ -142,7 +144,7 @@ def predict_command(
     text_column: str,
     output: Path | None,
     console: Console,
-    label_column: str | None = None,
+    label_column: str | list[str] | None = None,
     backend: str = "auto",
 ) -> None:
     if sum(map(bool, (texts, images, input_file))) != 1:
@@ -155,14 +157,16 @@ def predict_command(
             f"{model_dir} classifies {loaded.modality}s: give {'--image' if loaded.modality == 'image' else '--text or --input'}"
         )
     if label_column and not input_file:
-        raise UserError("--label-column applies to an --input table")
+        raise UserError("--label-column and --label-columns apply to an --input table")
+    if label_column and not isinstance(label_column, str) and not loaded.multi_label:
+        raise UserError(f"--label-columns: {model_dir} predicts one class per example; give its true labels with --label-column")
     # multi-label: sets of labels are written (and true labels read) with the separator the model was trained with
     separator = (loaded.manifest.get("label_separator") or ";") if loaded.multi_label else None
     truth = None
     if images or texts:
         inputs = image_files(images) if images else list(texts)
     else:
-        inputs, labels = read_texts(Path(input_file), text_column, label_column, separator is not None)
+        inputs, labels = read_texts(Path(input_file), text_column, label_column, separator is not None, separator or ";")
         truth = None if labels is None else label_ids(labels, loaded.label_names, Path(input_file), separator)
     probs = loaded.predict_proba(inputs)
     frame = predictions_frame(inputs, probs, loaded.label_names, loaded.modality, loaded.threshold, separator)
