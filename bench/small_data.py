@@ -27,6 +27,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -120,7 +121,22 @@ def summarize(rows: list[dict]) -> str:
                 f"| {dataset} | {k} | {system} | {_mean_std(f1)} | {_mean_std([r['accuracy'] for r in runs])} | "
                 f"{statistics.mean(r['seconds'] for r in runs):.1f} | {gap} |"
             )
+    for (dataset, k, seed), group in _by_run(rows).items():
+        shared: dict[str, list[str]] = {}
+        for r in group:
+            if "predictions_sha256" in r:
+                shared.setdefault(r["predictions_sha256"], []).append(r["system"])
+        lines += [
+            f"identical predictions on {dataset} k={k} seed={seed}: {', '.join(names)}" for names in shared.values() if len(names) > 1
+        ]
     return "\n".join(lines)
+
+
+def _by_run(rows: list[dict]) -> dict[tuple, list[dict]]:
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["dataset"], r["per_class"], r["seed"]), []).append(r)
+    return runs
 
 
 def _mean_std(values: list[float]) -> str:
@@ -162,8 +178,11 @@ def main() -> None:
                         predicted = run_setfit_library(train_texts, labels[train], test_texts, seed)
                     else:
                         predicted = run_transferlab(system, train_texts, labels[train], test_texts, seed, min_steps)
+                    predicted = np.asarray(predicted)
                     row = {"dataset": dataset, "per_class": k, "seed": seed, "system": name, "seconds": time.perf_counter() - started,
-                           **score(labels[test], np.asarray(predicted)), "n_test": len(test)}  # fmt: skip
+                           **score(labels[test], predicted), "n_test": len(test),
+                           # two systems that did not train return the same predictions: the digest shows it
+                           "predictions_sha256": hashlib.sha256(predicted.astype(np.int64).tobytes()).hexdigest()[:16]}  # fmt: skip
                     rows.append(row)
                     with args.out.open("a") as handle:
                         handle.write(json.dumps(row) + "\n")

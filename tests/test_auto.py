@@ -215,3 +215,30 @@ def test_an_image_search_leaves_out_what_does_not_apply_and_exports_the_winner(t
     assert record["search"]["strategies"] == ["head", "full"]
     assert any(line.startswith("auto leaves out prompt:") for line in lines)
     assert load_model(tmp_path / "out" / "model").label_names == ["left", "right"]
+
+
+def test_trials_in_flight_side_by_side_count_against_the_limit_and_the_budget(tmp_path, tiny_bert_dir):
+    """The search as Ray workers see it: two trials handed out before either ends; --max-trials counts those in
+    flight; past the deadline a trial is stopped at its next evaluation, except at its last planned one."""
+    import time
+
+    from transferlab.recipes.auto import Search, planned_evaluations
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), strategies=["head", "lora", "full"], training={"epochs": 2})
+    lines: list[str] = []
+    search = Search(tmp_path, config, ["head", "lora", "full"], 3600, 3, time.time(), lines.append)
+    first, second = search.next_trial(), search.next_trial()
+    assert (first[1], second[1]) == ("head", "lora")  # the first looks, in order, to two workers at once
+    search.complete(first[0], 0.7, 1.0, None)
+    third = search.next_trial()
+    assert third[1] == "full"
+    assert search.next_trial() is None  # 1 finished + 2 in flight = 3
+    last = planned_evaluations(config)
+    search.deadline = time.time() - 1  # the budget is spent
+    assert search.report(second[0], 1, 0.6) == "budget"
+    assert search.report(third[0], last, 0.8) is None  # trained to its end: stopping now would save nothing
+    search.complete(second[0], 0.6, 2.0, "budget")
+    search.fail(third[0], "ValueError: bad", 3.0)
+    states = [t.state.name for t in search.study.trials]
+    assert states == ["COMPLETE", "PRUNED", "FAIL"]
+    assert lines[0].startswith("trial 0: head") and "stopped (budget)" in lines[1] and lines[2].endswith("ValueError: bad")

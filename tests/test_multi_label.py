@@ -317,7 +317,10 @@ def test_serve_answers_with_a_set_of_labels(tmp_path, tiny_bert_dir, multi_label
     from transferlab.serve.app import create_app
     from transferlab.serve.tasks import MultiTaskModel
 
-    config = _config(tiny_bert_dir, multi_label_csv, ["lora"], cv=1, val_fraction=0.2)
+    piped = tmp_path / "piped.csv"  # another separator: the answer joins labels with the one the data used
+    frame = pd.read_csv(multi_label_csv, keep_default_na=False)
+    frame.assign(tags=frame["tags"].str.replace(";", " | ")).to_csv(piped, index=False)
+    config = _config(tiny_bert_dir, piped, ["lora"], cv=1, val_fraction=0.2, label_separator="|")
     train(config, tmp_path / "run", keep_adapter=True, log=lambda _: None)
     folder = tmp_path / "run" / "model"
     texts = ["the film was great", "a dull story"]
@@ -328,7 +331,7 @@ def test_serve_answers_with_a_set_of_labels(tmp_path, tiny_bert_dir, multi_label
     for row, prediction in zip(expected, answer["predictions"]):
         assert [prediction["probabilities"][name] for name in LABELS] == pytest.approx(row.tolist(), abs=1e-5)
         assert prediction["labels"] == [name for name, p, cut in zip(LABELS, row, cuts) if p >= cut]
-        assert prediction["label"] == ";".join(prediction["labels"])
+        assert prediction["label"] == "|".join(prediction["labels"])
 
 
 def test_auto_searches_multi_label_data_on_its_headline_metric(tmp_path, tiny_bert_dir, multi_label_csv):

@@ -22,9 +22,9 @@ from transferlab.errors import UserError
 # What a model offers beyond the contract's core, named in `TransferModel.capabilities` and required
 # by strategies (`Strategy.requires`) instead of family names:
 CAPABILITIES = {
-    "tokens": "inputs are token sequences (virtual tokens, sentence pairs)",
-    "transformer_blocks": "a stack of equal-width blocks (`layer_stack`, `add_adapters`)",
-    "layer_features": "every layer's pooled state has the head's width (`set_feature_layers` beyond last)",
+    "tokens": "reads token sequences (virtual tokens, sentence pairs)",
+    "transformer_blocks": "is a stack of equal-width blocks (`layer_stack`, `add_adapters`)",
+    "layer_features": "pools every layer at the head's width (`set_feature_layers` beyond last)",
 }
 
 

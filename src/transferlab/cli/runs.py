@@ -36,6 +36,8 @@ FORGETTING = ("meter", "mitigations", "ewc_lambda", "l2sp_alpha", "replay_fracti
 STUDY_FILES = ("test_dataset", "validation_dataset", "text_column", "label_column", "label_separator", "label_columns")
 
 Options = dict[str, Any]
+RayAddress = Annotated[str | None, typer.Option(help="a Ray cluster to join (e.g. auto) [default: start Ray on this machine]")]
+RayCpus = Annotated[int | None, typer.Option(help="CPUs for a local Ray, one run on each [default: all]")]
 TRIALS_SHOWN = 8  # auto's best trials printed; leaderboard.csv has them all
 
 
@@ -47,8 +49,8 @@ def compare(
     executor: Annotated[
         str, typer.Option(help="sequential, or ray: the independent strategy x fold x seed runs as Ray tasks, same results.json")
     ] = "sequential",
-    ray_address: Annotated[str | None, typer.Option(help="a Ray cluster to join (e.g. auto) [default: start Ray on this machine]")] = None,
-    ray_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray, one run on each [default: all]")] = None,
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = None,
     recommend: Annotated[
         bool,
         typer.Option(
@@ -187,10 +189,16 @@ def auto(
         str | None,
         typer.Option(help="also export the winner as these, comma-separated, into DIR/<format>: onnx, onnx-int8, sentence-transformers"),
     ] = None,
+    executor: Annotated[
+        str, typer.Option(help="sequential, or ray: trials train side by side on Ray workers (one per CPU), the same search")
+    ] = "sequential",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = None,
 ) -> None:
     """Search strategies x learning rate (x rank) within a time budget, choosing on validation; test and export the winner."""
     from transferlab.recipes.auto import auto as run_auto
     from transferlab.recipes.auto import parse_budget
+    from transferlab.recipes.executors import make_executor
     from transferlab.report.table import print_results
     from transferlab.results import describe_settings, ranked_trials
     from transferlab.strategies import parse_strategy_list
@@ -204,8 +212,16 @@ def auto(
     with training_progress() as progress:
         progress("auto")
         formats = [fmt.strip() for fmt in (export_format or "").split(",") if fmt.strip()]
+        runner = make_executor(executor, progress, ray_address, ray_cpus)
         results = run_auto(
-            run_config, target, seconds, log=progress_logger(), resume=options["resume"], max_trials=max_trials, formats=formats
+            run_config,
+            target,
+            seconds,
+            log=progress_logger(),
+            resume=options["resume"],
+            max_trials=max_trials,
+            formats=formats,
+            executor=runner,
         )
     search = results["search"]
     out.print(f"search: {len(search['trials'])} trials in {search['seconds'] / 60:.1f} min; validation {search['metric']}, best first:")

@@ -9,12 +9,14 @@ Each trained trial reports its best validation metric so far at every evaluation
 stops those that fall behind, and at the budget the trial in flight stops at its next evaluation. Trials all train
 with the run's seed, so they differ by their settings only. The test set is read once, by the winner (and by its
 reruns with other seeds when --seeds asks for them). The search is an Optuna journal in the run folder: an
-interrupted auto carries on where it stopped, and runs the trial it was in again.
+interrupted auto carries on where it stopped, and runs the trial it was in again. With `--executor ray` the same
+search hands trials to Ray workers that train side by side (recipes/executors.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -28,6 +30,7 @@ from transferlab.config import DEFAULT_STRATEGIES, RunConfig
 from transferlab.errors import TrainingDiverged, UserError
 from transferlab.evaluation.calibration import probabilities, validation_metrics
 from transferlab.evaluation.stats import compare_to_best
+from transferlab.recipes.executors import RayExecutor, Sequential
 from transferlab.recipes.experiment import (
     Experiment,
     FittedRun,
@@ -115,11 +118,13 @@ def auto(
     resume: bool | None = None,
     max_trials: int | None = None,
     formats: Sequence[str] = (),
+    executor: Sequential | RayExecutor | None = None,
 ) -> dict[str, Any]:
-    """Search, test the winner once, export it (DIR/model, and DIR/<format> for each of `formats`)."""
+    """Search, test the winner once, export it (DIR/model, and DIR/<format> for each of `formats`). `executor` says where
+    the trials train: one after another in this process (the default), or side by side on Ray workers."""
     from transferlab.recipes.recommend import recommend_for_run
 
-    clock = time.monotonic()
+    since = time.time()  # wall-clock, so that workers on other machines keep the same deadline
     config.cv = 1  # one model to export, chosen on a validation split and tested on a hold-out split
     check_export_formats(formats, None, config)
     recommendation = recommend_for_run(config, log)
@@ -139,18 +144,15 @@ def auto(
             f"(at least {MIN_VALIDATION}): give more data, or a --test-dataset and --validation-dataset, or compare with --cv"
         )
     folder = open_run_folder(out_dir, config, resume, log)
-    space = SearchSpace(_search_order(experiment, recommendation["strategy"], formats, log), config)
-    study, spent_before = _open_study(out_dir, config, space)
-    deadline = clock + budget_seconds - spent_before
-    search = _Search(experiment, space, study, deadline, log)
-    while not search.done(max_trials):
-        search.run_trial()
-        study.set_user_attr("seconds", spent_before + time.monotonic() - clock)
+    strategies = _search_order(experiment, recommendation["strategy"], formats, log)
+    open_search = functools.partial(Search, out_dir, config, strategies, budget_seconds, max_trials, since)
+    kept = (executor or Sequential()).search(experiment, open_search, search_trials, log)
+    study = _load_study(out_dir)
     winner = study.best_trial
     name, settings = winner.params["strategy"], winner.user_attrs["settings"]
     log(f"winner: {name}{_describe(settings)}, validation {config.training.metric} {winner.value:.4f}; testing it")
     final = dataclasses.replace(experiment, config=_with_settings(config, name, settings))
-    first, results = _test_winner(final, folder, search.best if search.best_number == winner.number else None)
+    first, results = _test_winner(final, folder, kept.fitted if kept is not None and kept.number == winner.number else None)
     record = run_record(final, "auto")
     record["strategies"][name] = summarize_runs(results)
     record["comparison"] = compare_to_best(record["strategies"], config.training.metric)
@@ -159,7 +161,7 @@ def auto(
         "seconds": study.user_attrs["seconds"],
         "metric": config.training.metric,
         "validation_examples": len(experiment.split.val),
-        "strategies": space.strategies,
+        "strategies": strategies,
         "winner": {"trial": winner.number, "strategy": name, "settings": settings, "validation": winner.value},
         "trials": leaderboard(study),
     }
@@ -210,17 +212,15 @@ def _left_out_because(strategy: Strategy, model: Any, formats: Sequence[str]) ->
 def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[optuna.Study, float]:
     """The run folder's search journal, and the seconds the search spent before this call. A trial that an
     interruption left running is recorded as failed and queued again."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(out_dir / SEARCH_JOURNAL)))
+    storage = _journal(out_dir)
     per_epoch, evaluations = config.training.evals_per_epoch, planned_evaluations(config)
     study = optuna.create_study(
         storage=storage,
         study_name=STUDY,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=config.training.seed),
+        # with trials in flight side by side, TPE counts each as scoring the worst so far, so it does not propose it again
+        sampler=optuna.samplers.TPESampler(seed=config.training.seed, constant_liar=True),
         # No trial is judged before a full epoch: after half of one, a strategy that starts from a fitted head (LP-FT)
         # is far ahead of one whose head is still random, whatever either reaches in the end.
         pruner=optuna.pruners.HyperbandPruner(min_resource=min(per_epoch, evaluations), max_resource=evaluations, reduction_factor=3),
@@ -236,88 +236,141 @@ def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[o
     return study, float(study.user_attrs.get("seconds", 0.0))
 
 
+def _journal(out_dir: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out_dir / SEARCH_JOURNAL)))
+
+
+def _load_study(out_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=_journal(out_dir))
+
+
 def planned_evaluations(config: RunConfig) -> int:
     """How many times a trial that runs to its end is evaluated on validation (besides a last one at its end)."""
     return max(1, round(config.training.epochs * config.training.evals_per_epoch))
 
 
-class _Search:
-    """The trial loop: runs each trial Optuna asks for, keeps the best fitted model in memory for the final test."""
+class Search:
+    """The study's side of the search: which trial comes next, whether a trial in flight goes on, what each scored.
 
-    def __init__(self, experiment: Experiment, space: SearchSpace, study: optuna.Study, deadline: float, log: Log):
-        self.experiment, self.space, self.study, self.deadline, self.log = experiment, space, study, deadline, log
-        self.metric = experiment.config.training.metric
-        self.val_labels = experiment.data.labels[experiment.split.val]
-        self.best: FittedRun | None = None
-        self.best_number: int | None = None
-        self.evaluations = planned_evaluations(experiment.config)
+    Trials are trained by `search_trials`, in this process or on Ray workers that reach one Search through a Ray actor
+    (recipes/executors.py); either way every decision is made here, on the one journal, with the same rules."""
 
-    def done(self, max_trials: int | None) -> bool:
-        """At the budget or at --max-trials, once one trial is complete (the head, usually, within seconds)."""
+    def __init__(
+        self, out_dir: Path, config: RunConfig, strategies: list[str], budget_seconds: float, max_trials: int | None, since: float, log: Log
+    ):
+        self.space = SearchSpace(strategies, config)
+        self.study, spent_before = _open_study(out_dir, config, self.space)
+        self.since = since - spent_before  # the search's clock runs on across interruptions
+        self.deadline = self.since + budget_seconds
+        self.max_trials, self.log = max_trials, log
+        self.metric = config.training.metric
+        self.evaluations = planned_evaluations(config)
+        self.in_flight: dict[int, optuna.Trial] = {}
+        self.spent = False
+
+    def next_trial(self) -> tuple[int, str, dict[str, Any]] | None:
+        """The next trial's number, strategy and settings; None at the budget or at --max-trials, once a trial is
+        complete (the head, usually, within seconds)."""
         finished = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("reason") != INTERRUPTED]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete and len(finished) >= GIVE_UP_AFTER:
             first = finished[0].user_attrs.get("reason", "no reason recorded")
             raise UserError(f"auto: the first {len(finished)} trials all failed (the first: {first}); leaderboard in {SEARCH_JOURNAL}")
-        if not complete:
-            return False
-        if max_trials is not None and len(finished) >= max_trials:
-            return True
-        if time.monotonic() >= self.deadline:
-            self.log(f"budget spent: {len(finished)} trial(s), {len(complete)} complete")
-            return True
-        return False
-
-    def run_trial(self) -> None:
+        if complete and self.max_trials is not None and len(finished) + len(self.in_flight) >= self.max_trials:
+            return None
+        if complete and time.time() >= self.deadline:
+            if not self.in_flight and not self.spent:
+                self.spent = True
+                self.log(f"budget spent: {len(finished)} trial(s), {len(complete)} complete")
+            return None
         trial = self.study.ask()
         name, settings = self.space.suggest(trial)
         trial.set_user_attr("settings", settings)
-        config = _with_settings(self.experiment.config, name, settings)
-        stopped: list[str] = []
-        best_so_far, step = -math.inf, 0
+        self.in_flight[trial.number] = trial
+        return trial.number, name, settings
 
-        def on_evaluate(metrics: dict[str, float]) -> bool:
-            nonlocal best_so_far, step
-            best_so_far, step = max(best_so_far, metrics.get(f"eval_{self.metric}", -math.inf)), step + 1
-            trial.report(best_so_far, step)
-            if step >= self.evaluations:  # trained to its end: stopping it now would save nothing
-                return False
-            if trial.should_prune():
-                stopped.append("pruned")
-            elif time.monotonic() >= self.deadline:
-                stopped.append("budget")
-            return bool(stopped)
+    def report(self, number: int, step: int, best_so_far: float) -> str | None:
+        """Why the trial should stop at this evaluation (pruned, or the budget), or None to go on."""
+        trial = self.in_flight[number]
+        trial.report(best_so_far, step)
+        if step >= self.evaluations:  # trained to its end: stopping it now would save nothing
+            return None
+        if trial.should_prune():
+            return "pruned"
+        return "budget" if time.time() >= self.deadline else None
 
-        started = time.perf_counter()
-        try:
-            fitted = fit_strategy(dataclasses.replace(self.experiment, config=config), name, on_evaluate=on_evaluate)
-        except TrainingDiverged as err:
-            return self._fail(trial, name, settings, f"diverged: {err}", started)
-        except Exception as err:  # one bad setting must not end the search; the reason goes to the leaderboard
-            return self._fail(trial, name, settings, f"{type(err).__name__}: {str(err).strip()[:200]}", started)
-        if fitted.model is None:
-            return self._fail(trial, name, settings, f"skipped: {fitted.skipped}", started)
-        probs = probabilities(validation_logits(fitted), multi_label=self.experiment.data.multi_label)
-        value = float(validation_metrics(self.val_labels, probs, len(self.experiment.label_names), self.metric)[self.metric])
-        seconds = time.perf_counter() - started
+    def complete(self, number: int, value: float, seconds: float, stopped: str | None) -> None:
+        trial = self.in_flight.pop(number)
         trial.set_user_attr("validation", value)
-        trial.set_user_attr("seconds", seconds)
         how = f"validation {self.metric} {value:.4f} in {seconds:.0f}s"
         if stopped:
-            trial.set_user_attr("stopped", stopped[0])
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            self.log(f"trial {trial.number}: {name}{_describe(settings)}: {how}, stopped ({stopped[0]})")
-            return
-        self.study.tell(trial, value)
-        self.log(f"trial {trial.number}: {name}{_describe(settings)}: {how}")
-        if self.best_number is None or value > self.study.trials[self.best_number].value:
-            self.best, self.best_number = fitted, trial.number
+            trial.set_user_attr("stopped", stopped)
+            self._tell(trial, seconds, f"{how}, stopped ({stopped})", state=optuna.trial.TrialState.PRUNED)
+        else:
+            self._tell(trial, seconds, how, value)
 
-    def _fail(self, trial: optuna.Trial, name: str, settings: dict[str, Any], reason: str, started: float) -> None:
+    def fail(self, number: int, reason: str, seconds: float) -> None:
+        trial = self.in_flight.pop(number)
         trial.set_user_attr("reason", reason)
-        trial.set_user_attr("seconds", time.perf_counter() - started)
-        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        self.log(f"trial {trial.number}: {name}{_describe(settings)}: {reason}")
+        self._tell(trial, seconds, reason, state=optuna.trial.TrialState.FAIL)
+
+    def _tell(self, trial: optuna.Trial, seconds: float, how: str, value: float | None = None, state: Any = None) -> None:
+        trial.set_user_attr("seconds", seconds)
+        self.study.tell(trial, value, state=state)
+        self.study.set_user_attr("seconds", time.time() - self.since)
+        self.log(f"trial {trial.number}: {trial.params['strategy']}{_describe(trial.user_attrs['settings'])}: {how}")
+
+
+@dataclasses.dataclass
+class KeptModel:
+    """The best model one worker fitted, kept in memory so that the winner need not be trained again."""
+
+    number: int
+    value: float
+    fitted: FittedRun
+
+
+def search_trials(experiment: Experiment, search: Search, keep: bool = True) -> KeptModel | None:
+    """One worker: train the trials `search` hands out until it has none left; with `keep`, return the best
+    complete one's model (the fitted model stays here; Ray workers drop theirs, and the winner is fitted again)."""
+    kept = None
+    while (task := search.next_trial()) is not None:
+        done = _run_trial(experiment, search, *task)
+        if keep and done is not None and (kept is None or done.value > kept.value):
+            kept = done
+    return kept
+
+
+def _run_trial(experiment: Experiment, search: Search, number: int, name: str, settings: dict[str, Any]) -> KeptModel | None:
+    """Train one trial, reporting each evaluation to the search, which may stop it; tell the search how it ended.
+    Returns the model when the trial ran to its end."""
+    config = _with_settings(experiment.config, name, settings)
+    stopped: list[str] = []
+    best_so_far, step = -math.inf, 0
+
+    def on_evaluate(metrics: dict[str, float]) -> bool:
+        nonlocal best_so_far, step
+        best_so_far, step = max(best_so_far, metrics.get(f"eval_{config.training.metric}", -math.inf)), step + 1
+        if reason := search.report(number, step, best_so_far):
+            stopped.append(reason)
+        return bool(stopped)
+
+    started = time.perf_counter()
+    try:
+        fitted = fit_strategy(dataclasses.replace(experiment, config=config), name, on_evaluate=on_evaluate)
+    except TrainingDiverged as err:
+        return search.fail(number, f"diverged: {err}", time.perf_counter() - started)
+    except Exception as err:  # one bad setting must not end the search; the reason goes to the leaderboard
+        return search.fail(number, f"{type(err).__name__}: {str(err).strip()[:200]}", time.perf_counter() - started)
+    if fitted.model is None:
+        return search.fail(number, f"skipped: {fitted.skipped}", time.perf_counter() - started)
+    probs = probabilities(validation_logits(fitted), multi_label=experiment.data.multi_label)
+    labels = experiment.data.labels[experiment.split.val]
+    value = float(validation_metrics(labels, probs, len(experiment.label_names), config.training.metric)[config.training.metric])
+    search.complete(number, value, time.perf_counter() - started, stopped[0] if stopped else None)
+    return None if stopped else KeptModel(number, value, fitted)
 
 
 def _with_settings(config: RunConfig, name: str, settings: dict[str, Any]) -> RunConfig:

@@ -25,6 +25,7 @@ class ServedTask(Protocol):
     strategy: str
     threshold: float | list[float] | None  # binary: class 1 from this probability on; None: the most probable class
     multi_label: bool  # independent labels: every label whose probability reaches its threshold (one per label)
+    label_separator: str  # multi-label: joins the chosen labels into `label`, as the training data wrote them
 
 
 class ServedModel(Protocol):
@@ -56,7 +57,7 @@ class TaskInfo(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str  # multi-label: the predicted labels joined by ";" ("" for none)
+    label: str  # multi-label: the predicted labels joined by the training data's separator (";" by default; "" for none)
     probabilities: dict[str, float]
     labels: list[str] | None = None  # multi-label: the predicted labels
 
@@ -119,7 +120,7 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> FastAPI:
         chosen = predicted_labels(probs, task.threshold, task.multi_label)
         return PredictResponse(
             task=task.name,
-            predictions=[_prediction(labels, row, decided, task.multi_label) for row, decided in zip(probs, chosen)],
+            predictions=[_prediction(labels, row, decided, task) for row, decided in zip(probs, chosen)],
         )
 
     @app.get("/v1/tasks")
@@ -133,10 +134,10 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> FastAPI:
     return app
 
 
-def _prediction(label_names: list[str], probs: np.ndarray, decided: np.ndarray, multi_label: bool) -> Prediction:
+def _prediction(label_names: list[str], probs: np.ndarray, decided: np.ndarray, task: ServedTask) -> Prediction:
     """One input's answer: its class, or its set of labels, with every probability."""
     probabilities = {name: float(p) for name, p in zip(label_names, probs)}
-    if not multi_label:
+    if not task.multi_label:
         return Prediction(label=label_names[int(decided)], probabilities=probabilities)
     chosen = [name for name, on in zip(label_names, decided) if on]
-    return Prediction(label=";".join(chosen), probabilities=probabilities, labels=chosen)
+    return Prediction(label=task.label_separator.join(chosen), probabilities=probabilities, labels=chosen)

@@ -24,6 +24,7 @@ class OnnxTask:
     threshold: float | list[float] | None
     classifier: OnnxClassifier
     multi_label: bool = False
+    label_separator: str = ";"
 
 
 class OnnxTasks:
@@ -38,7 +39,13 @@ class OnnxTasks:
             if classifier.modality != "text":
                 raise UserError(f"--model {name}={folder}: an image classifier; serve answers texts")
             self.tasks[name] = OnnxTask(
-                name, classifier.label_names, classifier.manifest["strategy"], classifier.threshold, classifier, classifier.multi_label
+                name,
+                classifier.label_names,
+                classifier.manifest["strategy"],
+                classifier.threshold,
+                classifier,
+                classifier.multi_label,
+                classifier.manifest.get("label_separator") or ";",
             )
         self.backbone = ", ".join(sorted({task.classifier.manifest["backbone"] for task in self.tasks.values()}))
 

@@ -37,6 +37,7 @@ class Task:
     threshold: float | list[float] | None
     preprocessor: Preprocessor
     multi_label: bool = False
+    label_separator: str = ";"
 
 
 def _read_manifest(name: str, folder: Path) -> dict:
@@ -93,6 +94,7 @@ class MultiTaskModel:
                 m.get("threshold"),
                 family.load_preprocessor(Path(adapters[name]), m),
                 bool(m.get("multi_label")),
+                m.get("label_separator") or ";",
             )
             for name, m in manifests.items()
         }

@@ -84,8 +84,8 @@ class Strategy(ABC):
         """Why this strategy cannot apply to this backbone, or None when it can."""
         missing = sorted(self.requires - model.capabilities)
         if missing:
-            needs = "; ".join(CAPABILITIES[name] for name in missing)
-            return f"{self.name} needs a backbone whose {needs}: {type(model).__name__} does not offer it"
+            needs = " and ".join(CAPABILITIES[name] for name in missing)
+            return f"{self.name} needs a backbone that {needs}: {type(model).__name__} does not"
         return None
 
     def prepare(self, model: TransferModel) -> nn.Module:
