@@ -145,6 +145,8 @@ def main() -> None:
                 train = np.arange(len(pool)) if n == len(pool) else train_test_split(
                     np.arange(len(pool)), train_size=n, stratify=y[: len(pool)], random_state=seed
                 )[0]  # fmt: skip
+                if np.bincount(y[train]).min(initial=n) < 2 or len(np.unique(y[train])) < len(np.unique(y)):
+                    continue  # a class with fewer than 2 examples: the head refuses such data too
                 row = {"dataset": dataset, "n": n, "seed": seed, **fit_both(features, y, train, test_rows, seed)}
                 rows.append(row)
                 with args.out.open("a") as handle:

@@ -109,8 +109,7 @@ def test_auto_on_ray_workers_runs_the_same_trials(tmp_path, tiny_bert_dir, senti
     winner = on_ray["search"]["winner"]
     assert winner["validation"] == max(t["validation"] for t in complete)
     assert (tmp_path / "ray" / "model" / "transferlab.json").is_file()
-    assert (
-        on_ray["strategies"][winner["strategy"]]["metrics"]
-        == pytest.approx(here["strategies"][here["search"]["winner"]["strategy"]]["metrics"])
-        or winner["strategy"] != here["search"]["winner"]["strategy"]
-    )
+    if winner["strategy"] == here["search"]["winner"]["strategy"]:  # the same winner, refitted on the driver: the same test
+        assert on_ray["strategies"][winner["strategy"]]["metrics"]["accuracy"]["mean"] == pytest.approx(
+            here["strategies"][winner["strategy"]]["metrics"]["accuracy"]["mean"]
+        )
