@@ -20,7 +20,6 @@ from transferlab.backbones.base import TransferModel
 from transferlab.backbones.text import FEATURE_LAYERS
 from transferlab.errors import UserError
 from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features, out_of_fold_logits
-from transferlab.evaluation.stats import SIGNIFICANCE, paired_p_value
 from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
 from transferlab.training.inference import inference_precision, map_batches, pooled_features
@@ -37,7 +36,7 @@ AUTO_LAYERS = ("last", "second_to_last")
 
 @dataclass
 class HeadConfig(StrategyConfig):
-    layers: str = "auto"  # auto (last or second_to_last, by cross-validation) | last | second_to_last | last4 | weighted
+    layers: str = "auto"  # auto (last or second_to_last: the higher cross-validated score) | last | second_to_last | last4 | weighted
     c_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
     cv_folds: int = 5
     max_iter: int = 3000
@@ -100,19 +99,17 @@ class FeatureExtraction(Strategy):
     def _fit_best_layer(
         self, model: TransferModel, examples: list[dict], y: np.ndarray, data: FitData, training: TrainingConfig
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The probe on each candidate layer's features; another layer replaces the first (the last layer) when its
-        cross-validated score is higher beyond noise. The head is rebuilt to read the choice, which goes to the log."""
+        """The probe on each candidate layer's features; the layer with the higher cross-validated score wins (the last
+        layer on a tie). No significance test guards the switch: on four text sets from 16 to 2,000 examples, it
+        kept the last layer where the layer below scored more on test, and cost 1.6 points on average
+        (bench/head_layer.py, docs/findings.md). The head is rebuilt to read the choice, which goes to the log."""
         offered = self.candidate_layers(model)
         features = self._layer_features(model, examples, offered, data, training)
         # a layer whose every feature is constant (a degenerate backbone) tells nothing: it is not a candidate
         candidates = tuple(layer for layer in offered if informative_features(features[layer]).any()) or offered[:1]
         settings = self.probe_settings(training, balanced=data.class_weights is not None)
         probes = {layer: fit_probe(features[layer], y, len(data.label_names), settings) for layer in candidates}
-        chosen = candidates[0]
-        for layer in candidates[1:]:
-            better = probes[layer].best_score > probes[chosen].best_score
-            if better and paired_p_value(np.array(probes[layer].fold_scores), np.array(probes[chosen].fold_scores)) < SIGNIFICANCE:
-                chosen = layer
+        chosen = max(candidates, key=lambda layer: probes[layer].best_score)  # the first, the last layer, on a tie
         self.prepare(model, chosen)
         self._leave_validation_logits(features[chosen], y, data, settings, probes[chosen].chosen_c)
         data.log_history.extend(probes[chosen].log_entries(training.headline_metric))
