@@ -20,6 +20,12 @@ CONFIG = "config.yaml"  # the resolved config, written first
 MANIFEST = "transferlab.json"  # an exported model's record: what it is, what it was trained on, how to read its inputs
 
 
+def label_separator(manifest: dict) -> str:
+    """How a multi-label model joins its labels into one cell: its training data's separator, ";" when the labels
+    came as one 0/1 column each."""
+    return manifest.get("label_separator") or ";"
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

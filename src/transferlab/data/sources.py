@@ -78,11 +78,15 @@ def label_keys(labels: np.ndarray, label_names: list[str], separator: str = ";")
     return [separator.join(label_names[j] for j in np.flatnonzero(row)) for row in labels]
 
 
+def first_row(flags: pd.Series) -> int:
+    """The first flagged row, counted from 1 as error messages count rows."""
+    return int(np.flatnonzero(flags.to_numpy())[0]) + 1
+
+
 def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
     """Integer or string labels -> (ids, names); names keep numeric order for integer labels."""
     if raw.isna().any():
-        row = int(np.flatnonzero(raw.isna().to_numpy())[0])
-        raise UserError(f"{where}: row {row + 1} has no label")
+        raise UserError(f"{where}: row {first_row(raw.isna())} has no label")
     values = raw.tolist()
     try:
         uniques = sorted(set(values))
@@ -115,13 +119,12 @@ def encode_label_columns(frame: pd.DataFrame, columns: list[str], where: str) ->
     for column in columns:
         values = frame[column]
         if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise UserError(f"{where}: row {row + 1} has no value in label column '{column}'")
+            raise UserError(f"{where}: row {first_row(values.isna())} has no value in label column '{column}'")
         numeric = pd.to_numeric(values.astype(object).map(lambda v: int(v) if isinstance(v, (bool, np.bool_)) else v), errors="coerce")
-        bad = ~numeric.isin([0, 1]).to_numpy()
+        bad = ~numeric.isin([0, 1])
         if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise UserError(f"{where}: row {row + 1} has '{values.iloc[row]}' in label column '{column}'; label columns hold 0 or 1")
+            row = first_row(bad)
+            raise UserError(f"{where}: row {row} has '{values.iloc[row - 1]}' in label column '{column}'; label columns hold 0 or 1")
     return frame[columns].astype(object).map(int).to_numpy(dtype=np.int64), list(map(str, columns))
 
 

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from transferlab.data.images import IMAGE_SUFFIXES
-from transferlab.data.sources import encode_label_columns, label_columns_of, label_keys, read_table, require_columns
+from transferlab.data.sources import encode_label_columns, first_row, label_columns_of, label_keys, read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
-from transferlab.runio import atomic_write_text
+from transferlab.runio import atomic_write_text, label_separator
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -90,7 +90,7 @@ def read_texts(
     require_columns(frame, [text_column, *(label_columns_of(label_column) if label_column else [])], str(path))
     for column in [text_column] if label_sets or not isinstance(label_column, str) else [text_column, label_column]:
         if frame[column].isna().any():
-            raise UserError(f"{path}: row {int(np.flatnonzero(frame[column].isna().to_numpy())[0]) + 1} has an empty '{column}'")
+            raise UserError(f"{path}: row {first_row(frame[column].isna())} has an empty '{column}'")
     labels = None
     if label_column and not isinstance(label_column, str):
         labels = label_keys(*encode_label_columns(frame, list(label_column), str(path)), separator)
@@ -161,7 +161,7 @@ def predict_command(
     if label_column and not isinstance(label_column, str) and not loaded.multi_label:
         raise UserError(f"--label-columns: {model_dir} predicts one class per example; give its true labels with --label-column")
     # multi-label: sets of labels are written (and true labels read) with the separator the model was trained with
-    separator = (loaded.manifest.get("label_separator") or ";") if loaded.multi_label else None
+    separator = label_separator(loaded.manifest) if loaded.multi_label else None
     truth = None
     if images or texts:
         inputs = image_files(images) if images else list(texts)

@@ -14,6 +14,7 @@ import numpy as np
 
 from transferlab.deploy import OnnxClassifier
 from transferlab.errors import UserError
+from transferlab.runio import label_separator
 
 
 @dataclass
@@ -45,7 +46,7 @@ class OnnxTasks:
                 classifier.threshold,
                 classifier,
                 classifier.multi_label,
-                classifier.manifest.get("label_separator") or ";",
+                label_separator(classifier.manifest),
             )
         self.backbone = ", ".join(sorted({task.classifier.manifest["backbone"] for task in self.tasks.values()}))
 

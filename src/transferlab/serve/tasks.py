@@ -22,7 +22,7 @@ from torch import nn
 from transferlab.backbones import Preprocessor, build_classifier, family_of, resolve_backbone
 from transferlab.backbones.base import MULTI_LABEL
 from transferlab.errors import UserError
-from transferlab.runio import MANIFEST
+from transferlab.runio import MANIFEST, label_separator
 from transferlab.training.inference import default_device, predict_proba
 
 
@@ -94,7 +94,7 @@ class MultiTaskModel:
                 m.get("threshold"),
                 family.load_preprocessor(Path(adapters[name]), m),
                 bool(m.get("multi_label")),
-                m.get("label_separator") or ";",
+                label_separator(m),
             )
             for name, m in manifests.items()
         }
