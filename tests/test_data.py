@@ -66,6 +66,31 @@ def test_empty_texts_are_left_out_with_their_rows(tmp_path):
     assert data.rows.tolist() == [1, 3, 5] and data.empty_rows == [2, 4]
 
 
+@pytest.mark.parametrize(
+    "suffix, header, rows, message",
+    [
+        # a label error below empty texts is named with its own row, not one row earlier for each empty text above
+        (".csv", "text,label", ["a,1", ",0", " ,1", "b,"], "row 4 has no label"),
+        (".csv", "text,toxic,spam", ["a,1,0", ",1,1", "b,0,yes"], "row 3 has 'yes' in label column 'spam'"),
+        (".csv", "text,toxic,spam", ["a,1,0", ",1,1", "b,,1"], "row 3 has no value in label column 'toxic'"),
+    ],
+)
+def test_a_label_error_names_its_row_in_the_file(tmp_path, suffix, header, rows, message):
+    path = tmp_path / f"d{suffix}"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    columns = header.split(",")[1:]
+    with pytest.raises(UserError, match=message):
+        load_user_file(path, label_column=columns[0] if len(columns) == 1 else columns)
+
+
+def test_a_parquet_index_does_not_renumber_rows(tmp_path):
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "label": [1.0, 0.0, None]}, index=[30, 10, 20])
+    path = tmp_path / "d.parquet"
+    frame.to_parquet(path)  # pandas stores a non-default index in the file
+    with pytest.raises(UserError, match="row 3 has no label"):
+        load_user_file(path)
+
+
 def test_non_utf8_and_unknown_type(tmp_path):
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,label\ncaf\xe9,1\nthé,0\n".encode("latin-1"))

@@ -99,7 +99,8 @@ def _from_paths(
     label_separator: str | None = None,
 ) -> LabeledData:
     keep = np.array(_checked(paths, skip_bad), dtype=bool)
-    labels, names = encode_label_column(table[keep].reset_index(drop=True), label_column, label_separator, where)
+    table = table.reset_index(drop=True)  # rows numbered in file order, for error messages
+    labels, names = encode_label_column(table[keep], label_column, label_separator, where)
     if len(names) < 2:
         raise UserError(f"{where}: a single class ({names[0] if names else 'none'}); at least 2 are needed")
     return LabeledData([str(p) for p, k in zip(paths, keep) if k], labels, names, asset, "image")

@@ -79,8 +79,9 @@ def label_keys(labels: np.ndarray, label_names: list[str], separator: str = ";")
 
 
 def first_row(flags: pd.Series) -> int:
-    """The first flagged row, counted from 1 as error messages count rows."""
-    return int(np.flatnonzero(flags.to_numpy())[0]) + 1
+    """The first flagged row, counted from 1 as error messages count rows. Rows are the frame's index, which
+    `read_table` numbers from 0 in file order, so a row keeps its number when rows above it are left out."""
+    return int(flags.index[flags.to_numpy()][0]) + 1
 
 
 def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
@@ -123,8 +124,10 @@ def encode_label_columns(frame: pd.DataFrame, columns: list[str], where: str) ->
         numeric = pd.to_numeric(values.astype(object).map(lambda v: int(v) if isinstance(v, (bool, np.bool_)) else v), errors="coerce")
         bad = ~numeric.isin([0, 1])
         if bad.any():
-            row = first_row(bad)
-            raise UserError(f"{where}: row {row} has '{values.iloc[row - 1]}' in label column '{column}'; label columns hold 0 or 1")
+            position = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(
+                f"{where}: row {first_row(bad)} has '{values.iloc[position]}' in label column '{column}'; label columns hold 0 or 1"
+            )
     return frame[columns].astype(object).map(int).to_numpy(dtype=np.int64), list(map(str, columns))
 
 
@@ -165,12 +168,13 @@ def from_frame(
     cell holds a set of labels, and with a list of label columns each is one label's 0/1 (multi-label data)."""
     if frame.empty:
         raise UserError(f"{where}: no rows")
+    frame = frame.reset_index(drop=True)  # rows numbered in file order, for error messages
     require_columns(frame, [text_column, *label_columns_of(label_column)], where)
     texts = frame[text_column]
     empty = (texts.isna() | (texts.astype(str).str.strip() == "")).to_numpy()
     if empty.all():
         raise UserError(f"{where}: every '{text_column}' is empty")
-    labels, names = encode_label_column(frame[~empty].reset_index(drop=True), label_column, label_separator, where)
+    labels, names = encode_label_column(frame[~empty], label_column, label_separator, where)
     if len(names) < 2:
         raise UserError(f"{where}: column '{label_column}' has a single class ({names[0]}); at least 2 are needed")
     rows = np.arange(1, len(frame) + 1)
@@ -221,7 +225,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8")
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            return pd.read_parquet(path).reset_index(drop=True)  # a stored index would renumber the rows
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not valid UTF-8 (byte {err.start})") from None
     except (ValueError, pd.errors.ParserError, OSError) as err:
