@@ -1,7 +1,7 @@
 """Where a strategy's run spends its time: py-spy samples one run (the bench's split and budget) and each
 sample is put in the first phase whose function appears in its stack, innermost first.
 
-    python bench/phases.py [--strategy full] [--n-train 2000] [--epochs 2] [--mixed-precision auto] [--no-run-folder]
+    python bench/phases.py [--strategy full] [--n-train 2000] [--epochs 2] [--precision auto] [--no-run-folder]
 
 Prints the share of samples per phase; the collapsed stacks stay in runs/bench/profile-STRATEGY.txt.
 """
@@ -35,7 +35,7 @@ PHASES = [
 ]
 
 
-def run_once(strategy: str, n_train: int, n_test: int, epochs: int, max_length: int, mixed_precision: str, run_folder: bool) -> None:
+def run_once(strategy: str, n_train: int, n_test: int, epochs: int, max_length: int, precision: str, run_folder: bool) -> None:
     from transferlab.config import load_run_config
     from transferlab.recipes.experiment import prepare, run_strategy
 
@@ -46,7 +46,7 @@ def run_once(strategy: str, n_train: int, n_test: int, epochs: int, max_length: 
         n_train=n_train,
         n_test=n_test,
         max_length=max_length,
-        training={"epochs": epochs, "batch_size": 16, "mixed_precision": mixed_precision},
+        training={"epochs": epochs, "batch_size": 16, "precision": precision},
     )
     with tempfile.TemporaryDirectory() as folder:  # a job folder, as compare gives: resumable checkpoints
         run_strategy(prepare(config, log=lambda _: None), strategy, workdir=Path(folder) if run_folder else None)
@@ -69,12 +69,12 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--mixed-precision", default="auto")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--no-run-folder", action="store_true", help="no job folder: checkpoints hold the model only, as outside compare")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_once(args.strategy, args.n_train, args.n_test, args.epochs, args.max_length, args.mixed_precision, not args.no_run_folder)
+        run_once(args.strategy, args.n_train, args.n_test, args.epochs, args.max_length, args.precision, not args.no_run_folder)
         return
     out = Path("runs/bench") / f"profile-{args.strategy}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -203,7 +203,7 @@ def bench_config(
     epochs: int,
     max_length: int,
     backbone: str | None = None,
-    mixed_precision: str = "auto",
+    precision: str = "auto",
     strategy_settings: dict | None = None,
 ):
     return load_run_config(
@@ -214,7 +214,7 @@ def bench_config(
         n_train=n_train,
         n_test=n_test,
         max_length=max_length,
-        training={"epochs": epochs, "batch_size": 16, "mixed_precision": mixed_precision},
+        training={"epochs": epochs, "batch_size": 16, "precision": precision},
         **({"backbone": backbone} if backbone else {}),
     )
 
@@ -276,7 +276,7 @@ def main() -> None:
     ours, compare_seconds, jobs = timed_compare(config, workdir / "compare")
     bf16 = None
     if args.bf16 and cpu_has_bf16() and not torch.cuda.is_available():
-        config_bf16 = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length, mixed_precision="bf16")
+        config_bf16 = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length, precision="bf16")
         bf16, bf16_compare_seconds, _ = timed_compare(config_bf16, workdir / "compare-bf16")
 
     experiment = prepare(config, log=lambda _: None)  # the same split again, for the baseline's texts
@@ -347,7 +347,7 @@ def main() -> None:
     if mfu is not None:
         print(f"full fine-tuning model FLOP utilisation: {mfu:.1%} of the measured matmul peak")
     if report["bf16"]:
-        print("with training.mixed_precision: bf16 (this CPU computes bf16 natively):")
+        print("with training.precision: bf16 (this CPU computes bf16 natively):")
         for name, r in report["bf16"]["strategies"].items():
             print(
                 f"{name:<8} {r['seconds']:8.1f} {theirs[name]['seconds']:8.1f} {r['time_ratio']:6.2f} {r['accuracy']:9.3f} {theirs[name]['accuracy']:9.3f}"

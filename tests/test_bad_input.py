@@ -30,6 +30,7 @@ def _write_inputs(d: Path) -> None:
     (d / "rank0.yaml").write_text("strategies: [lora]\nstrategy_settings:\n  lora: {r: 0}\n")
     (d / "typo.yaml").write_text("strategis: [lora]\n")
     (d / "training-typo.yaml").write_text("training:\n  epoch: 2\n")
+    (d / "training-renamed.yaml").write_text("training:\n  mixed_precision: bf16\n")  # the key's name before `precision`
     (d / "broken.yaml").write_text("strategies: [lora\n")
     (d / "list.yaml").write_text("- lora\n- full\n")
     (d / "unseen.csv").write_text("text,label\ngood film,pos\nso-so film,neutral\n")
@@ -94,9 +95,11 @@ CASES = {
     "LoRA rank 0": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/rank0.yaml"], "rank r must be at least 1"),
     "unknown config key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/typo.yaml"], "did you mean 'strategies'"),
     "unknown training key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/training-typo.yaml"], "did you mean 'epochs'"),
+    "renamed training key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/training-renamed.yaml"], "did you mean 'precision'"),
     "malformed YAML": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/broken.yaml"], "cannot read config"),
     "YAML that is not a mapping": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/list.yaml"], "a config is a mapping"),
     "misspelt metric": (COMPARE + ["--dataset", "{d}/ok.csv", "--metric", "accurcy"], "metric must be one of"),
+    "unknown precision": (COMPARE + ["--dataset", "{d}/ok.csv", "--precision", "fp8"], "precision must be one of auto, fp32, bf16, fp16"),
     "imbalance out of range": (COMPARE + ["--dataset", "{d}/ok.csv", "--imbalance", "2"], "must be in (0, 0.5]"),
     "unknown augmentation": (COMPARE + ["--dataset", "{d}/ok.csv", "--augment", "shuffle"], "unknown text augmentation shuffle"),
     "resume with nothing to resume": (COMPARE + ["--dataset", "{d}/ok.csv", "--resume"], "nothing to resume"),

@@ -40,7 +40,7 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
 def test_train_on_two_processes_matches_one(tmp_path, bert_without_dropout, sentiment_csv):
     settings = dict(backbone=str(bert_without_dropout), dataset=str(sentiment_csv), **OPTIONS)
     config = load_run_config(
-        None, strategies=["full"], training={"epochs": 2, "batch_size": 12, "lr": 1e-3, "mixed_precision": "no"}, **settings
+        None, strategies=["full"], training={"epochs": 2, "batch_size": 12, "lr": 1e-3, "precision": "fp32"}, **settings
     )
     one, _ = train(config, tmp_path / "one", log=lambda _: None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,49 +111,82 @@ def test_bf16_on_the_cpu_only_when_asked_for_and_native(monkeypatch, native):
 
     monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert precision_flags("auto") == precision_flags("no") == precision_flags("fp16") == {}  # fp32: the exact default
+    assert precision_flags("auto") == precision_flags("fp32") == precision_flags("fp16") == {}  # fp32: the exact default
     assert precision_flags("bf16") == ({"bf16": True, "use_cpu": True} if native else {})
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available() or not __import__("transferlab.training.inference").training.inference.cpu_has_bf16(),
-    reason="needs a CPU with native bf16",
-)
-def test_bf16_training_on_the_cpu_computes_in_bf16_and_keeps_fp32_weights(tiny_bert_dir):
-    torch.manual_seed(0)
-    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"], "mean")
+def test_a_bf16_run_trains_in_bf16_and_is_scored_in_fp32(monkeypatch, tiny_bert_dir, sentiment_csv):
+    """bf16 (emulated here when the CPU lacks it) for the training steps, with fp32 master weights; the test logits
+    the run scores are the fp32 model's, as the exported model computes them."""
+    from transferlab.config import load_run_config
+    from transferlab.recipes import experiment as experiment_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: True)
+    scored = []
+    real_predict = experiment_module.predict_logits
+
+    def watched(model, features, *args):
+        scored.append((model, features, args, real_predict(model, features, *args)))
+        return scored[-1][-1]
+
+    monkeypatch.setattr(experiment_module, "predict_logits", watched)
+    config = load_run_config(
+        None, strategies=["full"], backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), cv=1, n_train=64, n_test=16,
+        label_issues=False, training={"precision": "bf16", "epochs": 1, "batch_size": 8, "min_steps": 4, "lr": 1e-3},
+    )  # fmt: skip
+    experiment = experiment_module.prepare(config, log=lambda _: None)
     seen: set[torch.dtype] = set()
-    model.classifier.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype) if module.training else None)
-    data = _data(tiny_bert_dir)
-    get_strategy("full", lr=1e-3).fit(model, data, TrainingConfig(batch_size=16, epochs=1, mixed_precision="bf16"))
+    real_build = experiment_module.build_classifier
+
+    def build_and_watch(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.classifier.register_forward_hook(lambda module, inputs, out: seen.add(out.dtype) if module.training else None)
+        return model
+
+    monkeypatch.setattr(experiment_module, "build_classifier", build_and_watch)
+    run = experiment_module.run_strategy(experiment, "full")
+    assert run.result["status"] == "ok"
     assert seen == {torch.bfloat16}  # the training forward ran under bf16 autocast
+    model, features, args, logits = scored[-1]
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # master weights stay fp32
-    losses = [e["loss"] for e in data.log_history if "loss" in e]
-    assert losses and all(loss == loss and loss < 5 for loss in losses)
+    np.testing.assert_allclose(logits, real_predict(model, features, *args), atol=1e-6, rtol=0)  # scored in fp32
 
 
-def test_inference_follows_the_training_precision(monkeypatch):
-    from transferlab.training.inference import inference_precision
+def test_training_precision_follows_the_choice(monkeypatch):
+    from transferlab.training.inference import training_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: True)
     x = torch.randn(4, 8)
-    with inference_precision(TrainingConfig()):
+    with training_precision(TrainingConfig()):
         assert (x @ x.T).dtype == torch.float32  # auto on the CPU: fp32
-    with inference_precision(TrainingConfig(mixed_precision="bf16")):
+    with training_precision(TrainingConfig(precision="bf16")):
         assert (x @ x.T).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("native, precision, hinted", [(True, "auto", True), (True, "no", False), (False, "auto", False)])
-def test_a_native_bf16_cpu_is_pointed_out_when_precision_is_auto(monkeypatch, tiny_bert_dir, sentiment_csv, native, precision, hinted):
+@pytest.mark.parametrize(
+    "native, precision, said",
+    [
+        (True, "auto", "computes bf16 natively"),
+        (True, "fp32", None),
+        (True, "bf16", None),
+        (False, "auto", None),
+        (False, "fp32", None),
+        (False, "bf16", "not compute bf16 natively"),
+        (True, "fp16", "not compute fp16 natively"),
+    ],
+)
+def test_the_run_says_what_its_precision_choice_means_on_this_cpu(monkeypatch, tiny_bert_dir, sentiment_csv, native, precision, said):
     from transferlab.config import load_run_config
     from transferlab.recipes.experiment import prepare
 
     monkeypatch.setattr("transferlab.recipes.experiment.cpu_has_bf16", lambda: native)
     monkeypatch.setattr("transferlab.recipes.experiment.default_device", lambda: torch.device("cpu"))
     config = load_run_config(
-        None, strategies=["head"], backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), training={"mixed_precision": precision}
+        None, strategies=["head"], backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), training={"precision": precision}
     )
     lines: list[str] = []
     prepare(config, log=lines.append)
-    assert any("computes bf16 natively" in line for line in lines) == hinted
+    precision_lines = [line for line in lines if "natively" in line]
+    assert precision_lines == [] if said is None else len(precision_lines) == 1 and said in precision_lines[0]

@@ -22,6 +22,7 @@ DEFAULT_FOLDS = 5
 # decision (the default there), precision, recall and f1 are micro-averaged, and auroc is the mean over labels.
 HEADLINE_METRICS = ("accuracy", "macro_f1", "micro_f1", "precision", "recall", "f1", "auroc", "mcc")
 SCHEDULERS = ("linear", "cosine", "stlr")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # The optimizer-step floor: on rt-polarity at 8 sentences per class (minilm-l6), LoRA and full fine-tuning stay at
 # chance with their 3 epochs (3 steps), reach 0.53-0.55 macro-F1 with 100 steps, and gain nothing more with 200
 # (docs/findings.md, "Small data").
@@ -53,7 +54,13 @@ class TrainingConfig:
     gradient_accumulation: int = 1
     # None: accuracy, or macro-F1 when the classes are imbalanced (decided by the run)
     metric: str | None = field(default=None, metadata={"help": "headline metric, also used for early stopping [default: accuracy]"})
-    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, fp32 elsewhere
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "what training steps compute in: auto, fp32, bf16 or fp16; evaluation and export stay fp32 "
+            "[default: auto: bf16 on a GPU that has it, fp32 on a CPU]"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed for the split, the head and training [default: 0]"})
 
     @property
@@ -69,7 +76,7 @@ class TrainingConfig:
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
             (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
             (self.min_steps >= 0, f"min_steps must be 0 or more, got {self.min_steps}"),
-            (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed precision must be auto, no, bf16 or fp16"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'"),
             (
                 self.metric is None or self.metric in HEADLINE_METRICS,
                 f"metric must be one of {', '.join(HEADLINE_METRICS)}, got '{self.metric}'",

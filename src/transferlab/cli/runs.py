@@ -25,6 +25,7 @@ TRAINING = (
     "calibration",
     "threshold",
     "scheduler",
+    "precision",
     "freeze_below",
     "layer_decay",
 )

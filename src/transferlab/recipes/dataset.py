@@ -184,11 +184,11 @@ def _frozen_features(
     import torch
 
     from transferlab.backbones import build_classifier
-    from transferlab.training.inference import default_device, inference_precision, map_batches, pooled_features
+    from transferlab.training.inference import default_device, map_batches, pooled_features, training_precision
 
     model = build_classifier(backbone, label_names, config.pooling).to(default_device())
     batching = (preprocessor.collate, preprocessor.length_of, config.training.eval_batch_size)
-    with torch.no_grad(), inference_precision(config.training):
+    with torch.no_grad(), training_precision(config.training):
         if "second_to_last" not in model.feature_layer_choices:  # e.g. a CNN: its stages differ in width
             return {"last": pooled_features(model, encoded, *batching)}
         states = map_batches(model, encoded, batching[0], lambda m, b: torch.stack(m.pooled_hidden_states(**b)[-2:], 1), *batching[1:])

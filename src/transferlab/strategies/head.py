@@ -22,7 +22,7 @@ from transferlab.errors import UserError
 from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_features, out_of_fold_logits
 from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, StrategyConfig, register_strategy, set_trainable
-from transferlab.training.inference import inference_precision, map_batches, pooled_features
+from transferlab.training.inference import map_batches, pooled_features, training_precision
 from transferlab.training.loop import FitData
 
 HEAD_LAYERS = (*FEATURE_LAYERS, "auto")
@@ -125,7 +125,7 @@ class FeatureExtraction(Strategy):
         if data.frozen_features is not None and all(layer in data.frozen_features for layer in layers):
             return data.frozen_features
         if len(layers) == 1:  # the model was prepared to read it
-            with inference_precision(training):
+            with training_precision(training):
                 return {layers[0]: pooled_features(model, examples, data.collate, data.length_of, training.eval_batch_size)}
         states = self._layer_states(model, examples, data, training)
         below = {"last": -1, "second_to_last": -2}
@@ -134,7 +134,7 @@ class FeatureExtraction(Strategy):
     @staticmethod
     def _layer_states(model: TransferModel, examples: list[dict], data: FitData, training: TrainingConfig) -> np.ndarray:
         """Examples x (embeddings + layers) x features: every layer's pooled state, from one forward pass."""
-        with inference_precision(training):
+        with training_precision(training):
             compute = lambda m, b: torch.stack(m.pooled_hidden_states(**b), 1)  # noqa: E731
             return map_batches(model, examples, data.collate, compute, data.length_of, training.eval_batch_size)
 

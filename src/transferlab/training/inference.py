@@ -31,9 +31,12 @@ def cpu_has_bf16() -> bool:
 
 
 def precision_flags(choice: str) -> dict[str, bool]:
-    """auto: bf16 on a GPU that has it, fp32 on the CPU (exact); bf16 on the CPU only when asked for, and only
-    where the CPU computes in bf16 natively (elsewhere it would be emulated, and slower than fp32)."""
-    if choice == "no":
+    """The Trainer's flags for what training steps compute in (its master weights stay fp32).
+
+    auto: bf16 on a GPU that has it, fp32 on a CPU; bf16 on a CPU only when asked for, and only where the CPU
+    computes it natively (elsewhere it would be emulated, and slower than fp32); fp16 only on a GPU.
+    """
+    if choice == "fp32":
         return {}
     if not torch.cuda.is_available():
         return {"bf16": True, "use_cpu": True} if choice == "bf16" and cpu_has_bf16() else {}
@@ -44,9 +47,11 @@ def precision_flags(choice: str) -> dict[str, bool]:
     return {"fp16": True}
 
 
-def inference_precision(cfg: TrainingConfig) -> contextlib.AbstractContextManager:
-    """Feature extraction and evaluation under the autocast the run trains with (bf16 or fp16), else fp32."""
-    flags = precision_flags(cfg.mixed_precision)
+def training_precision(cfg: TrainingConfig) -> contextlib.AbstractContextManager:
+    """The autocast training steps run under, for the passes whose output is trained on (the frozen features a
+    head is fitted to). What is evaluated or exported runs outside it, in fp32, so the exported model reproduces
+    the reported metrics exactly."""
+    flags = precision_flags(cfg.precision)
     if not flags:
         return contextlib.nullcontext()
     return torch.autocast(default_device().type, dtype=torch.bfloat16 if flags.get("bf16") else torch.float16)

@@ -306,7 +306,7 @@ def train_with_trainer(
         disable_tqdm=True,
         remove_unused_columns=False,
         label_names=["labels"],
-        **precision_flags(cfg.mixed_precision),
+        **precision_flags(cfg.precision),
     )
     trainer = _Trainer(
         model=model,
