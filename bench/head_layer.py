@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from small_data import load_texts  # noqa: E402
+from small_data import load_examples  # noqa: E402
 
 BACKBONE = "minilm-l6"
 MAX_LENGTH = 128
@@ -124,7 +124,7 @@ def main() -> None:
     rows = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     done = {(r["dataset"], r["n"], r["seed"]) for r in rows}
     for dataset in args.datasets.split(","):
-        texts, labels = load_texts(dataset)
+        texts, labels = load_examples(dataset)
         everything = np.arange(len(labels))
         test_size = min(TEST_SIZE, len(labels) // 3)
         pool, test = train_test_split(everything, test_size=test_size, stratify=labels, random_state=1234)

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from transferlab.estimator import TransferClassifier
 
-from .conftest import sentiment_texts
+from .conftest import bright_side_images, sentiment_texts
 
 CHECKS = [
     "check_parameters_default_constructible",
@@ -137,3 +137,46 @@ def test_the_estimator_calibrates_on_its_own_validation_split(tiny_bert_dir):
     np.testing.assert_allclose(calibrated, softmax(np.log(raw), temperature), atol=1e-5)
     raw_kept = TransferClassifier(backbone=str(tiny_bert_dir), strategy="full", epochs=1, min_steps=10, max_length=32, calibration="none")
     np.testing.assert_allclose(raw_kept.fit(texts, labels).predict_proba(texts[:50]), raw, atol=1e-6)
+
+
+def _watch_fit_data(monkeypatch) -> list[dict]:
+    """The FitData the estimator hands its strategy, as keyword arguments."""
+    from transferlab.training.loop import FitData
+
+    seen: list[dict] = []
+    monkeypatch.setattr("transferlab.estimator.FitData", lambda **kwargs: seen.append(kwargs) or FitData(**kwargs))
+    return seen
+
+
+@pytest.mark.parametrize("augment, copies", [(None, 1), ("none", 1), ("delete", 2), ("delete, swap", 2)])
+def test_text_augmentation_adds_a_copy_of_each_training_text(tiny_bert_dir, monkeypatch, augment, copies):
+    seen = _watch_fit_data(monkeypatch)
+    X, y = _texts(40)
+    _estimator(tiny_bert_dir, augment=augment).fit(X, y)  # 40 * 0.1 validation texts are too few: all 40 train
+    assert len(seen[0]["train"]) == 40 * copies and seen[0]["val"] == []
+    assert seen[0]["mixup_alpha"] is None
+
+
+@pytest.mark.parametrize("augment, mixup", [(None, False), ("flip", False), ("flip,mixup", True), ("mixup", True)])
+def test_image_augmentation_and_mixup(tiny_cnn_dir, monkeypatch, augment, mixup):
+    from transferlab.backbones.cnn import MIXUP_ALPHA
+
+    seen = _watch_fit_data(monkeypatch)
+    images, labels = bright_side_images(24)
+    fitted = TransferClassifier(backbone=str(tiny_cnn_dir), strategy="full", augment=augment, epochs=1, min_steps=4, image_size=32)
+    fitted.fit(images, labels)
+    assert seen[0]["mixup_alpha"] == (MIXUP_ALPHA if mixup else None)
+    assert len(seen[0]["train"]) == 24  # images are transformed per batch, not copied
+    assert fitted.predict(images[:4]).shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "backbone, augment, message",
+    [("bert", "mixup", "unknown text augmentation mixup"), ("cnn", "delete", "unknown image augmentation delete")],
+)
+def test_an_augmentation_the_backbone_does_not_have_is_refused(tiny_bert_dir, tiny_cnn_dir, backbone, augment, message):
+    from transferlab.errors import UserError
+
+    path = tiny_bert_dir if backbone == "bert" else tiny_cnn_dir
+    with pytest.raises(UserError, match=message):
+        TransferClassifier(backbone=str(path), augment=augment).fit(*_texts(20))

@@ -20,8 +20,11 @@ from transformers import set_seed
 
 from transferlab.backbones import build_classifier, family_of, load_preprocessor, resolve_backbone
 from transferlab.backbones.base import base_model
+from transferlab.backbones.cnn import MIXUP_ALPHA
 from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
+from transferlab.data.augment import augment_texts
+from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
 from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig
 from transferlab.training.inference import default_device, predict_logits, predict_proba
@@ -32,7 +35,8 @@ from transferlab.training.sampling import balanced_class_weights
 class TransferClassifier(ClassifierMixin, BaseEstimator):
     """Hyperparameters in the constructor; `fit` carves a stratified validation set out of X for early stopping
     when it would hold MIN_VALIDATION examples or more, and fits the calibration temperature on it
-    (`calibration="temperature"`; `"none"` keeps the raw softmax)."""
+    (`calibration="temperature"`; `"none"` keeps the raw softmax). `augment` takes what `--augment` takes: text
+    augmentations add a copy of each training example, image ones (mixup included) act on each batch."""
 
     def __init__(
         self,
@@ -44,6 +48,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int = 16,
         max_length: int = 128,
         image_size: int = 224,
+        augment: str | None = None,
         pooling: str = "mean",
         val_fraction: float = 0.1,
         class_weights: str = "none",
@@ -59,6 +64,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_length = max_length
         self.image_size = image_size
+        self.augment = augment
         self.pooling = pooling
         self.val_fraction = val_fraction
         self.class_weights = class_weights
@@ -69,12 +75,23 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def _inputs(self, X: Sequence[Any]) -> list[Any]:
         return [str(x) for x in X] if family_of(self.asset_).inputs == "text" else list(X)
 
+    def _augmentations(self, family: Any) -> list[str]:
+        """`augment` as `--augment` reads it: comma-separated names, or none; None is the family's default."""
+        if self.augment is None:
+            return list(family.default_augment)
+        chosen = [name.strip() for name in self.augment.split(",") if name.strip() not in ("", "none")]
+        unknown = sorted(set(chosen) - set(family.augmentations))
+        if unknown:
+            raise UserError(f"unknown {family.inputs} augmentation {', '.join(unknown)}: choose from {', '.join(family.augmentations)}")
+        return chosen
+
     def fit(self, X: Sequence[Any], y: Sequence[Any]) -> TransferClassifier:
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
         self.asset_ = asset = resolve_backbone(self.backbone)
         family = family_of(asset)
-        augment = () if family.augments_copies else family.default_augment
-        self.preprocessor_ = load_preprocessor(asset, self.max_length, self.image_size, augment=augment)
+        augment = self._augmentations(family)
+        # text augmentation adds training copies below; image augmentation transforms each batch
+        self.preprocessor_ = load_preprocessor(asset, self.max_length, self.image_size, augment=[] if family.augments_copies else augment)
         strategy = strategy_for(self.strategy, family, self.strategy_settings)
         set_seed(self.seed)
         model = build_classifier(asset, [str(c) for c in self.classes_], self.pooling).to(default_device())
@@ -83,9 +100,14 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             fit_idx, val_idx = everything, everything[:0]
         else:
             fit_idx, val_idx = train_test_split(everything, test_size=self.val_fraction, stratify=labels, random_state=self.seed)
-        features = self.preprocessor_.encode(self._inputs(X), labels)
+        inputs = self._inputs(X)
+        features = self.preprocessor_.encode(inputs, labels)
+        train = [features[i] for i in fit_idx]
+        if family.augments_copies and augment:
+            copies, copy_labels = augment_texts([inputs[i] for i in fit_idx], labels[fit_idx], augment, 1, self.seed)
+            train += self.preprocessor_.encode(copies, copy_labels)
         data = FitData(
-            train=[features[i] for i in fit_idx],
+            train=train,
             val=[features[i] for i in val_idx],
             collate=self.preprocessor_.collate,
             label_names=[str(c) for c in self.classes_],
@@ -93,6 +115,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             class_weights=balanced_class_weights(labels[fit_idx], len(self.classes_)) if self.class_weights == "balanced" else None,
             train_transform=getattr(self.preprocessor_, "train_transform", None),
             max_tokens=getattr(self.preprocessor_, "max_length", None),
+            mixup_alpha=MIXUP_ALPHA if "mixup" in augment else None,
         )
         training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed)
         training.validate()
