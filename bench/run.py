@@ -163,15 +163,15 @@ def layer_probe_timing(n_train: int, n_test: int, max_length: int) -> dict:
     }
 
 
-def frozen_cache_timing(n_train: int, n_test: int, epochs: int, max_length: int) -> dict:
-    """Partial fine-tuning (its default: the embeddings and all blocks but the top two frozen) with the frozen
-    blocks computed once per example and with them computed at every step, on the same split."""
+def frozen_cache_timing(strategy: str, n_train: int, n_test: int, epochs: int, max_length: int) -> dict:
+    """`partial` (its default: the embeddings and all blocks but the top two frozen) or `gradual` (its four stages)
+    with the frozen blocks computed once per example and with them computed at every step, on the same split."""
     runs = {}
     for cached in (True, False):
-        config = bench_config(["partial"], n_train, n_test, epochs, max_length, strategy_settings={"partial": {"cache_frozen": cached}})
+        config = bench_config([strategy], n_train, n_test, epochs, max_length, strategy_settings={strategy: {"cache_frozen": cached}})
         experiment = prepare(config, log=lambda _: None)
         started = time.perf_counter()
-        run = run_strategy(experiment, "partial")
+        run = run_strategy(experiment, strategy)
         runs["cached" if cached else "computed"] = {"seconds": time.perf_counter() - started, "accuracy": run.result["metrics"]["accuracy"]}
     return runs | {"ratio": runs["cached"]["seconds"] / runs["computed"]["seconds"]}
 
@@ -327,7 +327,12 @@ def main() -> None:
         "compare_ratio_to_baseline_sum": compare_seconds / sum(t["seconds"] for t in theirs.values()),
         "full_model_flop_utilisation": mfu,
         "layer_probe": probe,
-        "frozen_cache": frozen_cache_timing(args.n_train, args.n_test, args.epochs, args.max_length) if args.frozen_cache else None,
+        "frozen_cache": {
+            strategy: frozen_cache_timing(strategy, args.n_train, args.n_test, args.epochs, args.max_length)
+            for strategy in ("partial", "gradual")
+        }
+        if args.frozen_cache
+        else None,
         # 500 test sentences: rt-polarity's 8,530 leave 7,530 for training beside 1,000
         "scaling": scaling(sizes, 500, args.epochs, args.max_length) if sizes else None,
         "memory": memory_by_strategy(args.memory_backbone, ["lora", "full"], 200, args.max_length) if args.memory_backbone else None,
@@ -358,10 +363,10 @@ def main() -> None:
             f"layer-probe over {probe['layers']} hidden states: {probe['probe_seconds']:.1f}s = {probe['ratio']:.2f} x "
             f"one forward pass ({probe['forward_seconds']:.1f}s) over the same {probe['examples']} sentences"
         )
-    if cache := report["frozen_cache"]:
+    for strategy, cache in (report["frozen_cache"] or {}).items():
         cached, computed = cache["cached"], cache["computed"]
         print(
-            f"partial fine-tuning with its frozen blocks cached: {cached['seconds']:.1f}s (acc {cached['accuracy']:.3f}) against "
+            f"{strategy} with its frozen blocks cached: {cached['seconds']:.1f}s (acc {cached['accuracy']:.3f}) against "
             f"{computed['seconds']:.1f}s computed at every step (acc {computed['accuracy']:.3f}) = {cache['ratio']:.2f} x"
         )
     if scale := report["scaling"]:

@@ -1,5 +1,5 @@
-"""Partial fine-tuning's frozen-layer cache (training/frozen_cache.py): the cached model must give the
-logits the full model gives, whatever the padding of the batch, and leave the model as it found it."""
+"""The frozen-layer cache of partial fine-tuning and gradual unfreezing (training/frozen_cache.py): the cached model
+must give the logits the full model gives, whatever the padding of the batch, and leave the model as it found it."""
 
 from __future__ import annotations
 
@@ -48,8 +48,15 @@ def test_an_example_outside_the_cache_is_an_error(family):
         model(**pre.collate(features[10:12]))
 
 
-def _fit_partial(tmp_path, **options):
-    """Partial fine-tuning of the top block and the head of a tiny BERT without dropout in its blocks."""
+# The strategies that freeze blocks, with settings that leave the tiny BERT's (2 blocks) bottom block frozen in
+# partial fine-tuning, and in gradual unfreezing both blocks in stage 1 and the bottom one in stage 2 of 3.
+FREEZING = {"partial": {"freeze_below": 2}, "gradual": {"stages": 3}}
+CACHED_DEPTHS = {"partial": [1], "gradual": [1, 2]}
+
+
+def _fit(tmp_path, strategy, **options):
+    """`strategy` on a tiny BERT without dropout in its blocks: the frozen blocks then compute the same output with
+    or without the cache. Also returns how many batches the bottom block's attention computed."""
     path = tiny_bert(tmp_path / "bert", dropout=0.0)
     pre = TextPreprocessor.from_pretrained(str(path), 32)
     texts, labels = sentiment_texts(400, seed=1)
@@ -57,22 +64,45 @@ def _fit_partial(tmp_path, **options):
     torch.manual_seed(0)
     model = build_classifier(resolve_backbone(str(path)), ["neg", "pos"], "mean")
     data = FitData(features[:300], features[300:340], pre.collate, ["neg", "pos"], length_of=pre.length_of)
-    trained = get_strategy("partial", freeze_below=2, **options).fit(model, data, TrainingConfig(epochs=3, lr=3e-3, seed=0))
+    computed = []
+    next(model.layer_stack()[0].children()).register_forward_hook(lambda *_: computed.append(1))
+    trained = get_strategy(strategy, **FREEZING[strategy], **options).fit(model, data, TrainingConfig(epochs=3, lr=3e-3, seed=0))
     cache_log = [e["frozen_layer_cache"] for e in data.log_history if "frozen_layer_cache" in e]
     probs = predict_proba(trained, features[340:], pre.collate, pre.length_of)
-    return probs, (probs.argmax(1) == labels[340:]).mean(), cache_log, trained
+    return probs, (probs.argmax(1) == labels[340:]).mean(), cache_log, trained, len(computed)
 
 
-def test_partial_fine_tuning_on_its_cache_trains_as_without_it(tmp_path):
-    """Without dropout in the frozen block the cache changes nothing but the time: the same steps, the same model."""
-    cached, accuracy, [entry], trained = _fit_partial(tmp_path / "cached")
-    computed, _, no_entry, _ = _fit_partial(tmp_path / "computed", cache_frozen=False)
-    assert entry["blocks"] == 1 and entry["examples"] == len(set(sentiment_texts(400, seed=1)[0][:340]))  # one row per distinct sentence
+@pytest.mark.parametrize("strategy", sorted(FREEZING))
+def test_training_on_the_cache_trains_as_without_it(tmp_path, strategy):
+    """Without dropout in the frozen blocks the cache changes nothing but the time: the same steps, the same model."""
+    cached, accuracy, [entry], trained, cached_batches = _fit(tmp_path / "cached", strategy)
+    computed, _, no_entry, _, computed_batches = _fit(tmp_path / "computed", strategy, cache_frozen=False)
+    assert cached_batches < computed_batches  # the frozen block read the cache instead of computing
+    assert entry["blocks"] == CACHED_DEPTHS[strategy]
+    assert entry["examples"] == len(set(sentiment_texts(400, seed=1)[0][:340]))  # one row per distinct sentence
     assert no_entry == [] and all("forward" not in block.__dict__ for block in trained.layer_stack())
     assert accuracy >= 0.7  # it learned the task
     torch.testing.assert_close(torch.as_tensor(cached), torch.as_tensor(computed), atol=1e-5, rtol=0)
 
 
-def test_partial_fine_tuning_skips_a_cache_over_its_limit(tmp_path):
-    _, _, [entry], _ = _fit_partial(tmp_path, cache_limit_mb=1e-6)
+@pytest.mark.parametrize("strategy", sorted(FREEZING))
+def test_a_cache_over_its_limit_is_skipped(tmp_path, strategy):
+    _, _, [entry], *_ = _fit(tmp_path, strategy, cache_limit_mb=1e-6)
     assert entry.startswith("off:") and "cache_limit_mb" in entry
+
+
+def test_one_pass_caches_every_depth(family):
+    """The output after 1 and after 2 blocks, from one pass: each serves the model as a cache of that depth alone."""
+    model, pre, features = family
+    full = predict_proba(model, features, pre.collate, pre.length_of, batch_size=8)
+    both = FrozenLayerCache(model, [2, 1]).fill(features, pre.collate, pre.length_of, batch_size=16)
+    assert both.depths == [1, 2]
+    for depth in (1, 2):
+        with both.serving(depth):
+            cached = predict_proba(model, features, pre.collate, pre.length_of, batch_size=5)
+        torch.testing.assert_close(torch.as_tensor(cached), torch.as_tensor(full), atol=1e-5, rtol=0)
+        alone = FrozenLayerCache(model, depth).fill(features, pre.collate, pre.length_of, batch_size=16)
+        assert all(torch.equal(alone.rows[key], both.states[depth][key]) for key in alone.rows)
+    with pytest.raises(ValueError, match="no cached output after 3 blocks"):
+        with both.serving(3):
+            pass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +24,43 @@ def _check_freeze_below(k: int, groups: int) -> None:
 
 
 @dataclass
-class PartialConfig(TrainedStrategyConfig):
-    lr: float = 5e-5
-    freeze_below: int | None = None  # layer groups frozen from the bottom; None: all but the top two layers and the head
+class FrozenBlocksConfig(TrainedStrategyConfig):
     # A text backbone's frozen blocks run once per example, without dropout, and are looked up at every step
     # (training/frozen_cache.py), unless the cache would pass cache_limit_mb or training augments the inputs.
     cache_frozen: bool = True
     cache_limit_mb: float = 2048.0
+
+
+def frozen_layer_cache(model: TransferModel, data: FitData, training: TrainingConfig, config: FrozenBlocksConfig, depths: list[int]):
+    """One pass computing the output after each of `depths` frozen blocks for the training and validation examples,
+    or None where the cache does not apply (the run's log says why when it is the size)."""
+    depths = sorted({depth for depth in depths if depth >= 1})
+    if not config.cache_frozen or "transformer_blocks" not in model.capabilities or not depths or data.train_transform is not None:
+        return None
+    examples = data.train + data.val
+    size = cache_size_mb(examples, data.length_of, model.feature_dim()) * len(depths)
+    if size > config.cache_limit_mb:
+        data.log_history.append({"frozen_layer_cache": f"off: {size:.0f} MB would pass cache_limit_mb ({config.cache_limit_mb:.0f})"})
+        return None
+    started = time.perf_counter()
+    cache = FrozenLayerCache(model, depths).fill(examples, data.collate, data.length_of, training.eval_batch_size)
+    data.log_history.append(
+        {
+            "frozen_layer_cache": {
+                "blocks": depths,
+                "examples": len(cache.rows),
+                "mb": round(size, 1),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        }
+    )
+    return cache
+
+
+@dataclass
+class PartialConfig(FrozenBlocksConfig):
+    lr: float = 5e-5
+    freeze_below: int | None = None  # layer groups frozen from the bottom; None: all but the top two layers and the head
 
 
 @register_strategy
@@ -56,40 +86,16 @@ class PartialFineTuning(Strategy):
 
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         prepared = self.prepare(model)
-        cache = self._frozen_layer_cache(model, data, training)
+        # a text backbone's groups: the embeddings, then one per block
+        cache = frozen_layer_cache(model, data, training, self.config, [self.frozen_groups(model) - 1])
         with cache.serving() if cache is not None else nullcontext():
             return train_with_trainer(
                 prepared, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training)
             )
 
-    def _frozen_layer_cache(self, model: TransferModel, data: FitData, training: TrainingConfig) -> FrozenLayerCache | None:
-        blocks = self.frozen_groups(model) - 1  # a text backbone's groups: the embeddings, then one per block
-        if not self.config.cache_frozen or "transformer_blocks" not in model.capabilities or blocks < 1 or data.train_transform is not None:
-            return None
-        examples = data.train + data.val
-        size = cache_size_mb(examples, data.length_of, model.feature_dim())
-        if size > self.config.cache_limit_mb:
-            data.log_history.append(
-                {"frozen_layer_cache": f"off: {size:.0f} MB would pass cache_limit_mb ({self.config.cache_limit_mb:.0f})"}
-            )
-            return None
-        started = time.perf_counter()
-        cache = FrozenLayerCache(model, blocks).fill(examples, data.collate, data.length_of, training.eval_batch_size)
-        data.log_history.append(
-            {
-                "frozen_layer_cache": {
-                    "blocks": blocks,
-                    "examples": len(cache.rows),
-                    "mb": round(size, 1),
-                    "seconds": round(time.perf_counter() - started, 2),
-                }
-            }
-        )
-        return cache
-
 
 @dataclass
-class GradualConfig(TrainedStrategyConfig):
+class GradualConfig(FrozenBlocksConfig):
     lr: float = 5e-5
     epochs_per_stage: float = 1.0
     stages: int = 4  # head; + top layer; + top two layers; then everything (ULMFiT's gradual unfreezing)
@@ -100,19 +106,38 @@ class GradualConfig(TrainedStrategyConfig):
             raise UserError(f"gradual unfreezing needs epochs_per_stage > 0 and stages >= 2, got {self.epochs_per_stage}, {self.stages}")
 
 
-class _UnfreezeSchedule(TrainerCallback):
-    """At each stage boundary, make the head plus the top `stage` layer groups trainable (all at the last)."""
+def _trainable_groups(stage: int, stages: int, groups: int) -> int:
+    """The head plus the top `stage` layer groups; every group in the last stage."""
+    return groups if stage == stages - 1 else stage + 1
 
-    def __init__(self, model: nn.Module, groups: list, stages: int, steps_per_stage: int, log: list[dict[str, Any]]):
+
+class _UnfreezeSchedule(TrainerCallback):
+    """At each stage boundary, make the head plus the top `stage` layer groups trainable (all at the last), and
+    have the frozen blocks below read the cache when there is one."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: list,
+        stages: int,
+        steps_per_stage: int,
+        log: list[dict[str, Any]],
+        cache: FrozenLayerCache | None,
+        serving: ExitStack,
+    ):
         self.model, self.groups, self.stages, self.steps_per_stage, self.log = model, groups, stages, steps_per_stage, log
+        self.cache, self.serving = cache, serving
         self.stage = -1
 
     def _apply(self, stage: int, step: int) -> None:
         self.stage = stage
-        top = len(self.groups) if stage == self.stages - 1 else stage + 1
-        trainable = self.groups[-top:]
+        trainable = self.groups[-_trainable_groups(stage, self.stages, len(self.groups)) :]
         set_trainable(self.model, lambda name: any(g.owns(name) for g in trainable))
         self.log.append({"step": step, "stage": stage + 1, "trainable_groups": [g.name for g in trainable]})
+        self.serving.close()  # the previous stage's frozen blocks compute again
+        frozen_blocks = len(self.groups) - len(trainable) - 1  # below them, the embeddings
+        if self.cache is not None and frozen_blocks in self.cache.depths:
+            self.serving.enter_context(self.cache.serving(frozen_blocks))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._apply(0, 0)
@@ -142,15 +167,21 @@ class GradualUnfreezing(Strategy):
         prepared = self.prepare(model)
         cfg = self.config
         steps_per_stage = max(1, training_plan(data, training, cfg.epochs_per_stage * cfg.stages).steps // cfg.stages)
-        schedule = _UnfreezeSchedule(prepared, model.layer_groups(), cfg.stages, steps_per_stage, data.log_history)
-        trained = train_with_trainer(
-            prepared,
-            data,
-            training,
-            lr=self.learning_rate(training),
-            lr_scale=self.lr_scale(model, data, training),
-            callbacks=[schedule],
-            epochs=cfg.epochs_per_stage * cfg.stages,
-        )
+        groups = model.layer_groups()
+        # the frozen blocks of each stage but the last, all pretrained until their stage: one pass caches every depth
+        depths = [len(groups) - _trainable_groups(stage, cfg.stages, len(groups)) - 1 for stage in range(cfg.stages - 1)]
+        cache = frozen_layer_cache(model, data, training, cfg, depths)
+        with ExitStack() as serving:
+            schedule = _UnfreezeSchedule(prepared, groups, cfg.stages, steps_per_stage, data.log_history, cache, serving)
+            trained = train_with_trainer(
+                prepared,
+                data,
+                training,
+                lr=self.learning_rate(training),
+                lr_scale=self.lr_scale(model, data, training),
+                callbacks=[schedule],
+                epochs=cfg.epochs_per_stage * cfg.stages,
+            )
+            serving.close()
         set_trainable(trained, lambda name: True)
         return trained
