@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow bench install assets-large lint clean
+.PHONY: demo test test-slow bench bench-cost-curve install assets-large lint clean
 
 $(VENV)/.torch: requirements/torch.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -59,6 +59,10 @@ bench: $(VENV)/.assets-large
 	$(PY) bench/merge_latency.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/onnx_latency.py
+
+# Hours on 2 CPU cores (full fine-tuning on 24,000 reviews); resumable, so it can be built over several sittings.
+bench-cost-curve: $(VENV)/.installed
+	$(PY) bench/cost_curve.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench
