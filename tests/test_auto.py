@@ -110,15 +110,30 @@ def test_the_search_never_reads_the_test_labels(tmp_path, tiny_bert_dir):
     assert flipped["strategies"][name]["metrics"]["accuracy"]["mean"] == pytest.approx(1 - accuracy)
 
 
-def test_small_data_validates_on_enough_examples_or_is_refused(tmp_path, tiny_bert_dir, sentiment_csv):
-    """240 labelled examples: 50 of them validate (not the usual 10%); 120: too few to spare 50, refused before any output."""
+def test_small_data_validates_on_enough_examples_or_trains_the_recommendation(tmp_path, tiny_bert_dir, sentiment_csv):
+    """240 labelled examples: 50 of them validate (not the usual 10%). 120: too few to spare 50, so there is no search:
+    the recommended strategy (SetFit at 60 per class) trains on them and is tested once; one that the run's --strategies
+    leave out is refused before any output."""
     config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head"], n_train=160, max_length=40)
     record = auto(config, tmp_path / "out", budget_seconds=60, max_trials=1, log=lambda _: None)
     assert (record["n_val"], record["n_fit"]) == (50, 110)
     config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head"], n_train=120, max_length=40)
-    with pytest.raises(UserError, match="too few to choose by"):
+    with pytest.raises(UserError, match="the recommended setfit cannot be trained instead: it is not among --strategies head"):
         auto(config, tmp_path / "small", budget_seconds=60, log=lambda _: None)
     assert not (tmp_path / "small").exists()
+    config = load_run_config(
+        None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head", "setfit"], n_train=120, max_length=40,
+        strategy_settings={"setfit": {"pair_iterations": 2}},
+    )  # fmt: skip
+    lines: list[str] = []
+    record = auto(config, tmp_path / "few", budget_seconds=60, log=lines.append)
+    search = record["search"]
+    assert search["trials"] == [] and search["winner"]["strategy"] == "setfit" and "no search" in search["none_because"]
+    assert record["recommendation"]["strategy"] == "setfit" and list(record["strategies"]) == ["setfit"]
+    assert record["strategies"]["setfit"]["status"] == "ok"
+    assert any("too few to choose by" in line for line in lines)
+    assert (tmp_path / "few" / "model" / "transferlab.json").is_file() and not (tmp_path / "few" / "leaderboard.csv").exists()
+    assert "no search" in (tmp_path / "few" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("prune_from", [2, 4])

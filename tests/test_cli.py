@@ -132,3 +132,16 @@ def test_the_example_configs_are_there():
 def test_an_example_config_loads_and_says_what_it_is_for(path):
     assert path.read_text(encoding="utf-8").startswith("# ")
     load_run_config(path)
+
+
+def test_auto_on_too_few_examples_says_it_trained_the_recommendation(tmp_path, tiny_bert_dir, sentiment_csv):
+    (tmp_path / "quick.yaml").write_text("strategy_settings:\n  setfit: {pair_iterations: 2}\n")
+    out = tmp_path / "few"
+    done = _cli(
+        "auto", "--backbone", tiny_bert_dir, "--dataset", sentiment_csv, "--n-train", "120", "--max-length", "40",
+        "--strategies", "head,setfit", "--budget", "1m", "--config", tmp_path / "quick.yaml", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "search:" not in done.stdout and "leaderboard.csv" not in done.stdout
+    assert "no search: the recommended setfit was trained" in " ".join((done.stdout + done.stderr).split())
+    assert (out / "model" / "transferlab.json").is_file()

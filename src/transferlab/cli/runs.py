@@ -225,7 +225,8 @@ def auto(
             executor=runner,
         )
     search = results["search"]
-    out.print(f"search: {len(search['trials'])} trials in {search['seconds'] / 60:.1f} min; validation {search['metric']}, best first:")
+    if search["trials"]:
+        out.print(f"search: {len(search['trials'])} trials in {search['seconds'] / 60:.1f} min; validation {search['metric']}, best first:")
     for row in ranked_trials(search)[:TRIALS_SHOWN]:
         score = "failed" if row["validation"] is None else f"{row['validation']:.4f}"
         out.print(
@@ -233,7 +234,8 @@ def auto(
         )
     print_results(results, out)
     console.print(results["recommendation"]["verdict"], highlight=False)
-    console.print(f"model: {target / 'model'}; trials: {target / 'leaderboard.csv'}; report: {target / 'report.html'}")
+    trials = f"; trials: {target / 'leaderboard.csv'}" if search["trials"] else ""
+    console.print(f"model: {target / 'model'}{trials}; report: {target / 'report.html'}")
 
 
 @config_options(

@@ -139,10 +139,12 @@ def auto(
         log(f"auto: {MIN_VALIDATION} of the {labelled} labelled examples validate (not {len(experiment.split.val)}): enough to choose by")
         experiment = prepare(config, log)
     if len(experiment.split.val) < MIN_VALIDATION:
-        raise UserError(
-            f"auto chooses on the validation split, and {len(experiment.split.val)} examples are too few to choose by "
-            f"(at least {MIN_VALIDATION}): give more data, or a --test-dataset and --validation-dataset, or compare with --cv"
-        )
+        if config.validation_dataset is not None:
+            raise UserError(
+                f"auto chooses on the validation split, and --validation-dataset's {len(experiment.split.val)} examples are too "
+                f"few to choose by (at least {MIN_VALIDATION})"
+            )
+        return _without_search(experiment, out_dir, budget_seconds, recommendation, resume, formats, log)
     folder = open_run_folder(out_dir, config, resume, log)
     strategies = _search_order(experiment, recommendation["strategy"], formats, log)
     open_search = functools.partial(Search, out_dir, config, strategies, budget_seconds, max_trials, since)
@@ -153,10 +155,7 @@ def auto(
     log(f"winner: {name}{_describe(settings)}, validation {config.training.metric} {winner.value:.4f}; testing it")
     final = dataclasses.replace(experiment, config=_with_settings(config, name, settings))
     first, results = _test_winner(final, folder, kept.fitted if kept is not None and kept.number == winner.number else None)
-    record = run_record(final, "auto")
-    record["strategies"][name] = summarize_runs(results)
-    record["comparison"] = compare_to_best(record["strategies"], config.training.metric)
-    record["search"] = {
+    search = {
         "budget_seconds": budget_seconds,
         "seconds": study.user_attrs["seconds"],
         "metric": config.training.metric,
@@ -165,11 +164,79 @@ def auto(
         "winner": {"trial": winner.number, "strategy": name, "settings": settings, "validation": winner.value},
         "trials": leaderboard(study),
     }
-    record["recommendation"] = {**recommendation, "verdict": _verdict(recommendation["strategy"], record["search"])}
+    verdict = _verdict(recommendation["strategy"], search)
+    return _finish(experiment, final, folder, first, results, search, {**recommendation, "verdict": verdict}, out_dir, formats, log)
+
+
+def _without_search(
+    experiment: Experiment,
+    out_dir: Path,
+    budget_seconds: float,
+    recommendation: dict[str, Any],
+    resume: bool | None,
+    formats: Sequence[str],
+    log: Log,
+) -> dict[str, Any]:
+    """Too few labelled examples to spare a validation split that can tell strategies apart (one example is two
+    points and more): no search can choose there, so auto trains the recommended strategy, whose rules rest on
+    measurements at this size (SetFit's pairs up to 64 examples per class), on every labelled example, and tests it
+    once."""
+    config = experiment.config
+    name = recommendation["strategy"]
+    reason = (
+        f"{len(experiment.split.val)} validation examples are too few to choose by (at least {MIN_VALIDATION}); "
+        f"no search: the recommended {name} was trained"
+    )
+    log(f"auto: {reason}")
+    from transferlab.backbones import build_classifier
+
+    model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
+    left_out = _left_out_because(config.strategy(name), model, formats, chosen_on_validation=False)
+    if name not in config.strategies or left_out:
+        why = left_out or f"it is not among --strategies {','.join(config.strategies)}"
+        raise UserError(
+            f"auto: {len(experiment.split.val)} validation examples are too few to search on, and the recommended {name} cannot be trained instead: {why}"
+        )
+    folder = open_run_folder(out_dir, config, resume, log)
+    final = dataclasses.replace(experiment, config=_with_settings(config, name, {}))
+    first, results = _test_winner(final, folder, None)
+    search = {
+        "budget_seconds": budget_seconds,
+        "seconds": 0.0,
+        "metric": config.training.metric,
+        "validation_examples": len(experiment.split.val),
+        "strategies": [name],
+        "winner": {"trial": None, "strategy": name, "settings": {}, "validation": None},
+        "trials": [],
+        "none_because": reason,
+    }
+    return _finish(experiment, final, folder, first, results, search, {**recommendation, "verdict": reason}, out_dir, formats, log)
+
+
+def _finish(
+    experiment: Experiment,
+    final: Experiment,
+    folder: RunFolder,
+    first: StrategyRun,
+    results: list[dict[str, Any]],
+    search: dict[str, Any],
+    recommendation: dict[str, Any],
+    out_dir: Path,
+    formats: Sequence[str],
+    log: Log,
+) -> dict[str, Any]:
+    """The winner's record, export, leaderboard (when there was a search) and report."""
+    name = final.config.strategies[0]
+    record = run_record(final, "auto")
+    record["strategies"][name] = summarize_runs(results)
+    record["comparison"] = compare_to_best(record["strategies"], final.config.training.metric)
+    record["search"] = search
+    record["recommendation"] = recommendation
     record["model_dir"] = "model"
     export(first, final, out_dir / "model", False, record)
     write_label_issues(out_dir, experiment)
-    _write_leaderboard(out_dir, record["search"])
+    if search["trials"]:
+        _write_leaderboard(out_dir, search)
     folder.complete(record)
     write_report(out_dir, record)
     write_export_formats(out_dir, formats, log)
@@ -199,10 +266,10 @@ def _search_order(experiment: Experiment, recommended: str, formats: Sequence[st
     return sorted(usable, key=rank)
 
 
-def _left_out_because(strategy: Strategy, model: Any, formats: Sequence[str]) -> str | None:
+def _left_out_because(strategy: Strategy, model: Any, formats: Sequence[str], chosen_on_validation: bool = True) -> str | None:
     if reason := strategy.unsupported_reason(model):
         return reason
-    if not strategy.validation_is_held_out:
+    if chosen_on_validation and not strategy.validation_is_held_out:
         return "it learns from the validation labels, so its validation score would flatter it"
     if not strategy.merges and set(formats) - {"hf"}:
         return "its virtual tokens do not merge into one model to export"

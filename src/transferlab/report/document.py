@@ -62,7 +62,7 @@ def figures(directory: Path, results: dict[str, Any]) -> list[tuple[str, str, by
     out: list[tuple[str, str, bytes]] = []
     if "study" in results:
         out.append(("study", f"Study: {results['study']['name']}", plots.study_plot(results)))
-    if "search" in results:
+    if results.get("search", {}).get("trials"):
         out.append(("search", "Search: each trial's validation score", plots.search_plot(results["search"])))
     curves = plots.training_curves(load_histories(directory, order), primary)
     if curves:
@@ -151,7 +151,9 @@ def describe(results: dict[str, Any]) -> list[str]:
     ]
     if comparison := results.get("comparison"):
         lines.append(f"'vs best': {comparison.get('test')}")
-    if search := results.get("search"):
+    if (search := results.get("search")) and "none_because" in search:
+        lines.append(f"{search['none_because']}; the test set was read once")
+    elif search:
         winner = search["winner"]
         lines.append(
             f"search: {len(search['trials'])} trial(s) in {search['seconds'] / 60:.1f} of {search['budget_seconds'] / 60:.1f} budgeted "
@@ -191,7 +193,7 @@ def render_html(results: dict[str, Any], images: list[tuple[str, str, bytes]]) -
         parts.append(f'<p class="verdict {v[0]}">{e(v[1])}</p>')
     header, rows, best = table_rows(results)
     parts.append("<h2>Comparison</h2>" + _html_table(header, rows, best))
-    if "search" in results:
+    if results.get("search", {}).get("trials"):
         parts.append("<h2>Search</h2>" + _html_table(*search_rows(results)))
     if checks := results.get("data_checks"):
         parts.append("<h2>Data checks</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in describe_checks(checks)) + "</ul>")
@@ -209,7 +211,7 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str, bytes]
         lines += [f"**{v[1]}**", ""]
     header, rows, _ = table_rows(results)
     lines += [*_markdown_table(header, rows), ""]
-    if "search" in results:
+    if results.get("search", {}).get("trials"):
         header, rows = search_rows(results)
         lines += ["## Search", "", *_markdown_table(header, rows), ""]
     if checks := results.get("data_checks"):
