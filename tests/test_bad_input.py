@@ -121,9 +121,9 @@ CASES = {
         ["auto", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--export-format", "tflite"],
         "unknown export format",
     ),
-    "auto without enough examples to validate on": (
-        ["auto", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--out", "{d}/auto-run"],
-        "too few to choose by",
+    "auto without enough examples to validate on, nor the recommendation among --strategies": (
+        ["auto", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--strategies", "head", "--out", "{d}/auto-run"],
+        "too few to search on, and the recommended setfit cannot be trained instead",
     ),
     "not a model folder": (PREDICT + ["--model", "{d}", "--text", "good"], "not a model exported"),
     "a model from an unfinished run": (PREDICT + ["--model", "{unfinished}/model", "--text", "good"], "did not finish"),
