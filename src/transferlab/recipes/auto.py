@@ -187,7 +187,6 @@ def _without_search(
         f"{len(experiment.split.val)} validation examples are too few to choose by (at least {MIN_VALIDATION}); "
         f"no search: the recommended {name} was trained"
     )
-    log(f"auto: {reason}")
     from transferlab.backbones import build_classifier
 
     model = build_classifier(experiment.backbone, experiment.label_names, config.pooling)
@@ -197,6 +196,7 @@ def _without_search(
         raise UserError(
             f"auto: {len(experiment.split.val)} validation examples are too few to search on, and the recommended {name} cannot be trained instead: {why}"
         )
+    log(f"auto: {reason}")
     folder = open_run_folder(out_dir, config, resume, log)
     final = dataclasses.replace(experiment, config=_with_settings(config, name, {}))
     first, results = _test_winner(final, folder, None)

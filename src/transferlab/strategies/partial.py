@@ -182,6 +182,5 @@ class GradualUnfreezing(Strategy):
                 callbacks=[schedule],
                 epochs=cfg.epochs_per_stage * cfg.stages,
             )
-            serving.close()
         set_trainable(trained, lambda name: True)
         return trained
