@@ -29,7 +29,9 @@ def _files(tmp_path, flip_test_labels: bool = False):
         return folder / "train.csv", folder / "test.csv"
     texts, labels = sentiment_texts(560, seed=3)
     names = np.array(["negative", "positive"])
-    train = pd.DataFrame({"text": texts[:480], "label": names[labels[:480]]})
+    train_labels = np.array(labels[:480])
+    train_labels[::10] = 1 - train_labels[::10]  # some labels wrong, as in real data: no trial is perfect on validation
+    train = pd.DataFrame({"text": texts[:480], "label": names[train_labels]})
     test_labels = np.array(labels[480:])
     test = pd.DataFrame({"text": texts[480:], "label": names[1 - test_labels if flip_test_labels else test_labels]})
     folder.mkdir()
@@ -257,3 +259,56 @@ def test_trials_in_flight_side_by_side_count_against_the_limit_and_the_budget(tm
     states = [t.state.name for t in search.study.trials]
     assert states == ["COMPLETE", "PRUNED", "FAIL"]
     assert lines[0].startswith("trial 0: head") and "stopped (budget)" in lines[1] and lines[2].endswith("ValueError: bad")
+
+
+def test_a_perfect_validation_score_ends_the_search_and_stops_the_trials_beside_it(tmp_path, tiny_bert_dir):
+    """No trial can beat a validation score of 1.0 (ties go to the earlier trial): the search hands out no more
+    trials, within budget and --max-trials, and one in flight on another worker stops at its next evaluation."""
+    import time
+
+    from transferlab.recipes.auto import Search
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), strategies=["head", "lora", "full"], training={"epochs": 2})
+    lines: list[str] = []
+    search = Search(tmp_path, config, ["head", "lora", "full"], 3600, None, time.time(), lines.append)
+    first, second = search.next_trial(), search.next_trial()
+    assert search.report(second[0], 1, 0.9) is None
+    search.complete(first[0], 1.0, 1.0, None)
+    assert search.report(second[0], 2, 0.95) == "decided"
+    search.complete(second[0], 0.95, 2.0, "decided")
+    assert search.next_trial() is None
+    finished = [t.state.name for t in search.study.trials if t.state.is_finished()]
+    assert finished == ["COMPLETE", "PRUNED"]  # full's first look stays queued, never trained
+    assert search.study.user_attrs["decided_by"] == first[0]
+    assert "trial 0 reached the maximum validation accuracy" in lines[-1]
+
+
+def test_a_search_below_the_maximum_goes_on(tmp_path, tiny_bert_dir):
+    import time
+
+    from transferlab.recipes.auto import Search
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), strategies=["head", "lora"], training={"epochs": 2})
+    search = Search(tmp_path, config, ["head", "lora"], 3600, None, time.time(), lambda _: None)
+    first = search.next_trial()
+    search.complete(first[0], 0.999, 1.0, None)
+    assert search.next_trial() is not None
+
+
+@pytest.mark.parametrize(
+    ("strategies", "left_out", "trials", "expected"),
+    [
+        (["head", "lora"], {}, [("lora", 0.9), ("head", 0.8)], "the recommended lora won the search"),
+        (["head", "lora"], {}, [("head", 0.8), ("lora", 0.7)], "the recommended lora reached 0.7000 on validation; head won with 0.8000"),
+        (["head"], {"lora": "no reason"}, [("head", 0.8)], "the recommended lora was left out of the search (no reason); head won"),
+        (["head"], {}, [("head", 0.8)], "the recommended lora was not among the strategies to search; head won"),
+        (["head", "lora"], {}, [("head", 0.8)], "the budget ran out before the recommended lora was tried; head won"),
+    ],
+)
+def test_the_verdict_says_what_became_of_the_recommendation(strategies, left_out, trials, expected):
+    from transferlab.recipes.auto import _verdict
+
+    rows = [{"strategy": name, "validation": value} for name, value in trials]
+    best = max(rows, key=lambda row: row["validation"])
+    search = {"strategies": strategies, "left_out": left_out, "trials": rows, "winner": best}
+    assert _verdict("lora", search) == expected

@@ -160,6 +160,8 @@ def describe(results: dict[str, Any]) -> list[str]:
             f"minutes over {', '.join(search['strategies'])}; winner trial {winner['trial']} ({winner['strategy']}), chosen on "
             f"{search['validation_examples']} validation examples; the test set was read by the winner only"
         )
+        if search.get("decided_by") is not None:
+            lines.append(f"the search stopped early: trial {search['decided_by']} reached the maximum validation {search['metric']}, 1.0")
     if recommendation := results.get("recommendation"):
         lines.append(f"recommendation: {recommendation.get('verdict')}")
     return lines

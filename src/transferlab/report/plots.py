@@ -196,14 +196,14 @@ def _forgetting_panel(ax: Any, results: dict[str, Any]) -> None:
 
 def search_plot(search: dict[str, Any]) -> bytes:
     """`auto`'s search: each trial's validation score against the time it ended, one colour per strategy, a marker
-    per ending (complete, pruned, stopped by the budget), and the best complete score so far as a step line."""
+    per ending (complete, pruned, stopped by the budget or by another trial's perfect score), and the best complete score so far as a step line."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(9, 4.5))
     rows = sorted(search["trials"], key=lambda r: r["trial"])
     ended = np.cumsum([r["seconds"] or 0.0 for r in rows]) / 60
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     colours = plt.get_cmap("tab10" if len(strategies) <= 10 else "tab20")
-    markers = {"complete": "o", "pruned": "x", "budget": "v"}
+    markers = {"complete": "o", "pruned": "x", "budget": "v", "decided": "v"}
     labelled: set[str] = set()
     for row, minute in zip(rows, ended):
         if row["validation"] is None:
@@ -217,7 +217,9 @@ def search_plot(search: dict[str, Any]) -> bytes:
         best = np.maximum.accumulate([v for _, v in complete])
         ax.step([m for m, _ in complete], best, where="post", color="black", lw=1, alpha=0.6, label="best complete")
     ax.set(
-        xlabel="minutes of search", ylabel=f"validation {search['metric']}", title="search: o complete, x pruned, v stopped by the budget"
+        xlabel="minutes of search",
+        ylabel=f"validation {search['metric']}",
+        title="search: o complete, x pruned, v stopped (budget, or a perfect score)",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
