@@ -312,3 +312,20 @@ def test_the_verdict_says_what_became_of_the_recommendation(strategies, left_out
     best = max(rows, key=lambda row: row["validation"])
     search = {"strategies": strategies, "left_out": left_out, "trials": rows, "winner": best}
     assert _verdict("lora", search) == expected
+
+
+def test_gradual_unfreezing_is_judged_at_its_end_only(tmp_path, tiny_bert_dir, monkeypatch):
+    """Its first stage trains the head alone, so the pruner's call mid-run is ignored for it and kept for the others."""
+    import time
+
+    import optuna
+
+    from transferlab.recipes.auto import Search
+
+    monkeypatch.setattr(optuna.Trial, "should_prune", lambda trial: True)
+    config = load_run_config(None, backbone=str(tiny_bert_dir), strategies=["gradual", "lora"], training={"epochs": 2})
+    search = Search(tmp_path, config, ["gradual", "lora"], 3600, None, time.time(), lambda _: None)
+    gradual, lora = search.next_trial(), search.next_trial()
+    assert (gradual[1], lora[1]) == ("gradual", "lora")
+    assert search.report(gradual[0], 1, 0.3) is None
+    assert search.report(lora[0], 1, 0.3) == "pruned"

@@ -6,9 +6,10 @@ over strategies x learning rate (x rank or bottleneck width) with Optuna (TPE sa
 - then the recommended strategy, then every other one, each once at its own defaults, so each gets a look;
 - then TPE's proposals, which concentrate on the strategies and rates that did best.
 Each trained trial reports its best validation metric so far at every evaluation; Hyperband's successive halving
-stops those that fall behind, and at the budget the trial in flight stops at its next evaluation. Trials all train
-with the run's seed, so they differ by their settings only. The test set is read once, by the winner (and by its
-reruns with other seeds when --seeds asks for them). The search is an Optuna journal in the run folder: an
+stops those that fall behind (not gradual unfreezing, whose first stage trains the head alone: it is judged at its
+end); at the budget the trial in flight stops at its next evaluation, and a trial at the metric's maximum (1.0) ends
+the search, as no other can beat it. Trials all train with the run's seed, so they differ by their settings only.
+The test set is read once, by the winner (and by its reruns with other seeds when --seeds asks for them). The search is an Optuna journal in the run folder: an
 interrupted auto carries on where it stopped, and runs the trial it was in again. With `--executor ray` the same
 search hands trials to Ray workers that train side by side (recipes/executors.py).
 """
@@ -380,7 +381,7 @@ class Search:
         trial.report(best_so_far, step)
         if step >= self.evaluations:  # trained to its end: stopping it now would save nothing
             return None
-        if trial.should_prune():
+        if trial.should_prune() and self.space.config.strategy(trial.params["strategy"]).judged_mid_run:
             return "pruned"
         if self._perfect(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) is not None:
             return "decided"  # a trial side by side with this one reached the maximum

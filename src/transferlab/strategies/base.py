@@ -60,6 +60,9 @@ class Strategy(ABC):
     # False: the fit learns from the validation examples' labels, so its validation score flatters it (a search
     # that chooses on validation must leave it out; its test score stays honest)
     validation_is_held_out: ClassVar[bool] = True
+    # False: a staged schedule keeps part of the model untrained early on by design, so its validation score mid-run
+    # says little of where it ends; a search that prunes trials at equal steps judges it only at its end
+    judged_mid_run: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset()  # model capabilities it needs (backbones/base.py: CAPABILITIES)
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any):
