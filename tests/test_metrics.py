@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 
@@ -55,3 +56,33 @@ def test_multiclass_macro_and_confusion():
 def test_auroc_undefined_when_a_class_is_missing():
     m = classification_metrics(np.array([0, 0, 1]), _onehot_probs(np.array([0, 0, 1]), 3), 3)
     assert math.isnan(m["auroc"])
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_one_metric_alone_equals_its_value_among_all(num_classes):
+    """What a cross-validation scorer computes (one metric) matches the full table, class absent from the labels included."""
+    from transferlab.evaluation.metrics import metric_value
+
+    rng = np.random.default_rng(num_classes)
+    labels = rng.integers(0, num_classes - 1, 50)  # the last class never occurs
+    probs = rng.dirichlet(np.ones(num_classes), 50)
+    every = classification_metrics(labels, probs, num_classes)
+    for metric, value in every.items():
+        alone = metric_value(labels, probs, num_classes, metric)
+        assert alone == value or (np.isnan(alone) and np.isnan(value))
+
+
+def test_the_scorer_computes_only_the_metric_it_scores(monkeypatch):
+    """The probe's C search calls it once per fold and C: the other metrics (AUROC above all) are not computed."""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferlab.evaluation import metrics
+
+    def no_auroc(*args):
+        raise AssertionError("AUROC computed for an accuracy scorer")
+
+    monkeypatch.setattr(metrics, "_auroc", no_auroc)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, 60)
+    model = LogisticRegression().fit(x, y)
+    assert metrics.MetricScorer("accuracy", 2)(model, x, y) == (model.predict(x) == y).mean()

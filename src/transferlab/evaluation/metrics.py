@@ -15,6 +15,8 @@ from sklearn.metrics import (
     matthews_corrcoef,
     multilabel_confusion_matrix,
     precision_recall_fscore_support,
+    precision_score,
+    recall_score,
     roc_auc_score,
 )
 
@@ -35,34 +37,47 @@ def predicted_labels(probs: np.ndarray, threshold: float | np.ndarray | list[flo
     return (probs[:, 1] >= threshold).astype(int)
 
 
+def _averaged(num_classes: int) -> dict:
+    """Precision, recall and F1 of the positive class when binary, macro-averaged over every class otherwise."""
+    return {"average": "binary"} if num_classes == 2 else {"average": "macro", "labels": list(range(num_classes))}
+
+
+# Each single-label metric from (labels, predicted labels, probabilities, number of classes); a table, so that a
+# caller that needs one metric (a cross-validation scorer, called per fold and strength) computes that one only.
+SINGLE_LABEL_METRICS = {
+    "accuracy": lambda y, predicted, probs, k: accuracy_score(y, predicted),
+    "macro_f1": lambda y, predicted, probs, k: f1_score(y, predicted, labels=list(range(k)), average="macro", zero_division=0),
+    "micro_f1": lambda y, predicted, probs, k: accuracy_score(y, predicted),  # one class per example: pooled F1 is accuracy
+    "precision": lambda y, predicted, probs, k: precision_score(y, predicted, zero_division=0, **_averaged(k)),
+    "recall": lambda y, predicted, probs, k: recall_score(y, predicted, zero_division=0, **_averaged(k)),
+    "f1": lambda y, predicted, probs, k: f1_score(y, predicted, zero_division=0, **_averaged(k)),
+    "auroc": lambda y, predicted, probs, k: _auroc(y, probs, k),
+    "mcc": lambda y, predicted, probs, k: matthews_corrcoef(y, predicted),
+}
+
+
 def classification_metrics(
     labels: np.ndarray, probs: np.ndarray, num_classes: int, threshold: float | np.ndarray | list[float] | None = None
 ) -> dict[str, float]:
     """Scalar metrics. precision/recall/f1 are for the positive class when binary, macro-averaged otherwise;
     labels are decided as `predicted_labels` says (AUROC reads the probabilities alone). Multi-label targets
     (a matrix) get `multi_label_metrics`."""
+    return _single_label(labels, probs, num_classes, threshold, SINGLE_LABEL_METRICS)
+
+
+def metric_value(labels: np.ndarray, probs: np.ndarray, num_classes: int, metric: str) -> float:
+    """One of `classification_metrics`, computing only that one."""
+    return _single_label(labels, probs, num_classes, None, {metric: SINGLE_LABEL_METRICS[metric]})[metric]
+
+
+def _single_label(labels: np.ndarray, probs: np.ndarray, num_classes: int, threshold, metrics: dict) -> dict[str, float]:
     labels = np.asarray(labels)
     if is_multi_label(labels):
         return multi_label_metrics(labels.astype(int), probs, threshold)
     predicted = predicted_labels(probs, threshold)
-    classes = list(range(num_classes))
-    average = "binary" if num_classes == 2 else "macro"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            labels, predicted, labels=classes if average == "macro" else None, average=average, zero_division=0
-        )
-        macro_f1 = f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(macro_f1),
-        "micro_f1": float(accuracy_score(labels, predicted)),  # one class per example: pooled F1 is accuracy
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "auroc": _auroc(labels, probs, num_classes),
-        "mcc": float(matthews_corrcoef(labels, predicted)),
-    }
+        return {name: float(score(labels, predicted, probs, num_classes)) for name, score in metrics.items()}
 
 
 def multi_label_metrics(labels: np.ndarray, probs: np.ndarray, threshold: np.ndarray | list[float] | None = None) -> dict[str, float]:
@@ -112,7 +127,7 @@ class MetricScorer:
         fitted = estimator.predict_proba(x)
         probs = np.zeros((len(fitted), self.num_classes), dtype=fitted.dtype)
         probs[:, np.asarray(estimator.classes_, dtype=int)] = fitted  # a fold's model knows only the classes it saw
-        return classification_metrics(y, probs, self.num_classes)[self.metric]
+        return metric_value(y, probs, self.num_classes, self.metric)
 
     def __repr__(self) -> str:
         return f"MetricScorer({self.metric!r}, {self.num_classes})"

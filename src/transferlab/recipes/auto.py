@@ -9,8 +9,9 @@ Each trained trial reports its best validation metric so far at every evaluation
 stops those that fall behind (not gradual unfreezing, whose first stage trains the head alone: it is judged at its
 end); at the budget the trial in flight stops at its next evaluation, and a trial at the metric's maximum (1.0) ends
 the search, as no other can beat it. Trials all train with the run's seed, so they differ by their settings only.
-The test set is read once, by the winner (and by its reruns with other seeds when --seeds asks for them). The search is an Optuna journal in the run folder: an
-interrupted auto carries on where it stopped, and runs the trial it was in again. With `--executor ray` the same
+The test set is read once, by the winner (and by its reruns with other seeds when --seeds asks for them). The search
+is an Optuna journal in the run folder: an interrupted auto carries on where it stopped, and runs the trial it was in
+again. With `--executor ray` the same
 search hands trials to Ray workers that train side by side (recipes/executors.py).
 """
 
