@@ -62,15 +62,18 @@ def classification_metrics(
     """Scalar metrics. precision/recall/f1 are for the positive class when binary, macro-averaged otherwise;
     labels are decided as `predicted_labels` says (AUROC reads the probabilities alone). Multi-label targets
     (a matrix) get `multi_label_metrics`."""
-    return _single_label(labels, probs, num_classes, threshold, SINGLE_LABEL_METRICS)
+    return _scored(labels, probs, num_classes, threshold, SINGLE_LABEL_METRICS)
 
 
 def metric_value(labels: np.ndarray, probs: np.ndarray, num_classes: int, metric: str) -> float:
-    """One of `classification_metrics`, computing only that one."""
-    return _single_label(labels, probs, num_classes, None, {metric: SINGLE_LABEL_METRICS[metric]})[metric]
+    """One of `classification_metrics`, computing only that one (a single-label task; multi-label gets all of them)."""
+    return _scored(labels, probs, num_classes, None, {metric: SINGLE_LABEL_METRICS[metric]})[metric]
 
 
-def _single_label(labels: np.ndarray, probs: np.ndarray, num_classes: int, threshold, metrics: dict) -> dict[str, float]:
+def _scored(
+    labels: np.ndarray, probs: np.ndarray, num_classes: int, threshold: float | np.ndarray | list[float] | None, metrics: dict
+) -> dict[str, float]:
+    """`metrics` (a part of SINGLE_LABEL_METRICS) on single-label targets; `multi_label_metrics` on a matrix of them."""
     labels = np.asarray(labels)
     if is_multi_label(labels):
         return multi_label_metrics(labels.astype(int), probs, threshold)

@@ -11,8 +11,8 @@ end); at the budget the trial in flight stops at its next evaluation, and a tria
 the search, as no other can beat it. Trials all train with the run's seed, so they differ by their settings only.
 The test set is read once, by the winner (and by its reruns with other seeds when --seeds asks for them). The search
 is an Optuna journal in the run folder: an interrupted auto carries on where it stopped, and runs the trial it was in
-again. With `--executor ray` the same
-search hands trials to Ray workers that train side by side (recipes/executors.py).
+again. With `--executor ray` the same search hands trials to Ray workers that train side by side
+(recipes/executors.py).
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class Search:
 
     def next_trial(self) -> tuple[int, str, dict[str, Any]] | None:
         """The next trial's number, strategy and settings; None at the budget or at --max-trials, once a trial is
-        complete (the head, usually, within seconds)."""
+        complete (the head, usually, within seconds), and once a trial reaches the metric's maximum."""
         finished = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("reason") != INTERRUPTED]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete and len(finished) >= GIVE_UP_AFTER:
@@ -358,17 +358,15 @@ class Search:
         if complete and self.max_trials is not None and len(finished) + len(self.in_flight) >= self.max_trials:
             return None
         if (perfect := self._perfect(complete)) is not None:
-            if not self.in_flight and not self.spent:
-                self.spent = True
-                self.study.set_user_attr("decided_by", perfect.number)
-                left = max(0.0, self.deadline - time.time())
-                self.log(f"trial {perfect.number} reached the maximum validation {self.metric}, 1.0, which no later trial can beat: "
-                         f"the search stops with {left:.0f}s of its budget left")  # fmt: skip
+            left = max(0.0, self.deadline - time.time())
+            self._end(
+                f"trial {perfect.number} reached the maximum validation {self.metric}, 1.0, which no later trial can beat: "
+                f"the search stops with {left:.0f}s of its budget left",
+                decided_by=perfect.number,
+            )
             return None
         if complete and time.time() >= self.deadline:
-            if not self.in_flight and not self.spent:
-                self.spent = True
-                self.log(f"budget spent: {len(finished)} trial(s), {len(complete)} complete")
+            self._end(f"budget spent: {len(finished)} trial(s), {len(complete)} complete")
             return None
         trial = self.study.ask()
         name, settings = self.space.suggest(trial)
@@ -377,7 +375,8 @@ class Search:
         return trial.number, name, settings
 
     def report(self, number: int, step: int, best_so_far: float) -> str | None:
-        """Why the trial should stop at this evaluation (pruned, or the budget), or None to go on."""
+        """Why the trial should stop at this evaluation (pruned, decided by another trial's perfect score, or the
+        budget), or None to go on."""
         trial = self.in_flight[number]
         trial.report(best_so_far, step)
         if step >= self.evaluations:  # trained to its end: stopping it now would save nothing
@@ -387,6 +386,15 @@ class Search:
         if self._perfect(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) is not None:
             return "decided"  # a trial side by side with this one reached the maximum
         return "budget" if time.time() >= self.deadline else None
+
+    def _end(self, message: str, **attributes: Any) -> None:
+        """Say once why the search ended (and record `attributes` on the study), when no trial is left in flight."""
+        if self.in_flight or self.spent:
+            return
+        self.spent = True
+        for key, value in attributes.items():
+            self.study.set_user_attr(key, value)
+        self.log(message)
 
     @staticmethod
     def _perfect(complete: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:

@@ -196,7 +196,8 @@ def _forgetting_panel(ax: Any, results: dict[str, Any]) -> None:
 
 def search_plot(search: dict[str, Any]) -> bytes:
     """`auto`'s search: each trial's validation score against the time it ended, one colour per strategy, a marker
-    per ending (complete, pruned, stopped by the budget or by another trial's perfect score), and the best complete score so far as a step line."""
+    per ending (complete, pruned, stopped by the budget or by another trial's perfect score), and the best complete
+    score so far as a step line."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(9, 4.5))
     rows = sorted(search["trials"], key=lambda r: r["trial"])
