@@ -29,6 +29,7 @@ def _write_inputs(d: Path) -> None:
     (d / "broken.jsonl").write_text('{"text": "good", "label": 1}\n{"text": "bad", "lab\n')
     (d / "rank0.yaml").write_text("strategies: [lora]\nstrategy_settings:\n  lora: {r: 0}\n")
     (d / "typo.yaml").write_text("strategis: [lora]\n")
+    (d / "number-list.yaml").write_text("augment: 3\n")
     (d / "training-typo.yaml").write_text("training:\n  epoch: 2\n")
     (d / "training-renamed.yaml").write_text("training:\n  mixed_precision: bf16\n")  # the key's name before `precision`
     (d / "broken.yaml").write_text("strategies: [lora\n")
@@ -94,6 +95,7 @@ CASES = {
     "zero batch size": (COMPARE + ["--dataset", "{d}/ok.csv", "--batch-size", "0"], "batch size must be positive"),
     "LoRA rank 0": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/rank0.yaml"], "rank r must be at least 1"),
     "unknown config key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/typo.yaml"], "did you mean 'strategies'"),
+    "a number for a list": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/number-list.yaml"], "'augment' takes a list of names"),
     "unknown training key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/training-typo.yaml"], "did you mean 'epochs'"),
     "renamed training key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/training-renamed.yaml"], "did you mean 'precision'"),
     "malformed YAML": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/broken.yaml"], "cannot read config"),

@@ -121,6 +121,20 @@ def test_each_option_reaches_its_section_of_the_run_config():
     assert config.strategy_settings == {"full": {"layer_decay": 0.9}, "lora": {"layer_decay": 0.9}}
 
 
+@pytest.mark.parametrize(
+    "written, augment, strategies",
+    [
+        ("augment: none\nstrategies: head", [], ["head"]),
+        ("augment: flip, crop\nstrategies: head,lora", ["flip", "crop"], ["head", "lora"]),
+        ("augment: [flip]\nstrategies: [full]", ["flip"], ["full"]),
+    ],
+)
+def test_a_config_file_writes_lists_as_the_command_line_does(tmp_path, written, augment, strategies):
+    (tmp_path / "c.yaml").write_text(written + "\nbackbone: mobilenet-v2\n")
+    config = load_run_config(tmp_path / "c.yaml")
+    assert (config.augmentations(), config.strategies) == (augment, strategies)
+
+
 EXAMPLE_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 

@@ -229,13 +229,24 @@ def strategy_for(name: str, family: BackboneFamily, settings: dict[str, Any] | N
     return get_strategy(name, **{**defaults, **(settings or {})})
 
 
+def comma_list(value: str) -> list[str]:
+    """Names written as on the command line: comma-separated, "none" for none."""
+    return [item.strip() for item in value.split(",") if item.strip() not in ("", "none")]
+
+
 def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+    """Unknown keys refused; a list field may also be written as the command line takes it (`augment: flip,crop`)."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise UserError(f"{where}: unknown key '{key}'{hint}")
+        if fields[key].startswith("list[") and value is not None:
+            if isinstance(value, str):
+                values[key] = comma_list(value)
+            elif not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise UserError(f"{where}: '{key}' takes a list of names or comma-separated names, got {value!r}")
     return values
 
 

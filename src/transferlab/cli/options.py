@@ -20,7 +20,7 @@ from typing import Annotated, Any, NamedTuple
 
 import typer
 
-from transferlab.config import RunConfig, load_run_config
+from transferlab.config import RunConfig, comma_list, load_run_config
 from transferlab.settings import ForgettingConfig, TrainingConfig
 
 # The run config's sections, by the dataclass whose fields they are.
@@ -101,7 +101,7 @@ def _annotation(spec: Option, help_text: str | None) -> Any:
 
 def _value(spec: Option, value: Any) -> Any:
     if spec.is_list and value is not None:
-        return [item.strip() for item in value.split(",") if item.strip() not in ("", "none")]
+        return comma_list(value)
     return value
 
 
