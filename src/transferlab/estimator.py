@@ -114,6 +114,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             length_of=self.preprocessor_.length_of,
             class_weights=balanced_class_weights(labels[fit_idx], len(self.classes_)) if self.class_weights == "balanced" else None,
             train_transform=getattr(self.preprocessor_, "train_transform", None),
+            train_variants=getattr(self.preprocessor_, "train_variants", None),
             max_tokens=getattr(self.preprocessor_, "max_length", None),
             mixup_alpha=MIXUP_ALPHA if "mixup" in augment else None,
         )

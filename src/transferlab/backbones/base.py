@@ -25,6 +25,7 @@ CAPABILITIES = {
     "tokens": "reads token sequences (virtual tokens, sentence pairs)",
     "transformer_blocks": "is a stack of equal-width blocks (`layer_stack`, `add_adapters`)",
     "layer_features": "pools every layer at the head's width (`set_feature_layers` beyond last)",
+    "prefix_cut": "its bottom layer groups can be cut off and their output looked up (`prefix_units`)",
 }
 
 
@@ -53,6 +54,7 @@ class TransferModel(ABC):
     feature_layer_choices: ClassVar[tuple[str, ...]] = ("last",)  # what `set_feature_layers` accepts
     gap_signal: ClassVar[str] = "features"  # how the domain gap is measured: tokenizer statistics, or features
     has_lm_head: bool = False  # keeps its language-model head: the perplexity meter applies
+    input_name: ClassVar[str] = "input_ids"  # the forward argument holding the examples (a frozen-layer cache keys on it)
 
     @abstractmethod
     def feature_dim(self) -> int:
@@ -90,6 +92,12 @@ class TransferModel(ABC):
     def layer_stack(self) -> nn.ModuleList:
         """The blocks, bottom first (capability `transformer_blocks`)."""
         raise NotImplementedError(f"{type(self).__name__} has no stack of equal-width blocks")
+
+    def prefix_units(self, groups: int) -> list[nn.Module]:
+        """The modules computing the bottom `groups` layer groups, in forward order, each reading the output of the one
+        before; the rest of the network reads only the last one's output. Empty where the groups cannot be cut there
+        (capability `prefix_cut`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be cut below its layer groups")
 
     def add_adapters(self, kind: str, r: int) -> None:
         """Bottleneck adapters in every block (capability `transformer_blocks`)."""

@@ -46,6 +46,7 @@ NORMALIZATIONS = {
 # Per image; and mixup (Zhang et al. 2018), which blends pairs of images and their labels per training batch
 # (timm's Mixup, applied by the Trainer: training/loop.py).
 IMAGE_AUGMENTATIONS = ("crop", "flip", "jitter", "randaugment", "mixup")
+UNBOUNDED_AUGMENTATIONS = ("crop", "jitter", "randaugment")  # each draw is a new image; a flip makes one
 MIXUP_ALPHA = 0.2  # Beta(0.2, 0.2) blend weights, Zhang et al.'s ImageNet setting
 # Flips only by default: with 3 epochs of a few thousand images, random crops cost accuracy (train and
 # test framing differ; mobilenet-v2, fashion-mnist 1,000, 112 px: none 0.849, flip 0.847, crop 0.7-1
@@ -126,6 +127,15 @@ class ImagePreprocessor(Preprocessor):
         if self._train is None:
             return feature
         return {**feature, "pixel_values": self._train(feature["pixel_values"])}
+
+    def train_variants(self, feature: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Every version train_transform can make of an image: itself, and its mirror image when flips are on; None
+        when a transform draws from a continuum (crops, jitter, RandAugment)."""
+        if set(self.augment) & set(UNBOUNDED_AUGMENTATIONS):
+            return None
+        if "flip" not in self.augment:
+            return [feature]
+        return [feature, {**feature, "pixel_values": v2.functional.horizontal_flip(feature["pixel_values"])}]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pixels = torch.stack([f["pixel_values"] for f in features]).float().div_(255)

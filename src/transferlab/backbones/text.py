@@ -100,7 +100,7 @@ def _layer_list(backbone: nn.Module, num_layers: int) -> tuple[str, nn.ModuleLis
 
 
 class TextClassifier(PreTrainedModel, TransferModel):
-    capabilities = frozenset({"tokens", "transformer_blocks", "layer_features"})
+    capabilities = frozenset({"tokens", "transformer_blocks", "layer_features", "prefix_cut"})
     feature_layer_choices = FEATURE_LAYERS
     gap_signal = "tokenizer"
     config_class = TextClassifierConfig
@@ -155,6 +155,10 @@ class TextClassifier(PreTrainedModel, TransferModel):
     def layer_stack(self) -> nn.ModuleList:
         """The backbone's blocks, bottom first (what the `layer.i` groups own)."""
         return _layer_list(self.backbone, self.config.backbone_config.num_hidden_layers)[1]
+
+    def prefix_units(self, groups: int) -> list[nn.Module]:
+        """The blocks of layer groups 2..`groups`; the embeddings (group 1) are called with keywords, not cut."""
+        return list(self.layer_stack())[: max(0, groups - 1)]
 
     # ------------------------------------------------------------------ the contract
     def layer_groups(self) -> list[LayerGroup]:

@@ -220,6 +220,7 @@ def fit_strategy(
         workdir=workdir,
         class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
+        train_variants=getattr(experiment.preprocessor, "train_variants", None),
         frozen_features=frozen,
         mixup_alpha=MIXUP_ALPHA if "mixup" in config.augmentations() else None,
         max_tokens=getattr(experiment.preprocessor, "max_length", None),

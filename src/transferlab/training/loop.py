@@ -56,6 +56,8 @@ class FitData:
     workdir: Path | None = None
     class_weights: np.ndarray | None = None  # per-class loss weights, or None for plain cross-entropy
     train_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # random augmentation, training batches only
+    # Every version train_transform can make of an example, or None from it when they are unbounded (crops).
+    train_variants: Callable[[dict[str, Any]], list[dict[str, Any]] | None] | None = None
     # The pretrained backbone's pooled features of train + val in that order, by feature layer ("last",
     # "second_to_last"), when the data checks computed them: the head then fits on these instead of running the
     # backbone again.
