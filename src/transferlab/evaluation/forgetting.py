@@ -33,6 +33,7 @@ from torch import nn
 
 from transferlab.backbones.base import base_model
 from transferlab.errors import UserError
+from transferlab.training.inference import model_inputs
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -86,8 +87,7 @@ def layer_states(model: nn.Module, features: Sequence[dict[str, Any]], collate: 
     device = next(base.parameters()).device
     per_layer: list[list[np.ndarray]] = []
     for start in range(0, len(features), batch_size):
-        batch = collate([{k: v for k, v in f.items() if k != "labels"} for f in features[start : start + batch_size]])
-        states = base.pooled_hidden_states(**{k: v.to(device) for k, v in batch.items()})
+        states = base.pooled_hidden_states(**model_inputs(features[start : start + batch_size], collate, device))
         if not per_layer:
             per_layer = [[] for _ in states]
         for rows, state in zip(per_layer, states):

@@ -28,7 +28,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from transferlab.backbones.base import TransferModel
-from transferlab.training.inference import batches_by_length, map_batches
+from transferlab.training.inference import batches_by_length, map_batches, model_inputs
 
 
 class _Captured(Exception):
@@ -69,7 +69,8 @@ class FrozenLayerCache:
             raise ValueError(f"{frozen_groups} frozen layer groups cannot be cut off this model")
         self.model, self.depths = model, depths
         self.states: dict[int, dict[bytes, torch.Tensor]] = {depth: {} for depth in depths}
-        self._batch: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (inputs, attention_mask) of the call in progress
+        # the call in progress: its examples' keys (hashed once, read at every cached depth) and attention mask
+        self._batch: tuple[list[bytes], torch.Tensor | None] | None = None
         self._tuple_output = False  # whether the cut module returns (hidden, ...) rather than hidden
         self._channels_last = False  # whether it returns image maps in channels-last layout
 
@@ -78,13 +79,13 @@ class FrozenLayerCache:
         """The cached examples (at the deepest depth; every depth holds the same ones)."""
         return self.states[self.depths[-1]]
 
-    def _remember_batch(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        self._batch = (kwargs.get(self.model.input_name, args[0] if args else None), kwargs.get("attention_mask"))
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
-    def _inputs(self, features: Sequence[dict[str, Any]], collate: Callable) -> dict[str, torch.Tensor]:
-        batch = collate([{k: v for k, v in f.items() if k != "labels"} for f in features])
-        device = next(self.model.parameters()).device
-        return {k: v.to(device) for k, v in batch.items()}
+    def _remember_batch(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        inputs, attention_mask = kwargs.get(self.model.input_name, args[0] if args else None), kwargs.get("attention_mask")
+        self._batch = (_row_keys(inputs, attention_mask), attention_mask)
 
     def run_to_cut(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model on `batch`, stopped once the deepest frozen group has run."""
@@ -99,9 +100,9 @@ class FrozenLayerCache:
             self._tuple_output = isinstance(output, tuple)
             hidden = output[0] if self._tuple_output else output
             self._channels_last = hidden.dim() == 4 and hidden.is_contiguous(memory_format=torch.channels_last)
-            inputs, attention_mask = self._batch
+            keys, attention_mask = self._batch
             masks = [None] * len(hidden) if attention_mask is None else attention_mask.bool()
-            for key, states, mask in zip(_row_keys(inputs, attention_mask), hidden, masks):
+            for key, states, mask in zip(keys, hidden, masks):
                 self.states[depth][key] = (states if mask is None else states[mask]).float().clone()
             if depth == self.depths[-1]:
                 raise _Captured
@@ -112,7 +113,9 @@ class FrozenLayerCache:
         """Re-estimate the frozen groups' BatchNorm statistics on `features` (AdaBN, Li et al. 2016), as the
         running averages of training would have; a no-op without BatchNorm. Fill after this."""
         prefix = _Prefix(self).eval()
-        batches = (self._inputs([features[i] for i in idx], collate) for idx in batches_by_length(features, lambda f: 1, batch_size))
+        batches = (
+            model_inputs([features[i] for i in idx], collate, self._device) for idx in batches_by_length(features, lambda f: 1, batch_size)
+        )
         stop = prefix.units[-1].register_forward_hook(_stop)
         try:
             with torch.no_grad():
@@ -143,7 +146,7 @@ class FrozenLayerCache:
     def largest_difference(self, features: Sequence[dict[str, Any]], collate: Callable) -> float:
         """The largest difference between the logits the model computes and those it computes served from the cache
         at each depth, on `features` (cached ones): zero up to rounding where the cut is where the network flows."""
-        batch = self._inputs(features, collate)
+        batch = model_inputs(features, collate, self._device)
         self.model.eval()
         with torch.no_grad():
             computed = self.model(**batch).logits
@@ -157,13 +160,13 @@ class FrozenLayerCache:
         return lambda *args, **kwargs: self._cached_output(depth)
 
     def _cached_output(self, depth: int) -> Any:
-        inputs, attention_mask = self._batch
+        keys, attention_mask = self._batch
         try:
-            rows = [self.states[depth][key] for key in _row_keys(inputs, attention_mask)]
+            rows = [self.states[depth][key] for key in keys]
         except KeyError:
             raise RuntimeError("an example outside the frozen-layer cache reached the cached model") from None
         if attention_mask is None:
-            hidden = torch.stack(rows).to(inputs.device)
+            hidden = torch.stack(rows).to(self._device)
             if self._channels_last:
                 hidden = hidden.contiguous(memory_format=torch.channels_last)
         else:

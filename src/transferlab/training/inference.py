@@ -67,6 +67,12 @@ def batches_by_length(features: Sequence[dict[str, Any]], length_of: Callable[[d
 Batch = dict[str, torch.Tensor]
 
 
+def model_inputs(features: Sequence[dict[str, Any]], collate: Callable[[list[dict[str, Any]]], Batch], device: torch.device) -> Batch:
+    """One batch of `features` as the model's forward takes it: collated, without labels, on `device`."""
+    batch = collate([{k: v for k, v in f.items() if k != "labels"} for f in features])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.inference_mode()
 def map_batches(
     model: nn.Module,
@@ -81,8 +87,7 @@ def map_batches(
     device = next(model.parameters()).device
     out: np.ndarray | None = None
     for idx in batches_by_length(features, length_of, batch_size):
-        batch = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx])
-        rows = compute(model, {k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+        rows = compute(model, model_inputs([features[i] for i in idx], collate, device)).float().cpu().numpy()
         if out is None:
             out = np.empty((len(features), *rows.shape[1:]), dtype=np.float32)
         out[idx] = rows
