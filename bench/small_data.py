@@ -39,6 +39,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -89,7 +90,8 @@ def draw(labels: np.ndarray, per_class: int, seed: int, test_size: int = TEST_SI
     return rng.permutation(train), np.sort(test)
 
 
-def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[str], seed: int, backbone: str) -> np.ndarray:
+def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[str], seed: int, backbone: str, predict: bool = True):
+    """SetFit's predictions of `test_texts` or, with `predict=False`, its fitted model."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -101,7 +103,7 @@ def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[st
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="setfit-"), batch_size=16, num_iterations=20, num_epochs=1, seed=seed)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels.tolist()}))
     trainer.train()
-    return np.asarray(model.predict(test_texts))
+    return np.asarray(model.predict(test_texts)) if predict else model
 
 
 def run_transferlab(strategy: str, inputs: list, labels: np.ndarray, test_inputs: list, seed: int, min_steps: int, backbone: str, augment):
@@ -159,12 +161,26 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {spread:.3f} (n={len(values)})"
 
 
+def add_sample_arguments(parser: argparse.ArgumentParser, datasets: str, per_class: str) -> None:
+    """The options that choose the runs: the backbone, the data sets, the examples per class and the seeds."""
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--datasets", default=datasets)
+    parser.add_argument("--per-class", default=per_class)
+    parser.add_argument("--seeds", type=int, default=5)
+
+
+def samples(args: argparse.Namespace) -> Iterator[tuple[str, int, int, list, np.ndarray, np.ndarray, np.ndarray]]:
+    """(data set, per class, seed, inputs, labels, training rows, test rows) for every run the options ask for."""
+    for dataset in args.datasets.split(","):
+        inputs, labels = load_examples(dataset)
+        for k in (int(v) for v in args.per_class.split(",")):
+            for seed in range(args.seeds):
+                yield dataset, k, seed, inputs, labels, *draw(labels, k, seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    parser.add_argument("--datasets", default="rt-polarity,bbc-news,trec-questions,election-tweets-2016")
-    parser.add_argument("--per-class", default="8,16,64")
-    parser.add_argument("--seeds", type=int, default=5)
+    add_sample_arguments(parser, "rt-polarity,bbc-news,trec-questions,election-tweets-2016", "8,16,64")
     parser.add_argument("--systems", default=f"{REFERENCE},setfit,head,lora,full")
     parser.add_argument("--min-steps", type=int, default=None, help="transferlab's optimizer-step floor (default: its own)")
     parser.add_argument("--augment", default=None, help="the estimator's augmentations, as --augment [default: the backbone's own]")
@@ -181,32 +197,26 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     done = {(r["dataset"], r["per_class"], r["seed"], r["system"]) for r in rows}
-    for dataset in args.datasets.split(","):
-        inputs, labels = load_examples(dataset)
-        for k in (int(v) for v in args.per_class.split(",")):
-            for seed in range(args.seeds):
-                train, test = draw(labels, k, seed)
-                train_inputs, test_inputs = [inputs[i] for i in train], [inputs[i] for i in test]
-                for system in args.systems.split(","):
-                    name = system if system == REFERENCE else system + args.tag
-                    if (dataset, k, seed, name) in done:
-                        continue
-                    started = time.perf_counter()
-                    if system == REFERENCE:
-                        predicted = run_setfit_library(train_inputs, labels[train], test_inputs, seed, args.backbone)
-                    else:
-                        predicted = run_transferlab(
-                            system, train_inputs, labels[train], test_inputs, seed, min_steps, args.backbone, args.augment
-                        )
-                    predicted = np.asarray(predicted)
-                    row = {"backbone": args.backbone, "dataset": dataset, "per_class": k, "seed": seed, "system": name, "seconds": time.perf_counter() - started,
-                           **score(labels[test], predicted), "n_test": len(test),
-                           # two systems that did not train return the same predictions: the digest shows it
-                           "predictions_sha256": hashlib.sha256(predicted.astype(np.int64).tobytes()).hexdigest()[:16]}  # fmt: skip
-                    rows.append(row)
-                    with args.out.open("a") as handle:
-                        handle.write(json.dumps(row) + "\n")
-                    print(f"{dataset} k={k} seed={seed} {name}: macro-F1 {row['macro_f1']:.3f} in {row['seconds']:.1f}s", flush=True)
+    for dataset, k, seed, inputs, labels, train, test in samples(args):
+        train_inputs, test_inputs = [inputs[i] for i in train], [inputs[i] for i in test]
+        for system in args.systems.split(","):
+            name = system if system == REFERENCE else system + args.tag
+            if (dataset, k, seed, name) in done:
+                continue
+            started = time.perf_counter()
+            if system == REFERENCE:
+                predicted = run_setfit_library(train_inputs, labels[train], test_inputs, seed, args.backbone)
+            else:
+                predicted = run_transferlab(system, train_inputs, labels[train], test_inputs, seed, min_steps, args.backbone, args.augment)
+            predicted = np.asarray(predicted)
+            row = {"backbone": args.backbone, "dataset": dataset, "per_class": k, "seed": seed, "system": name, "seconds": time.perf_counter() - started,
+                   **score(labels[test], predicted), "n_test": len(test),
+                   # two systems that did not train return the same predictions: the digest shows it
+                   "predictions_sha256": hashlib.sha256(predicted.astype(np.int64).tobytes()).hexdigest()[:16]}  # fmt: skip
+            rows.append(row)
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(f"{dataset} k={k} seed={seed} {name}: macro-F1 {row['macro_f1']:.3f} in {row['seconds']:.1f}s", flush=True)
     print(summarize(rows))
 
 

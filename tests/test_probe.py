@@ -79,3 +79,36 @@ def test_out_of_fold_logits_come_from_probes_that_never_saw_the_row(classes):
     in_sample = fit_probe(x, y, classes, ProbeSettings(c_grid=(0.1,), folds=4, seed=3))
     refit = x @ in_sample.coef.T + in_sample.intercept
     assert (refit.argmax(1) == y).mean() >= (logits.argmax(1) == y).mean()  # rows seen in fitting look easier
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_unstandardised_probe_is_the_plain_regression_on_raw_features(classes):
+    """With `standardize` off the probe is scikit-learn's LogisticRegression(C) on the features as they are (SetFit's
+    head at C=1), here on unit-length rows whose columns a scaler would stretch; its out-of-fold logits too."""
+    x, y = _problem(1, classes=classes)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    settings = ProbeSettings(c_grid=(1.0,), folds=4, seed=2, standardize=False)
+    probe = fit_probe(x, y, classes, settings)
+    reference = LogisticRegression(C=1.0, max_iter=3000).fit(x, y)
+    logits = x @ probe.coef.T + probe.intercept
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, reference.predict_proba(x), atol=5e-3)  # lbfgs's tol 1e-4, from another start
+    standardised = fit_probe(x, y, classes, ProbeSettings(c_grid=(1.0,), folds=4, seed=2))
+    assert np.abs(standardised.coef - probe.coef).max() > 0.1  # the switch changes the fit
+    held_out_logits = out_of_fold_logits(x, y, classes, settings, c=1.0)
+    for fit_rows, held_out in StratifiedKFold(4, shuffle=True, random_state=2).split(x, y):
+        scores = LogisticRegression(C=1.0, max_iter=3000, random_state=2).fit(x[fit_rows], y[fit_rows]).decision_function(x[held_out])
+        expected = np.stack([-scores / 2, scores / 2], 1) if classes == 2 else scores
+        np.testing.assert_allclose(held_out_logits[held_out], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_unstandardised_multi_label_probe_reads_raw_features():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, 8))
+    y = (x[:, :3] + rng.normal(scale=0.5, size=(200, 3)) > 0).astype(int)
+    probe = fit_probe(x, y, 3, ProbeSettings(c_grid=(0.5,), folds=4, standardize=False))
+    for j in range(3):
+        reference = LogisticRegression(C=0.5, max_iter=3000).fit(x, y[:, j])
+        np.testing.assert_allclose(probe.coef[j], reference.coef_[0], atol=1e-3)
+        np.testing.assert_allclose(probe.intercept[j], reference.intercept_[0], atol=1e-3)

@@ -147,6 +147,34 @@ def test_setfit_pulls_classes_apart(tiny_bert_dir):
     assert (probs.argmax(1) == np.array([f["labels"] for f in test])).mean() >= 0.65  # chance is 0.5
 
 
+def test_setfit_head_is_setfits_regression_on_unit_length_features(tiny_bert_dir, tmp_path):
+    """The head reads the tuned body's mean-pooled features divided by their length, and a saved model does too; its
+    probabilities are SetFit's head, scikit-learn's LogisticRegression() fitted on those features of every example."""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferlab.backbones.text import TextClassifier
+    from transferlab.training.inference import pooled_features
+
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    data, test = _data(pre, 24, 8)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    fitted = get_strategy("setfit", pair_iterations=1).fit(model, data, TrainingConfig())
+    seen = pooled_features(fitted, test, pre.collate, pre.length_of)
+    batch = pre.collate([{k: v for k, v in f.items() if k != "labels"} for f in test])
+    with torch.no_grad():
+        tokens = fitted.backbone(**batch).last_hidden_state.numpy()
+    mask = batch["attention_mask"].numpy()[..., None]
+    mean = (tokens * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(seen, mean / np.sqrt((mean**2).sum(1, keepdims=True)), atol=1e-5)
+    examples = data.train + data.val
+    setfit_head = LogisticRegression().fit(pooled_features(fitted, examples, pre.collate, pre.length_of), [f["labels"] for f in examples])
+    probs = predict_proba(fitted, test, pre.collate, pre.length_of)
+    np.testing.assert_allclose(probs, setfit_head.predict_proba(seen), atol=5e-3)  # lbfgs's tol, from another start
+    fitted.save_pretrained(tmp_path)
+    reloaded = TextClassifier.from_pretrained(tmp_path)
+    np.testing.assert_allclose(pooled_features(reloaded, test, pre.collate, pre.length_of), seen, atol=1e-6)
+
+
 @pytest.mark.parametrize("alpha", [None, 0.2])
 def test_mixup_blends_training_batches_only(alpha, tiny_cnn_dir):
     """Two flat images, black (class 0) and white (class 1): plain batches hold only their two pixel values; with
@@ -169,3 +197,19 @@ def test_mixup_blends_training_batches_only(alpha, tiny_cnn_dir):
     get_strategy("full").fit(model, data, TrainingConfig(epochs=1, batch_size=8, min_steps=0))
     assert len(pure) == 6
     assert seen[True] - pure if alpha else seen[True] <= pure
+
+
+def test_setfit_head_grid(tiny_bert_dir):
+    """A grid of strengths brings back the cross-validated choice (each C scored in the run's log); none is refused."""
+    from transferlab.errors import UserError
+
+    with pytest.raises(UserError, match="head_c_grid"):
+        get_strategy("setfit", head_c_grid=[])
+    with pytest.raises(UserError, match="head_c_grid"):
+        get_strategy("setfit", head_c_grid=[1.0, -0.1])
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    data, _ = _data(pre, 24, 8)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    get_strategy("setfit", pair_iterations=1, head_c_grid=[0.01, 100.0]).fit(model, data, TrainingConfig())
+    assert [entry["C"] for entry in data.log_history if "C" in entry] == [0.01, 100.0]
+    assert next(entry["chosen_C"] for entry in data.log_history if "chosen_C" in entry) in (0.01, 100.0)

@@ -89,6 +89,12 @@ class TransferModel(ABC):
         if choice not in self.feature_layer_choices:
             raise UserError(f"this backbone feeds the head from {' or '.join(self.feature_layer_choices)}, not '{choice}'")
 
+    def set_unit_length(self, on: bool) -> None:
+        """Scale every pooled state to unit L2 length before the head (sentence-transformers' Normalize module), or
+        stop: a body tuned on cosine similarities encodes its examples in the directions, and the lengths are noise
+        to a head that reads them (capability `tokens`, which the contrastive strategy needs)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot scale its pooled features")
+
     def layer_stack(self) -> nn.ModuleList:
         """The blocks, bottom first (capability `transformer_blocks`)."""
         raise NotImplementedError(f"{type(self).__name__} has no stack of equal-width blocks")

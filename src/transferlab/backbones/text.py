@@ -61,6 +61,7 @@ class TextClassifierConfig(PretrainedConfig):
         classifier_dropout: float = 0.1,
         adapters: dict | None = None,
         calibration_temperature: float = 1.0,
+        unit_length: bool = False,
         **kwargs: Any,
     ):
         if isinstance(backbone_config, dict):
@@ -71,6 +72,7 @@ class TextClassifierConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.adapters = adapters  # {"kind": "houlsby" | "pfeiffer", "r": bottleneck} once inserted
         self.calibration_temperature = calibration_temperature  # the logits are divided by it: temperature scaling, fitted after training
+        self.unit_length = unit_length  # every pooled state scaled to unit L2 length (`set_unit_length`)
         super().__init__(**kwargs)
         if backbone_config is not None:
             # peft's prompt learning reads these from the top-level config.
@@ -188,7 +190,14 @@ class TextClassifier(PreTrainedModel, TransferModel):
             return family_of_config(self.config.backbone_config).default_pooling
         return choice
 
+    def set_unit_length(self, on: bool) -> None:
+        self.config.unit_length = on
+
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled = self._pool_positions(hidden, attention_mask)
+        return nn.functional.normalize(pooled, dim=-1) if self.config.unit_length else pooled
+
+    def _pool_positions(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # Under prefix tuning the mask also covers the virtual keys in front: pool over the real tokens.
         attention_mask = attention_mask[:, -hidden.shape[1] :]
         pooling = self.pooling()

@@ -40,6 +40,7 @@ class HeadConfig(StrategyConfig):
     c_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
     cv_folds: int = 5
     max_iter: int = 3000
+    standardize: bool = True  # each feature scaled to unit variance before the regression
 
     def validate(self) -> None:
         if self.layers not in HEAD_LAYERS:
@@ -163,6 +164,7 @@ class FeatureExtraction(Strategy):
             seed=training.seed,
             metric=training.headline_metric,
             balanced=balanced,
+            standardize=self.config.standardize,
         )
 
     def _fit_layer_mix(
