@@ -135,5 +135,6 @@ def test_compare_recommend_records_the_verdict(tmp_path, tiny_bert_dir, sentimen
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "results.json").read_text())["recommendation"]
     assert record["strategy"] == "setfit"  # 30 texts of each class: few-shot
+    assert "logistic head (C = 1) on the tuned features scaled to unit length" in record["settings"]["trains"]
     assert record["best"] == json.loads((out / "results.json").read_text())["comparison"]["best"]
     assert record["verdict"] in done.stderr

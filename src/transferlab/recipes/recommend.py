@@ -127,10 +127,13 @@ def _settings(name: str, strategy: Any, model: Any, epochs: int | None) -> dict[
     if name == "head":
         return {"trains": "the new head only: logistic regression on frozen, cached features (C by cross-validation)"}
     if name == "setfit":
+        grid = strategy.config.head_c_grid
+        strength = f"C = {grid[0]:g}" if len(grid) == 1 else "C by cross-validation"
         return {
             "lr": strategy.config.lr,
             "pair_iterations": strategy.config.pair_iterations,
-            "trains": f"all {len(groups)} layer groups on pairs of examples (cosine similarity), then the head on the tuned features",
+            "trains": f"all {len(groups)} layer groups on pairs of examples (cosine similarity), then a logistic head "
+            f"({strength}) on the tuned features scaled to unit length",
         }
     settings: dict[str, Any] = {"lr": strategy.config.lr, "epochs": epochs}
     if name == "full":
