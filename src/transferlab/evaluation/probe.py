@@ -1,10 +1,10 @@
 """A cross-validated linear probe on cached features: the head strategy's classifier and the layer-probe
 study's measurement.
 
-L2-regularised logistic regression on standardised features (or on the features as they are), its strength C chosen by stratified k-fold
-cross-validation and then refitted on every row. scikit-learn's `LogisticRegressionCV` walks each fold
-along the C grid (smallest C first) warm-starting every fit from the previous one: about 3 s against 5.2 s
-for a grid search of cold fits over the 7 layer probes of minilm-l6 on 2,000 sentences, at the same
+L2-regularised logistic regression on standardised features (or on the features as they are), its strength C
+chosen by stratified k-fold cross-validation and then refitted on every row. scikit-learn's `LogisticRegressionCV`
+walks each fold along the C grid (smallest C first) warm-starting every fit from the previous one: about 3 s
+against 5.2 s for a grid search of cold fits over the 7 layer probes of minilm-l6 on 2,000 sentences, at the same
 test accuracy to 0.001 (docs/benchmarks.md). The scaler is fitted once on all rows rather than per fold: a mean and a
 standard deviation, which see no labels.
 
