@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.preprocessing import normalize  # rows scaled to unit L2 length
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_data import MAX_LENGTH, ROOT, add_sample_arguments, run_setfit_library, samples, score  # noqa: E402
@@ -49,29 +50,25 @@ def transferlab_embeddings(texts, labels, test_texts, seed, backbone) -> tuple[n
 BODIES = {"setfit-library": setfit_library_embeddings, "transferlab": transferlab_embeddings}
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _probe(train: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
-    from transferlab.evaluation.probe import ProbeSettings, fit_probe
-    from transferlab.strategies.head import HeadConfig
+    from transferlab.evaluation.probe import fit_probe
+    from transferlab.settings import TrainingConfig
+    from transferlab.strategies.head import FeatureExtraction
 
-    head = HeadConfig()
-    probe = fit_probe(train, y, int(y.max()) + 1, ProbeSettings(tuple(head.c_grid), head.cv_folds, head.max_iter, seed))
+    probe = fit_probe(train, y, int(y.max()) + 1, FeatureExtraction().probe_settings(TrainingConfig(seed=seed)))
     return (test @ probe.coef.T + probe.intercept).argmax(1)
 
 
 def _setfit_head(train: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression().fit(_normalised(train), y).predict(_normalised(test))
+    return LogisticRegression().fit(normalize(train), y).predict(normalize(test))
 
 
 HEADS = {
     "setfit": _setfit_head,
     "probe": _probe,
-    "probe-normalised": lambda train, y, test, seed: _probe(_normalised(train), y, _normalised(test), seed),
+    "probe-normalised": lambda train, y, test, seed: _probe(normalize(train), y, normalize(test), seed),
 }
 
 

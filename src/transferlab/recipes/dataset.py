@@ -234,13 +234,12 @@ def _drop_near_duplicates(
 def _label_issues(run: RunData, used: np.ndarray, features: np.ndarray, seed: int) -> pd.DataFrame:
     """cleanlab's ranking of likely label errors, from the head's probe predicting every example out of fold."""
     from transferlab.evaluation.label_issues import LABEL_ISSUE_COLUMNS, find_label_issues, out_of_fold_probabilities
-    from transferlab.evaluation.probe import ProbeSettings
-    from transferlab.strategies.head import HeadConfig
+    from transferlab.settings import TrainingConfig
+    from transferlab.strategies.head import FeatureExtraction
 
     data = run.data
     labels = data.labels[used]
-    head = HeadConfig()
-    settings = ProbeSettings(c_grid=tuple(head.c_grid), folds=head.cv_folds, max_iter=head.max_iter, seed=seed)
+    settings = FeatureExtraction().probe_settings(TrainingConfig(seed=seed))  # the head strategy's own probe
     try:
         probs = out_of_fold_probabilities(features, labels, len(data.label_names), settings)
     except UserError:  # a class with a single example: no out-of-fold model has seen its class
