@@ -36,14 +36,14 @@ from transferlab.recipes.compare import compare
 from transferlab.recipes.executors import Sequential
 from transferlab.recipes.experiment import prepare, run_strategy
 from transferlab.studies import get_study, study_config
-from transferlab.training.inference import cpu_has_bf16, map_batches
+from transferlab.training.inference import cpu_has_bf16, map_batches, precision_in_use
 from transferlab.training.memory import PeakMemory
 
 BASELINE_LR = {"head": 1e-3, "full": 2e-5, "lora": 5e-4}
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     started = time.perf_counter()
     for _ in range(repeats):
@@ -265,23 +265,28 @@ def main() -> None:
         help="partial fine-tuning with and without its frozen-layer cache",
     )
     parser.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=True, help="a second compare run in bf16 where the CPU has it"
+        "--other-precision",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a second compare run in the precision the default did not take (fp32 or bf16), where the CPU computes bf16",
     )
     parser.add_argument("--memory-backbone", default="mpnet-base", help="LoRA vs full peak memory on this backbone ('' to skip)")
     args = parser.parse_args()
     strategies = args.strategies.split(",")
 
-    peak_gflops = matmul_gflops()
+    peak_gflops = {"fp32": matmul_gflops(), **({"bf16": matmul_gflops(dtype=torch.bfloat16)} if cpu_has_bf16() else {})}
     # First, while the process has run nothing else, as in `transferlab study layer-probe`: timed after the
     # runs below, the study's time beyond the forward pass was 6.3 s, against about 4.4 s in a fresh process.
     probe = layer_probe_timing(args.n_train, args.n_test, args.max_length) if args.layer_probe else None
     config = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length)
     workdir = args.out.parent
+    default_precision = precision_in_use("auto")
     ours, compare_seconds, jobs = timed_compare(config, workdir / "compare")
-    bf16 = None
-    if args.bf16 and cpu_has_bf16() and not torch.cuda.is_available():
-        config_bf16 = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length, precision="bf16")
-        bf16, bf16_compare_seconds, _ = timed_compare(config_bf16, workdir / "compare-bf16")
+    other = None
+    if args.other_precision and cpu_has_bf16() and not torch.cuda.is_available():
+        other_precision = "fp32" if default_precision == "bf16" else "bf16"
+        config_other = bench_config(strategies, args.n_train, args.n_test, args.epochs, args.max_length, precision=other_precision)
+        other, other_compare_seconds, other_jobs = timed_compare(config_other, workdir / f"compare-{other_precision}")
 
     experiment = prepare(config, log=lambda _: None)  # the same split again, for the baseline's texts
     train, val, test = (experiment.split.part(name) for name in ("train", "val", "test"))
@@ -296,13 +301,20 @@ def main() -> None:
 
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    mfu = None
-    if "full" in ours:
-        tokens = _trained_tokens(jobs.history["full"], experiment)
-        mfu = 6 * non_embedding * tokens / ours["full"]["train_seconds"] / 1e9 / peak_gflops  # forward 2N per token, training 3x
+
+    def utilisation(rows: dict, history: TimedJobs, precision: str) -> float | None:
+        """Full fine-tuning's model FLOP utilisation (forward 2N per token, training 3x) against the matmul peak
+        of the precision it trained in."""
+        if "full" not in rows or precision not in peak_gflops:  # the peaks are the CPU's
+            return None
+        tokens = _trained_tokens(history.history["full"], experiment)
+        return 6 * non_embedding * tokens / rows["full"]["train_seconds"] / 1e9 / peak_gflops[precision]
+
+    mfu = utilisation(ours, jobs, default_precision)
     sizes = [int(n) for n in args.scaling.split(",")] if args.scaling else []
     report = {
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "matmul_gflops": peak_gflops},
+        "precision": default_precision,
         "setup": vars(args) | {"out": str(args.out)},
         "strategies": {
             name: {
@@ -313,19 +325,21 @@ def main() -> None:
             }
             for name in strategies
         },
-        "bf16": None
-        if bf16 is None
+        "other_precision": None
+        if other is None
         else {
+            "precision": other_precision,
             "strategies": {
                 name: {
                     **row,
                     "time_ratio": row["seconds"] / theirs[name]["seconds"],
                     "accuracy_gain": row["accuracy"] - theirs[name]["accuracy"],
                 }
-                for name, row in bf16.items()
+                for name, row in other.items()
             },
-            "compare_seconds": bf16_compare_seconds,
-            "compare_ratio_to_baseline_sum": bf16_compare_seconds / sum(t["seconds"] for t in theirs.values()),
+            "compare_seconds": other_compare_seconds,
+            "compare_ratio_to_baseline_sum": other_compare_seconds / sum(t["seconds"] for t in theirs.values()),
+            "full_model_flop_utilisation": utilisation(other, other_jobs, other_precision),
         },
         "compare_seconds": compare_seconds,
         "compare_ratio_to_baseline_sum": compare_seconds / sum(t["seconds"] for t in theirs.values()),
@@ -352,7 +366,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"matmul peak {peak_gflops:.0f} GFLOP/s")
+    print("matmul peak " + ", ".join(f"{name} {gflops:.0f} GFLOP/s" for name, gflops in peak_gflops.items()))
+    print(f"default run in {default_precision}:")
     print(f"{'strategy':<8} {'ours s':>8} {'base s':>8} {'ratio':>6} {'ours acc':>9} {'base acc':>9} {'ours MB':>8} {'base MB':>8}")
     for name, r in report["strategies"].items():
         o, b = r["transferlab"], r["baseline"]
@@ -363,14 +378,19 @@ def main() -> None:
         f"compare (all strategies, shared preparation): {compare_seconds:.1f}s = {report['compare_ratio_to_baseline_sum']:.2f} x the baseline sum"
     )
     if mfu is not None:
-        print(f"full fine-tuning model FLOP utilisation: {mfu:.1%} of the measured matmul peak")
-    if report["bf16"]:
-        print("with training.precision: bf16 (this CPU computes bf16 natively):")
-        for name, r in report["bf16"]["strategies"].items():
+        print(f"full fine-tuning model FLOP utilisation: {mfu:.1%} of the measured {default_precision} matmul peak")
+    if second := report["other_precision"]:
+        print(f"with training.precision: {second['precision']}:")
+        for name, r in second["strategies"].items():
             print(
                 f"{name:<8} {r['seconds']:8.1f} {theirs[name]['seconds']:8.1f} {r['time_ratio']:6.2f} {r['accuracy']:9.3f} {theirs[name]['accuracy']:9.3f}"
             )
-        print(f"compare, bf16: {report['bf16']['compare_ratio_to_baseline_sum']:.2f} x the baseline sum")
+        print(f"compare, {second['precision']}: {second['compare_ratio_to_baseline_sum']:.2f} x the baseline sum")
+        if second["full_model_flop_utilisation"] is not None:
+            print(
+                f"full fine-tuning model FLOP utilisation: {second['full_model_flop_utilisation']:.1%} of the measured "
+                f"{second['precision']} matmul peak"
+            )
     if probe := report["layer_probe"]:
         print(
             f"layer-probe over {probe['layers']} hidden states: {probe['probe_seconds']:.1f}s = {probe['ratio']:.2f} x "

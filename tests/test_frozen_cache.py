@@ -58,7 +58,7 @@ FREEZING = {"partial": {"freeze_below": 2}, "gradual": {"stages": 3}}
 CACHED_DEPTHS = {"partial": [2], "gradual": [2, 3]}
 
 
-def _fit(tmp_path, strategy, **options):
+def _fit(tmp_path, strategy, precision="fp32", **options):
     """`strategy` on a tiny BERT without dropout in its blocks: the frozen blocks then compute the same output with
     or without the cache. Also returns how many batches the bottom block's attention computed."""
     path = tiny_bert(tmp_path / "bert", dropout=0.0)
@@ -68,12 +68,13 @@ def _fit(tmp_path, strategy, **options):
     torch.manual_seed(0)
     model = build_classifier(resolve_backbone(str(path)), ["neg", "pos"], "mean")
     data = FitData(features[:300], features[300:340], pre.collate, ["neg", "pos"], length_of=pre.length_of)
-    computed = []
-    next(model.layer_stack()[0].children()).register_forward_hook(lambda *_: computed.append(1))
-    trained = get_strategy(strategy, **FREEZING[strategy], **options).fit(model, data, TrainingConfig(epochs=3, lr=3e-3, seed=0))
+    computed = []  # per batch the bottom block computed: whether it ran under autocast
+    next(model.layer_stack()[0].children()).register_forward_hook(lambda *_: computed.append(torch.is_autocast_enabled("cpu")))
+    training = TrainingConfig(epochs=3, lr=3e-3, seed=0, precision=precision)
+    trained = get_strategy(strategy, **FREEZING[strategy], **options).fit(model, data, training)
     cache_log = [e["frozen_layer_cache"] for e in data.log_history if "frozen_layer_cache" in e]
     probs = predict_proba(trained, features[340:], pre.collate, pre.length_of)
-    return probs, (probs.argmax(1) == labels[340:]).mean(), cache_log, trained, len(computed)
+    return probs, (probs.argmax(1) == labels[340:]).mean(), cache_log, trained, computed
 
 
 @pytest.mark.parametrize("strategy", sorted(FREEZING))
@@ -81,12 +82,28 @@ def test_training_on_the_cache_trains_as_without_it(tmp_path, strategy):
     """Without dropout in the frozen blocks the cache changes nothing but the time: the same steps, the same model."""
     cached, accuracy, [entry], trained, cached_batches = _fit(tmp_path / "cached", strategy)
     computed, _, no_entry, _, computed_batches = _fit(tmp_path / "computed", strategy, cache_frozen=False)
-    assert cached_batches < computed_batches  # the frozen block read the cache instead of computing
+    assert len(cached_batches) < len(computed_batches)  # the frozen block read the cache instead of computing
     assert entry["groups"] == CACHED_DEPTHS[strategy]
     assert entry["examples"] == len(set(sentiment_texts(400, seed=1)[0][:340]))  # one row per distinct sentence
     assert no_entry == [] and all("forward" not in block.__dict__ for block in trained.layer_stack())
     assert accuracy >= 0.7  # it learned the task
     torch.testing.assert_close(torch.as_tensor(cached), torch.as_tensor(computed), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", sorted(FREEZING))
+def test_under_bf16_the_cache_is_filled_as_training_computes(monkeypatch, tmp_path, strategy):
+    """Training steps under bf16 autocast (emulated where the CPU lacks it): the one pass filling the cache runs
+    under it too, and the model trains as the one computing its frozen blocks at every step, to bf16 rounding."""
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: True)
+    cached, accuracy, [entry], _, cached_batches = _fit(tmp_path / "cached", strategy, precision="bf16")
+    computed, _, _, _, computed_batches = _fit(tmp_path / "computed", strategy, precision="bf16", cache_frozen=False)
+    assert isinstance(entry, dict) and accuracy >= 0.7
+    # first the checks that the network flows through the cut and of the cache's size (a few batches, fp32), then
+    # the fill: the 340 training and validation sentences in batches of 16, under autocast
+    checks = cached_batches.index(True)
+    assert checks <= 3 and all(cached_batches[checks : checks + -(-340 // 16)])
+    assert sum(computed_batches) > 0  # the computed run's training steps ran under autocast as well
+    torch.testing.assert_close(torch.as_tensor(cached), torch.as_tensor(computed), atol=0.05, rtol=0)
 
 
 @pytest.mark.parametrize("strategy", sorted(FREEZING))

@@ -106,13 +106,24 @@ def test_freshly_applied_strategy_computes_the_pretrained_function(name, tiny_ba
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bf16_on_the_cpu_only_when_asked_for_and_native(monkeypatch, native):
-    from transferlab.training.inference import precision_flags
+def test_bf16_on_the_cpu_by_default_where_native_and_never_emulated(monkeypatch, native):
+    from transferlab.training.inference import precision_flags, precision_in_use
 
     monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert precision_flags("auto") == precision_flags("fp32") == precision_flags("fp16") == {}  # fp32: the exact default
-    assert precision_flags("bf16") == ({"bf16": True, "use_cpu": True} if native else {})
+    bf16 = {"bf16": True, "use_cpu": True}
+    assert precision_flags("fp32") == precision_flags("fp16") == {}
+    assert precision_flags("auto") == precision_flags("bf16") == (bf16 if native else {})
+    assert [precision_in_use(c) for c in ("auto", "fp32", "bf16", "fp16")] == (["bf16", "fp32", "bf16", "fp32"] if native else ["fp32"] * 4)
+
+
+@pytest.mark.parametrize("bf16_gpu", [True, False])
+def test_on_a_gpu_auto_takes_bf16_where_it_has_it_else_fp16(monkeypatch, bf16_gpu):
+    from transferlab.training.inference import precision_in_use
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
+    assert [precision_in_use(c) for c in ("auto", "fp32", "bf16", "fp16")] == ["bf16" if bf16_gpu else "fp16", "fp32", "bf16", "fp16"]
 
 
 def test_a_bf16_run_trains_in_bf16_and_is_scored_in_fp32(monkeypatch, tiny_bert_dir, sentiment_csv):
@@ -159,10 +170,15 @@ def test_training_precision_follows_the_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: True)
     x = torch.randn(4, 8)
-    with training_precision(TrainingConfig()):
-        assert (x @ x.T).dtype == torch.float32  # auto on the CPU: fp32
-    with training_precision(TrainingConfig(precision="bf16")):
-        assert (x @ x.T).dtype == torch.bfloat16
+    with training_precision(TrainingConfig(precision="fp32")):
+        assert (x @ x.T).dtype == torch.float32
+    for choice in ("auto", "bf16"):  # auto on a CPU that computes bf16 natively: bf16
+        with training_precision(TrainingConfig(precision=choice)):
+            assert (x @ x.T).dtype == torch.bfloat16
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: False)
+    for choice in ("auto", "bf16"):
+        with training_precision(TrainingConfig(precision=choice)):
+            assert (x @ x.T).dtype == torch.float32
 
 
 @pytest.mark.parametrize(
@@ -179,14 +195,58 @@ def test_training_precision_follows_the_choice(monkeypatch):
 )
 def test_the_run_says_what_its_precision_choice_means_on_this_cpu(monkeypatch, tiny_bert_dir, sentiment_csv, native, precision, said):
     from transferlab.config import load_run_config
-    from transferlab.recipes.experiment import prepare
+    from transferlab.recipes.experiment import prepare, run_record
 
     monkeypatch.setattr("transferlab.recipes.experiment.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: native)
     monkeypatch.setattr("transferlab.recipes.experiment.default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = load_run_config(
         None, strategies=["head"], backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), training={"precision": precision}
     )
     lines: list[str] = []
-    prepare(config, log=lines.append)
+    experiment = prepare(config, log=lines.append)
     precision_lines = [line for line in lines if "natively" in line]
     assert precision_lines == [] if said is None else len(precision_lines) == 1 and said in precision_lines[0]
+    # the record says what training computed in: bf16 only where asked for (or auto) and native
+    assert run_record(experiment, "compare")["training_precision"] == ("bf16" if native and precision in ("auto", "bf16") else "fp32")
+
+
+@pytest.mark.parametrize("native, gpu", [(True, False), (False, False), (True, True)])
+def test_auto_keeps_fp32_on_a_cpu_for_a_family_that_declines_bf16(monkeypatch, native, gpu):
+    """The CNN family measured slower in bf16 on the CPU: auto trains it in fp32 there, text still gets bf16;
+    an explicit choice, and a GPU, are left as they are."""
+    from transferlab.backbones.registry import FAMILIES
+    from transferlab.training.inference import precision_for
+
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    cnn, text = FAMILIES["cnn"], FAMILIES["encoder"]
+    assert cnn.cpu_bf16_declined and text.cpu_bf16_declined is None
+    assert precision_for("auto", cnn) == ("fp32" if native and not gpu else "auto")
+    assert [precision_for(c, cnn) for c in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    assert [precision_for(c, text) for c in ("auto", "fp32", "bf16", "fp16")] == ["auto", "fp32", "bf16", "fp16"]
+
+
+def test_a_cnn_run_on_a_bf16_cpu_trains_in_fp32_and_says_why(monkeypatch, tmp_path, tiny_cnn_dir):
+    from PIL import Image
+
+    from tests.conftest import bright_side_images
+    from transferlab.config import load_run_config
+    from transferlab.recipes.experiment import prepare, run_record
+
+    images, labels = bright_side_images(40)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "images" / ("right" if label else "left")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    for module in ("recipes.experiment", "training.inference"):
+        monkeypatch.setattr(f"transferlab.{module}.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = load_run_config(None, backbone=str(tiny_cnn_dir), dataset=str(tmp_path / "images"), cv=1, n_test=10, image_size=32)
+    lines: list[str] = []
+    experiment = prepare(config, log=lines.append)
+    assert [line for line in lines if "natively" in line] == [
+        f"this CPU computes bf16 natively, but auto trains cnn backbones in fp32: {experiment.config.family.cpu_bf16_declined}"
+    ]
+    assert experiment.config.training.precision == "fp32" and run_record(experiment, "compare")["training_precision"] == "fp32"

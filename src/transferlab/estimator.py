@@ -27,7 +27,7 @@ from transferlab.data.augment import augment_texts
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
 from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig
-from transferlab.training.inference import default_device, predict_logits, predict_proba
+from transferlab.training.inference import default_device, precision_for, predict_logits, predict_proba
 from transferlab.training.loop import FitData
 from transferlab.training.sampling import balanced_class_weights
 
@@ -118,7 +118,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             max_tokens=getattr(self.preprocessor_, "max_length", None),
             mixup_alpha=MIXUP_ALPHA if "mixup" in augment else None,
         )
-        training = TrainingConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed)
+        training = TrainingConfig(
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed,
+            precision=precision_for("auto", family),
+        )  # fmt: skip
         training.validate()
         self.model_ = strategy.export(strategy.fit(model, data, training))
         drop_output_capturing_hooks(self.model_)  # a fitted estimator pickles (joblib, GridSearchCV's n_jobs)

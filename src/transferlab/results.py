@@ -92,6 +92,7 @@ class ResultsRecord(TypedDict, total=False):
     comparison: Comparison
     config: dict[str, Any]  # the resolved run config
     environment: dict[str, Any]  # package versions, device
+    training_precision: str  # what training steps computed in here (fp32, bf16, fp16), `auto` resolved
     assets: dict[str, Any]  # the hashes of every file the run read
     data_checks: dict[str, Any]
     recommendation: dict[str, Any]

@@ -58,7 +58,7 @@ class TrainingConfig:
         default="auto",
         metadata={
             "help": "what training steps compute in: auto, fp32, bf16 or fp16; evaluation and export stay fp32 "
-            "[default: auto: bf16 on a GPU that has it, fp32 on a CPU]"
+            "[default: auto: bf16 where the GPU or CPU computes it natively, else fp32]"
         },
     )
     seed: int = field(default=0, metadata={"help": "seed for the split, the head and training [default: 0]"})

@@ -35,6 +35,9 @@ class BackboneFamily(ABC):
     default_augment: ClassVar[tuple[str, ...]] = ()
     # Strategy settings this family needs instead of the strategies' own defaults (e.g. larger rates for CNNs).
     strategy_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Why `precision: auto` trains this family in fp32 on a CPU that computes bf16 natively (measured slower or
+    # less accurate there), or None: auto takes bf16 on such a CPU.
+    cpu_bf16_declined: ClassVar[str | None] = None
 
     def claims(self, spec: str) -> bool:
         """Whether a backbone spec that is not a catalog name is this family's, decided without loading weights."""

@@ -10,7 +10,6 @@ from scipy import stats
 
 SIGNIFICANCE = 0.05
 TEST_NAME = "paired t-test over the same folds and seeds (two-sided, alpha 0.05)"
-RUN_KEYS = ("fold", "seed", "metrics", "per_class", "confusion_matrix", "train_seconds", "peak_memory_mb")
 REPORTED_CHOICES = ("head_layer",)  # what a strategy chose while fitting (it logs them): kept in each run's record
 
 

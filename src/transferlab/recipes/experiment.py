@@ -50,7 +50,7 @@ from transferlab.recipes.run_folder import RunFolder
 from transferlab.runio import atomic_write_text
 from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.strategies import Strategy, count_parameters
-from transferlab.training.inference import cpu_has_bf16, default_device, predict_logits
+from transferlab.training.inference import cpu_has_bf16, default_device, precision_for, precision_in_use, predict_logits
 from transferlab.training.loop import FitData
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
@@ -108,6 +108,8 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     log(
         f"{config.dataset}: {len(run_data.parts['train'])} examples, classes {_counts(dict(zip(data.label_names, counts.tolist())))}; headline metric {config.training.metric}"
     )
+    _say_precision(config, log)
+    config.training.precision = precision_for(config.training.precision, config.family)
     split_kind = f"{folds} stratified folds" if folds > 1 else "your test file" if config.test_dataset else "hold-out split"
     augment = [] if config.family.augments_copies else config.augmentations()  # else applied per batch
     preprocessor = load_preprocessor(backbone, config.max_length, config.image_size, config.normalization, augment)
@@ -123,19 +125,21 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
         )
         + (" (fold 1)" if folds > 1 else "")
     )
-    _say_precision(config.training.precision, log)
     faults.reached("encoded")
     encoded = dict(zip(used.tolist(), features, strict=True))
     return Experiment(config, backbone, data, splits, preprocessor, encoded, findings, run_data.assets)
 
 
-def _say_precision(precision: str, log: Log) -> None:
-    """On a CPU, say what the precision choice leaves on the table, or that it was not taken."""
+def _say_precision(config: RunConfig, log: Log) -> None:
+    """On a CPU, say what precision training takes, or that the one asked for was not taken."""
     if default_device().type != "cpu":
         return
-    if precision == "auto" and cpu_has_bf16():
+    precision, declined = config.training.precision, config.family.cpu_bf16_declined
+    if precision == "auto" and cpu_has_bf16() and declined:
+        log(f"this CPU computes bf16 natively, but auto trains {config.family.name} backbones in fp32: {declined}")
+    elif precision == "auto" and cpu_has_bf16():
         log(
-            "this CPU computes bf16 natively: --precision bf16 trains about 1.5x faster at the same accuracy (docs/benchmarks.md); auto stays fp32"
+            "this CPU computes bf16 natively: training steps run under bf16 autocast (--precision fp32 for exact fp32); evaluation and export stay fp32"
         )
     elif precision == "fp16" or (precision == "bf16" and not cpu_has_bf16()):
         log(f"--precision {precision}: this CPU does not compute {precision} natively (emulated it is slower than fp32); training in fp32")
@@ -406,6 +410,7 @@ def run_record(experiment: Experiment, command: str) -> dict[str, Any]:
         "config": experiment.config.resolved(),
         "assets": experiment.assets(),
         "environment": describe_environment(),
+        "training_precision": precision_in_use(experiment.config.training.precision),
         "strategies": {},
     }
 

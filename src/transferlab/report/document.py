@@ -146,7 +146,8 @@ def describe(results: dict[str, Any]) -> list[str]:
         f"backbone {' and '.join(backbones) or results.get('backbone')}, dataset {results.get('dataset')}: {labelled}, "
         f"{results.get('n_test')} test",
         f"{evaluation.get('folds', 1)} fold(s) x {len(seeds)} seed(s); headline metric {results.get('primary_metric')}; "
-        f"mean ± std over runs",
+        f"mean ± std over runs"
+        + (f"; trained in {precision}, evaluated in fp32" if (precision := results.get("training_precision")) else ""),
         f"command: transferlab {results.get('command')}; created {results.get('created')}; status {results.get('status')}",
     ]
     if comparison := results.get("comparison"):

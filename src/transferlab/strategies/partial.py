@@ -16,6 +16,7 @@ from transferlab.errors import UserError
 from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
 from transferlab.training.frozen_cache import FrozenLayerCache
+from transferlab.training.inference import training_precision
 from transferlab.training.loop import FitData, train_with_trainer, training_plan
 
 
@@ -67,7 +68,8 @@ def frozen_layer_cache(model: TransferModel, data: FitData, training: TrainingCo
     # at the training batch size: a CNN at 224 px computes a batch of 16 images 25% faster per image than one of 64
     sample = np.random.default_rng(training.seed).permutation(len(data.train))[:BATCH_NORM_EXAMPLES]
     cache.refresh_batch_norm([data.train[i] for i in sorted(sample)], data.collate, training.batch_size)
-    cache.fill(examples, data.collate, data.length_of, training.batch_size)
+    with training_precision(training):  # the frozen groups computed as a training step would compute them
+        cache.fill(examples, data.collate, data.length_of, training.batch_size)
     data.log_history.append(
         {
             "frozen_layer_cache": {

@@ -16,6 +16,7 @@ from torch import nn
 from transferlab.backbones.base import output_probabilities
 
 if TYPE_CHECKING:
+    from transferlab.backbones.registry import BackboneFamily
     from transferlab.settings import TrainingConfig
 
 
@@ -33,13 +34,16 @@ def cpu_has_bf16() -> bool:
 def precision_flags(choice: str) -> dict[str, bool]:
     """The Trainer's flags for what training steps compute in (its master weights stay fp32).
 
-    auto: bf16 on a GPU that has it, fp32 on a CPU; bf16 on a CPU only when asked for, and only where the CPU
-    computes it natively (elsewhere it would be emulated, and slower than fp32); fp16 only on a GPU.
+    auto: bf16 wherever the hardware computes it natively (a GPU that has it, a CPU with AVX512-BF16 or AMX),
+    else fp32 (a family can decline bf16 on the CPU: `precision_for`). On text, head, LoRA and full fine-tuning
+    trained under bf16 autocast scored within noise of fp32 in about 0.75x the time (docs/findings.md, "bf16
+    against fp32"). bf16 on a CPU without it would be emulated, slower than fp32, so it trains in fp32 there;
+    fp16 only on a GPU.
     """
     if choice == "fp32":
         return {}
     if not torch.cuda.is_available():
-        return {"bf16": True, "use_cpu": True} if choice == "bf16" and cpu_has_bf16() else {}
+        return {"bf16": True, "use_cpu": True} if choice in ("auto", "bf16") and cpu_has_bf16() else {}
     if choice == "fp16":
         return {"fp16": True}
     if choice == "bf16" or (choice == "auto" and torch.cuda.is_bf16_supported()):
@@ -47,14 +51,28 @@ def precision_flags(choice: str) -> dict[str, bool]:
     return {"fp16": True}
 
 
+def precision_for(choice: str, family: BackboneFamily) -> str:
+    """The precision a run of this backbone family asks for: `auto` becomes fp32 on a CPU computing bf16 natively
+    where the family declines bf16 there (`BackboneFamily.cpu_bf16_declined` says why)."""
+    if choice == "auto" and family.cpu_bf16_declined and not torch.cuda.is_available() and cpu_has_bf16():
+        return "fp32"
+    return choice
+
+
+def precision_in_use(choice: str) -> str:
+    """What training steps compute in on this machine for a `--precision` choice: fp32, bf16 or fp16."""
+    flags = precision_flags(choice)
+    return "bf16" if flags.get("bf16") else "fp16" if flags.get("fp16") else "fp32"
+
+
 def training_precision(cfg: TrainingConfig) -> contextlib.AbstractContextManager:
     """The autocast training steps run under, for the passes whose output is trained on (the frozen features a
     head is fitted to). What is evaluated or exported runs outside it, in fp32, so the exported model reproduces
     the reported metrics exactly."""
-    flags = precision_flags(cfg.precision)
-    if not flags:
+    precision = precision_in_use(cfg.precision)
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(default_device().type, dtype=torch.bfloat16 if flags.get("bf16") else torch.float16)
+    return torch.autocast(default_device().type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def batches_by_length(features: Sequence[dict[str, Any]], length_of: Callable[[dict[str, Any]], int], batch_size: int):
