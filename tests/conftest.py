@@ -126,6 +126,18 @@ def bright_side_images(n: int, size: int = 32, seed: int = 0):
     return images, labels
 
 
+def bright_side_image_folder(root: Path, n: int = 12) -> Path:
+    """`bright_side_images` saved as PNGs in one folder per class (left, right): an image data set as users give it."""
+    from PIL import Image
+
+    images, labels = bright_side_images(n)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / ("right" if label else "left")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_cnn_dir(tmp_path_factory) -> Path:
     return tiny_cnn(tmp_path_factory.mktemp("tiny-cnn"))

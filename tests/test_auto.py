@@ -214,15 +214,9 @@ def test_every_metric_steers_the_search(tmp_path, tiny_bert_dir, metric):
 
 def test_an_image_search_leaves_out_what_does_not_apply_and_exports_the_winner(tmp_path, tiny_cnn_dir):
     """A CNN: prompt tuning has no token sequence to prepend to, so the search leaves it out and says why."""
-    from PIL import Image
+    from tests.conftest import bright_side_image_folder
 
-    from tests.conftest import bright_side_images
-
-    images, labels = bright_side_images(240)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = tmp_path / "images" / ("right" if label else "left")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i}.png")
+    bright_side_image_folder(tmp_path / "images", 240)
     config = load_run_config(
         None, backbone=str(tiny_cnn_dir), dataset=str(tmp_path / "images"), strategies=["head", "full", "prompt"], cv=1,
         n_test=40, image_size=32, training={"epochs": 1, "batch_size": 16, "min_steps": 0},

@@ -60,7 +60,7 @@ CACHED_DEPTHS = {"partial": [2], "gradual": [2, 3]}
 
 def _fit(tmp_path, strategy, precision="fp32", **options):
     """`strategy` on a tiny BERT without dropout in its blocks: the frozen blocks then compute the same output with
-    or without the cache. Also returns how many batches the bottom block's attention computed."""
+    or without the cache. Also returns, per batch the bottom block computed, whether it ran under autocast."""
     path = tiny_bert(tmp_path / "bert", dropout=0.0)
     pre = TextPreprocessor.from_pretrained(str(path), 32)
     texts, labels = sentiment_texts(400, seed=1)

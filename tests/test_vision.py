@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
 from transferlab.backbones.cnn import ImagePreprocessor
@@ -23,7 +22,7 @@ from transferlab.data.images import FASHION_MNIST_DIR
 from transferlab.errors import UserError
 from transferlab.strategies import get_strategy
 
-from .conftest import bright_side_images
+from .conftest import bright_side_image_folder, bright_side_images
 
 
 def _tiny(tiny_cnn_dir, labels=("a", "b")):
@@ -110,17 +109,8 @@ def test_augmentation_is_random_for_training_only():
     assert all(a.shape == feature["pixel_values"].shape for a in augmented)
 
 
-def _image_folder(root, n=12):
-    images, labels = bright_side_images(n)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / ("right" if label else "left")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i}.png")
-    return root
-
-
 def test_image_folder_and_csv_load_and_a_corrupt_image_is_named_or_skipped(tmp_path, capsys):
-    root = _image_folder(tmp_path / "images")
+    root = bright_side_image_folder(tmp_path / "images")
     data = load_dataset(str(root), modality="image")
     assert data.label_names == ["left", "right"] and len(data) == 12 and data.modality == "image"
     table = tmp_path / "images.csv"
@@ -139,7 +129,7 @@ def test_image_folder_and_csv_load_and_a_corrupt_image_is_named_or_skipped(tmp_p
 
 @pytest.mark.slow  # 35-40 s of subprocesses; the same path runs in-process on the tiny CNN (test_auto, test_multi_label)
 def test_train_then_predict_on_an_image_folder_from_the_command_line(tiny_cnn_dir, tmp_path):
-    root = _image_folder(tmp_path / "images", n=40)
+    root = bright_side_image_folder(tmp_path / "images", n=40)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "transferlab.cli"]
     common = ["--backbone", str(tiny_cnn_dir), "--dataset", str(root), "--image-size", "32", "--epochs", "1"]

@@ -134,9 +134,9 @@ def _say_precision(config: RunConfig, log: Log) -> None:
     """On a CPU, say what precision training takes, or that the one asked for was not taken."""
     if default_device().type != "cpu":
         return
-    precision, declined = config.training.precision, config.family.cpu_bf16_declined
-    if precision == "auto" and cpu_has_bf16() and declined:
-        log(f"this CPU computes bf16 natively, but auto trains {config.family.name} backbones in fp32: {declined}")
+    precision, family = config.training.precision, config.family
+    if precision == "auto" and cpu_has_bf16() and family.cpu_bf16_declined:
+        log(f"this CPU computes bf16 natively, but auto trains {family.name} backbones in fp32: {family.cpu_bf16_declined}")
     elif precision == "auto" and cpu_has_bf16():
         log(
             "this CPU computes bf16 natively: training steps run under bf16 autocast (--precision fp32 for exact fp32); evaluation and export stay fp32"
