@@ -7,8 +7,13 @@ training embeddings and scored on the test set, so body x head is a 2 x n table 
 
 - `setfit`: SetFit's head, scikit-learn's `LogisticRegression()` on L2-normalised embeddings (SetFit's
   sentence-transformer ends in a Normalize module); transferlab's `setfit` strategy fits this head too;
+- `setfit-balanced`: SetFit's head with scikit-learn's balanced class weights, what `--class-weights balanced` gives it;
 - `probe`: transferlab's `head` strategy's probe, the cross-validated logistic regression on standardised embeddings;
-- `probe-normalised`: the same probe on L2-normalised embeddings.
+- `probe-normalised`: the same probe on L2-normalised embeddings;
+- `probe-balanced`: the probe with scikit-learn's balanced class weights (`--class-weights balanced`).
+
+A third body, `frozen`, is the pretrained body untuned: with the probe it is the `head` strategy on its last layer,
+so the table also says how much of SetFit's lead over the head is the tuning of the body.
 
     .venv/bin/python bench/setfit_heads.py [--datasets election-tweets-2016,trec-questions,rt-polarity]
         [--per-class 8] [--seeds 5] [--cache runs/bench/setfit_heads]
@@ -47,28 +52,40 @@ def transferlab_embeddings(texts, labels, test_texts, seed, backbone) -> tuple[n
     return tuple(pooled_features(model.model_, pre.encode(t), pre.collate, pre.length_of) for t in (texts, test_texts))
 
 
-BODIES = {"setfit-library": setfit_library_embeddings, "transferlab": transferlab_embeddings}
+def frozen_embeddings(texts, labels, test_texts, seed, backbone) -> tuple[np.ndarray, np.ndarray]:
+    """The pretrained body's pooled features, untuned: what the `head` strategy's probe reads (its last layer)."""
+    from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
+    from transferlab.training.inference import pooled_features
+
+    asset = resolve_backbone(backbone)
+    model, pre = build_classifier(asset, [str(c) for c in np.unique(labels)], "mean"), load_preprocessor(asset, MAX_LENGTH)
+    return tuple(pooled_features(model, pre.encode(t), pre.collate, pre.length_of) for t in (texts, test_texts))
 
 
-def _probe(train: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
+BODIES = {"setfit-library": setfit_library_embeddings, "transferlab": transferlab_embeddings, "frozen": frozen_embeddings}
+
+
+def _probe(train: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int, balanced: bool = False) -> np.ndarray:
     from transferlab.evaluation.probe import fit_probe
     from transferlab.settings import TrainingConfig
     from transferlab.strategies.head import FeatureExtraction
 
-    probe = fit_probe(train, y, int(y.max()) + 1, FeatureExtraction().probe_settings(TrainingConfig(seed=seed)))
+    probe = fit_probe(train, y, int(y.max()) + 1, FeatureExtraction().probe_settings(TrainingConfig(seed=seed), balanced=balanced))
     return (test @ probe.coef.T + probe.intercept).argmax(1)
 
 
-def _setfit_head(train: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
+def _setfit_head(train: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int, class_weight: str | None = None) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression().fit(normalize(train), y).predict(normalize(test))
+    return LogisticRegression(class_weight=class_weight).fit(normalize(train), y).predict(normalize(test))
 
 
 HEADS = {
     "setfit": _setfit_head,
+    "setfit-balanced": lambda train, y, test, seed: _setfit_head(train, y, test, seed, "balanced"),
     "probe": _probe,
     "probe-normalised": lambda train, y, test, seed: _probe(normalize(train), y, normalize(test), seed),
+    "probe-balanced": lambda train, y, test, seed: _probe(train, y, test, seed, balanced=True),
 }
 
 

@@ -11,7 +11,10 @@ read minilm-l6 at 256 tokens (the sentence-transformer's own limit). SetFit is a
 
     .venv/bin/python bench/small_data.py [--datasets rt-polarity,bbc-news,trec-questions,election-tweets-2016]
         [--per-class 8,16,64] [--seeds 5] [--systems setfit-library,setfit,head,lora,full] [--min-steps 100]
-        [--out runs/bench/small_data.jsonl]
+        [--precision auto|fp32|bf16] [--tag @bf16] [--out runs/bench/small_data.jsonl]
+
+Each row records the precision the system's training steps computed in (`training_precision`; SetFit trains in fp32
+on a CPU). Rows written before that field existed were all fp32.
 
 Images the same way, with a CNN and the estimator's augmentations (SetFit reads text only; the paired gap is then
 to the first system listed):
@@ -51,6 +54,7 @@ DEFAULT_BACKBONE = "minilm-l6"
 MAX_LENGTH = 256
 TEST_SIZE = 1000
 REFERENCE = "setfit-library"
+NATURAL_FLOOR = 2
 
 
 def load_examples(name: str) -> tuple[list, np.ndarray]:
@@ -78,15 +82,22 @@ def load_examples(name: str) -> tuple[list, np.ndarray]:
     return [texts[i] for i in keep], labels[keep]
 
 
-def draw(labels: np.ndarray, per_class: int, seed: int, test_size: int = TEST_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) positions: a stratified test set fixed for the data set, then `per_class` of each class from the rest."""
+def draw(labels: np.ndarray, per_class: int, seed: int, natural: bool = False, test_size: int = TEST_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions: a stratified test set fixed for the data set, then `per_class` of each class from the
+    rest or, with `natural`, `per_class` x classes examples in the data set's own class proportions, at least
+    NATURAL_FLOOR of each class (a contrastive pair needs two of a class)."""
     from sklearn.model_selection import train_test_split
 
     everything = np.arange(len(labels))
     size = min(test_size, len(labels) // 2)
     pool, test = train_test_split(everything, test_size=size, stratify=labels, random_state=1234)
     rng = np.random.default_rng(seed)
-    train = np.concatenate([rng.choice(pool[labels[pool] == c], per_class, replace=False) for c in np.unique(labels)])
+    classes, available = np.unique(labels[pool], return_counts=True)
+    counts = np.full(len(classes), per_class)
+    if natural:
+        counts = np.maximum(NATURAL_FLOOR, np.round(per_class * len(classes) * available / available.sum()).astype(int))
+        counts[counts.argmax()] -= counts.sum() - per_class * len(classes)  # the largest class absorbs the rounding
+    train = np.concatenate([rng.choice(pool[labels[pool] == c], n, replace=False) for c, n in zip(classes, counts)])
     return rng.permutation(train), np.sort(test)
 
 
@@ -106,11 +117,17 @@ def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[st
     return np.asarray(model.predict(test_texts)) if predict else model
 
 
-def run_transferlab(strategy: str, inputs: list, labels: np.ndarray, test_inputs: list, seed: int, min_steps: int, backbone: str, augment):
+def run_transferlab(strategy: str, inputs: list, labels: np.ndarray, test_inputs: list, seed: int, args: argparse.Namespace):
+    """The strategy's predictions of `test_inputs`, and the precision its training steps computed in."""
     from transferlab.estimator import TransferClassifier
+    from transferlab.settings import MIN_STEPS
 
-    model = TransferClassifier(backbone=backbone, strategy=strategy, max_length=MAX_LENGTH, augment=augment, min_steps=min_steps, seed=seed)
-    return model.fit(inputs, labels).predict(test_inputs)
+    min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
+    model = TransferClassifier(
+        backbone=args.backbone, strategy=strategy, max_length=MAX_LENGTH, augment=args.augment, min_steps=min_steps,
+        precision=args.precision, seed=seed,
+    )  # fmt: skip
+    return model.fit(inputs, labels).predict(test_inputs), model.training_precision_
 
 
 def score(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -167,15 +184,20 @@ def add_sample_arguments(parser: argparse.ArgumentParser, datasets: str, per_cla
     parser.add_argument("--datasets", default=datasets)
     parser.add_argument("--per-class", default=per_class)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--natural", action="store_true",
+        help="draw per-class x classes examples in the data set's own class proportions (named 'DATA (natural)' in the results)",
+    )  # fmt: skip
 
 
 def samples(args: argparse.Namespace) -> Iterator[tuple[str, int, int, list, np.ndarray, np.ndarray, np.ndarray]]:
     """(data set, per class, seed, inputs, labels, training rows, test rows) for every run the options ask for."""
     for dataset in args.datasets.split(","):
         inputs, labels = load_examples(dataset)
+        name = f"{dataset} (natural)" if args.natural else dataset
         for k in (int(v) for v in args.per_class.split(",")):
             for seed in range(args.seeds):
-                yield dataset, k, seed, inputs, labels, *draw(labels, k, seed)
+                yield name, k, seed, inputs, labels, *draw(labels, k, seed, args.natural)
 
 
 def main() -> None:
@@ -184,12 +206,10 @@ def main() -> None:
     parser.add_argument("--systems", default=f"{REFERENCE},setfit,head,lora,full")
     parser.add_argument("--min-steps", type=int, default=None, help="transferlab's optimizer-step floor (default: its own)")
     parser.add_argument("--augment", default=None, help="the estimator's augmentations, as --augment [default: the backbone's own]")
+    parser.add_argument("--precision", default="auto", help="transferlab's training precision, as --precision (default: auto)")
     parser.add_argument("--tag", default="", help="appended to transferlab systems' names in the results")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "small_data.jsonl")
     args = parser.parse_args()
-    from transferlab.settings import MIN_STEPS
-
-    min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
     if REFERENCE in args.systems.split(","):
         import sentence_transformers  # noqa: F401  (imported before any clock starts: both systems load these)
         import setfit  # noqa: F401
@@ -204,12 +224,13 @@ def main() -> None:
             if (dataset, k, seed, name) in done:
                 continue
             started = time.perf_counter()
-            if system == REFERENCE:
-                predicted = run_setfit_library(train_inputs, labels[train], test_inputs, seed, args.backbone)
+            if system == REFERENCE:  # SetFit trains in fp32 on a CPU
+                predicted, precision = run_setfit_library(train_inputs, labels[train], test_inputs, seed, args.backbone), "fp32"
             else:
-                predicted = run_transferlab(system, train_inputs, labels[train], test_inputs, seed, min_steps, args.backbone, args.augment)
+                predicted, precision = run_transferlab(system, train_inputs, labels[train], test_inputs, seed, args)
             predicted = np.asarray(predicted)
             row = {"backbone": args.backbone, "dataset": dataset, "per_class": k, "seed": seed, "system": name, "seconds": time.perf_counter() - started,
+                   "training_precision": precision,
                    **score(labels[test], predicted), "n_test": len(test),
                    # two systems that did not train return the same predictions: the digest shows it
                    "predictions_sha256": hashlib.sha256(predicted.astype(np.int64).tobytes()).hexdigest()[:16]}  # fmt: skip

@@ -180,3 +180,37 @@ def test_an_augmentation_the_backbone_does_not_have_is_refused(tiny_bert_dir, ti
     path = tiny_bert_dir if backbone == "bert" else tiny_cnn_dir
     with pytest.raises(UserError, match=message):
         TransferClassifier(backbone=str(path), augment=augment).fit(*_texts(20))
+
+
+# What the training steps compute in on a CPU with native bf16, written out by hand: fp16 is not native on a CPU,
+# and the CNN family declines auto's bf16 there (its LoRA collapsed in bf16).
+PRECISION_ON_A_BF16_CPU = {
+    ("bert", "auto"): "bf16",
+    ("bert", "fp32"): "fp32",
+    ("bert", "bf16"): "bf16",
+    ("bert", "fp16"): "fp32",
+    ("cnn", "auto"): "fp32",
+    ("cnn", "fp32"): "fp32",
+    ("cnn", "bf16"): "bf16",
+    ("cnn", "fp16"): "fp32",
+}
+
+
+@pytest.mark.parametrize("backbone, precision", sorted(PRECISION_ON_A_BF16_CPU))
+def test_the_estimator_trains_in_the_precision_it_is_given(tiny_bert_dir, tiny_cnn_dir, monkeypatch, backbone, precision):
+    """The record says what training computed in; the fitted model keeps fp32 weights whatever it trained in."""
+    import torch
+
+    monkeypatch.setattr("transferlab.training.inference.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path, (X, y) = (tiny_bert_dir, _texts(20)) if backbone == "bert" else (tiny_cnn_dir, bright_side_images(16))
+    estimator = TransferClassifier(backbone=str(path), strategy="lora", epochs=1, min_steps=2, image_size=32, precision=precision)
+    assert estimator.fit(X, y).training_precision_ == PRECISION_ON_A_BF16_CPU[backbone, precision]
+    assert {p.dtype for p in estimator.model_.parameters()} == {torch.float32}
+
+
+def test_a_precision_the_estimator_does_not_know_is_refused(tiny_bert_dir):
+    from transferlab.errors import UserError
+
+    with pytest.raises(UserError, match="precision must be one of auto, fp32, bf16, fp16, got 'fp8'"):
+        _estimator(tiny_bert_dir, precision="fp8").fit(*_texts(20))

@@ -36,24 +36,27 @@ def test_decision_framework_follows_its_table(situation, expected):
     assert decision.reasons[0].startswith(f"data size: {data_bucket(situation[0])}")
 
 
-# (smallest class, modality, tasks, memory_gb) -> strategy: few-shot text goes to SetFit unless an earlier rule holds
+# (n_train, classes, modality, tasks, memory_gb) -> strategy: few-shot text (examples per class on average) goes to
+# SetFit unless an earlier rule holds
 FEW_SHOT = [
-    ((8, "text", 1, None), "setfit"),
-    ((64, "text", 1, None), "setfit"),  # the largest size measured
-    ((65, "text", 1, None), "head"),
-    ((8, "image", 1, None), "head"),  # SetFit's pairs are for text encoders
-    ((8, "text", 3, None), "lora"),  # several tasks: one adapter per task first
-    ((8, "text", 1, 0.2), "lora"),  # SetFit trains the whole body: not under a memory limit
+    ((16, 2, "text", 1, None), "setfit"),  # 8 per class
+    ((128, 2, "text", 1, None), "setfit"),  # 64 per class: the largest size measured
+    ((130, 2, "text", 1, None), "head"),  # 65 per class: small data, small gap
+    ((300, 8, "text", 1, None), "setfit"),  # 37.5 per class, however rare the rarest is
+    ((7_674, 8, "text", 1, None), "lora"),  # reuters-r8 whole: 959 per class, though "grain" has 51
+    ((16, 2, "image", 1, None), "head"),  # SetFit's pairs are for text encoders
+    ((16, 2, "text", 3, None), "lora"),  # several tasks: one adapter per task first
+    ((16, 2, "text", 1, 0.2), "lora"),  # SetFit trains the whole body: not under a memory limit
 ]
 
 
 @pytest.mark.parametrize(("case", "expected"), FEW_SHOT)
 def test_few_shot_text_goes_to_setfit(case, expected):
-    smallest, modality, tasks, memory = case
-    decision = decide(Situation(130, "small", tasks, memory, 0.4, modality, smallest_class=smallest))
+    n_train, classes, modality, tasks, memory = case
+    decision = decide(Situation(n_train, "small", tasks, memory, 0.4, modality, classes=classes))
     assert decision.strategy == expected
     if expected == "setfit":
-        assert decision.epochs is None and decision.reasons[-1].startswith(f"few-shot ({smallest} examples")
+        assert decision.epochs is None and decision.reasons[-1].startswith(f"few-shot ({n_train / classes:.3g} examples per class")
 
 
 def test_data_size_buckets_at_the_framework_boundaries():
@@ -135,6 +138,6 @@ def test_compare_recommend_records_the_verdict(tmp_path, tiny_bert_dir, sentimen
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "results.json").read_text())["recommendation"]
     assert record["strategy"] == "setfit"  # 30 texts of each class: few-shot
-    assert "logistic head (C = 1) on the tuned features scaled to unit length" in record["settings"]["trains"]
+    assert "logistic head (C = 1, balanced class weights) on the tuned features scaled to unit length" in record["settings"]["trains"]
     assert record["best"] == json.loads((out / "results.json").read_text())["comparison"]["best"]
     assert record["verdict"] in done.stderr

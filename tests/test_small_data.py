@@ -175,6 +175,34 @@ def test_setfit_head_is_setfits_regression_on_unit_length_features(tiny_bert_dir
     np.testing.assert_allclose(pooled_features(reloaded, test, pre.collate, pre.length_of), seen, atol=1e-6)
 
 
+@pytest.mark.parametrize("balanced_head", [True, False])
+def test_setfit_head_gives_a_rare_class_balanced_weights(tiny_bert_dir, balanced_head):
+    """On 24 negative and 4 positive examples the head is scikit-learn's LogisticRegression with balanced class weights
+    (w_c = N / (C n_c): 0.58 and 3.5 here), or SetFit's unweighted one when asked; the two differ on these data, so
+    the comparison tells them apart. (On equal classes the weights are 1: the test above.)"""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferlab.training.inference import pooled_features
+
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32)
+    texts, labels = sentiment_texts(256, seed=3)
+    features = pre.encode(texts, labels)
+    negatives = [f for f in features[:56] if f["labels"] == 0][:24]
+    positives = [f for f in features[:56] if f["labels"] == 1][:4]
+    data = FitData(negatives + positives, [], pre.collate, ["negative", "positive"], pre.length_of)
+    test = features[56:]
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    fitted = get_strategy("setfit", pair_iterations=1, balanced_head=balanced_head).fit(model, data, TrainingConfig())
+    x = pooled_features(fitted, data.train, pre.collate, pre.length_of)
+    y = [f["labels"] for f in data.train]
+    seen = pooled_features(fitted, test, pre.collate, pre.length_of)
+    weighted = LogisticRegression(class_weight="balanced").fit(x, y).predict_proba(seen)
+    plain = LogisticRegression().fit(x, y).predict_proba(seen)
+    assert np.abs(weighted - plain).max() > 0.05
+    probs = predict_proba(fitted, test, pre.collate, pre.length_of)
+    np.testing.assert_allclose(probs, weighted if balanced_head else plain, atol=5e-3)
+
+
 @pytest.mark.parametrize("alpha", [None, 0.2])
 def test_mixup_blends_training_batches_only(alpha, tiny_cnn_dir):
     """Two flat images, black (class 0) and white (class 1): plain batches hold only their two pixel values; with

@@ -27,7 +27,7 @@ from transferlab.data.augment import augment_texts
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
 from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig
-from transferlab.training.inference import default_device, precision_for, predict_logits, predict_proba
+from transferlab.training.inference import default_device, precision_for, precision_in_use, predict_logits, predict_proba
 from transferlab.training.loop import FitData
 from transferlab.training.sampling import balanced_class_weights
 
@@ -36,7 +36,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     """Hyperparameters in the constructor; `fit` carves a stratified validation set out of X for early stopping
     when it would hold MIN_VALIDATION examples or more, and fits the calibration temperature on it
     (`calibration="temperature"`; `"none"` keeps the raw softmax). `augment` takes what `--augment` takes: text
-    augmentations add a copy of each training example, image ones (mixup included) act on each batch."""
+    augmentations add a copy of each training example, image ones (mixup included) act on each batch. `precision`
+    takes what `--precision` takes: `auto` trains in bf16 where the hardware computes it natively and the backbone
+    family has not declined it; evaluation and the fitted model stay fp32."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         class_weights: str = "none",
         calibration: str = "temperature",
         min_steps: int = MIN_STEPS,
+        precision: str = "auto",
         seed: int = 0,
     ):
         self.backbone = backbone
@@ -70,6 +73,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.class_weights = class_weights
         self.calibration = calibration
         self.min_steps = min_steps
+        self.precision = precision
         self.seed = seed
 
     def _inputs(self, X: Sequence[Any]) -> list[Any]:
@@ -120,9 +124,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         )
         training = TrainingConfig(
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed,
-            precision=precision_for("auto", family),
+            precision=precision_for(self.precision, family),
         )  # fmt: skip
         training.validate()
+        self.training_precision_ = precision_in_use(training.precision)  # what the training steps computed in
         self.model_ = strategy.export(strategy.fit(model, data, training))
         drop_output_capturing_hooks(self.model_)  # a fitted estimator pickles (joblib, GridSearchCV's n_jobs)
         if self.calibration == "temperature" and len(val_idx):

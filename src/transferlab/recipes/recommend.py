@@ -13,7 +13,6 @@ from typing import Any
 from transferlab.backbones import build_classifier, family_for, load_preprocessor, resolve_backbone
 from transferlab.config import strategy_for
 from transferlab.data.catalog import load_dataset
-from transferlab.data.sources import label_counts
 from transferlab.data.splits import stratified_subset
 from transferlab.decision import ADAM_BYTES_PER_PARAM, Situation, decide
 from transferlab.errors import UserError
@@ -52,8 +51,9 @@ def recommend(
     log(f"domain gap of {dataset} for {backbone}: {gap.describe()}")
     params = sum(p.numel() for p in model.parameters())
     note = f" (score {gap.score:.2f} from {gap.signal}; small < {SMALL_BELOW}, large >= {LARGE_FROM})"
-    smallest = int(label_counts(data.labels, len(data.label_names)).min())
-    situation = Situation(len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, family.inputs, note, smallest)
+    situation = Situation(
+        len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, family.inputs, note, len(data.label_names)
+    )
     decision = decide(situation)
     strategy = strategy_for(decision.strategy, family)
     return {
@@ -129,6 +129,7 @@ def _settings(name: str, strategy: Any, model: Any, epochs: int | None) -> dict[
     if name == "setfit":
         grid = strategy.config.head_c_grid
         strength = f"C = {grid[0]:g}" if len(grid) == 1 else "C by cross-validation"
+        strength += ", balanced class weights" if strategy.config.balanced_head else ""
         return {
             "lr": strategy.config.lr,
             "pair_iterations": strategy.config.pair_iterations,

@@ -41,6 +41,7 @@ class HeadConfig(StrategyConfig):
     cv_folds: int = 5
     max_iter: int = 3000
     standardize: bool = True  # each feature scaled to unit variance before the regression
+    balanced: bool = False  # scikit-learn's balanced class weights in the regression; --class-weights balanced sets them too
 
     def validate(self) -> None:
         if self.layers not in HEAD_LAYERS:
@@ -163,7 +164,7 @@ class FeatureExtraction(Strategy):
             max_iter=self.config.max_iter,
             seed=training.seed,
             metric=training.headline_metric,
-            balanced=balanced,
+            balanced=balanced or self.config.balanced,
             standardize=self.config.standardize,
         )
 
