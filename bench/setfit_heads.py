@@ -7,7 +7,8 @@ training embeddings and scored on the test set, so body x head is a 2 x n table 
 
 - `setfit`: SetFit's head, scikit-learn's `LogisticRegression()` on L2-normalised embeddings (SetFit's
   sentence-transformer ends in a Normalize module); transferlab's `setfit` strategy fits this head too;
-- `setfit-balanced`: SetFit's head with scikit-learn's balanced class weights, what `--class-weights balanced` gives it;
+- `setfit-balanced`: SetFit's head with scikit-learn's balanced class weights, which the `setfit` strategy now fits
+  (`balanced_head`);
 - `probe`: transferlab's `head` strategy's probe, the cross-validated logistic regression on standardised embeddings;
 - `probe-normalised`: the same probe on L2-normalised embeddings;
 - `probe-balanced`: the probe with scikit-learn's balanced class weights (`--class-weights balanced`).

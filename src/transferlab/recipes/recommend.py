@@ -51,9 +51,8 @@ def recommend(
     log(f"domain gap of {dataset} for {backbone}: {gap.describe()}")
     params = sum(p.numel() for p in model.parameters())
     note = f" (score {gap.score:.2f} from {gap.signal}; small < {SMALL_BELOW}, large >= {LARGE_FROM})"
-    situation = Situation(
-        len(data), gap.bucket, tasks, memory_gb, ADAM_BYTES_PER_PARAM * params / 1e9, family.inputs, note, len(data.label_names)
-    )
+    full_gb = ADAM_BYTES_PER_PARAM * params / 1e9
+    situation = Situation(len(data), gap.bucket, tasks, memory_gb, full_gb, family.inputs, note, classes=len(data.label_names))
     decision = decide(situation)
     strategy = strategy_for(decision.strategy, family)
     return {

@@ -41,8 +41,8 @@ class ContrastiveConfig(TrainedStrategyConfig):
     # rt-polarity, and lost 0.5 on trec-questions (docs/benchmarks.md). More values: a cross-validated choice of C.
     head_c_grid: list[float] = field(default_factory=lambda: [1.0])
     # At one fixed C the regression cannot give a rare class the weight its few examples need: on sms-spam drawn in its
-    # own proportions (56 ham, 8 spam) SetFit's head fell to 0.82 macro-F1 on either tuned body, while the same head
-    # with balanced class weights reached 0.91 (bench/setfit_heads.py --natural, docs/benchmarks.md). With every
+    # own proportions (56 ham, 8 spam) SetFit's head fell to 0.827 macro-F1 on either tuned body, while the same head
+    # with balanced class weights reached 0.917-0.918 (bench/setfit_heads.py --natural, docs/benchmarks.md). With every
     # class the same size the weights are all 1: SetFit's own head, unchanged.
     balanced_head: bool = True
 
