@@ -25,6 +25,7 @@ def _write_inputs(d: Path) -> None:
     (d / "emptytext.csv").write_text("text,label\n  ,pos\n   ,neg\n,neg\n")
     (d / "nanlabel.csv").write_text("text,label\ngood,pos\nbad,\nfine,pos\n")
     (d / "few.csv").write_text(OK_ROWS + "meh,neutral\nhmm,neutral\n")
+    (d / "three.csv").write_text(OK_ROWS + "meh,neutral\nhmm,neutral\nso so,neutral\n")
     (d / "data.xlsx").write_text("not a spreadsheet")
     (d / "broken.jsonl").write_text('{"text": "good", "label": 1}\n{"text": "bad", "lab\n')
     (d / "rank0.yaml").write_text("strategies: [lora]\nstrategy_settings:\n  lora: {r: 0}\n")
@@ -84,7 +85,8 @@ CASES = {
         "does not occur in the training data",
     ),
     "missing label value": (COMPARE + ["--dataset", "{d}/nanlabel.csv"], "row 2 has no label"),
-    "class smaller than the folds": (COMPARE + ["--dataset", "{d}/few.csv", "--cv", "5"], "fewer than the 5 folds"),
+    "class smaller than the folds": (COMPARE + ["--dataset", "{d}/three.csv", "--cv", "5"], "fewer than the 5 folds"),
+    "class too small to test": (COMPARE + ["--dataset", "{d}/few.csv"], "class 'neutral' has 2 distinct example"),
     "no such file": (COMPARE + ["--dataset", "{d}/missing.csv"], "no such file"),
     "unsupported file type": (COMPARE + ["--dataset", "{d}/data.xlsx"], "unsupported file type"),
     "malformed JSONL": (COMPARE + ["--dataset", "{d}/broken.jsonl"], "cannot be read as JSONL"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -159,3 +160,19 @@ def test_auto_on_too_few_examples_says_it_trained_the_recommendation(tmp_path, t
     assert "search:" not in done.stdout and "leaderboard.csv" not in done.stdout
     assert "no search: the recommended setfit was trained" in " ".join((done.stdout + done.stderr).split())
     assert (out / "model" / "transferlab.json").is_file()
+
+
+def test_a_small_file_with_a_rare_class_is_compared_on_as_many_folds_as_that_class_has(tmp_path, tiny_bert_dir, sentiment_csv):
+    """40 examples of two classes and 3 of a third: five default folds cannot each test the third, three can, and
+    each fold's training, validation and test parts hold every class."""
+    rows = pd.read_csv(sentiment_csv).head(40)
+    neutral = ["the screening started at nine in hall two", "tickets were sold out on the first weekend", "its director was born in lyon"]
+    rare = pd.DataFrame({"text": neutral, "label": ["neutral"] * 3})
+    path = tmp_path / "rare.csv"
+    pd.concat([rows, rare]).to_csv(path, index=False)
+    out = tmp_path / "run"
+    done = _cli("compare", "--backbone", tiny_bert_dir, "--dataset", path, "--strategies", "head", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "3 stratified folds (as many as the rarest class has examples)" in " ".join((done.stdout + done.stderr).split())
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluation"]["folds"] == 3 and len(results["strategies"]["head"]["runs"]) == 3

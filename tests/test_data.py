@@ -7,8 +7,15 @@ import pandas as pd
 import pytest
 
 from transferlab.data.catalog import load_dataset
-from transferlab.data.sources import load_user_file
-from transferlab.data.splits import stratified_split
+from transferlab.data.sources import LabeledData, load_user_file
+from transferlab.data.splits import (
+    Split,
+    cross_validation_splits,
+    folds_for_classes,
+    restore_classes,
+    stratified_split,
+    stratified_subset,
+)
 from transferlab.errors import UserError
 
 
@@ -140,3 +147,81 @@ def test_split_refuses_impossible_sizes(sentiment_csv):
     with pytest.raises(UserError, match="more than the"):
         stratified_split(data, n_train=10_000, n_test=40)
     assert np.all(np.isin(stratified_split(data).part("test").labels, [0, 1]))
+
+
+def _rare_class_data(sizes: dict[str, int]) -> LabeledData:
+    """Distinct texts, `sizes[name]` of each class, classes interleaved."""
+    labels = np.concatenate([np.full(n, k) for k, n in enumerate(sizes.values())])
+    return LabeledData([f"text {i}" for i in range(len(labels))], labels, list(sizes))
+
+
+def _counts(split, name: str) -> dict[str, int]:
+    return split.part(name).class_counts()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_rare_class_is_in_every_part_of_a_hold_out_split(seed):
+    # proportionally, 3 of 69 examples give the test set of 10 and a validation set of 6 under one each: rounded to 0
+    data = _rare_class_data({"common": 60, "less": 6, "rare": 3})
+    split = stratified_split(data, n_test=10, val_fraction=0.1, seed=seed)
+    assert (len(split.test), len(split.val) + len(split.train)) == (10, 59)
+    for name in ("train", "val", "test"):
+        assert min(_counts(split, name).values()) >= 1, name
+    assert len(set(np.concatenate([split.train, split.val, split.test]).tolist())) == 69
+
+
+def test_a_subsample_of_a_large_set_keeps_enough_of_each_class_for_every_fold():
+    # 64 of 2,030 drawn in proportion would hold 0.5 of "rare": none, and no fold could test it
+    data = _rare_class_data({"common": 2000, "rare": 16, "other": 14})
+    splits = cross_validation_splits(data, 64, 5, seed=0)
+    pool = np.concatenate([splits[0].train, splits[0].val, splits[0].test])
+    assert len(pool) == 64 and np.bincount(data.labels[pool]).min() >= 5
+    for split in splits:
+        for name in ("train", "val", "test"):
+            assert min(_counts(split, name).values()) >= 1, name
+
+
+def test_a_class_with_one_member_does_not_stop_a_draw():
+    # scikit-learn's stratified draw refuses a class of one; the subsample still keeps the other classes' shares
+    data = _rare_class_data({"a": 40, "b": 20, "single": 1})
+    chosen = stratified_subset(data, 30, seed=0)
+    counts = chosen.class_counts()
+    assert len(chosen) == 30 and abs(counts["a"] - 20) <= 1 and abs(counts["b"] - 10) <= 1
+
+
+def test_a_draw_too_small_for_the_floors_is_refused():
+    data = _rare_class_data({name: 30 for name in "abcdefgh"})
+    with pytest.raises(UserError, match="cannot hold 5 examples of each of the 8 classes"):
+        cross_validation_splits(data, 32, 5, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "folds", "expected"),
+    [({"a": 50, "b": 9}, 5, 5), ({"a": 50, "b": 4}, 5, 4), ({"a": 50, "b": 3}, 5, 3), ({"a": 50, "b": 3}, 1, 1)],
+)
+def test_default_folds_shrink_to_the_rarest_class(sizes, folds, expected):
+    data = _rare_class_data(sizes)
+    assert folds_for_classes(data.labels, np.arange(len(data)), data.label_names, folds) == expected
+
+
+def test_a_class_of_two_distinct_inputs_is_refused_with_its_name():
+    data = _rare_class_data({"a": 50, "b": 4})
+    groups = np.arange(len(data))
+    groups[-2:] = groups[-4]  # three of b's four texts are one input
+    with pytest.raises(UserError, match="class 'b' has 2 distinct example"):
+        folds_for_classes(data.labels, groups, data.label_names, 5)
+
+
+def test_a_class_gone_from_one_side_of_a_split_takes_the_first_of_the_other_sides_with_its_copies():
+    data = _rare_class_data({"a": 10, "b": 4})
+    groups = np.arange(14)
+    groups[11] = 10  # b's first two examples are copies
+    split = Split(data, train=np.array([0, 1, 2, 3, 4, 10, 11, 12]), val=np.array([5, 6]), test=np.array([7, 8, 9, 13]))
+    restore_classes(split, groups)
+    assert split.val.tolist() == [5, 6, 10, 11] and split.train.tolist() == [0, 1, 2, 3, 4, 12]
+    back = Split(data, train=np.array([0, 1]), val=np.array([5, 11, 12]), test=np.array([13]))
+    restore_classes(back, np.arange(14))
+    assert back.train.tolist() == [0, 1, 11] and back.val.tolist() == [5, 12]
+    alone = Split(data, train=np.array([0, 1, 10]), val=np.array([5]), test=np.array([13]))
+    restore_classes(alone, np.arange(14))  # b's only training example stays to be trained on
+    assert alone.train.tolist() == [0, 1, 10] and alone.val.tolist() == [5]

@@ -23,6 +23,8 @@ from transferlab.settings import DEFAULT_N_TRAIN
 
 DEFAULT_N_TEST = 1000
 DEFAULT_TEST_FRACTION = 0.2
+HOLD_OUT_FLOOR = 2  # examples of a class a hold-out split's training side needs: one to train on, one to validate
+LEAST_PER_CLASS = HOLD_OUT_FLOOR + 1  # and one to test
 
 
 @dataclass
@@ -41,9 +43,17 @@ class Split:
 
 
 def _stratified_take(
-    labels: np.ndarray, pool: np.ndarray, size: int, seed: int, what: str, groups: np.ndarray | None = None
+    labels: np.ndarray,
+    pool: np.ndarray,
+    size: int,
+    seed: int,
+    what: str,
+    groups: np.ndarray | None = None,
+    floor: int = 0,
+    keep: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(taken, rest) indices of `pool`, `size` of them taken with class proportions kept.
+    """(taken, rest) indices of `pool`, `size` of them taken with class proportions kept, except that every class
+    has at least `floor` taken and `keep` left where its size allows (see `_with_floors`).
 
     With copies in the pool whole groups are taken, as many as make `size` examples on average, each
     group stratified by its most common label, so `taken` is near `size` rather than exactly it.
@@ -68,11 +78,62 @@ def _stratified_take(
             splitter = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=size, test_size=len(units) - size, random_state=seed)
             taken = units[next(splitter.split(units, unit_labels))[0]]
         else:
-            taken, _ = train_test_split(units, train_size=size, stratify=unit_labels, random_state=seed)
+            classes, sizes = np.unique(unit_labels, return_counts=True)
+            if np.clip(np.minimum(floor, sizes - keep), 0, None).sum() > size:
+                raise UserError(
+                    f"a {what} of {size} cannot hold {floor} examples of each of the {len(classes)} classes: give a larger size"
+                )
+            taken = units[_with_floors(_proportional(unit_labels, size, seed), unit_labels, floor, keep, seed)]
     except ValueError as err:
         raise UserError(f"cannot draw a stratified {what} of {size} {'groups of ' if grouped else ''}examples: {err}") from None
     chosen = np.isin(groups[pool] if grouped else pool, taken)
     return np.sort(pool[chosen]), np.sort(pool[~chosen])
+
+
+def _proportional(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A mask of `size` positions drawn with class proportions kept: scikit-learn's stratified draw where it takes
+    the classes (two members or more each, and room for one of each on both sides), else each class's share rounded
+    down and the rest of `size` to the largest remainders, ties broken at random."""
+    chosen = np.zeros(len(labels), dtype=bool)
+    try:
+        taken, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
+    except ValueError:
+        rng = np.random.default_rng(seed)
+        classes, counts = np.unique(labels, return_counts=True)
+        share = size * counts / len(labels)
+        quota = np.floor(share).astype(int)
+        quota[np.lexsort((rng.random(len(classes)), quota - share))[: size - quota.sum()]] += 1
+        taken = np.concatenate([rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)])
+    chosen[taken] = True
+    return chosen
+
+
+def _with_floors(taken: np.ndarray, labels: np.ndarray, floor: int, keep: int, seed: int) -> np.ndarray:
+    """`taken` (a mask) changed so that each class has at least min(floor, its size - keep) members taken and
+    min(keep, its size - floor) left, the total unchanged: a unit moved for a short class is traded for one of the
+    class with the most to spare on that side.
+
+    A proportional draw rounds a rare class's share down, to nothing when it is below one, and then the class
+    cannot be validated or tested. No scikit-learn splitter takes a per-class minimum, so the trade is written here.
+    """
+    rng = np.random.default_rng(seed)
+    taken = taken.copy()
+    classes, sizes = np.unique(labels, return_counts=True)
+    for side, least, other in ((True, floor, keep), (False, keep, floor)):
+        want = np.clip(np.minimum(least, sizes - other), 0, None)
+        for c, needed in zip(classes, want):
+            on_side = (taken == side) & (labels == c)
+            short = needed - int(on_side.sum())
+            if short <= 0:
+                continue
+            taken[rng.choice(np.flatnonzero((taken != side) & (labels == c)), short, replace=False)] = side
+            for _ in range(short):
+                spare = np.array([((taken == side) & (labels == k)).sum() - w if k != c else 0 for k, w in zip(classes, want)])
+                if spare.max() <= 0:
+                    break
+                donor = classes[int(spare.argmax())]
+                taken[rng.choice(np.flatnonzero((taken == side) & (labels == donor)))] = not side
+    return taken
 
 
 def _group_labels(labels: np.ndarray, inverse: np.ndarray, groups: int) -> np.ndarray:
@@ -91,7 +152,7 @@ def _carve_validation(
     data: LabeledData, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int, groups: np.ndarray | None = None
 ) -> Split:
     n_val = max(len(data.label_names), round(val_fraction * len(train)))
-    val, fit = _stratified_take(data.labels, train, n_val, seed, "validation set", groups)
+    val, fit = _stratified_take(data.labels, train, n_val, seed, "validation set", groups, floor=1, keep=1)
     if len(fit) == 0:
         raise UserError(f"--n-train {n_train} is too small to keep a validation set")
     return checked(Split(data, fit, val, test))
@@ -106,6 +167,24 @@ def checked(split: Split) -> Split:
             continue
         if missing:
             raise UserError(f"the {name} set has no example of class {', '.join(missing)}: give more data or a larger --n-train/--n-test")
+    return split
+
+
+def restore_classes(split: Split, groups: np.ndarray) -> Split:
+    """After examples leave a split's training side, a class may be gone from training or from validation while the
+    other keeps two or more of it: the first of those, with its copies, moves over."""
+    if split.data.multi_label:
+        return split
+    labels = split.data.labels
+    for source, target in (("val", "train"), ("train", "val")):
+        have, lack = getattr(split, source), getattr(split, target)
+        for label in np.setdiff1d(labels[have], labels[lack]):
+            members = have[labels[have] == label]
+            moved = have[groups[have] == groups[members[0]]]
+            if len(members) > np.isin(members, moved).sum():
+                have, lack = np.setdiff1d(have, moved), np.union1d(lack, moved)
+        setattr(split, source, have)
+        setattr(split, target, lack)
     return split
 
 
@@ -128,8 +207,8 @@ def stratified_split(
         n_test = min(DEFAULT_N_TEST, max(len(data.label_names), round(DEFAULT_TEST_FRACTION * total)))
     if n_test >= total:
         raise UserError(f"--n-test {n_test} leaves no training data: the dataset has {total} examples")
-    test, pool = _stratified_take(data.labels, np.arange(total), n_test, seed, "test set", groups)
-    train = _training_pool(data, pool, n_train, seed, groups)
+    test, pool = _stratified_take(data.labels, np.arange(total), n_test, seed, "test set", groups, floor=1, keep=HOLD_OUT_FLOOR)
+    train = _training_pool(data, pool, n_train, seed, groups, floor=HOLD_OUT_FLOOR)
     return _carve_validation(data, train, test, val_fraction, seed, len(train), groups)
 
 
@@ -149,7 +228,7 @@ def given_test_split(
     clean = pool[~np.isin(groups[pool], groups[held])]
     if len(clean) == 0:
         raise UserError("every training example also occurs in the test or validation data")
-    train = _training_pool(data, clean, n_train, seed, groups)
+    train = _training_pool(data, clean, n_train, seed, groups, floor=HOLD_OUT_FLOOR if val is None else 1)
     split = (
         _carve_validation(data, train, test, val_fraction, seed, len(train), groups)
         if val is None
@@ -159,12 +238,15 @@ def given_test_split(
     return split
 
 
-def _training_pool(data: LabeledData, pool: np.ndarray, n_train: int | None, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+def _training_pool(
+    data: LabeledData, pool: np.ndarray, n_train: int | None, seed: int, groups: np.ndarray | None = None, floor: int = 0
+) -> np.ndarray:
+    """`n_train` examples of `pool` (all of it by default, up to 2,000), with `floor` of each class where it has them."""
     if n_train is None:
         n_train = min(DEFAULT_N_TRAIN, len(pool))
     if n_train > len(pool):
         raise UserError(f"--n-train {n_train} is more than the {len(pool)} examples available")
-    return _stratified_take(data.labels, pool, n_train, seed, "training set", groups)[0]
+    return _stratified_take(data.labels, pool, n_train, seed, "training set", groups, floor=floor)[0]
 
 
 def stratified_subset(data: LabeledData, n: int, seed: int = 0) -> LabeledData:
@@ -177,7 +259,7 @@ def cross_validation_splits(
 ) -> list[Split]:
     """Stratified K-fold over `n_train` examples: each fold tests on its held-out part and trains on the rest.
     With copies among them, whole groups go to a fold (scikit-learn's `StratifiedGroupKFold`)."""
-    pool = _training_pool(data, np.arange(len(data)), n_train, seed, groups)
+    pool = _training_pool(data, np.arange(len(data)), n_train, seed, groups, floor=0 if data.multi_label else folds)
     grouped = groups is not None and has_copies(groups[pool])
     if data.multi_label:
         return [
@@ -196,6 +278,20 @@ def cross_validation_splits(
     else:
         parts = StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool, data.labels[pool])
     return [_carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool), groups) for train, test in parts]
+
+
+def folds_for_classes(labels: np.ndarray, groups: np.ndarray, label_names: list[str], folds: int) -> int:
+    """The folds a cross-validation left to its default takes: `folds`, or as many as the rarest class has distinct
+    inputs, so that every fold tests it. A class of fewer than three cannot be trained on, validated and tested."""
+    distinct = np.unique(np.stack([groups, labels]), axis=1)[1]
+    per_class = np.bincount(distinct, minlength=len(label_names))
+    smallest = int(per_class.min())
+    if smallest < LEAST_PER_CLASS:
+        name = label_names[int(per_class.argmin())]
+        raise UserError(
+            f"class '{name}' has {smallest} distinct example(s): a class needs {LEAST_PER_CLASS}, one each to train on, validate and test"
+        )
+    return min(folds, smallest)
 
 
 def _multi_label_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None):

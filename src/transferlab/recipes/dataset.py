@@ -26,7 +26,15 @@ from transferlab.data.checks import (
     preview,
 )
 from transferlab.data.sources import LabeledData, concatenate, with_label_names
-from transferlab.data.splits import Split, checked, cross_validation_splits, given_test_split, make_imbalanced, stratified_split
+from transferlab.data.splits import (
+    Split,
+    checked,
+    cross_validation_splits,
+    given_test_split,
+    make_imbalanced,
+    restore_classes,
+    stratified_split,
+)
 from transferlab.errors import UserError
 
 if TYPE_CHECKING:
@@ -217,17 +225,35 @@ def _drop_near_duplicates(
         in_test = np.isin(pairs, split.test)
         partners = np.concatenate([pairs[in_test[:, 1] & ~in_test[:, 0], 0], pairs[in_test[:, 0] & ~in_test[:, 1], 1]])
         train_out, val_out = np.isin(split.train, partners), np.isin(split.val, partners)
+        if not split.data.multi_label:
+            _refuse_emptied_classes(split, np.concatenate([split.train[~train_out], split.val[~val_out]]), threshold)
         split.train, split.val = split.train[~train_out], split.val[~val_out]
         out = int(train_out.sum() + val_out.sum())
         split.removed += out
         removed += out
-        checked(split)
+        checked(restore_classes(split, groups))
     summary["near_duplicates"]["examples"] = [{"a": preview(inputs[i]), "b": preview(inputs[j])} for i, j in pairs[:SHOWN]]
     summary["removed_from_training"]["near_duplicates_of_test_inputs"] = removed
     if removed:
         summary["warnings"].append(
             f"{len(pairs)} near-duplicate pair(s) (cosine >= {threshold}); {removed} training example(s) nearly copying "
             f"a test example left out{' (over all folds)' if len(splits) > 1 else ''}"
+        )
+
+
+def _refuse_emptied_classes(split: Split, kept: np.ndarray, threshold: float) -> None:
+    """A class whose training side near-copies test examples down to fewer than two cannot be both trained on and
+    validated: say so, rather than report a class missing from a part."""
+    labels, names = split.data.labels, split.data.label_names
+    before = np.bincount(labels[np.concatenate([split.train, split.val])], minlength=len(names))
+    after = np.bincount(labels[kept], minlength=len(names))
+    emptied = np.flatnonzero((before >= 2) & (after < 2))
+    if len(emptied):
+        label = emptied[0]
+        raise UserError(
+            f"{before[label] - after[label]} of the {before[label]} training examples of class '{names[label]}' nearly copy a "
+            f"test example (cosine >= {threshold}) and leave training, too few remain to train on and validate: give more "
+            "distinct examples, or set near_duplicate_cosine: null in a --config file to keep them"
         )
 
 

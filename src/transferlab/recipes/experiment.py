@@ -28,7 +28,7 @@ from transferlab.catalog import ResolvedAsset
 from transferlab.config import RunConfig
 from transferlab.data.augment import augment_texts
 from transferlab.data.sources import LabeledData, is_multi_label, label_counts
-from transferlab.data.splits import Split
+from transferlab.data.splits import Split, folds_for_classes
 from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
 from transferlab.errors import TrainingDiverged
@@ -98,9 +98,13 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     run_data = load_run_data(config)
     data = run_data.data
     backbone = resolve_backbone(config.backbone)
-    folds = config.folds(len(run_data.parts["train"]))
+    train = run_data.parts["train"]
+    folds = wanted = config.folds(len(train))
+    if config.test_dataset is None and not data.multi_label:
+        fewer = folds_for_classes(data.labels[train], run_data.groups[train], data.label_names, folds)
+        folds = fewer if config.cv is None else folds
     splits = make_splits(config, run_data, folds)
-    counts = label_counts(data.labels[run_data.parts["train"]], len(data.label_names))
+    counts = label_counts(data.labels[train], len(data.label_names))
     if config.training.metric is None and data.multi_label:
         config.training.metric = "micro_f1"
     elif config.training.metric is None:
@@ -110,7 +114,13 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     )
     _say_precision(config, log)
     config.training.precision = precision_for(config.training.precision, config.family)
-    split_kind = f"{folds} stratified folds" if folds > 1 else "your test file" if config.test_dataset else "hold-out split"
+    split_kind = (
+        f"{folds} stratified folds{' (as many as the rarest class has examples)' if folds < wanted else ''}"
+        if folds > 1
+        else "your test file"
+        if config.test_dataset
+        else "hold-out split"
+    )
     augment = [] if config.family.augments_copies else config.augmentations()  # else applied per batch
     preprocessor = load_preprocessor(backbone, config.max_length, config.image_size, config.normalization, augment)
     used = np.unique(np.concatenate([np.concatenate([s.train, s.val, s.test]) for s in splits]))
