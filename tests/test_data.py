@@ -10,6 +10,7 @@ from transferlab.data.catalog import load_dataset
 from transferlab.data.sources import LabeledData, load_user_file
 from transferlab.data.splits import (
     Split,
+    _stratified_take,
     cross_validation_splits,
     folds_for_classes,
     restore_classes,
@@ -225,3 +226,20 @@ def test_a_class_gone_from_one_side_of_a_split_takes_the_first_of_the_other_side
     alone = Split(data, train=np.array([0, 1, 10]), val=np.array([5]), test=np.array([13]))
     restore_classes(alone, np.arange(14))  # b's only training example stays to be trained on
     assert alone.train.tolist() == [0, 1, 10] and alone.val.tolist() == [5]
+
+
+def test_floored_draws_keep_their_size_and_every_floor_the_class_sizes_allow():
+    """300 random pools: 2-6 classes of 1-40 examples, any size, floors 0-3 taken and 0-2 left."""
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        sizes = rng.integers(1, 41, rng.integers(2, 7))
+        labels = np.repeat(np.arange(len(sizes)), sizes)
+        size, floor, keep = int(rng.integers(1, len(labels))), int(rng.integers(0, 4)), int(rng.integers(0, 3))
+        want_taken = np.clip(np.minimum(floor, sizes - keep), 0, None)
+        want_left = np.clip(np.minimum(keep, sizes - floor), 0, None)
+        if want_taken.sum() > size or want_left.sum() > len(labels) - size:
+            continue
+        taken, rest = _stratified_take(labels, np.arange(len(labels)), size, case, "draw", floor=floor, keep=keep)
+        assert len(taken) == size and sorted(np.concatenate([taken, rest]).tolist()) == list(range(len(labels)))
+        assert np.all(np.bincount(labels[taken], minlength=len(sizes)) >= want_taken), case
+        assert np.all(np.bincount(labels[rest], minlength=len(sizes)) >= want_left), case
