@@ -173,6 +173,6 @@ def test_a_small_file_with_a_rare_class_is_compared_on_as_many_folds_as_that_cla
     out = tmp_path / "run"
     done = _cli("compare", "--backbone", tiny_bert_dir, "--dataset", path, "--strategies", "head", "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "3 stratified folds (as many as the rarest class has examples)" in " ".join((done.stdout + done.stderr).split())
+    assert "3 stratified folds (so that each fold tests every class)" in " ".join((done.stdout + done.stderr).split())
     results = json.loads((out / "results.json").read_text())
     assert results["evaluation"]["folds"] == 3 and len(results["strategies"]["head"]["runs"]) == 3

@@ -205,6 +205,21 @@ def test_default_folds_shrink_to_the_rarest_class(sizes, folds, expected):
     assert folds_for_classes(data.labels, np.arange(len(data)), data.label_names, folds) == expected
 
 
+@pytest.mark.parametrize(("n_train", "expected"), [(None, 5), (200, 5), (64, 3), (80, 4), (60, 3)])
+def test_default_folds_shrink_to_what_a_small_draw_holds_of_each_of_many_classes(n_train, expected):
+    """20 classes of 30: a draw of 64 holds 3 of each (64 // 20), so 3 folds can each test every class."""
+    data = _rare_class_data({f"c{k}": 30 for k in range(20)})
+    assert folds_for_classes(data.labels, np.arange(len(data)), data.label_names, 5, n_train) == expected
+    splits = cross_validation_splits(data, n_train, expected, seed=0)
+    assert all(min(_counts(split, part).values()) >= 1 for split in splits for part in ("train", "val", "test"))
+
+
+def test_a_draw_too_small_for_three_of_each_class_is_refused():
+    data = _rare_class_data({f"c{k}": 30 for k in range(20)})
+    with pytest.raises(UserError, match="--n-train 59 is too few for 20 classes: each needs 3"):
+        folds_for_classes(data.labels, np.arange(len(data)), data.label_names, 5, 59)
+
+
 def test_a_class_of_two_distinct_inputs_is_refused_with_its_name():
     data = _rare_class_data({"a": 50, "b": 4})
     groups = np.arange(len(data))

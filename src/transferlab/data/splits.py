@@ -280,9 +280,10 @@ def cross_validation_splits(
     return [_carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool), groups) for train, test in parts]
 
 
-def folds_for_classes(labels: np.ndarray, groups: np.ndarray, label_names: list[str], folds: int) -> int:
-    """The folds a cross-validation left to its default takes: `folds`, or as many as the rarest class has distinct
-    inputs, so that every fold tests it. A class of fewer than three cannot be trained on, validated and tested."""
+def folds_for_classes(labels: np.ndarray, groups: np.ndarray, label_names: list[str], folds: int, n_train: int | None = None) -> int:
+    """The folds a cross-validation left to its default takes: `folds`, or fewer so that every fold tests every class:
+    no more than the rarest class has distinct inputs, nor than a draw of `n_train` can hold of each class. A class
+    needs three, one each to train on, validate and test."""
     distinct = np.unique(np.stack([groups, labels]), axis=1)[1]
     per_class = np.bincount(distinct, minlength=len(label_names))
     smallest = int(per_class.min())
@@ -291,7 +292,11 @@ def folds_for_classes(labels: np.ndarray, groups: np.ndarray, label_names: list[
         raise UserError(
             f"class '{name}' has {smallest} distinct example(s): a class needs {LEAST_PER_CLASS}, one each to train on, validate and test"
         )
-    return min(folds, smallest)
+    if n_train is not None and n_train < LEAST_PER_CLASS * len(label_names):
+        raise UserError(
+            f"--n-train {n_train} is too few for {len(label_names)} classes: each needs {LEAST_PER_CLASS}, one each to train on, validate and test"
+        )
+    return min(folds, smallest, len(labels) if n_train is None else n_train // len(label_names))
 
 
 def _multi_label_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None):

@@ -101,7 +101,7 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     train = run_data.parts["train"]
     folds = wanted = config.folds(len(train))
     if config.test_dataset is None and not data.multi_label:
-        fewer = folds_for_classes(data.labels[train], run_data.groups[train], data.label_names, folds)
+        fewer = folds_for_classes(data.labels[train], run_data.groups[train], data.label_names, folds, config.n_train)
         folds = fewer if config.cv is None else folds
     splits = make_splits(config, run_data, folds)
     counts = label_counts(data.labels[train], len(data.label_names))
@@ -115,7 +115,7 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     _say_precision(config, log)
     config.training.precision = precision_for(config.training.precision, config.family)
     split_kind = (
-        f"{folds} stratified folds{' (as many as the rarest class has examples)' if folds < wanted else ''}"
+        f"{folds} stratified folds{' (so that each fold tests every class)' if folds < wanted else ''}"
         if folds > 1
         else "your test file"
         if config.test_dataset
