@@ -266,8 +266,7 @@ def cross_validation_splits(
             _carve_validation(data, pool[train], pool[test], val_fraction, seed, len(pool), groups)
             for train, test in _multi_label_folds(data.labels[pool], folds, seed, groups[pool] if grouped else None)
         ]
-    units = np.unique(groups[pool], return_index=True)[1] if grouped else np.arange(len(pool))
-    per_class = np.bincount(data.labels[pool][units], minlength=len(data.label_names))
+    per_class = _distinct_per_class(data.labels[pool], groups[pool] if grouped else np.arange(len(pool)), len(data.label_names))
     smallest = int(per_class.min())
     if smallest < folds:
         name = data.label_names[int(np.argmin(per_class))]
@@ -284,19 +283,24 @@ def folds_for_classes(labels: np.ndarray, groups: np.ndarray, label_names: list[
     """The folds a cross-validation left to its default takes: `folds`, or fewer so that every fold tests every class:
     no more than the rarest class has distinct inputs, nor than a draw of `n_train` can hold of each class. A class
     needs three, one each to train on, validate and test."""
-    distinct = np.unique(np.stack([groups, labels]), axis=1)[1]
-    per_class = np.bincount(distinct, minlength=len(label_names))
+    per_class = _distinct_per_class(labels, groups, len(label_names))
     smallest = int(per_class.min())
     if smallest < LEAST_PER_CLASS:
         name = label_names[int(per_class.argmin())]
         raise UserError(
             f"class '{name}' has {smallest} distinct example(s): a class needs {LEAST_PER_CLASS}, one each to train on, validate and test"
         )
-    if n_train is not None and n_train < LEAST_PER_CLASS * len(label_names):
+    per_draw = smallest if n_train is None else n_train // len(label_names)
+    if per_draw < LEAST_PER_CLASS:
         raise UserError(
             f"--n-train {n_train} is too few for {len(label_names)} classes: each needs {LEAST_PER_CLASS}, one each to train on, validate and test"
         )
-    return min(folds, smallest, len(labels) if n_train is None else n_train // len(label_names))
+    return min(folds, smallest, per_draw)
+
+
+def _distinct_per_class(labels: np.ndarray, groups: np.ndarray, classes: int) -> np.ndarray:
+    """Distinct inputs of each class: a group of copies counts once, under its first copy's label."""
+    return np.bincount(labels[np.unique(groups, return_index=True)[1]], minlength=classes)
 
 
 def _multi_label_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None):
