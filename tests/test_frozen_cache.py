@@ -229,7 +229,10 @@ def _fit_images(tmp_path, augment, strategy="partial", before=None, **options):
     block = next(unit for unit in model.prefix_units(3) if any(True for _ in unit.children()))
     next(block.children()).register_forward_hook(lambda *_: computed.append(1))
     settings = {"freeze_below": 3} if strategy == "partial" else {"stages": 3}
-    trained = get_strategy(strategy, **settings, **options).fit(model, data, TrainingConfig(epochs=3, lr=3e-3, seed=0, batch_size=10))
+    # fp32, where the cache is exact: under bf16 the BatchNorm statistics recomputed at the end read the cached frozen
+    # output, rounded as training computed it, where the network without the cache computes it in fp32
+    training = TrainingConfig(epochs=3, lr=3e-3, seed=0, batch_size=10, precision="fp32")
+    trained = get_strategy(strategy, **settings, **options).fit(model, data, training)
     entries = [e["frozen_layer_cache"] for e in data.log_history if "frozen_layer_cache" in e]
     return (entries or [None])[0], predict_proba(trained, features[120:], pre.collate), len(computed), trained
 

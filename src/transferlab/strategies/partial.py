@@ -7,7 +7,6 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from torch import nn
 from transformers import TrainerCallback
 
@@ -15,6 +14,7 @@ from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
 from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
+from transferlab.training.batch_norm import batch_norm_sample
 from transferlab.training.frozen_cache import FrozenLayerCache
 from transferlab.training.inference import training_precision
 from transferlab.training.loop import FitData, train_with_trainer, training_plan
@@ -34,9 +34,6 @@ class FrozenBlocksConfig(TrainedStrategyConfig):
     cache_limit_mb: float = 2048.0
 
 
-# AdaBN's statistics from a random sample of the training examples: 512 images give each channel's mean and
-# variance over millions of positions, at a fraction of a full pass's cost.
-BATCH_NORM_EXAMPLES = 512
 MAX_CUT_ERROR = 1e-4  # logits served from the cache may differ from the computed ones by float rounding only
 
 
@@ -66,8 +63,7 @@ def frozen_layer_cache(model: TransferModel, data: FitData, training: TrainingCo
         return off(f"{size:.0f} MB would pass cache_limit_mb ({config.cache_limit_mb:.0f})")
     started = time.perf_counter()
     # at the training batch size: a CNN at 224 px computes a batch of 16 images 25% faster per image than one of 64
-    sample = np.random.default_rng(training.seed).permutation(len(data.train))[:BATCH_NORM_EXAMPLES]
-    cache.refresh_batch_norm([data.train[i] for i in sorted(sample)], data.collate, training.batch_size)
+    cache.refresh_batch_norm(batch_norm_sample(data.train, training.seed), data.collate, training.batch_size)
     with training_precision(training):  # the frozen groups computed as a training step would compute them
         cache.fill(examples, data.collate, data.length_of, training.batch_size)
     data.log_history.append(

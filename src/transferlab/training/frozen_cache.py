@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import xxhash
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from transferlab.backbones.base import TransferModel
-from transferlab.training.inference import batches_by_length, map_batches, model_inputs
+from transferlab.training.batch_norm import batch_norm_layers, recompute_batch_norm
+from transferlab.training.inference import map_batches, model_inputs
 
 
 class _Captured(Exception):
@@ -44,19 +44,6 @@ def _row_keys(inputs: torch.Tensor, attention_mask: torch.Tensor | None) -> list
     on the cache)."""
     rows = inputs if attention_mask is None else (ids[mask.bool()] for ids, mask in zip(inputs, attention_mask))
     return [xxhash.xxh3_128_digest(row.cpu().numpy().tobytes()) for row in rows]
-
-
-class _Prefix(nn.Module):
-    """The frozen modules as one module whose forward runs the model up to the cut: what torch's `update_bn`
-    needs to re-estimate their BatchNorm statistics and no others."""
-
-    def __init__(self, cache: FrozenLayerCache):
-        super().__init__()
-        self.units = nn.ModuleList(cache.model.prefix_units(cache.depths[-1]))
-        self._run = cache.run_to_cut
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> None:
-        self._run(batch)
 
 
 class FrozenLayerCache:
@@ -112,14 +99,11 @@ class FrozenLayerCache:
     def refresh_batch_norm(self, features: Sequence[dict[str, Any]], collate: Callable, batch_size: int) -> FrozenLayerCache:
         """Re-estimate the frozen groups' BatchNorm statistics on `features` (AdaBN, Li et al. 2016), as the
         running averages of training would have; a no-op without BatchNorm. Fill after this."""
-        prefix = _Prefix(self).eval()
-        batches = (
-            model_inputs([features[i] for i in idx], collate, self._device) for idx in batches_by_length(features, lambda f: 1, batch_size)
-        )
-        stop = prefix.units[-1].register_forward_hook(_stop)
+        units = self.model.prefix_units(self.depths[-1])
+        stop = units[-1].register_forward_hook(_stop)
         try:
-            with torch.no_grad():
-                update_bn(batches, prefix)
+            layers = [layer for unit in units for layer in batch_norm_layers(unit)]
+            recompute_batch_norm(self.model, layers, features, collate, batch_size, run=self.run_to_cut)
         finally:
             stop.remove()
         return self

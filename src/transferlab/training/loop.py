@@ -27,9 +27,10 @@ from transferlab.distributed import state
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import probabilities, validation_metrics
 from transferlab.settings import MIN_VALIDATION, TrainingConfig
+from transferlab.training.batch_norm import EVALUATION_BATCH_NORM_EXAMPLES, batch_norm_layers, batch_norm_sample, recompute_batch_norm
 from transferlab.training.checkpoints import last_complete_checkpoint, shared_temporary_folder, tensorboard_callbacks
 from transferlab.training.divergence import DivergenceGuard
-from transferlab.training.inference import precision_flags
+from transferlab.training.inference import precision_flags, precision_in_use
 
 # Called with (step, total_steps) while training; the CLI hangs a progress bar here.
 PROGRESS_HOOKS: list[Callable[[int, int], None]] = []
@@ -135,6 +136,7 @@ class _Trainer(Trainer):
         class_weights: np.ndarray | None = None,
         regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
         mixup: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        before_evaluation: Callable[[], None] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -148,6 +150,12 @@ class _Trainer(Trainer):
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.regularizer = regularizer
         self.mixup = mixup
+        self.before_evaluation = before_evaluation
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if self.before_evaluation is not None:
+            self.before_evaluation()
+        return super().evaluate(*args, **kwargs)
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
         result = self._task_loss(model, inputs, return_outputs=return_outputs, **kwargs)
@@ -239,6 +247,20 @@ def training_plan(data: FitData, cfg: TrainingConfig, epochs: float | None = Non
     return TrainingPlan(train, cfg.min_steps, cfg.min_steps, max(1, cfg.min_steps // evaluations), early_stopping)
 
 
+def _fp32_batch_norm(model: nn.Module, examples: Sequence[dict[str, Any]], data: FitData, cfg: TrainingConfig) -> Callable[[], None] | None:
+    """Under mixed precision, recomputing in fp32 the running statistics of the BatchNorm layers training updates,
+    from a sample of the training examples as evaluation sees them (no augmentation); None where training computes
+    in fp32 or updates no BatchNorm. Training itself reads each batch's own statistics and is unchanged."""
+    if precision_in_use(cfg.precision) == "fp32":
+        return None
+    model.train()
+    layers = [layer for layer in batch_norm_layers(model) if layer.training]
+    if not layers:
+        return None
+    sample = batch_norm_sample(examples, cfg.seed, EVALUATION_BATCH_NORM_EXAMPLES)
+    return lambda: recompute_batch_norm(model, layers, sample, data.collate, cfg.batch_size)
+
+
 def train_with_trainer(
     model: nn.Module,
     data: FitData,
@@ -310,6 +332,7 @@ def train_with_trainer(
         label_names=["labels"],
         **precision_flags(cfg.precision),
     )
+    recompute_statistics = _fp32_batch_norm(model, plan.train, data, cfg)
     trainer = _Trainer(
         model=model,
         lr_scale=lr_scale,
@@ -317,6 +340,7 @@ def train_with_trainer(
         class_weights=data.class_weights,
         regularizer=data.regularizer,
         mixup=_mixup(data),
+        before_evaluation=recompute_statistics,
         args=args,
         train_dataset=_ListDataset(plan.train, data.train_transform),
         eval_dataset=_ListDataset(data.val),
@@ -338,6 +362,8 @@ def train_with_trainer(
         data.log_history.extend(trainer.state.log_history)
         if not resumable and trainer.is_world_process_zero():  # a run folder removes them once the run is recorded
             shutil.rmtree(workdir, ignore_errors=True)
+    if recompute_statistics is not None and trainer.state.best_model_checkpoint is None:
+        recompute_statistics()  # a restored best checkpoint holds the statistics its evaluation recomputed
     # Under mixed precision accelerate leaves an autocast wrapper on forward; evaluation and export
     # must see the fp32 model, or in-memory and exported predictions differ (seen on a GPU: 3e-4).
     return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
