@@ -52,6 +52,18 @@ def test_the_temperature_is_the_log_loss_minimum(scale, direction, classes):
     assert (raw.argmax(1) == scaled.argmax(1)).all()  # the labels never change
 
 
+def test_a_class_validation_lacks_still_counts_in_the_softmax():
+    """A class of one example trains and never validates: its logit column is there and its label is not."""
+    logits, labels = _logits(4.0, classes=4)
+    kept = labels != 2
+    logits, labels = logits[kept], labels[kept]
+    by_hand = minimize_scalar(
+        lambda t: np.mean(np.log(np.exp(logits / t).sum(1)) - logits[np.arange(len(labels)), labels] / t),
+        bounds=(1e-3, 1e3), method="bounded", options={"xatol": 1e-8},
+    ).x  # fmt: skip
+    assert fit_temperature(logits, labels) == pytest.approx(by_hand, rel=1e-4)
+
+
 def test_ece_and_brier_by_hand():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.57, 0.43], [0.55, 0.45]])
     labels = np.array([0, 1, 1, 0])

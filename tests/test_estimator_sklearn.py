@@ -148,6 +148,23 @@ def _watch_fit_data(monkeypatch) -> list[dict]:
     return seen
 
 
+def test_a_rare_class_neither_stops_the_validation_split_nor_leaves_it(tiny_bert_dir, monkeypatch):
+    """600 examples hold out 60 to validate on; a class of one example stays in training (scikit-learn's stratified
+    split refuses it; fine-tuning takes it, where the head's cross-validation would refuse it by name), and a class of two gives one to each side instead of rounding its 0.2 of a share away."""
+    seen = _watch_fit_data(monkeypatch)
+    texts, labels = _texts(600, seed=5)
+    y = labels.astype(object)
+    y[0], y[1], y[2] = "lonely", "pair", "pair"
+    fitted = TransferClassifier(backbone=str(tiny_bert_dir), strategy="full", epochs=1, min_steps=2, max_length=16).fit(texts, y)
+    assert list(fitted.classes_) == ["lonely", "negative", "pair", "positive"]
+    val_labels = [int(f["labels"]) for f in seen[0]["val"]]
+    train_labels = [int(f["labels"]) for f in seen[0]["train"]]
+    assert len(val_labels) == 60 and len(train_labels) == 540
+    assert val_labels.count(0) == 0 and train_labels.count(0) == 1
+    assert val_labels.count(2) == 1 and train_labels.count(2) == 1
+    assert abs(val_labels.count(1) - val_labels.count(3)) <= 2  # the two big classes stay near their 50:50
+
+
 @pytest.mark.parametrize("augment, copies", [(None, 1), ("none", 1), ("delete", 2), ("delete, swap", 2)])
 def test_text_augmentation_adds_a_copy_of_each_training_text(tiny_bert_dir, monkeypatch, augment, copies):
     seen = _watch_fit_data(monkeypatch)

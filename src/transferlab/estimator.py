@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 from transformers import set_seed
 
@@ -24,6 +23,7 @@ from transferlab.backbones.cnn import MIXUP_ALPHA
 from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
 from transferlab.data.augment import augment_texts
+from transferlab.data.splits import validation_take
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
 from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig
@@ -103,7 +103,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if self.val_fraction * len(X) < MIN_VALIDATION:  # too few to pick checkpoints by: training takes them all
             fit_idx, val_idx = everything, everything[:0]
         else:
-            fit_idx, val_idx = train_test_split(everything, test_size=self.val_fraction, stratify=labels, random_state=self.seed)
+            val_idx, fit_idx = validation_take(labels, everything, self.val_fraction, self.seed)
         inputs = self._inputs(X)
         features = self.preprocessor_.encode(inputs, labels)
         train = [features[i] for i in fit_idx]

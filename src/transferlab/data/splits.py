@@ -148,11 +148,21 @@ def _group_labels(labels: np.ndarray, inverse: np.ndarray, groups: int) -> np.nd
     return votes.argmax(1)
 
 
+def validation_take(
+    labels: np.ndarray, pool: np.ndarray, val_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices of `pool`: `val_fraction` of it stratified, at least one of each class on
+    either side where the class has two, so that a rare class is neither rounded out of validation nor taken
+    whole from training (a class with one member stays in training)."""
+    classes = labels.shape[1] if is_multi_label(labels) else len(np.unique(labels))
+    size = max(classes, round(val_fraction * len(pool)))
+    return _stratified_take(labels, pool, size, seed, "validation set", groups, floor=1, keep=1)
+
+
 def _carve_validation(
     data: LabeledData, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int, groups: np.ndarray | None = None
 ) -> Split:
-    n_val = max(len(data.label_names), round(val_fraction * len(train)))
-    val, fit = _stratified_take(data.labels, train, n_val, seed, "validation set", groups, floor=1, keep=1)
+    val, fit = validation_take(data.labels, train, val_fraction, seed, groups)
     if len(fit) == 0:
         raise UserError(f"--n-train {n_train} is too small to keep a validation set")
     return checked(Split(data, fit, val, test))

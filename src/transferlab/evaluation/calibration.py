@@ -3,8 +3,9 @@
 threshold tuned for the headline metric.
 
 Temperature scaling divides every logit by one T > 0, fitted on the validation split to minimise the log-loss:
-the predicted labels stay the same, only how sure the model says it is changes. scikit-learn fits it
-(`CalibratedClassifierCV(method="temperature")` over the frozen model's validation logits); torchmetrics computes
+the predicted labels stay the same, only how sure the model says it is changes. SciPy's bounded scalar search fits
+it over log T (scikit-learn's `CalibratedClassifierCV(method="temperature")` takes the classes from the labels, so a
+class that validation lacks, as a class of one example always does, breaks it); torchmetrics computes
 the ECE (15 equal-width confidence bins, weighted by their share of examples) and scikit-learn the Brier score
 (squared error of the probability vector against the one-hot label, summed over classes, averaged over examples).
 
@@ -13,7 +14,7 @@ are imbalanced: scikit-learn's `TunedThresholdClassifierCV` picks the cut on the
 maximises that metric there (0.01 steps; the test set is never seen).
 
 Multi-label outputs are independent sigmoids. One temperature is fitted for all of them by minimising the validation
-binary cross-entropy (SciPy's bounded scalar search: scikit-learn's calibrators take one class per example), each
+binary cross-entropy (the same search: scikit-learn's calibrators take one class per example), each
 label gets its own threshold, the cut that maximises its F1 on validation, and ECE, Brier and the reliability
 diagram are those of every (example, label) probability against whether the label is there.
 """
@@ -25,10 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from scipy.special import expit
+from scipy.special import expit, logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import brier_score_loss, f1_score, make_scorer, matthews_corrcoef, precision_recall_curve
 from sklearn.model_selection import TunedThresholdClassifierCV
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
@@ -47,46 +46,41 @@ THRESHOLD_SCORERS = {
 THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)
 
 
-class _GivenScores(ClassifierMixin, BaseEstimator):
-    """A fitted classifier whose inputs are already its scores (logits or probabilities): lets scikit-learn's
-    calibrator and threshold tuner work on a model's outputs."""
+class _GivenProbabilities(ClassifierMixin, BaseEstimator):
+    """A fitted classifier whose inputs are already its probabilities: lets scikit-learn's threshold tuner work on a
+    model's outputs."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.classes_ = np.arange(num_classes)
 
-    def fit(self, scores: np.ndarray, labels: np.ndarray) -> _GivenScores:
+    def fit(self, probs: np.ndarray, labels: np.ndarray) -> _GivenProbabilities:
         return self
 
     def predict_proba(self, probs: np.ndarray) -> np.ndarray:
         return probs
 
-    def decision_function(self, logits: np.ndarray) -> np.ndarray:
-        if self.num_classes == 2:  # scikit-learn reads a binary score x as the logits (-x, x): the same softmax
-            return (logits[:, 1] - logits[:, 0]) / 2
-        return logits
-
-    def predict(self, logits: np.ndarray) -> np.ndarray:
-        return logits.argmax(1)
+    def predict(self, probs: np.ndarray) -> np.ndarray:
+        return probs.argmax(1)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T that minimises the validation log-loss of softmax(logits / T), or for multi-label targets the binary
     cross-entropy of sigmoid(logits / T)."""
+    logits = logits.astype(np.float64)
     if is_multi_label(labels):
-        return _fit_sigmoid_temperature(logits.astype(np.float64), np.asarray(labels, dtype=np.float64))
-    num_classes = logits.shape[1]
-    calibrated = CalibratedClassifierCV(FrozenEstimator(_GivenScores(num_classes)), method="temperature")
-    calibrated.fit(logits.astype(np.float64), labels)
-    return float(1.0 / calibrated.calibrated_classifiers_[0].calibrators[0].beta_)
+        targets = np.asarray(labels, dtype=np.float64)
 
+        def loss(t: float) -> float:  # -log sigmoid for 1, -log(1 - sigmoid) for 0
+            return float(np.mean(np.logaddexp(0, logits / t) - targets * logits / t))
+    else:
+        rows = np.arange(len(labels))
 
-def _fit_sigmoid_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    def cross_entropy(log_t: float) -> float:
-        scaled = logits / np.exp(log_t)
-        return float(np.mean(np.logaddexp(0, scaled) - labels * scaled))  # -log sigmoid for 1, -log(1 - sigmoid) for 0
+        def loss(t: float) -> float:
+            return float(np.mean(logsumexp(logits / t, axis=1) - logits[rows, labels] / t))
 
-    return float(np.exp(minimize_scalar(cross_entropy, bounds=(-4.0, 4.0), method="bounded").x))
+    search = minimize_scalar(lambda log_t: loss(np.exp(log_t)), bounds=(-7.0, 7.0), method="bounded", options={"xatol": 1e-8})
+    return float(np.exp(search.x))
 
 
 def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str) -> list[float] | None:
@@ -122,7 +116,7 @@ def tune_threshold(probs: np.ndarray, labels: np.ndarray, metric: str) -> float 
     if probs.shape[1] != 2 or metric not in THRESHOLD_SCORERS or len(np.unique(labels)) < 2:
         return None
     tuner = TunedThresholdClassifierCV(
-        _GivenScores(2),
+        _GivenProbabilities(2),
         scoring=THRESHOLD_SCORERS[metric],
         response_method="predict_proba",
         thresholds=THRESHOLD_GRID,
