@@ -16,6 +16,24 @@ def _model_and_batch(path, pooling="mean"):
     return model, pre, batch
 
 
+def test_texts_tokenized_in_chunks_are_what_one_call_gives(tiny_bert_dir, monkeypatch):
+    """Chunks bound the tokenizer's scratch memory; they must not change a token or a count."""
+    monkeypatch.setattr("transferlab.backbones.text.TOKENIZE_CHUNK", 3)
+    pre = TextPreprocessor.from_pretrained(resolve_backbone(str(tiny_bert_dir)).path, 8)
+    texts = [" ".join(["word"] * n) + f" text {n}" for n in range(1, 12)]  # 11 texts: 4 chunks, the last of 2
+    whole = pre.tokenizer(texts, truncation=True, max_length=8)
+    assert pre.encode(texts, list(range(11))) == [
+        {
+            "input_ids": whole["input_ids"][i],
+            "token_type_ids": whole["token_type_ids"][i],
+            "attention_mask": whole["attention_mask"][i],
+            "labels": i,
+        }
+        for i in range(11)
+    ]
+    assert pre.token_counts(texts).tolist() == [n + 4 for n in range(1, 12)]  # n words, "text", the number, [CLS], [SEP]
+
+
 def test_layer_groups_cover_every_parameter_once_in_order(tiny_backbone):
     model, _, _ = _model_and_batch(tiny_backbone)
     groups = model.layer_groups()

@@ -13,10 +13,11 @@ prediction) is not part of them. Pooling `auto` is the family's choice (mean her
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import (
@@ -45,6 +46,7 @@ TEXT_AUGMENTATIONS = ("delete", "swap")
 FEATURE_LAYERS = ("last", "second_to_last", "last4", "weighted")
 
 # peft's tables know BERT and RoBERTa; these families name their projections differently.
+TOKENIZE_CHUNK = 1024  # texts per tokenizer call (see TextPreprocessor._tokenized)
 EXTRA_LORA_TARGETS = {"mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
 EXTRA_IA3_TARGETS = {"mpnet": (["k", "v", "output.dense"], ["output.dense"]), "distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
 
@@ -304,13 +306,24 @@ class TextPreprocessor(Preprocessor):
         return cls(AutoTokenizer.from_pretrained(path), max_length)
 
     def encode(self, inputs: Sequence[str], labels: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        encoded = self.tokenizer(list(inputs), truncation=True, max_length=self.max_length)
-        keys = list(encoded.keys())
-        features = [{k: encoded[k][i] for k in keys} for i in range(len(inputs))]
+        features = []
+        for encoded in self._tokenized(inputs, truncation=True, max_length=self.max_length):
+            features += [dict(zip(encoded.keys(), values)) for values in zip(*encoded.values())]
         if labels is not None:
             for feature, label in zip(features, labels):
                 feature["labels"] = label_value(label)
         return features
+
+    def token_counts(self, inputs: Sequence[str]) -> np.ndarray:
+        """Each text's length in tokens before truncation: how much of it `max_length` cuts."""
+        return np.array([len(ids) for encoded in self._tokenized(inputs, return_attention_mask=False) for ids in encoded["input_ids"]])
+
+    def _tokenized(self, inputs: Sequence[str], **options: Any) -> Iterator[Any]:
+        """The tokenizer's output, `TOKENIZE_CHUNK` texts at a time: what one call allocates beside its result (each
+        text's tokens, offsets and overflow) is freed but kept by the process, so a single call over every text
+        raised the peak in proportion to the data; chunks reuse that memory."""
+        for start in range(0, len(inputs), TOKENIZE_CHUNK):
+            yield self.tokenizer(list(inputs[start : start + TOKENIZE_CHUNK]), **options)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self._collator(features)

@@ -143,10 +143,8 @@ def check_data(
 ) -> Findings:
     """Checks on the examples the run uses; removes near-duplicates of test examples from each split's training side."""
     data = run.data
-    token_counts = None
-    tokenizer = getattr(preprocessor, "tokenizer", None)
-    if tokenizer is not None:
-        token_counts = np.array([len(ids) for ids in tokenizer([data.inputs[i] for i in used])["input_ids"]])
+    counter = getattr(preprocessor, "token_counts", None)  # text preprocessors count what max_length cuts
+    token_counts = None if counter is None else counter([data.inputs[i] for i in used])
     summary = inspect(
         [data.inputs[i] for i in used],
         data.labels[used],
