@@ -150,7 +150,8 @@ def _watch_fit_data(monkeypatch) -> list[dict]:
 
 def test_a_rare_class_neither_stops_the_validation_split_nor_leaves_it(tiny_bert_dir, monkeypatch):
     """600 examples hold out 60 to validate on; a class of one example stays in training (scikit-learn's stratified
-    split refuses it; fine-tuning takes it, where the head's cross-validation would refuse it by name), and a class of two gives one to each side instead of rounding its 0.2 of a share away."""
+    split refuses it; fine-tuning takes it, where the head's cross-validation would refuse it by name), and a class
+    of two gives one to each side instead of rounding its 0.2 of a share away."""
     seen = _watch_fit_data(monkeypatch)
     texts, labels = _texts(600, seed=5)
     y = labels.astype(object)

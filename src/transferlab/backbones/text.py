@@ -45,8 +45,9 @@ TEXT_AUGMENTATIONS = ("delete", "swap")
 # concatenated, or a learned softmax-weighted sum of the embeddings and every layer (ELMo's scalar mix, Peters et al. 2018).
 FEATURE_LAYERS = ("last", "second_to_last", "last4", "weighted")
 
-# peft's tables know BERT and RoBERTa; these families name their projections differently.
 TOKENIZE_CHUNK = 1024  # texts per tokenizer call (see TextPreprocessor._tokenized)
+
+# peft's tables know BERT and RoBERTa; these families name their projections differently.
 EXTRA_LORA_TARGETS = {"mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
 EXTRA_IA3_TARGETS = {"mpnet": (["k", "v", "output.dense"], ["output.dense"]), "distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
 

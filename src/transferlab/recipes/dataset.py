@@ -143,15 +143,15 @@ def check_data(
 ) -> Findings:
     """Checks on the examples the run uses; removes near-duplicates of test examples from each split's training side."""
     data = run.data
+    inputs = [data.inputs[i] for i in used]
     counter = getattr(preprocessor, "token_counts", None)  # text preprocessors count what max_length cuts
-    token_counts = None if counter is None else counter([data.inputs[i] for i in used])
     summary = inspect(
-        [data.inputs[i] for i in used],
+        inputs,
         data.labels[used],
         data.label_names,
         first_occurrence(run.groups[used].tolist()),
         data.modality,
-        token_counts,
+        None if counter is None else counter(inputs),
         config.max_length,
         data.empty_rows,
     )
