@@ -61,7 +61,7 @@ bench: $(VENV)/.assets-large
 	$(PY) bench/onnx_latency.py
 	$(PY) bench/compile_step.py
 
-# Hours on 2 CPU cores (full fine-tuning on 24,000 reviews); resumable, so it can be built over several sittings.
+# Hours on 2 CPU cores (full fine-tuning on 23,900 reviews); resumable, so it can be built over several sittings.
 bench-cost-curve: $(VENV)/.installed
 	$(PY) bench/cost_curve.py
 

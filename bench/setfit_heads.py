@@ -32,34 +32,34 @@ import numpy as np
 from sklearn.preprocessing import normalize  # rows scaled to unit L2 length
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from small_data import MAX_LENGTH, ROOT, add_sample_arguments, run_setfit_library, samples, score  # noqa: E402
+from small_data import ROOT, add_sample_arguments, run_setfit_library, samples, score  # noqa: E402
 
 
-def setfit_library_embeddings(texts, labels, test_texts, seed, backbone) -> tuple[np.ndarray, np.ndarray]:
+def setfit_library_embeddings(texts, labels, test_texts, seed, backbone, max_length) -> tuple[np.ndarray, np.ndarray]:
     """SetFit's tuned body's embeddings (normalised, as its model gives them) of the training and test texts."""
-    model = run_setfit_library(texts, labels, test_texts, seed, backbone, predict=False)
+    model = run_setfit_library(texts, labels, test_texts, seed, backbone, max_length, predict=False)
     return model.model_body.encode(texts), model.model_body.encode(test_texts)
 
 
-def transferlab_embeddings(texts, labels, test_texts, seed, backbone) -> tuple[np.ndarray, np.ndarray]:
+def transferlab_embeddings(texts, labels, test_texts, seed, backbone, max_length) -> tuple[np.ndarray, np.ndarray]:
     """transferlab's `setfit` body's pooled features of the training and test texts, before the scaling to unit length
     its own head reads them with (the `setfit` head below scales them back)."""
     from transferlab.estimator import TransferClassifier
     from transferlab.training.inference import pooled_features
 
-    model = TransferClassifier(backbone=backbone, strategy="setfit", max_length=MAX_LENGTH, seed=seed).fit(texts, labels)
+    model = TransferClassifier(backbone=backbone, strategy="setfit", max_length=max_length, seed=seed).fit(texts, labels)
     model.model_.set_unit_length(False)
     pre = model.preprocessor_
     return tuple(pooled_features(model.model_, pre.encode(t), pre.collate, pre.length_of) for t in (texts, test_texts))
 
 
-def frozen_embeddings(texts, labels, test_texts, seed, backbone) -> tuple[np.ndarray, np.ndarray]:
+def frozen_embeddings(texts, labels, test_texts, seed, backbone, max_length) -> tuple[np.ndarray, np.ndarray]:
     """The pretrained body's pooled features, untuned: what the `head` strategy's probe reads (its last layer)."""
     from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
     from transferlab.training.inference import pooled_features
 
     asset = resolve_backbone(backbone)
-    model, pre = build_classifier(asset, [str(c) for c in np.unique(labels)], "mean"), load_preprocessor(asset, MAX_LENGTH)
+    model, pre = build_classifier(asset, [str(c) for c in np.unique(labels)], "mean"), load_preprocessor(asset, max_length)
     return tuple(pooled_features(model, pre.encode(t), pre.collate, pre.length_of) for t in (texts, test_texts))
 
 
@@ -107,7 +107,7 @@ def main() -> None:
             path = args.cache / f"{dataset}-{k}-{seed}-{body}.npz"
             if not path.exists():
                 started = time.perf_counter()
-                x, x_test = embed(texts, labels[train], test_texts, seed, args.backbone)
+                x, x_test = embed(texts, labels[train], test_texts, seed, args.backbone, args.max_length)
                 np.savez(path.with_suffix(".tmp.npz"), train=x, test=x_test, seconds=time.perf_counter() - started)
                 path.with_suffix(".tmp.npz").rename(path)
             cached = np.load(path)

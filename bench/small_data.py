@@ -6,11 +6,12 @@ exactly that test set: macro-F1, accuracy, and the seconds its fit took (loading
 
 `setfit-library` is SetFit 1.2.0 with its paper's settings (20 pair iterations, 1 epoch, batch 16, its logistic
 head); every other name is a transferlab strategy run through `transferlab.estimator.TransferClassifier`. Both
-read minilm-l6 at 256 tokens (the sentence-transformer's own limit). SetFit is a bench-only dependency:
+read minilm-l6 at 256 tokens (the sentence-transformer's own limit), or both at `--max-length` (the data set is then
+named "DATA (N tokens)"). SetFit is a bench-only dependency:
 `pip install setfit==1.2.0`.
 
     .venv/bin/python bench/small_data.py [--datasets rt-polarity,bbc-news,trec-questions,election-tweets-2016]
-        [--per-class 8,16,64] [--seeds 5] [--systems setfit-library,setfit,head,lora,full] [--min-steps 100]
+        [--per-class 8,16,64] [--seeds 5] [--max-length 256] [--systems setfit-library,setfit,head,lora,full] [--min-steps 100]
         [--precision auto|fp32|bf16] [--tag @bf16] [--out runs/bench/small_data.jsonl]
 
 Each row records the precision the system's training steps computed in (`training_precision`; SetFit trains in fp32
@@ -101,7 +102,9 @@ def draw(labels: np.ndarray, per_class: int, seed: int, natural: bool = False, t
     return rng.permutation(train), np.sort(test)
 
 
-def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[str], seed: int, backbone: str, predict: bool = True):
+def run_setfit_library(
+    texts: list[str], labels: np.ndarray, test_texts: list[str], seed: int, backbone: str, max_length: int, predict: bool = True
+):
     """SetFit's predictions of `test_texts` or, with `predict=False`, its fitted model."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
@@ -109,7 +112,7 @@ def run_setfit_library(texts: list[str], labels: np.ndarray, test_texts: list[st
     from transferlab.backbones import resolve_backbone
 
     model = SetFitModel.from_pretrained(resolve_backbone(backbone).path)
-    model.model_body.max_seq_length = MAX_LENGTH
+    model.model_body.max_seq_length = max_length
     # its checkpoints go to a temporary folder, not the working directory
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="setfit-"), batch_size=16, num_iterations=20, num_epochs=1, seed=seed)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels.tolist()}))
@@ -124,7 +127,7 @@ def run_transferlab(strategy: str, inputs: list, labels: np.ndarray, test_inputs
 
     min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
     model = TransferClassifier(
-        backbone=args.backbone, strategy=strategy, max_length=MAX_LENGTH, augment=args.augment, min_steps=min_steps,
+        backbone=args.backbone, strategy=strategy, max_length=args.max_length, augment=args.augment, min_steps=min_steps,
         precision=args.precision, seed=seed,
     )  # fmt: skip
     return model.fit(inputs, labels).predict(test_inputs), model.training_precision_
@@ -184,6 +187,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser, datasets: str, per_cla
     parser.add_argument("--datasets", default=datasets)
     parser.add_argument("--per-class", default=per_class)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="tokens every system reads of a text")
     parser.add_argument(
         "--natural", action="store_true",
         help="draw per-class x classes examples in the data set's own class proportions (named 'DATA (natural)' in the results)",
@@ -194,7 +198,8 @@ def samples(args: argparse.Namespace) -> Iterator[tuple[str, int, int, list, np.
     """(data set, per class, seed, inputs, labels, training rows, test rows) for every run the options ask for."""
     for dataset in args.datasets.split(","):
         inputs, labels = load_examples(dataset)
-        name = f"{dataset} (natural)" if args.natural else dataset
+        qualifiers = ["natural"] * args.natural + [f"{args.max_length} tokens"] * (args.max_length != MAX_LENGTH)
+        name = f"{dataset} ({', '.join(qualifiers)})" if qualifiers else dataset
         for k in (int(v) for v in args.per_class.split(",")):
             for seed in range(args.seeds):
                 yield name, k, seed, inputs, labels, *draw(labels, k, seed, args.natural)
@@ -225,7 +230,8 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             if system == REFERENCE:  # SetFit trains in fp32 on a CPU
-                predicted, precision = run_setfit_library(train_inputs, labels[train], test_inputs, seed, args.backbone), "fp32"
+                predicted = run_setfit_library(train_inputs, labels[train], test_inputs, seed, args.backbone, args.max_length)
+                precision = "fp32"
             else:
                 predicted, precision = run_transferlab(system, train_inputs, labels[train], test_inputs, seed, args)
             predicted = np.asarray(predicted)

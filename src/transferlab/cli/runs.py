@@ -66,10 +66,12 @@ def compare(
     """Try each strategy on the same split and print one row per strategy."""
     from transferlab.recipes.compare import compare as run_compare
     from transferlab.recipes.executors import make_executor
+    from transferlab.recipes.experiment import forgo_onednn_cache_unless_training
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
 
     run_config = build_run_config(options, parse_strategy_list(strategies) if strategies else None)
+    forgo_onednn_cache_unless_training(run_config.strategies)
     if forgetting and run_config.forgetting.meter is None:
         run_config.forgetting.meter = "auto"
     target = out_dir(options["out_dir"], "compare")
@@ -141,8 +143,10 @@ def check_command(*, options: Options) -> None:
     """Check the data before training: duplicates, conflicting labels, short and cut texts, imbalance, likely label errors."""
     from transferlab.data.checks import describe
     from transferlab.recipes.check import CHECKS, check
+    from transferlab.recipes.experiment import forgo_onednn_cache_unless_training
 
     run_config = build_run_config(options)
+    forgo_onednn_cache_unless_training([])
     target = out_dir(options["out_dir"], "check")
     record = check(run_config, target, log=progress_logger())
     for line in describe(record["data_checks"]):
@@ -162,11 +166,13 @@ def train(
     ] = None,
 ) -> None:
     """Train one strategy and export DIR/model (safetensors, tokenizer, label names), and as --export-format says."""
+    from transferlab.recipes.experiment import forgo_onednn_cache_unless_training
     from transferlab.recipes.train import train as run_train
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
 
     run_config = build_run_config(options, parse_strategy_list(strategy))
+    forgo_onednn_cache_unless_training(run_config.strategies)
     target = out_dir(options["out_dir"], "train")
     quiet_unless_main()
     with training_progress() as progress:

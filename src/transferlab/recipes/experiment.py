@@ -49,8 +49,15 @@ from transferlab.recipes.dataset import Findings, check_data, load_run_data, mak
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.runio import atomic_write_text
 from transferlab.settings import MIN_VALIDATION, TrainingConfig
-from transferlab.strategies import Strategy, count_parameters
-from transferlab.training.inference import cpu_has_bf16, default_device, precision_for, precision_in_use, predict_logits
+from transferlab.strategies import STRATEGIES, Strategy, count_parameters
+from transferlab.training.inference import (
+    cpu_has_bf16,
+    default_device,
+    forgo_onednn_primitive_cache,
+    precision_for,
+    precision_in_use,
+    predict_logits,
+)
 from transferlab.training.loop import FitData
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import balanced_class_weights, oversample
@@ -91,6 +98,14 @@ class Experiment:
 
     def assets(self) -> dict[str, Any]:
         return {"backbone": self.backbone.__dict__, **self.files}
+
+
+def forgo_onednn_cache_unless_training(strategies: list[str]) -> None:
+    """A process none of whose strategies trains the backbone only runs models forward: without oneDNN's primitive
+    cache its peak memory stays flat in the number of examples (`forgo_onednn_primitive_cache` says at what cost).
+    For processes of our own (the command line, the benches); a user's Python session keeps its settings."""
+    if not any(STRATEGIES[name].trains_backbone for name in strategies):
+        forgo_onednn_primitive_cache()
 
 
 def prepare(config: RunConfig, log: Log = print) -> Experiment:
