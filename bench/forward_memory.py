@@ -22,11 +22,9 @@ import argparse
 import ctypes
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 VARIANTS = {
     "default": {},
@@ -44,10 +42,17 @@ class _Mallinfo2(ctypes.Structure):
 
 def _memory(libc: ctypes.CDLL) -> dict[str, float]:
     """MB: the peak and current resident set, glibc's main heap and thread arenas (`arena`) and what of it is in use."""
+    import psutil
+
+    from transferlab.training.memory import _high_water_mark
+
     info = libc.mallinfo2()
-    status = Path("/proc/self/status").read_text()
-    kb = {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) for key in ("VmHWM", "VmRSS")}
-    return {"peak": kb["VmHWM"] / 1024, "resident": kb["VmRSS"] / 1024, "arena": info.arena / 2**20, "in_use": info.uordblks / 2**20}
+    return {
+        "peak": _high_water_mark() / 2**20,
+        "resident": psutil.Process().memory_info().rss / 2**20,
+        "arena": info.arena / 2**20,
+        "in_use": info.uordblks / 2**20,
+    }
 
 
 def one_pass(dataset: str, n: int, max_length: int) -> dict[str, float]:
