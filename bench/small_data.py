@@ -98,6 +98,12 @@ def draw(labels: np.ndarray, per_class: int, seed: int, natural: bool = False, t
     if natural:
         counts = np.maximum(NATURAL_FLOOR, np.round(per_class * len(classes) * available / available.sum()).astype(int))
         counts[counts.argmax()] -= counts.sum() - per_class * len(classes)  # the largest class absorbs the rounding
+    short = np.flatnonzero(counts > available)
+    if len(short):
+        c = short[0]
+        raise ValueError(
+            f"{per_class} per class: class {classes[c]} has {available[c]} examples outside the test set, {counts[c]} asked for"
+        )
     train = np.concatenate([rng.choice(pool[labels[pool] == c], n, replace=False) for c, n in zip(classes, counts)])
     return rng.permutation(train), np.sort(test)
 
@@ -202,7 +208,11 @@ def samples(args: argparse.Namespace) -> Iterator[tuple[str, int, int, list, np.
         name = f"{dataset} ({', '.join(qualifiers)})" if qualifiers else dataset
         for k in (int(v) for v in args.per_class.split(",")):
             for seed in range(args.seeds):
-                yield name, k, seed, inputs, labels, *draw(labels, k, seed, args.natural)
+                try:
+                    train, test = draw(labels, k, seed, args.natural)
+                except ValueError as err:
+                    raise SystemExit(f"{name}: {err}") from None
+                yield name, k, seed, inputs, labels, train, test
 
 
 def main() -> None:

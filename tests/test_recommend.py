@@ -40,8 +40,10 @@ def test_decision_framework_follows_its_table(situation, expected):
 # SetFit unless an earlier rule holds
 FEW_SHOT = [
     ((16, 2, "text", 1, None), "setfit"),  # 8 per class
-    ((128, 2, "text", 1, None), "setfit"),  # 64 per class: the largest size measured
-    ((130, 2, "text", 1, None), "head"),  # 65 per class: small data, small gap
+    ((128, 2, "text", 1, None), "setfit"),  # 64 per class
+    ((256, 2, "text", 1, None), "setfit"),  # 128 per class: the largest size measured
+    ((258, 2, "text", 1, None), "head"),  # 129 per class: small data, small gap
+    ((774, 6, "text", 1, None), "head"),  # 129 per class over six classes
     ((300, 8, "text", 1, None), "setfit"),  # 37.5 per class, however rare the rarest is
     ((7_674, 8, "text", 1, None), "lora"),  # reuters-r8 whole: 959 per class, though "grain" has 51
     ((16, 2, "image", 1, None), "head"),  # SetFit's pairs are for text encoders

@@ -187,7 +187,7 @@ def _without_search(
 ) -> dict[str, Any]:
     """Too few labelled examples to spare a validation split that can tell strategies apart (one example is two
     points and more): no search can choose there, so auto trains the recommended strategy, whose rules rest on
-    measurements at this size (SetFit's pairs up to 64 examples per class), on every labelled example, and tests it
+    measurements at this size (SetFit's pairs up to 128 examples per class), on every labelled example, and tests it
     once."""
     config = experiment.config
     name = recommendation["strategy"]
