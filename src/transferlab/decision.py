@@ -30,7 +30,7 @@ LARGE_DATA = 10_000
 # level with the head on frozen features (sms-spam, 56:8) or far ahead (trec-questions, one rare type).
 FEW_SHOT_PER_CLASS = 128
 # What the limit buys and what it costs at the limit, quoted in the recommendation's reason
-FEW_SHOT_PRICE = f"measured ahead of full fine-tuning up to {FEW_SHOT_PER_CLASS} per class, by 1.5 points there at 12-14x its time"
+FEW_SHOT_PRICE = f"measured ahead of full fine-tuning up to {FEW_SHOT_PER_CLASS} per class on 2- and 3-class sets, by 1.5 points there at 12-14x its time"
 ADAM_BYTES_PER_PARAM = 16  # fp32 weights, gradients and Adam's two moments: full fine-tuning's floor before activations
 
 # Typical epochs: (modality, kind) -> (normal, longer training for a large gap)
