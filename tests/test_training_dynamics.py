@@ -239,3 +239,24 @@ def test_early_stopping_hands_back_the_best_checkpoint_not_the_last(tiny_bert_di
     assert accuracy == evals[best]["eval_accuracy"]
     assert loss == pytest.approx(evals[best]["eval_loss"], abs=1e-5)
     assert loss != pytest.approx(evals[-1]["eval_loss"], abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- validation batches
+
+
+def test_validation_batches_pad_to_their_own_length(tiny_bert_dir):
+    """Each validation batch is as wide as the longest of its examples once the validation set is sorted by length:
+    the widths the model sees in its first evaluation, against widths computed here from the token counts."""
+    model = _model(tiny_bert_dir)
+    data = _data(tiny_bert_dir, n_train=64, n_val=60)
+    cfg = TrainingConfig(epochs=1, batch_size=16, eval_batch_size=8, evals_per_epoch=1, min_steps=0)
+    widths: list[int] = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: None if m.training else widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    get_strategy("full", lr=1e-3).fit(model, data, cfg)
+
+    counts = sorted(len(f["input_ids"]) for f in data.val)
+    expected = [max(counts[start : start + 8]) for start in range(0, len(counts), 8)]
+    assert len(set(counts)) > 3, "sentences of a few lengths: nothing to tell the orders apart"
+    assert widths[: len(expected)] == expected

@@ -183,6 +183,14 @@ class _Trainer(Trainer):
             self.divergence.check(loss.item(), self.state.global_step + 1)
         return (loss, outputs) if return_outputs else loss
 
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        """In order: the validation set comes sorted by length, so each batch pads to about its own length. When training
+        groups by length the stock sampler groups evaluation too, but in random runs of batches, and below 4 batches'
+        worth of examples in single random batches, each padded to its longest member (200 sentences of minilm-l6:
+        1.1 s a pass, 0.65 s in order)."""
+        # Several processes: None, the stock ungrouped choice (accelerate shards the batches in order).
+        return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
         return _EpochSeededLengthSampler(sampler, self.args.data_seed) if isinstance(sampler, LengthGroupedSampler) else sampler
@@ -343,8 +351,8 @@ def train_with_trainer(
         before_evaluation=recompute_statistics,
         args=args,
         train_dataset=_ListDataset(plan.train, data.train_transform),
-        # Shortest first, so that each validation batch pads to about its own length (the Trainer batches the
-        # evaluation set in order); order does not change the metrics.
+        # Shortest first, so that each validation batch pads to about its own length (batched in order:
+        # _get_eval_sampler); order does not change the metrics.
         eval_dataset=_ListDataset(sorted(data.val, key=data.length_of)),
         data_collator=data.collate,
         compute_metrics=compute_metrics,
