@@ -12,7 +12,7 @@ named "DATA (N tokens)"). SetFit is a bench-only dependency:
 
     .venv/bin/python bench/small_data.py [--datasets rt-polarity,bbc-news,trec-questions,election-tweets-2016]
         [--per-class 8,16,64] [--seeds 5] [--max-length 256] [--systems setfit-library,setfit,head,lora,full] [--min-steps 100]
-        [--precision auto|fp32|bf16] [--tag @bf16] [--out runs/bench/small_data.jsonl]
+        [--precision auto|fp32|bf16] [--class-weights none|balanced] [--tag @bf16] [--out runs/bench/small_data.jsonl]
 
 Each row records the precision the system's training steps computed in (`training_precision`; SetFit trains in fp32
 on a CPU). Rows written before that field existed were all fp32.
@@ -134,7 +134,7 @@ def run_transferlab(strategy: str, inputs: list, labels: np.ndarray, test_inputs
     min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
     model = TransferClassifier(
         backbone=args.backbone, strategy=strategy, max_length=args.max_length, augment=args.augment, min_steps=min_steps,
-        precision=args.precision, seed=seed,
+        precision=args.precision, class_weights=args.class_weights, seed=seed,
     )  # fmt: skip
     return model.fit(inputs, labels).predict(test_inputs), model.training_precision_
 
@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=None, help="transferlab's optimizer-step floor (default: its own)")
     parser.add_argument("--augment", default=None, help="the estimator's augmentations, as --augment [default: the backbone's own]")
     parser.add_argument("--precision", default="auto", help="transferlab's training precision, as --precision (default: auto)")
+    parser.add_argument("--class-weights", default="none", help="transferlab's loss weights, as --class-weights (default: none)")
     parser.add_argument("--tag", default="", help="appended to transferlab systems' names in the results")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "small_data.jsonl")
     args = parser.parse_args()
