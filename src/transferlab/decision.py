@@ -23,13 +23,10 @@ from transferlab.settings import SMALL_DATA
 LARGE_DATA = 10_000
 # Up to this many examples per class, SetFit's contrastive pairs beat the head on frozen features for text, and led
 # full fine-tuning and LoRA on the mean wherever they were measured (bench/small_data.py at 8, 32, 64 and 128 per
-# class on rt-polarity, 128 on election-tweets-2016, 64 on the 6 classes of trec-questions, docs/benchmarks.md): full
-# fine-tuning by 4.7 points at 8 per class, 1.4-1.6 at 64 and 128 on 2 and 3 classes, 5.0 at 64 on 6 classes, where
-# SetFit took 6-19 times its time; on reuters-r8 in its own proportions (896 wires, 8 topics from 461 down to 6
-# examples, 128 tokens) it led the head by 0.2 and 3.5 points and full fine-tuning by 3-6 with balanced class weights
-# (over 20 without), in 36-39 minutes on 2 cores, 21x full fine-tuning. 128 is the largest size measured. The mean,
-# not the rarest class: a large data set with one rare class (reuters-r8: 7,674 texts, 51 of "grain") is not
-# few-shot. On few-shot draws in their own class proportions, SetFit with balanced class weights in its head was
+# class on rt-polarity, 128 on election-tweets-2016, 64 on the 6 classes of trec-questions, 112 on average on
+# reuters-r8 in its own proportions; docs/benchmarks.md), by the margins and at the prices FEW_SHOT_PRICE quotes.
+# 128 is the largest size measured. The mean, not the rarest class: a large data set with one rare class
+# (reuters-r8: 7,674 texts, 51 of "grain") is not few-shot. On few-shot draws in their own class proportions, SetFit with balanced class weights in its head was
 # level with the head on frozen features (sms-spam, 56:8) or far ahead (trec-questions, one rare type).
 FEW_SHOT_PER_CLASS = 128
 # What the limit buys and what it costs at the limit, quoted in the recommendation's reason
