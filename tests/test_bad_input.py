@@ -104,6 +104,10 @@ CASES = {
     "YAML that is not a mapping": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/list.yaml"], "a config is a mapping"),
     "misspelt metric": (COMPARE + ["--dataset", "{d}/ok.csv", "--metric", "accurcy"], "metric must be one of"),
     "unknown precision": (COMPARE + ["--dataset", "{d}/ok.csv", "--precision", "fp8"], "precision must be one of auto, fp32, bf16, fp16"),
+    "unknown class weights": (
+        COMPARE + ["--dataset", "{d}/ok.csv", "--class-weights", "balance"],
+        "class weights must be one of auto, none, balanced",
+    ),
     "imbalance out of range": (COMPARE + ["--dataset", "{d}/ok.csv", "--imbalance", "2"], "must be in (0, 0.5]"),
     "unknown augmentation": (COMPARE + ["--dataset", "{d}/ok.csv", "--augment", "shuffle"], "unknown text augmentation shuffle"),
     "resume with nothing to resume": (COMPARE + ["--dataset", "{d}/ok.csv", "--resume"], "nothing to resume"),

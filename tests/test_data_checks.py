@@ -160,6 +160,46 @@ def test_thirty_sentences_repeated_ten_times(tmp_path, tiny_bert_dir):
     assert (tmp_path / "run" / "label_issues.csv").is_file()
 
 
+@pytest.mark.parametrize(
+    "options, handling, weights",
+    [
+        ({}, "the training loss weights each class by N / (C n_c)", "balanced"),
+        ({"class_weights": "balanced"}, "the training loss weights each class by N / (C n_c)", "balanced"),
+        (
+            {"class_weights": "none"},
+            "trained unweighted (--class-weights none), fine-tuning can learn to leave the small classes out",
+            "none",
+        ),
+        ({"oversample": True}, "--oversample resamples the smaller classes up to the largest", "balanced"),
+    ],
+)
+def test_the_imbalance_warning_says_what_training_does_about_it(tmp_path, tiny_bert_dir, options, handling, weights):
+    """At 7:1 the default class weights resolve to balanced, and the resolved config records it."""
+    texts, _ = sentiment_texts(80, seed=3)
+    path = tmp_path / "skewed.csv"
+    pd.DataFrame({"text": texts, "label": ["common"] * 70 + ["rare"] * 10}).to_csv(path, index=False)
+    from transferlab.recipes.experiment import prepare
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(path), cv=1, n_test=20, **options)
+    experiment = prepare(config, log=lambda _: None)
+    assert f"classes are imbalanced 7.0:1 (largest to smallest): {handling}" in experiment.findings.summary["warnings"]
+    assert experiment.config.resolved()["class_weights"] == weights
+
+
+@pytest.mark.parametrize("common, rare, weights", [(40, 40, "none"), (50, 10, "none"), (51, 10, "balanced")])
+def test_automatic_class_weights_start_past_five_to_one(tmp_path, tiny_bert_dir, common, rare, weights):
+    """50:10 is 5:1, the last ratio left unweighted (counted on the training part: the whole file here, with a given test file)."""
+    texts, _ = sentiment_texts(100, seed=4)
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    labels = ["common"] * common + ["rare"] * rare
+    pd.DataFrame({"text": texts[: common + rare], "label": labels}).to_csv(train, index=False)
+    pd.DataFrame({"text": texts[80:], "label": ["common", "rare"] * 10}).to_csv(test, index=False)
+    from transferlab.recipes.experiment import prepare
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(train), test_dataset=str(test))
+    assert prepare(config, log=lambda _: None).config.class_weights == weights
+
+
 def test_check_command_writes_its_findings(tmp_path, tiny_bert_dir):
     texts, labels = sentiment_texts(120, seed=2)
     labels = [1 - y if i < 6 else y for i, y in enumerate(labels)]  # six flipped labels

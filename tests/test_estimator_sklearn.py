@@ -232,3 +232,67 @@ def test_a_precision_the_estimator_does_not_know_is_refused(tiny_bert_dir):
 
     with pytest.raises(UserError, match="precision must be one of auto, fp32, bf16, fp16, got 'fp8'"):
         _estimator(tiny_bert_dir, precision="fp8").fit(*_texts(20))
+
+
+def _record_each_fit(monkeypatch) -> list[tuple]:
+    """(FitData, TrainingConfig) of each strategy fit, recorded as the fit starts."""
+    import transferlab.estimator as estimator_module
+
+    seen: list[tuple] = []
+    build = estimator_module.strategy_for
+
+    def recording(*args):
+        strategy = build(*args)
+        fit = strategy.fit
+        strategy.fit = lambda model, data, training: (seen.append((data, training)), fit(model, data, training))[1]
+        return strategy
+
+    monkeypatch.setattr(estimator_module, "strategy_for", recording)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "negatives, positives, expected", [(10, 10, "accuracy"), (12, 8, "accuracy"), (13, 7, "macro_f1"), (16, 4, "macro_f1")]
+)
+def test_the_estimator_scores_imbalanced_classes_by_macro_f1_as_the_command_line_does(
+    tiny_bert_dir, monkeypatch, negatives, positives, expected
+):
+    """12:8 is 1.5:1, the last ratio still called balanced; 13:7 is past it, and accuracy would reward the majority."""
+    seen = _record_each_fit(monkeypatch)
+    X, _ = _texts(20)
+    _estimator(tiny_bert_dir).fit(X, np.array(["negative"] * negatives + ["positive"] * positives))
+    assert [training.headline_metric for _, training in seen] == [expected]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_f1", "micro_f1", "precision", "recall", "f1", "auroc", "mcc"])
+def test_the_estimator_takes_every_headline_metric(tiny_bert_dir, monkeypatch, metric):
+    seen = _record_each_fit(monkeypatch)
+    X, y = _texts(20)
+    assert _estimator(tiny_bert_dir, metric=metric).fit(X, y).predict(X).shape == (20,)
+    assert [training.headline_metric for _, training in seen] == [metric]
+
+
+@pytest.mark.parametrize(
+    "class_weights, negatives, expected",
+    [("auto", 10, None), ("auto", 16, None), ("auto", 17, [20 / (2 * 17), 20 / (2 * 3)]), ("none", 17, None), ("balanced", 10, [1.0, 1.0])],
+)
+def test_the_estimator_weights_the_loss_as_class_weights_asks(tiny_bert_dir, monkeypatch, class_weights, negatives, expected):
+    seen = _record_each_fit(monkeypatch)
+    X, _ = _texts(20)
+    _estimator(tiny_bert_dir, class_weights=class_weights).fit(X, np.array(["negative"] * negatives + ["positive"] * (20 - negatives)))
+    weights = seen[0][0].class_weights
+    assert weights is None if expected is None else np.allclose(weights, expected)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"metric": "f2"}, "metric must be one of accuracy, .*, got 'f2'"),
+        ({"class_weights": "inverse"}, "class weights must be one of auto, none, balanced"),
+    ],
+)
+def test_a_setting_the_estimator_does_not_know_is_refused(tiny_bert_dir, setting, message):
+    from transferlab.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        _estimator(tiny_bert_dir, **setting).fit(*_texts(20))

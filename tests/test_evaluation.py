@@ -15,7 +15,7 @@ from transferlab.data.augment import augment_texts
 from transferlab.data.catalog import load_dataset
 from transferlab.data.splits import cross_validation_splits, make_imbalanced
 from transferlab.evaluation.stats import compare_to_best, mean_std
-from transferlab.training.sampling import balanced_class_weights, oversample
+from transferlab.training.sampling import balanced_class_weights, loss_class_weights, oversample
 
 from .conftest import sentiment_texts
 
@@ -47,6 +47,30 @@ def test_within_noise_by_paired_t_test():
 def test_balanced_weights_are_the_inverse_frequency_formula():
     labels = np.array([0] * 9 + [1])
     np.testing.assert_allclose(balanced_class_weights(labels, 2), [10 / (2 * 9), 10 / (2 * 1)])
+
+
+@pytest.mark.parametrize(
+    "choice, counts, expected",
+    [
+        ("none", [13, 7], None),
+        ("balanced", [10, 10], [1.0, 1.0]),
+        ("balanced", [12, 8], [20 / (2 * 12), 20 / (2 * 8)]),
+        ("auto", [10, 10], None),
+        ("auto", [13, 7], None),  # past 1.5:1, where macro-F1 becomes the headline metric, still unweighted
+        ("auto", [50, 10], None),  # 5:1, the last ratio left unweighted
+        ("auto", [51, 10], [61 / (2 * 51), 61 / (2 * 10)]),
+        ("auto", [90, 6, 4], [100 / (3 * 90), 100 / (3 * 6), 100 / (3 * 4)]),
+    ],
+)
+def test_loss_class_weights_for_each_choice(choice, counts, expected):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    weights = loss_class_weights(choice, labels, len(counts))
+    assert weights is None if expected is None else np.allclose(weights, expected)
+
+
+def test_automatic_class_weights_leave_multi_label_targets_unweighted():
+    targets = np.array([[1, 0]] * 9 + [[0, 1]])  # a 0/1 matrix: one column per label
+    assert loss_class_weights("auto", targets, 2) is None
 
 
 def test_oversampling_balances_only_the_given_indices():

@@ -53,7 +53,6 @@ def compare(name: str, strategies: str, tmp_path, capsys) -> tuple[dict, float]:
         str(dataset.max_length),
         "--out",
         str(tmp_path / "run"),
-        *dataset.options,
     ]
     code, err = run_cli(args, capsys)
     assert code == 0, f"{name}: transferlab {' '.join(args)} exited {code}: {err.strip().splitlines()[-1:] or ''}"

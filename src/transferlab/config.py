@@ -16,7 +16,16 @@ import yaml
 from transferlab.catalog import DEFAULT_BACKBONE
 from transferlab.data.checks import NEAR_DUPLICATE_COSINE
 from transferlab.errors import UserError
-from transferlab.settings import DEFAULT_DATASET, DEFAULT_FOLDS, DEFAULT_N_TRAIN, SMALL_DATA, ForgettingConfig, TrainingConfig
+from transferlab.settings import (
+    CLASS_WEIGHTS,
+    DEFAULT_DATASET,
+    DEFAULT_FOLDS,
+    DEFAULT_N_TRAIN,
+    SEVERE_IMBALANCE,
+    SMALL_DATA,
+    ForgettingConfig,
+    TrainingConfig,
+)
 
 if TYPE_CHECKING:
     from transferlab.backbones import BackboneFamily
@@ -64,7 +73,11 @@ class RunConfig:
     )
     seeds: int = field(default=1, metadata={"help": "training runs per split with seeds seed, seed+1, ... [default: 1]"})
     class_weights: str = field(
-        default="none", metadata={"help": "none or balanced: weighted cross-entropy w_c = N / (C n_c) [default: none]"}
+        default="auto",
+        metadata={
+            "help": "balanced: cross-entropy weighted by w_c = N / (C n_c), also in the head's regression; none: unweighted; "
+            f"auto: balanced when the largest class outnumbers the smallest by more than {SEVERE_IMBALANCE:g}:1 [default: auto]"
+        },
     )
     calibration: str = field(
         default="temperature",
@@ -166,8 +179,8 @@ class RunConfig:
             raise UserError(f"threshold must be auto or none, got '{self.threshold}'")
         if self.calibration not in ("temperature", "none"):
             raise UserError(f"calibration must be temperature or none, got '{self.calibration}'")
-        if self.class_weights not in ("none", "balanced"):
-            raise UserError(f"class weights must be none or balanced, got '{self.class_weights}'")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise UserError(f"class weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{self.class_weights}'")
         if self.label_separator is not None or self.label_columns is not None:
             self._check_multi_label()
         known = self.family.augmentations

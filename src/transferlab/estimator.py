@@ -26,10 +26,11 @@ from transferlab.data.augment import augment_texts
 from transferlab.data.splits import validation_take
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
-from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig
+from transferlab.evaluation.metrics import default_metric
+from transferlab.settings import CLASS_WEIGHTS, MIN_STEPS, MIN_VALIDATION, TrainingConfig
 from transferlab.training.inference import default_device, precision_for, precision_in_use, predict_logits, predict_proba
 from transferlab.training.loop import FitData
-from transferlab.training.sampling import balanced_class_weights
+from transferlab.training.sampling import loss_class_weights
 
 
 class TransferClassifier(ClassifierMixin, BaseEstimator):
@@ -38,7 +39,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     (`calibration="temperature"`; `"none"` keeps the raw softmax). `augment` takes what `--augment` takes: text
     augmentations add a copy of each training example, image ones (mixup included) act on each batch. `precision`
     takes what `--precision` takes: `auto` trains in bf16 where the hardware computes it natively and the backbone
-    family has not declined it; evaluation and the fitted model stay fp32."""
+    family has not declined it; evaluation and the fitted model stay fp32. `metric` picks the checkpoint kept and the
+    head's regularisation, as `--metric`; None chooses as the command line does (macro-F1 on imbalanced classes).
+    `class_weights` takes what `--class-weights` takes (`auto`: balanced loss weights on imbalanced classes)."""
 
     def __init__(
         self,
@@ -53,7 +56,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         augment: str | None = None,
         pooling: str = "mean",
         val_fraction: float = 0.1,
-        class_weights: str = "none",
+        class_weights: str = "auto",
+        metric: str | None = None,
         calibration: str = "temperature",
         min_steps: int = MIN_STEPS,
         precision: str = "auto",
@@ -71,6 +75,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.pooling = pooling
         self.val_fraction = val_fraction
         self.class_weights = class_weights
+        self.metric = metric
         self.calibration = calibration
         self.min_steps = min_steps
         self.precision = precision
@@ -90,6 +95,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return chosen
 
     def fit(self, X: Sequence[Any], y: Sequence[Any]) -> TransferClassifier:
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise UserError(f"class weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{self.class_weights}'")
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
         self.asset_ = asset = resolve_backbone(self.backbone)
         family = family_of(asset)
@@ -116,7 +123,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             collate=self.preprocessor_.collate,
             label_names=[str(c) for c in self.classes_],
             length_of=self.preprocessor_.length_of,
-            class_weights=balanced_class_weights(labels[fit_idx], len(self.classes_)) if self.class_weights == "balanced" else None,
+            class_weights=loss_class_weights(self.class_weights, labels[fit_idx], len(self.classes_)),
             train_transform=getattr(self.preprocessor_, "train_transform", None),
             train_variants=getattr(self.preprocessor_, "train_variants", None),
             max_tokens=getattr(self.preprocessor_, "max_length", None),
@@ -125,6 +132,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         training = TrainingConfig(
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed,
             precision=precision_for(self.precision, family),
+            metric=self.metric or default_metric(np.bincount(labels[fit_idx], minlength=len(self.classes_))),
         )  # fmt: skip
         training.validate()
         self.training_precision_ = precision_in_use(training.precision)  # what the training steps computed in

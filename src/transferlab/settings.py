@@ -23,6 +23,12 @@ DEFAULT_FOLDS = 5
 HEADLINE_METRICS = ("accuracy", "macro_f1", "micro_f1", "precision", "recall", "f1", "auroc", "mcc")
 SCHEDULERS = ("linear", "cosine", "stlr")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CLASS_WEIGHTS = ("auto", "none", "balanced")
+# Largest / smallest class count above which the headline metric defaults to macro-F1
+IMBALANCED = 1.5
+# ... and above which the data checks warn and `--class-weights auto` weights the loss: balanced weights gained 2-13
+# points of macro-F1 at 7:1 and 14.5:1 and none at 2.3:1 (docs/findings.md, "Class weights by default")
+SEVERE_IMBALANCE = 5.0
 # The optimizer-step floor: on rt-polarity at 8 sentences per class (minilm-l6), LoRA and full fine-tuning stay at
 # chance with their 3 epochs (3 steps), reach 0.53-0.55 macro-F1 with 100 steps, and gain nothing more with 200
 # (docs/findings.md, "Small data").

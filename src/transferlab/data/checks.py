@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.data.sources import label_counts, label_keys
+from transferlab.settings import SEVERE_IMBALANCE
 
 SHORT_WORDS = 3  # a text with fewer words than this is reported as very short
 SHOWN = 5  # examples of each finding kept in results.json and the report
@@ -90,8 +91,10 @@ def inspect(
     token_counts: np.ndarray | None = None,
     max_length: int | None = None,
     empty_rows: list[int] | None = None,
+    imbalance_handling: str = "",
 ) -> dict[str, Any]:
-    """The findings on one dataset as a JSON-ready dict; `warnings` holds one line per problem worth reading."""
+    """The findings on one dataset as a JSON-ready dict; `warnings` holds one line per problem worth reading.
+    `imbalance_handling` says what training does about imbalanced classes, quoted after that warning."""
     counts = label_counts(labels, len(label_names))
     present = counts[counts > 0]
     sizes = np.bincount(groups, minlength=len(groups))
@@ -146,8 +149,9 @@ def inspect(
         )
     if conflicting:
         warnings.append(f"{len(conflicting)} input(s) appear with conflicting labels")
-    if findings["imbalance_ratio"] > 5:
-        warnings.append(f"classes are imbalanced {findings['imbalance_ratio']:.1f}:1 (largest to smallest)")
+    if findings["imbalance_ratio"] > SEVERE_IMBALANCE:
+        handling = f": {imbalance_handling}" if imbalance_handling else ""
+        warnings.append(f"classes are imbalanced {findings['imbalance_ratio']:.1f}:1 (largest to smallest){handling}")
     findings["warnings"] = warnings
     return findings
 

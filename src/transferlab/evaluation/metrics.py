@@ -21,9 +21,22 @@ from sklearn.metrics import (
 )
 
 from transferlab.data.sources import is_multi_label
-from transferlab.settings import HEADLINE_METRICS
+from transferlab.settings import HEADLINE_METRICS, IMBALANCED
 
 MULTI_LABEL_THRESHOLD = 0.5  # a label is predicted from this probability on, unless a threshold was tuned for it
+
+
+def default_metric(counts: np.ndarray, multi_label: bool = False) -> str:
+    """The headline metric when none is asked for, from the training labels' class counts: micro-F1 for multi-label
+    data; macro-F1 for imbalanced classes, where accuracy (and early stopping by it) rewards the majority; else accuracy."""
+    if multi_label:
+        return "micro_f1"
+    return "macro_f1" if imbalance_ratio(counts) > IMBALANCED else "accuracy"
+
+
+def imbalance_ratio(counts: np.ndarray) -> float:
+    """The largest class count over the smallest (an absent class counts as one)."""
+    return float(counts.max() / max(1, counts.min()))
 
 
 def predicted_labels(probs: np.ndarray, threshold: float | np.ndarray | list[float] | None = None, multi_label: bool = False) -> np.ndarray:

@@ -154,6 +154,7 @@ def check_data(
         None if counter is None else counter(inputs),
         config.max_length,
         data.empty_rows,
+        _imbalance_handling(config),
     )
     if "test" in run.parts and splits[0].removed:
         summary["warnings"].append(f"{splits[0].removed} training input(s) also occur in the test or validation file: left out of training")
@@ -180,6 +181,15 @@ def check_data(
     if issues is not None:
         log(f"cleanlab flags {len(issues)} of {len(used)} labels as possibly wrong, ranked in label_issues.csv")
     return Findings(summary, issues, used, layer_features, seconds, peak)
+
+
+def _imbalance_handling(config: RunConfig) -> str:
+    """What the run does about imbalanced classes, in the words of its options."""
+    if config.oversample:
+        return "--oversample resamples the smaller classes up to the largest"
+    if config.class_weights == "none":
+        return "trained unweighted (--class-weights none), fine-tuning can learn to leave the small classes out"
+    return "the training loss weights each class by N / (C n_c)"
 
 
 def _frozen_features(

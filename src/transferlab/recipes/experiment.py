@@ -43,7 +43,7 @@ from transferlab.evaluation.calibration import (
     tune_thresholds,
 )
 from transferlab.evaluation.forgetting_meter import forgetting_probe, summarize_forgetting
-from transferlab.evaluation.metrics import classification_metrics, per_class_report
+from transferlab.evaluation.metrics import classification_metrics, default_metric, per_class_report
 from transferlab.evaluation.stats import REPORTED_CHOICES, aggregate_runs
 from transferlab.recipes.dataset import Findings, check_data, load_run_data, make_splits
 from transferlab.recipes.run_folder import RunFolder
@@ -60,12 +60,11 @@ from transferlab.training.inference import (
 )
 from transferlab.training.loop import FitData
 from transferlab.training.memory import PeakMemory
-from transferlab.training.sampling import balanced_class_weights, oversample
+from transferlab.training.sampling import loss_class_weights, oversample, resolved_class_weights
 
 Log = Callable[[str], None]
 
 LABEL_ISSUES = "label_issues.csv"
-IMBALANCED = 1.5  # largest / smallest class count above which the headline metric defaults to macro-F1
 
 
 @dataclass
@@ -120,12 +119,12 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
         folds = fewer if config.cv is None else folds
     splits = make_splits(config, run_data, folds)
     counts = label_counts(data.labels[train], len(data.label_names))
-    if config.training.metric is None and data.multi_label:
-        config.training.metric = "micro_f1"
-    elif config.training.metric is None:
-        config.training.metric = "macro_f1" if counts.max() / max(1, counts.min()) > IMBALANCED else "accuracy"
+    config.training.metric = config.training.metric or default_metric(counts, data.multi_label)
+    # resolved once, so that every fold and seed trains alike and the record says which
+    config.class_weights = resolved_class_weights(config.class_weights, counts, data.multi_label)
     log(
-        f"{config.dataset}: {len(run_data.parts['train'])} examples, classes {_counts(dict(zip(data.label_names, counts.tolist())))}; headline metric {config.training.metric}"
+        f"{config.dataset}: {len(run_data.parts['train'])} examples, classes {_counts(dict(zip(data.label_names, counts.tolist())))}; "
+        f"headline metric {config.training.metric}; class weights {config.class_weights}"
     )
     _say_precision(config, log)
     config.training.precision = precision_for(config.training.precision, config.family)
@@ -247,7 +246,7 @@ def fit_strategy(
         label_names=experiment.label_names,
         length_of=experiment.preprocessor.length_of,
         workdir=workdir,
-        class_weights=balanced_class_weights(train_labels, len(experiment.label_names)) if config.class_weights == "balanced" else None,
+        class_weights=loss_class_weights(config.class_weights, train_labels, len(experiment.label_names)),
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
         train_variants=getattr(experiment.preprocessor, "train_variants", None),
         frozen_features=frozen,

@@ -6,6 +6,10 @@ import numpy as np
 from sklearn.utils import resample
 from sklearn.utils.class_weight import compute_class_weight
 
+from transferlab.data.sources import is_multi_label, label_counts
+from transferlab.evaluation.metrics import imbalance_ratio
+from transferlab.settings import SEVERE_IMBALANCE
+
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """w_c = N / (C n_c): scikit-learn's 'balanced' weights, which are exactly the usual inverse-frequency formula."""
@@ -13,6 +17,20 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     weights = np.ones(num_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return weights
+
+
+def resolved_class_weights(choice: str, counts: np.ndarray, multi_label: bool = False) -> str:
+    """`--class-weights` made concrete: `auto` is balanced beyond SEVERE_IMBALANCE (unweighted, fine-tuning on few
+    examples of a class learns to leave it out), else none; multi-label data stays unweighted."""
+    if choice != "auto":
+        return choice
+    return "balanced" if not multi_label and imbalance_ratio(counts) > SEVERE_IMBALANCE else "none"
+
+
+def loss_class_weights(choice: str, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """The per-class loss weights `--class-weights` asks for on these training labels, or None for plain cross-entropy."""
+    resolved = resolved_class_weights(choice, label_counts(labels, num_classes), multi_label=is_multi_label(labels))
+    return balanced_class_weights(labels, num_classes) if resolved == "balanced" else None
 
 
 def oversample(indices: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
