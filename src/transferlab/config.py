@@ -17,7 +17,6 @@ from transferlab.catalog import DEFAULT_BACKBONE
 from transferlab.data.checks import NEAR_DUPLICATE_COSINE
 from transferlab.errors import UserError
 from transferlab.settings import (
-    CLASS_WEIGHTS,
     DEFAULT_DATASET,
     DEFAULT_FOLDS,
     DEFAULT_N_TRAIN,
@@ -25,6 +24,7 @@ from transferlab.settings import (
     SMALL_DATA,
     ForgettingConfig,
     TrainingConfig,
+    check_class_weights,
 )
 
 if TYPE_CHECKING:
@@ -179,8 +179,7 @@ class RunConfig:
             raise UserError(f"threshold must be auto or none, got '{self.threshold}'")
         if self.calibration not in ("temperature", "none"):
             raise UserError(f"calibration must be temperature or none, got '{self.calibration}'")
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise UserError(f"class weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{self.class_weights}'")
+        check_class_weights(self.class_weights)
         if self.label_separator is not None or self.label_columns is not None:
             self._check_multi_label()
         known = self.family.augmentations

@@ -23,11 +23,12 @@ from transferlab.backbones.cnn import MIXUP_ALPHA
 from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
 from transferlab.data.augment import augment_texts
+from transferlab.data.sources import label_counts
 from transferlab.data.splits import validation_take
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
 from transferlab.evaluation.metrics import default_metric
-from transferlab.settings import CLASS_WEIGHTS, MIN_STEPS, MIN_VALIDATION, TrainingConfig
+from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig, check_class_weights
 from transferlab.training.inference import default_device, precision_for, precision_in_use, predict_logits, predict_proba
 from transferlab.training.loop import FitData
 from transferlab.training.sampling import loss_class_weights
@@ -95,8 +96,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return chosen
 
     def fit(self, X: Sequence[Any], y: Sequence[Any]) -> TransferClassifier:
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise UserError(f"class weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{self.class_weights}'")
+        check_class_weights(self.class_weights)
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
         self.asset_ = asset = resolve_backbone(self.backbone)
         family = family_of(asset)
@@ -132,7 +132,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         training = TrainingConfig(
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed,
             precision=precision_for(self.precision, family),
-            metric=self.metric or default_metric(np.bincount(labels[fit_idx], minlength=len(self.classes_))),
+            metric=self.metric or default_metric(label_counts(labels[fit_idx], len(self.classes_))),
         )  # fmt: skip
         training.validate()
         self.training_precision_ = precision_in_use(training.precision)  # what the training steps computed in

@@ -26,9 +26,18 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 # Largest / smallest class count above which the headline metric defaults to macro-F1
 IMBALANCED = 1.5
-# ... and above which the data checks warn and `--class-weights auto` weights the loss: balanced weights gained 2-13
-# points of macro-F1 at 7:1 and 14.5:1 and none at 2.3:1 (docs/findings.md, "Class weights by default")
+# ... and above which the data checks warn and `--class-weights auto` weights the loss: balanced weights gained LoRA
+# and full fine-tuning 1.6-31 points of macro-F1 where a class had a few dozen examples or fewer (6.9:1 to 82:1), and
+# nothing at 2.3:1 or where the small class had 63 (docs/findings.md, "Class weights by default")
 SEVERE_IMBALANCE = 5.0
+
+
+def check_class_weights(choice: str) -> None:
+    """`--class-weights` and the estimator's `class_weights` take the same choices."""
+    if choice not in CLASS_WEIGHTS:
+        raise UserError(f"class weights must be one of {', '.join(CLASS_WEIGHTS)}, got '{choice}'")
+
+
 # The optimizer-step floor: on rt-polarity at 8 sentences per class (minilm-l6), LoRA and full fine-tuning stay at
 # chance with their 3 epochs (3 steps), reach 0.53-0.55 macro-F1 with 100 steps, and gain nothing more with 200
 # (docs/findings.md, "Small data").
