@@ -45,6 +45,15 @@ def test_layer_groups_cover_every_parameter_once_in_order(tiny_backbone):
     assert {model.group_of(n) for n, _ in model.named_parameters() if n.startswith("classifier")} == {"head"}
 
 
+def test_a_decoders_final_norm_belongs_to_its_top_block(tiny_llama_dir):
+    """The norm after a decoder's last block sits just under the head: discriminative rates give it the top block's
+    rate, and partial freezing and gradual unfreezing treat it with that block, not with the embeddings."""
+    model, _, _ = _model_and_batch(tiny_llama_dir, pooling="last")
+    owners = {name: model.group_of(name) for name, _ in model.named_parameters()}
+    assert owners["backbone.norm.weight"] == "layer.2" and owners["backbone.embed_tokens.weight"] == "embeddings"
+    assert owners["backbone.layers.0.input_layernorm.weight"] == "layer.1"
+
+
 def test_hidden_states_one_per_layer_and_last_is_the_feature(tiny_backbone):
     model, _, batch = _model_and_batch(tiny_backbone)
     with torch.no_grad():

@@ -133,6 +133,20 @@ def test_a_given_test_set_is_kept_and_its_copies_leave_training():
     assert not repeats_of_test & (set(split.train.tolist()) | set(split.val.tolist()))
 
 
+def test_a_given_validation_file_loses_its_copies_of_test_inputs():
+    """Exact copies (case and spacing aside) shared by the user's validation and test files would choose checkpoints,
+    and train the head, on test inputs: they leave validation, and the test file stays whole."""
+    texts, labels = sentiment_texts(140)
+    val_texts = texts[80:120] + [f"  {texts[125].upper()} ", texts[130]]  # two validation rows repeat test rows
+    inputs = texts[:80] + val_texts + texts[120:]
+    data = LabeledData(inputs, np.array(labels[:80] + labels[80:120] + [labels[125], labels[130]] + labels[120:]), ["negative", "positive"])
+    groups = duplicate_groups(data.inputs)
+    pool, val, test = np.arange(80), np.arange(80, 122), np.arange(122, 142)
+    split = given_test_split(data, pool, test, val, None, 0.1, 0, groups)
+    assert np.array_equal(split.test, test)
+    assert split.removed_from_validation == 2 and np.array_equal(split.val, np.arange(80, 120))
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "transferlab.cli", *map(str, args)], capture_output=True, text=True)
 

@@ -296,3 +296,25 @@ def test_a_setting_the_estimator_does_not_know_is_refused(tiny_bert_dir, setting
 
     with pytest.raises(UserError, match=message):
         _estimator(tiny_bert_dir, **setting).fit(*_texts(20))
+
+
+@pytest.mark.parametrize("strategy, held_out", [("head", False), ("full", True)])
+def test_the_temperature_is_fitted_on_logits_of_examples_the_model_did_not_fit(tiny_bert_dir, monkeypatch, strategy, held_out):
+    """The head fits on the validation examples too, so its temperature must come from out-of-fold logits; full
+    fine-tuning never trains on them, so its own logits there are held out already."""
+    import transferlab.estimator as estimator
+    from transferlab.backbones.base import base_model
+    from transferlab.data.splits import validation_take
+    from transferlab.evaluation.calibration import softmax
+
+    seen = []
+    monkeypatch.setattr(estimator, "fit_temperature", lambda logits, y: seen.append(logits) or 1.5)
+    texts, labels = sentiment_texts(600, seed=5)  # 60 validate: enough to fit a temperature on
+    fitted = TransferClassifier(backbone=str(tiny_bert_dir), strategy=strategy, epochs=1, min_steps=10, max_length=32).fit(texts, labels)
+    _, ids = np.unique(labels, return_inverse=True)
+    val = validation_take(ids, np.arange(len(texts)), fitted.val_fraction, fitted.seed)[0]
+    base_model(fitted.model_).config.calibration_temperature = 1.0
+    own = fitted.predict_proba([texts[i] for i in val])  # the fitted model's probabilities on its validation examples
+    (logits,) = seen
+    assert logits.shape == own.shape
+    assert np.allclose(softmax(logits, 1.0), own, atol=1e-5) == held_out

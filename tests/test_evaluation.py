@@ -44,6 +44,20 @@ def test_within_noise_by_paired_t_test():
     assert "paired t-test" in result["test"]
 
 
+def test_on_one_test_set_a_steady_gap_must_also_clear_the_test_sets_noise():
+    """Two deterministic strategies on one hold-out set of 200: 0.80 and 0.79 on every seed. The seeds' differences
+    have no variance (the t-test alone says p = 0), but one point on 200 examples is 0.2 standard errors
+    (sqrt((0.8 x 0.2 + 0.79 x 0.21) / 200) = 0.0404): within noise, p = 2 (1 - Phi(0.01 / 0.0404)) = 0.804."""
+    strategies = {"a": _summary([0.80, 0.80, 0.80]), "b": _summary([0.79, 0.79, 0.79])}
+    folds = compare_to_best(strategies, "accuracy")
+    assert folds["others"]["b"]["within_noise"] is False and folds["others"]["b"]["p_value"] == 0.0
+    shared = compare_to_best(strategies, "accuracy", shared_test=200)
+    assert shared["others"]["b"]["within_noise"] is True
+    assert shared["others"]["b"]["p_value"] == pytest.approx(0.804, abs=0.001) and "z-test" in shared["test"]
+    far = compare_to_best({"a": _summary([0.90, 0.91, 0.92]), "b": _summary([0.70, 0.72, 0.71])}, "accuracy", shared_test=200)
+    assert far["others"]["b"]["within_noise"] is False
+
+
 def test_balanced_weights_are_the_inverse_frequency_formula():
     labels = np.array([0] * 9 + [1])
     np.testing.assert_allclose(balanced_class_weights(labels, 2), [10 / (2 * 9), 10 / (2 * 1)])

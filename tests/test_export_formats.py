@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from transferlab.config import load_run_config
@@ -39,7 +41,7 @@ def trained(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
     runs = {}
     for strategy, keep, settings in (
         ("full", False, {}), ("lora", True, {}), ("prompt", True, {}), ("head", False, {"layers": "second_to_last"}),
-        ("houlsby", False, {}),
+        ("houlsby", False, {}), ("setfit", False, {"pair_iterations": 1}),
     ):  # fmt: skip
         config = load_run_config(
             None, backbone=str(tiny_bert_dir), dataset=str(root / "d.csv"), strategies=[strategy], cv=1, n_train=120, n_test=40,
@@ -68,6 +70,30 @@ def trained_cnn(tmp_path_factory, tiny_cnn_dir) -> Path:
     )  # fmt: skip
     train(config, root / "run", keep_adapter=False, log=lambda _: None)
     return root / "run" / "model"
+
+
+def test_a_kept_cnn_adapter_predicts_with_the_batch_norm_statistics_it_trained_with(tiny_cnn_dir, tmp_path):
+    """Training moves a CNN's BatchNorm running statistics in its frozen body; the adapter folder keeps them."""
+    from transferlab.backbones import build_classifier, load_preprocessor, resolve_backbone
+    from transferlab.recipes.loading import BATCH_NORM_FILE, batch_norm_statistics
+    from transferlab.training.inference import predict_proba
+
+    from .conftest import bright_side_image_folder, bright_side_images
+
+    images = bright_side_images(48)[0]
+    config = load_run_config(
+        None, backbone=str(tiny_cnn_dir), dataset=str(bright_side_image_folder(tmp_path / "images", 48)), strategies=["lora"],
+        cv=1, n_train=36, n_test=12, image_size=32, label_issues=False, training={"epochs": 1, "batch_size": 8, "min_steps": 6},
+    )  # fmt: skip
+    run, _ = train(config, tmp_path / "run", keep_adapter=True, log=lambda _: None)
+    folder = tmp_path / "run" / "model"
+    assert json.loads((folder / "transferlab.json").read_text())["format"] == "peft-adapter" and (folder / BATCH_NORM_FILE).is_file()
+    pretrained = batch_norm_statistics(build_classifier(resolve_backbone(str(tiny_cnn_dir)), ["0", "1"]))
+    trained = {name.removeprefix("base_model.model."): value for name, value in batch_norm_statistics(run.model).items()}
+    assert any(not torch.equal(pretrained[name], trained[name]) for name in pretrained if name.endswith("running_var"))
+    pre = load_preprocessor(resolve_backbone(str(tiny_cnn_dir)), image_size=32, augment=[])
+    expected = predict_proba(run.model, pre.encode(images[:12]), pre.collate, pre.length_of)
+    np.testing.assert_allclose(load_model(folder).predict_proba(images[:12]), expected, atol=1e-5, rtol=0)
 
 
 def _deploy_script(number: int) -> str:
@@ -119,6 +145,21 @@ def test_a_kept_adapter_exports_merged(trained, tmp_path):
     graph = export_model(trained["lora"], "onnx", tmp_path / "lora") / ONNX_FILE
     np.testing.assert_allclose(_run_graph(graph, TEXTS), load_model(trained["lora"]).predict_proba(TEXTS), atol=1e-4, rtol=0)
     assert json.loads((graph.parent / "transferlab.json").read_text())["format"] == "onnx" and (graph.parent / "README.md").is_file()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_deployed_tokenizer_cuts_long_texts_on_the_side_transformers_does(trained, tmp_path, side):
+    from transformers import AutoTokenizer
+
+    from transferlab.deploy import _TextInputs
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained["full"], folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "truncation_side": side}))
+    text = " ".join(f"word{i}" for i in range(40))
+    expected = AutoTokenizer.from_pretrained(folder)(text, truncation=True, max_length=12)["input_ids"]
+    assert _TextInputs(folder, 12)([text])["input_ids"][0].tolist() == expected
 
 
 def test_int8_is_smaller_and_keeps_the_labels(trained, tmp_path):
@@ -225,22 +266,20 @@ ST_ENCODE = (
     "import json, sys\n"
     "from sentence_transformers import SentenceTransformer\n"
     "model = SentenceTransformer(sys.argv[1], device='cpu')\n"
-    "embeddings = SentenceTransformer(modules=list(model)[:2], device='cpu').encode(sys.argv[2:])\n"  # docs/deploy.md: without the Dense
+    "embeddings = SentenceTransformer(modules=list(model)[:-1], device='cpu').encode(sys.argv[2:])\n"  # docs/deploy.md: without the Dense
     "print(json.dumps({'logits': model.encode(sys.argv[2:]).tolist(), 'embeddings': embeddings.tolist()}))\n"
 )
 
 
 def _logits(model_dir: Path, texts: list[str]) -> np.ndarray:
-    import torch
-
     loaded = load_model(model_dir)
     batch = loaded.preprocessor.collate(loaded.preprocessor.encode(texts))
     with torch.no_grad():
         return loaded.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
 
 
-@pytest.mark.parametrize(  # merged; a kept adapter; the head on the layer below the last
-    "strategy", [pytest.param("full", marks=pytest.mark.slow), pytest.param("lora", marks=pytest.mark.slow), "head"]
+@pytest.mark.parametrize(  # merged; a kept adapter; the head on the layer below the last; features of unit length
+    "strategy", [pytest.param("full", marks=pytest.mark.slow), pytest.param("lora", marks=pytest.mark.slow), "head", "setfit"]
 )
 def test_sentence_transformers_export_gives_the_logits_without_transferlab(strategy, trained, tmp_path):
     folder = export_model(trained[strategy], "sentence-transformers", tmp_path / "st")
@@ -274,8 +313,27 @@ def test_hf_export_is_the_train_folder_and_predicts_the_same(trained, tmp_path):
     folder = export_model(trained["lora"], "hf", tmp_path / "hf")
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in trained["lora"].iterdir())
     np.testing.assert_array_equal(load_model(folder).predict_proba(TEXTS), load_model(trained["lora"]).predict_proba(TEXTS))
-    with pytest.raises(UserError, match="a folder other than the model's own"):
-        export_model(trained["lora"], "hf", trained["lora"])
+
+
+def test_an_export_replaces_only_an_earlier_model_folder(trained, tmp_path):
+    run = trained["lora"].parent
+    before = sorted(p.name for p in run.iterdir())
+    for out in (trained["lora"], run):  # the model's own folder, and the run folder around it
+        with pytest.raises(UserError, match="holds the model being exported"):
+            export_model(trained["lora"], "onnx", out)
+    assert sorted(p.name for p in run.iterdir()) == before
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match="holds no exported model"):
+        export_model(trained["lora"], "onnx", papers)
+    assert (papers / "thesis.tex").read_text() == "years of work"
+    again = export_model(trained["lora"], "onnx", export_model(trained["lora"], "hf", tmp_path / "out"))  # an earlier export
+    assert json.loads((again / "transferlab.json").read_text())["format"] == "onnx"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / ".empty.old").mkdir()  # left by a publish interrupted between its renames
+    assert (export_model(trained["lora"], "onnx", empty) / "transferlab.json").is_file()
 
 
 def test_train_exports_the_formats_it_is_asked_for(tiny_bert_dir, sentiment_csv, tmp_path):

@@ -60,3 +60,42 @@ def test_the_fallback_family_is_tried_last(toy_family, tiny_bert_dir):
     assert family_for(str(tiny_bert_dir)).name == "encoder"
     toy_family.claims = lambda self, spec: True
     assert family_for(str(tiny_bert_dir)).name == "toy"
+
+
+def _first_block(architecture: str):
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    shape = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=40)
+    if architecture == "bert":
+        return BertModel(BertConfig(**shape)).encoder.layer[0]
+    if architecture == "distilbert":
+        return DistilBertModel(DistilBertConfig(vocab_size=40, dim=32, n_layers=1, n_heads=4, hidden_dim=64)).transformer.layer[0]
+    if architecture == "llama-gqa":  # SmolLM2's shape: fewer key/value heads, so k_proj and v_proj are narrower
+        return LlamaModel(LlamaConfig(**shape, num_key_value_heads=2)).layers[0]
+    if architecture == "llama":
+        return LlamaModel(LlamaConfig(**shape)).layers[0]
+    return GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=40)).h[0]
+
+
+@pytest.mark.parametrize(
+    "architecture, expected",
+    [
+        ("bert", {"attention": "attention.output.dense", "ffn": "output.dense"}),
+        ("distilbert", {"attention": "attention.out_lin", "ffn": "ffn.lin2"}),
+        ("llama", {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"}),
+        ("llama-gqa", {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"}),
+    ],
+)
+def test_bottleneck_adapters_sit_after_each_blocks_output_projections(architecture, expected):
+    """Houlsby et al. adapt the attention block's output and the feed-forward block's output: the names are the
+    architectures' own, written out here."""
+    from transferlab.backbones.adapters import output_projections
+
+    assert output_projections(_first_block(architecture), 32) == expected
+
+
+def test_bottleneck_adapters_refuse_a_block_without_linear_projections():
+    from transferlab.backbones.adapters import output_projections
+
+    with pytest.raises(UserError, match="bottleneck adapters find no attention and feed-forward projections"):
+        output_projections(_first_block("gpt2"), 32)  # GPT-2's projections are Conv1D layers

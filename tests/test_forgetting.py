@@ -16,6 +16,7 @@ from transferlab.catalog import GgufModel, PackagedFile
 from transferlab.errors import MissingAssetError, UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.settings import ForgettingConfig, TrainingConfig
+from transferlab.training.inference import predict_proba
 from transferlab.training.loop import FitData, train_with_trainer
 
 from .conftest import sentiment_texts
@@ -136,6 +137,38 @@ def test_decoder_pools_its_last_real_token(tiny_llama_dir):
     assert torch.allclose(pooled[0], hidden[0, -1], atol=1e-5)
     with pytest.raises(UserError, match="cls pooling"):
         build_classifier(resolve_backbone(str(tiny_llama_dir)), ["a", "b"], "cls")
+
+
+def test_a_decoder_whose_tokenizer_has_no_pad_token_pads_with_its_end_of_text_token(tiny_llama_dir, sentiment_csv, tmp_path):
+    """GPT-2's and Llama 3's tokenizers have no pad token; a batch of texts of different lengths must still pad, and the
+    trained model, saved and loaded again, must predict what it predicted in memory."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from transferlab.config import load_run_config
+    from transferlab.recipes.loading import load_model
+    from transferlab.recipes.train import train
+
+    folder = tmp_path / "no-pad"
+    shutil.copytree(tiny_llama_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"
+    tokenizer.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None
+    pre = load_preprocessor(resolve_backbone(str(folder)), 16)
+    batch = pre.collate(pre.encode(["good film", "the plot was very dull"], [1, 0]))
+    eos = tokenizer.convert_tokens_to_ids("[SEP]")
+    assert batch["attention_mask"][0].tolist() == [1] * 4 + [0] * 3 and batch["input_ids"][0, 4:].tolist() == [eos] * 3
+    config = load_run_config(
+        None, backbone=str(folder), dataset=str(sentiment_csv), strategies=["full"], cv=1, n_train=64, n_test=16,
+        max_length=32, label_issues=False, training={"epochs": 1, "batch_size": 8, "min_steps": 4},
+    )  # fmt: skip
+    run, record = train(config, tmp_path / "run", log=lambda _: None)
+    assert record["status"] == "complete"
+    texts = ["good film", "the plot was very dull and boring", "a lovely story"]
+    expected = predict_proba(run.model, pre.encode(texts), pre.collate, pre.length_of)
+    np.testing.assert_allclose(load_model(tmp_path / "run" / "model").predict_proba(texts), expected, atol=1e-5)
 
 
 def test_perplexity_meter_sees_the_fine_tuned_body(tiny_llama_dir):

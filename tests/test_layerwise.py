@@ -46,11 +46,13 @@ def test_lr_table_command():
     assert [tuple(part.strip() for part in row.strip("│┃ ").split("│")) for row in rows] == EXPECTED_TABLE
 
 
-def test_slanted_triangular_shape():
-    total = 1000
+@pytest.mark.parametrize("total, peak_at", [(1000, 100), (15, 1), (37, 3)])
+def test_slanted_triangular_shape(total, peak_at):
+    """Rises to the peak at a tenth of the steps (rounded down), then falls all the way to the last step."""
     values = [slanted_triangular(t, total) for t in range(total + 1)]
     peak = max(range(total + 1), key=values.__getitem__)
-    assert peak == 100 and values[peak] == pytest.approx(1.0)
+    assert peak == peak_at and values[peak] == pytest.approx(1.0)
+    assert values[-2] > values[-1]  # still falling at the end: the floor is reached at the last step, not before
     assert values[0] == pytest.approx(1 / 32) and values[-1] == pytest.approx(1 / 32)
     assert all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1]))
     assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :]))

@@ -3,8 +3,11 @@ same seed gives the same numbers in another process. The runs are real CLI proce
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +17,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import sentiment_texts, tiny_bert
-from transferlab.errors import TrainingDiverged
+from transferlab.errors import TrainingDiverged, UserError
 from transferlab.recipes.run_folder import RunFolder
 from transferlab.training.divergence import DivergenceGuard
 
@@ -36,7 +39,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 def _compare(setup, out: Path, *extra, kill_at: str | None = None) -> subprocess.CompletedProcess:
     # head has no training steps, so lora is the second strategy to train: 108 examples and the 12 validating (too
-    # few to pick checkpoints: they join training) are 7 steps an epoch, 14 in 2 epochs, under the floor of 100
+    # few to pick checkpoints: they join training) are 8 steps an epoch, 16 in 2 epochs, under the floor of 100
     # optimizer steps; a checkpoint every 25 (the 4 evaluations the epochs would have had).
     return _cli(
         "compare",
@@ -136,6 +139,18 @@ def test_divergence_guard_stops_on_a_non_finite_loss_or_a_sustained_rise():
         DivergenceGuard().check(float("nan"), 1)
 
 
+def test_a_run_that_starts_near_zero_loss_is_stopped_only_past_a_uniform_guess():
+    """Fine-tuning after a linear probe starts near zero: batches a few times harder than the first are not a
+    divergence, a loss worse than guessing (ln 2 for two classes) held for the patience is."""
+    guard = DivergenceGuard(factor=4, patience=3, floor=math.log(2))
+    for loss in (0.01, 0.05, 0.2, 0.6, 0.3, 0.65, 0.68):  # all above 4 x 0.01, none above 0.693
+        guard.check(loss, 1)
+    for loss in (0.8, 1.2):
+        guard.check(loss, 2)
+    with pytest.raises(TrainingDiverged, match=r"4x its start \(0.010\) and a uniform guess's 0.693 for 3 steps"):
+        guard.check(2.0, 3)
+
+
 def test_a_run_folder_refuses_another_config_and_a_restart_keeps_the_users_files(tmp_path):
     folder = RunFolder(tmp_path)
     folder.open({"backbone": "a", "training": {"lr": 1e-3}}, None, log=lambda m: None)
@@ -147,6 +162,40 @@ def test_a_run_folder_refuses_another_config_and_a_restart_keeps_the_users_files
     folder.open({"backbone": "a", "training": {"lr": 1e-2}}, False, log=lambda m: None)
     assert folder.finished_result("lora", 0, 0) is None
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_unfinished_run_is_not_resumed_over_changed_files(tmp_path):
+    folder = RunFolder(tmp_path)
+    config = {"backbone": "a", "dataset": "d.csv"}
+    folder.open(config, None, lambda m: None, {"dataset": {"d.csv": "aa"}, "backbone": {"w": "bb"}})
+    folder.save_run("lora", 0, 0, {"status": "ok"}, [])
+    folder.open(config, None, lambda m: None, {"dataset": {"d.csv": "aa"}, "backbone": {"w": "bb"}})  # the same files: resumed
+    assert folder.finished_result("lora", 0, 0) == {"status": "ok"}
+    with pytest.raises(UserError, match=r"read other contents of dataset; pass --restart"):
+        folder.open(config, None, lambda m: None, {"dataset": {"d.csv": "ac"}, "backbone": {"w": "bb"}})
+    assert folder.finished_result("lora", 0, 0) == {"status": "ok"}  # nothing lost
+    folder.open(config, False, lambda m: None, {"dataset": {"d.csv": "ac"}, "backbone": {"w": "bb"}})
+    assert folder.finished_result("lora", 0, 0) is None
+
+
+def test_the_run_folder_records_the_hashes_of_the_files_it_read(setup, tmp_path):
+    """Through `prepare`: a data file edited in place (same path, same config) is told apart on resume."""
+    from transferlab.config import load_run_config
+    from transferlab.recipes.experiment import open_run_folder, prepare
+
+    data = tmp_path / "data.csv"
+    shutil.copy(setup["data"], data)
+    config = lambda: load_run_config(None, backbone=str(setup["backbone"]), dataset=str(data), strategies=["head"], cv=1)  # noqa: E731
+    first = config()
+    open_run_folder(tmp_path / "run", first, None, lambda m: None, prepare(first, lambda m: None))
+    recorded = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert recorded["dataset"] == {data.name: hashlib.sha256(data.read_bytes()).hexdigest()}
+    frame = pd.read_csv(data)
+    frame.loc[0, "label"] = "negative" if frame.loc[0, "label"] == "positive" else "positive"  # one label corrected
+    frame.to_csv(data, index=False)
+    again = config()
+    with pytest.raises(UserError, match="read other contents of dataset"):
+        open_run_folder(tmp_path / "run", again, None, lambda m: None, prepare(again, lambda m: None))
 
 
 def test_weights_load_safely():

@@ -171,6 +171,11 @@ def test_bad_adapters_are_refused_with_a_reason(tmp_path, adapters, tiny_bert_di
     (merged / "transferlab.json").write_text(json.dumps({**manifest, "format": "merged"}))
     with pytest.raises(UserError, match="a merged model, not an adapter"):
         MultiTaskModel(str(tiny_bert_dir), {"a": merged})
+    image = tmp_path / "image"
+    shutil.copytree(adapters["tone"], image)
+    (image / "transferlab.json").write_text(json.dumps({**manifest, "modality": "image"}))  # a CNN's kept adapter
+    with pytest.raises(UserError, match="an image classifier; serve answers texts"):
+        MultiTaskModel(str(tiny_bert_dir), {"a": image})
 
 
 def _free_port() -> int:

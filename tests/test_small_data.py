@@ -26,6 +26,16 @@ def _data(pre: TextPreprocessor, n_train: int, n_val: int, seed: int = 0) -> tup
     return data, features[n_train + n_val :]
 
 
+def test_the_plan_counts_the_steps_the_trainer_takes(tiny_bert_dir):
+    """60 examples in batches of 16 are 3 full batches and one of 12: 4 steps an epoch, 8 in two epochs."""
+    data, _ = _data(TextPreprocessor.from_pretrained(str(tiny_bert_dir), 32), 60, 0)
+    cfg = TrainingConfig(epochs=2, batch_size=16, min_steps=0)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    get_strategy("full").fit(model, data, cfg)
+    taken = next(entry["step"] for entry in data.log_history if "train_runtime" in entry)
+    assert taken == training_plan(data, cfg).steps == 8
+
+
 def _examples(n: int) -> list[dict]:
     return [{"input_ids": [1, 2], "labels": i % 2} for i in range(n)]
 
@@ -34,7 +44,7 @@ def _examples(n: int) -> list[dict]:
     "n_train, n_val, epochs, min_steps, steps, max_steps, early_stopping",
     [
         (14, 2, 3, 100, 100, 100, False),  # 16 examples, one step an epoch: the floor binds, validation joins training
-        (1800, 200, 3, 100, 3 * 112, -1, True),  # 112 full batches an epoch: the epochs decide, as before
+        (1800, 200, 3, 100, 3 * 113, -1, True),  # 112 full batches and a half one an epoch, 113 steps: the epochs decide
         (1800, 200, 0.1, 100, 100, 100, True),  # a tenth of an epoch is 12 steps: the floor binds
         (14, 2, 3, 0, 3, -1, False),  # no floor: 3 epochs of one step
     ],
@@ -46,7 +56,7 @@ def test_training_plan(n_train, n_val, epochs, min_steps, steps, max_steps, earl
     assert len(plan.train) == n_train + (0 if early_stopping else n_val)
     assert early_stopping == (n_val >= MIN_VALIDATION)
     evaluations = round(epochs * 2)  # evals_per_epoch
-    assert plan.eval_every == (max(1, (n_train // 16) // 2) if max_steps == -1 else max(1, steps // max(1, evaluations)))
+    assert plan.eval_every == (max(1, math.ceil(n_train / 16) // 2) if max_steps == -1 else max(1, steps // max(1, evaluations)))
 
 
 def _optimizer_steps(log_history: list[dict]) -> int:
@@ -225,6 +235,31 @@ def test_mixup_blends_training_batches_only(alpha, tiny_cnn_dir):
     get_strategy("full").fit(model, data, TrainingConfig(epochs=1, batch_size=8, min_steps=0))
     assert len(pure) == 6
     assert seen[True] - pure if alpha else seen[True] <= pure
+
+
+def test_mixup_keeps_the_class_weights(tiny_cnn_dir, monkeypatch):
+    """A blended batch's loss is weighted by class as a plain one is: every training loss on soft targets gets them."""
+    from transferlab.backbones import load_preprocessor
+
+    asset = resolve_backbone(str(tiny_cnn_dir))
+    pre = load_preprocessor(asset, image_size=32, augment=[])
+    features = pre.encode([np.full((32, 32), 255 * (i % 2), dtype=np.uint8) for i in range(64)], [i % 2 for i in range(64)])
+    weights = np.array([0.6, 3.0], dtype=np.float32)
+    data = FitData(features[:48], features[48:], pre.collate, ["black", "white"], mixup_alpha=0.2, class_weights=weights)
+    real = torch.nn.functional.cross_entropy
+    soft_calls = []
+
+    def watched(logits, target, *args, **kwargs):
+        if target.is_floating_point():  # mixup's blended targets
+            soft_calls.append(kwargs.get("weight"))
+        return real(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", watched)
+    training = TrainingConfig(epochs=1, batch_size=8, min_steps=0)
+    get_strategy("full").fit(build_classifier(asset, data.label_names), data, training)
+    assert len(soft_calls) == len(training_plan(data, training).train) // 8  # every batch even-sized, so each one blended
+    for weight in soft_calls:
+        np.testing.assert_array_equal(weight.cpu().numpy(), weights)
 
 
 def test_setfit_head_grid(tiny_bert_dir):

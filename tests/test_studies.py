@@ -349,9 +349,13 @@ def test_gap_within_noise_by_hand():
     # one run each: z = gap / sqrt((p1 q1 + p2 q2) / n); 0.002 / 0.0269 = 0.07 on 500, 0.1 / 0.0192 = 5.2 on 1,000
     assert gap_within_noise(summary(0.764), summary(0.762), "accuracy", 500)[0] is True
     assert gap_within_noise(summary(0.80), summary(0.70), "accuracy", 1000)[0] is False
-    # paired runs: the paired t-test; a steady gap of 0.1 is not noise, a gap that changes sign is
-    assert gap_within_noise(summary(0.80, 0.82, 0.81), summary(0.70, 0.71, 0.72), "accuracy", 50)[0] is False
-    assert gap_within_noise(summary(0.80, 0.70, 0.75), summary(0.72, 0.78, 0.74), "accuracy", 50)[0] is True
+    # paired runs, each fold its own test part: the paired t-test; a steady gap of 0.1 is not noise, one that changes sign is
+    steady = summary(0.80, 0.82, 0.81), summary(0.70, 0.71, 0.72)
+    assert gap_within_noise(*steady, "accuracy", 50, shared_test=False)[0] is False
+    assert gap_within_noise(summary(0.80, 0.70, 0.75), summary(0.72, 0.78, 0.74), "accuracy", 50, shared_test=False)[0] is True
+    # seeds on one test set: the gap must also clear it; 0.1 is 1.2 standard errors on 50 examples, 5.3 on 1,000
+    assert gap_within_noise(*steady, "accuracy", 50)[0] is True
+    assert gap_within_noise(*steady, "accuracy", 1000)[0] is False
 
 
 @pytest.mark.parametrize(

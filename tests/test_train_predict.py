@@ -77,6 +77,24 @@ def test_predict_command_line(tmp_path, tiny_bert_dir, sentiment_csv):
     np.testing.assert_allclose([[r["p_negative"], r["p_positive"]] for r in rows], expected, atol=1e-6)
 
 
+def test_predict_shows_texts_and_reads_lines_as_given(tmp_path, tiny_bert_dir, sentiment_csv):
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    out, _, _ = _train(tmp_path, tiny_bert_dir, sentiment_csv, "full")
+    shown = CliRunner().invoke(app, ["predict", "--model", str(out / "model"), "--text", "[/b] closing tag", "--text", "[b]bold[/b]"])
+    assert shown.exit_code == 0, shown.output
+    assert "[/b] closing tag" in shown.output and "[b]bold[/b]" in shown.output  # printed as written, not read as markup
+    lines = tmp_path / "texts.txt"
+    lines.write_bytes("a line with\u2028a line separator\r\nform\x0cfeed\n\nlast".encode())
+    result = tmp_path / "pred.jsonl"
+    done = CliRunner().invoke(app, ["predict", "--model", str(out / "model"), "--input", str(lines), "--output", str(result)])
+    assert done.exit_code == 0, done.output
+    texts = [json.loads(line)["text"] for line in result.read_text(encoding="utf-8").strip().split("\n")]
+    assert texts == ["a line with\u2028a line separator", "form\x0cfeed", "last"]
+
+
 def test_a_folder_without_a_finished_export_is_refused(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(UserError, match="not a model exported by 'transferlab train'"):

@@ -7,6 +7,7 @@ formulas), not read back from the code under test."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -123,10 +124,13 @@ def test_lp_ft_probe_stage_keeps_the_body_and_fine_tuning_moves_it(tiny_bert_dir
     assert _moved_groups(probed, final) == {"embeddings", "layer.1", "layer.2", "head"}
 
 
-def test_lp_ft_probe_is_the_head_strategy_on_the_last_layer(tiny_bert_dir, monkeypatch):
-    """The probe stage's head is exactly what the head strategy (feature extraction, last layer) fits on the same data."""
+def test_lp_ft_probe_is_the_head_strategy_on_the_last_layer_fitted_on_the_training_rows(tiny_bert_dir, monkeypatch):
+    """The probe stage's head is exactly what the head strategy (feature extraction, last layer) fits on the training
+    examples alone: the validation examples stay held out for early stopping and the temperature."""
     data = _data(tiny_bert_dir, n_train=64, n_val=32)
-    reference = get_strategy("head", layers="last").fit(_model(tiny_bert_dir), data, TrainingConfig())
+    reference = get_strategy("head", layers="last").fit(_model(tiny_bert_dir), dataclasses.replace(data, val=[]), TrainingConfig())
+    with_validation = get_strategy("head", layers="last").fit(_model(tiny_bert_dir), data, TrainingConfig())
+    assert not torch.allclose(reference.classifier.weight, with_validation.classifier.weight)  # the test can tell them apart
     seen = {}
 
     def stop_after_probe(prepared, *args, **kwargs):
@@ -137,6 +141,26 @@ def test_lp_ft_probe_is_the_head_strategy_on_the_last_layer(tiny_bert_dir, monke
     get_strategy("lp-ft").fit(_model(tiny_bert_dir), _data(tiny_bert_dir, n_train=64, n_val=32), TrainingConfig())
     torch.testing.assert_close(seen["head"][0], reference.classifier.weight.detach(), rtol=0, atol=1e-6)
     torch.testing.assert_close(seen["head"][1], reference.classifier.bias.detach(), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- the head's layer mix
+
+
+@pytest.mark.parametrize("n_val", [40, 0])
+def test_the_layer_mix_weighs_the_layer_that_separates_the_classes(tiny_bert_dir, n_val):
+    """Synthetic layer states where one layer alone carries the label: the learned mix puts most weight on it, with
+    validation examples to judge it by and without any (the training loss judges then)."""
+    strategy = get_strategy("head-all-layers")
+    model = strategy.prepare(_model(tiny_bert_dir))
+    layers = model.layer_mix.weights.numel()
+    rng = np.random.default_rng(0)
+    y = np.arange(160 + n_val) % 2
+    states = rng.normal(size=(len(y), layers, 8))
+    signal = layers - 2
+    states[:, signal, 0] += 2.0 * (2 * y - 1)
+    data = FitData([], [], lambda batch: batch, LABELS)
+    weights = strategy._fit_layer_mix(model, states, y, 160, data, TrainingConfig())
+    assert weights.argmax() == signal and weights[signal] > 1 / layers + 0.1, weights
 
 
 # ------------------------------------------------------------------------------------------------------- schedules
@@ -239,6 +263,18 @@ def test_early_stopping_hands_back_the_best_checkpoint_not_the_last(tiny_bert_di
     assert accuracy == evals[best]["eval_accuracy"]
     assert loss == pytest.approx(evals[best]["eval_loss"], abs=1e-5)
     assert loss != pytest.approx(evals[-1]["eval_loss"], abs=1e-3)
+
+
+def test_gradual_unfreezing_runs_to_its_last_stage_before_early_stopping_counts(tiny_bert_dir):
+    """With the validation labels flipped every evaluation after the first is worse: plain early stopping would end the
+    run `patience` evaluations in, in an early stage; gradual unfreezing's last stage still trains."""
+    data = _data(tiny_bert_dir, n_train=160, n_val=60, flip_val=True)
+    cfg = TrainingConfig(epochs=1, batch_size=16, evals_per_epoch=2, patience=1, min_steps=0)
+    get_strategy("gradual", lr=1e-3, stages=4, epochs_per_stage=1.0).fit(_model(tiny_bert_dir), data, cfg)
+    stages = [entry["stage"] for entry in data.log_history if "stage" in entry]
+    evals = [entry["step"] for entry in data.log_history if "eval_accuracy" in entry]
+    assert stages == [1, 2, 3, 4]
+    assert len(evals) > 4  # past the two evaluations with patience 1 that plain early stopping allows
 
 
 # ---------------------------------------------------------------------------------------------- validation batches

@@ -98,6 +98,37 @@ def test_preprocessing_normalises_with_the_given_statistics_and_makes_grey_rgb()
     np.testing.assert_allclose(pixels[0].mean((1, 2)).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.full((8, 8, 1), 51, dtype=np.uint8),  # one channel on a third axis
+        np.full((8, 8), 0.2, dtype=np.float32),  # floats in 0-1, as torchvision's tensors hold them
+        np.full((8, 8, 3), 0.2, dtype=np.float64),
+        np.full((8, 8), 51, dtype=np.int64),
+    ],
+)
+def test_image_arrays_are_read_as_they_show(array):
+    """Every common way to hold the same grey image gives the same pixels as uint8 0-255 (51 / 255 = 0.2)."""
+    pre = ImagePreprocessor(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=16, crop_pct=1.0)
+    pixels = pre.collate(pre.encode([array]))["pixel_values"]
+    np.testing.assert_allclose(pixels[0].mean((1, 2)).numpy(), [0.2] * 3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((8, 8), 51.0), "floats must hold values in 0-1"),
+        (np.full((8, 8), 300), "integers must hold values in 0-255"),
+        (np.zeros((8, 8, 2), dtype=np.uint8), "give height x width, or height x width x 1, 3 or 4 channels"),
+        (np.zeros(8, dtype=np.uint8), "of shape \\(8,\\)"),
+    ],
+)
+def test_image_arrays_that_cannot_be_read_as_images_are_refused(array, message):
+    pre = ImagePreprocessor(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=16, crop_pct=1.0)
+    with pytest.raises(UserError, match=message):
+        pre.encode([array])
+
+
 def test_augmentation_is_random_for_training_only():
     pre = ImagePreprocessor(mean=(0.5,) * 3, std=(0.5,) * 3, size=32, crop_pct=1.0, augment=["crop", "flip"])
     images, labels = bright_side_images(1)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.errors import MissingAssetError, UserError
+from transferlab.pixels import uint8_image
 from transferlab.runio import MANIFEST
 
 ONNX_FILE = "model.onnx"
@@ -64,7 +65,7 @@ class _TextInputs:
         tokenizers = _require("tokenizers", "tokenizers")
         settings = _json_or_empty(folder / "tokenizer_config.json")
         self.tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_truncation(max_length, direction=settings.get("truncation_side", "right"))
         pad = settings.get("pad_token") or self.tokenizer.id_to_token(0)
         pad = pad["content"] if isinstance(pad, dict) else pad
         self.tokenizer.enable_padding(
@@ -98,12 +99,12 @@ class _ImageInputs:
 
     def _pixels(self, item: Any) -> np.ndarray:
         if isinstance(item, np.ndarray):
-            image = self.image.fromarray(item).convert("RGB")
+            image = self.image.fromarray(uint8_image(item)).convert("RGB")
         else:
             try:
                 with self.image.open(item) as opened:
                     image = opened.convert("RGB")
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, self.image.DecompressionBombError) as err:  # the last: over PIL's pixel limit
                 raise UserError(f"{item}: cannot decode image: {err}") from None
         width, height = image.size
         short, long = min(width, height), max(width, height)

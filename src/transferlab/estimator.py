@@ -139,7 +139,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = strategy.export(strategy.fit(model, data, training))
         drop_output_capturing_hooks(self.model_)  # a fitted estimator pickles (joblib, GridSearchCV's n_jobs)
         if self.calibration == "temperature" and len(val_idx):
-            logits = predict_logits(self.model_, data.val, data.collate, data.length_of)
+            logits = data.validation_logits  # out-of-fold, from a strategy that fits on the validation examples too
+            if logits is None:
+                logits = predict_logits(self.model_, data.val, data.collate, data.length_of)
             base_model(self.model_).config.calibration_temperature = fit_temperature(logits, labels[val_idx])
         return self
 

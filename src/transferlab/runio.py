@@ -77,6 +77,7 @@ def publish_directory(staging: Path, final: Path) -> None:
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
     if final.exists():
         backup = final.with_name(f".{final.name}.old")
+        shutil.rmtree(backup, ignore_errors=True)  # left by a publish interrupted between its two renames
         os.replace(final, backup)
         os.replace(staging, final)
         shutil.rmtree(backup, ignore_errors=True)

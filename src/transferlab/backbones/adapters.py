@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transferlab.errors import UserError
+
 ADAPTER_KINDS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
 
 
@@ -45,13 +47,21 @@ class AdaptedLinear(nn.Module):
 def output_projections(layer: nn.Module, hidden: int) -> dict[str, str]:
     """The attention block's and the feed-forward block's output projections inside one layer.
 
-    By module order, which holds for BERT, RoBERTa, MPNet, DistilBERT and Llama alike: the
-    feed-forward output is the last linear layer; the attention output is the linear layer just
-    before the first one that leaves the hidden size (the feed-forward up-projection).
+    By module order, which holds for BERT, RoBERTa, MPNet, DistilBERT, Llama and Qwen alike: the
+    feed-forward output is the last linear layer; the attention output is the last linear layer back to
+    the hidden size before the first one that widens it (the feed-forward up-projection). Widens, not
+    merely leaves it: with grouped-query attention the key and value projections are narrower.
     """
     linears = [(name, m) for name, m in layer.named_modules() if isinstance(m, nn.Linear)]
-    first_up = next(i for i, (_, m) in enumerate(linears) if m.out_features != hidden)
-    return {"attention": linears[first_up - 1][0], "ffn": linears[-1][0]}
+    first_up = next((i for i, (_, m) in enumerate(linears) if m.out_features > hidden), None)
+    attention = [name for name, m in linears[:first_up] if m.out_features == hidden] if first_up else []
+    if not attention:
+        kinds = sorted({type(m).__name__ for m in layer.modules()} - {type(layer).__name__})
+        raise UserError(
+            f"bottleneck adapters find no attention and feed-forward projections (torch Linear layers) in a "
+            f"{type(layer).__name__} (it holds {', '.join(kinds[:6])}); choose lora or another strategy"
+        )
+    return {"attention": attention[-1], "ffn": linears[-1][0]}
 
 
 def insert_adapters(layers: nn.ModuleList, hidden: int, kind: str, bottleneck: int) -> None:

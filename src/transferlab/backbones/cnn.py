@@ -31,6 +31,7 @@ from transferlab.backbones.vision import (
 from transferlab.catalog import ResolvedAsset, folder_asset, folder_config
 from transferlab.errors import UserError
 from transferlab.hashing import sha256_of
+from transferlab.pixels import uint8_image
 
 LIBRARIES = ("timm", "torchvision")
 
@@ -107,12 +108,12 @@ class ImagePreprocessor(Preprocessor):
         from PIL import Image
 
         if isinstance(item, np.ndarray):
-            image = Image.fromarray(item).convert("RGB")
+            image = Image.fromarray(uint8_image(item)).convert("RGB")
         else:
             try:
                 with Image.open(item) as opened:
                     image = opened.convert("RGB")
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, Image.DecompressionBombError) as err:  # the last: over PIL's pixel limit
                 raise UserError(f"{item}: cannot decode image: {err}") from None
         return v2.functional.pil_to_tensor(self._resize(image))
 

@@ -9,11 +9,12 @@ text (`causal_lm_with_body`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from transferlab.backbones.base import TransferModel
+from transferlab.backbones.base import Preprocessor, TransferModel
 from transferlab.backbones.registry import register_family
 from transferlab.backbones.text import TransformersFamily, hub_or_folder_config
 from transferlab.catalog import ResolvedAsset
@@ -39,6 +40,19 @@ class DecoderFamily(TransformersFamily):
 
     def claims_config(self, config: Any) -> bool:
         return is_decoder_only(config.model_type, getattr(config, "architectures", None))
+
+    def preprocessor(
+        self, asset: ResolvedAsset, max_length: int = 128, image_size: int = 224, normalization: str = "auto", augment: Sequence[str] = ()
+    ) -> Preprocessor:
+        """Many decoders' tokenizers have no pad token (GPT-2's, Llama 3's): batches then pad with the end-of-text token,
+        as transformers' own decoder classifiers do; the attention mask hides it and last-token pooling skips it."""
+        preprocessor = super().preprocessor(asset, max_length, image_size, normalization, augment)
+        tokenizer = preprocessor.tokenizer
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise UserError(f"backbone '{asset.name}': its tokenizer has neither a pad token nor an end-of-text token to pad with")
+            tokenizer.pad_token = tokenizer.eos_token
+        return preprocessor
 
     def build(self, asset: ResolvedAsset, label_names: list[str], pooling: str = "auto") -> TransferModel:
         if pooling == "cls":

@@ -167,18 +167,21 @@ class TextClassifier(PreTrainedModel, TransferModel):
 
     # ------------------------------------------------------------------ the contract
     def layer_groups(self) -> list[LayerGroup]:
+        """The embeddings, one group per block, the head. What lies outside the blocks joins the group beside it:
+        before them (embeddings, their norm) the bottom group, after them (a decoder's final norm) the top block's."""
         stack_name, stack = _layer_list(self.backbone, self.config.backbone_config.num_hidden_layers)
         stack_prefix = f"backbone.{stack_name}."
-        outside_stack = sorted(
-            {
-                f"backbone.{name.rsplit('.', 1)[0]}."
-                for name, _ in self.backbone.named_parameters()
-                if not f"backbone.{name}".startswith(stack_prefix)
-            }
-        )
+        names = [f"backbone.{name}" for name, _ in self.backbone.named_parameters()]
+        first_in_stack = next(i for i, name in enumerate(names) if name.startswith(stack_prefix))
+        outside = {False: set(), True: set()}  # by whether the parameter comes after the blocks
+        for i, name in enumerate(names):
+            if not name.startswith(stack_prefix):
+                outside[i > first_in_stack].add(f"{name.rsplit('.', 1)[0]}.")
+        blocks = [[f"{stack_prefix}{i}."] for i in range(len(stack))]
+        blocks[-1] += sorted(outside[True])
         return (
-            [LayerGroup("embeddings", tuple(outside_stack))]
-            + [LayerGroup(f"layer.{i + 1}", (f"{stack_prefix}{i}.",)) for i in range(len(stack))]
+            [LayerGroup("embeddings", tuple(sorted(outside[False])))]
+            + [LayerGroup(f"layer.{i + 1}", tuple(prefixes)) for i, prefixes in enumerate(blocks)]
             + [LayerGroup("head", tuple(f"{name}." for name in self.head_modules))]
         )
 

@@ -34,6 +34,7 @@ class Split:
     val: np.ndarray
     test: np.ndarray
     removed: int = 0  # training examples left out because they (nearly) duplicate a test example
+    removed_from_validation: int = 0  # given validation examples left out because they copy a given test example
 
     def part(self, name: str) -> LabeledData:
         return self.data.subset(getattr(self, name))
@@ -232,8 +233,13 @@ def given_test_split(
     seed: int,
     groups: np.ndarray,
 ) -> Split:
-    """The user's own test (and validation) examples, unchanged; training draws from `pool` less every
+    """The user's own test (and validation) examples, unchanged but for validation examples that copy a test one
+    (they would choose checkpoints, and the head would train, on test inputs); training draws from `pool` less every
     example with a copy among them."""
+    copies_of_test = 0
+    if val is not None:
+        kept = val[~np.isin(groups[val], groups[test])]
+        val, copies_of_test = kept, len(val) - len(kept)
     held = np.concatenate([test, val if val is not None else test[:0]])
     clean = pool[~np.isin(groups[pool], groups[held])]
     if len(clean) == 0:
@@ -244,7 +250,7 @@ def given_test_split(
         if val is None
         else checked(Split(data, train, val, test))
     )
-    split.removed = len(pool) - len(clean)
+    split.removed, split.removed_from_validation = len(pool) - len(clean), copies_of_test
     return split
 
 

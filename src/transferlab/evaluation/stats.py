@@ -10,6 +10,12 @@ from scipy import stats
 
 SIGNIFICANCE = 0.05
 TEST_NAME = "paired t-test over the same folds and seeds (two-sided, alpha 0.05)"
+# Seeds scored on one test set differ by their training alone: the t-test over them does not see the test set's own
+# sampling noise, so a gap must clear that too (an intersection-union test, whose p-value is the larger of the two).
+SHARED_TEST_NAME = (
+    "paired t-test over the seeds and a two-proportion z-test at the one test set's size; a gap is real where both "
+    "reject (two-sided, alpha 0.05)"
+)
 REPORTED_CHOICES = ("head_layer",)  # what a strategy chose while fitting (it logs them): kept in each run's record
 
 
@@ -69,25 +75,42 @@ def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
     return 0.0 if math.isnan(p) else p
 
 
-def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
-    """Mark the best strategy by mean `metric`, and test every other one's gap against it."""
+def one_test_set(record: dict[str, Any]) -> int | None:
+    """The size of the test set every run of a run record scored on, or None when each fold tests its own part."""
+    return record["n_test"] if record.get("evaluation", {}).get("folds", 1) == 1 else None
+
+
+def test_set_p_value(a: float, b: float, n_test: int) -> float:
+    """Two-sided two-proportion z-test of two scores on `n_test` examples each: exact for accuracy, an approximation for
+    the other metrics (their spread over test sets is of the same order); conservative for two models scored on the
+    same examples, whose errors are correlated."""
+    se = math.sqrt(max(a * (1 - a) + b * (1 - b), 1e-12) / max(n_test, 1))
+    return float(2 * stats.norm.sf(abs(a - b) / se))
+
+
+def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str, shared_test: int | None = None) -> dict[str, Any]:
+    """Mark the best strategy by mean `metric`, and test every other one's gap against it; `shared_test`: the size of the
+    one test set all the runs scored on (`one_test_set`), whose sampling noise the gap must clear too."""
+    name = TEST_NAME if shared_test is None else SHARED_TEST_NAME
     finished = {n: s for n, s in strategies.items() if s["status"] == "ok" and not math.isnan(s["metrics"][metric]["mean"])}
     if not finished:
-        return {"metric": metric, "best": None, "test": TEST_NAME, "others": {}}
+        return {"metric": metric, "best": None, "test": name, "others": {}}
     best = max(finished, key=lambda n: finished[n]["metrics"][metric]["mean"])
     reference = np.asarray(finished[best]["metrics"][metric]["values"])
     others = {}
-    for name, summary in finished.items():
-        if name == best:
+    for other, summary in finished.items():
+        if other == best:
             continue
         values = np.asarray(summary["metrics"][metric]["values"])
         gap = float(reference.mean() - values.mean())
         if len(values) < 2 or len(values) != len(reference):
-            others[name] = {"gap": gap, "p_value": None, "within_noise": None}
+            others[other] = {"gap": gap, "p_value": None, "within_noise": None}
             continue
         p = paired_p_value(reference, values)
-        others[name] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
-    return {"metric": metric, "best": best, "test": TEST_NAME, "others": others}
+        if shared_test is not None:
+            p = max(p, test_set_p_value(float(reference.mean()), float(values.mean()), shared_test))
+        others[other] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
+    return {"metric": metric, "best": best, "test": name, "others": others}
 
 
 def mean_curve(curves: list[dict[str, list[list[float]]]], key: str = "eval_loss") -> list[tuple[float, float, float]]:
@@ -99,19 +122,20 @@ def mean_curve(curves: list[dict[str, list[list[float]]]], key: str = "eval_loss
     return [(step, float(np.mean([e for e, _ in v])), float(np.mean([x for _, x in v]))) for step, v in sorted(by_step.items())]
 
 
-def gap_within_noise(a: dict[str, Any], b: dict[str, Any], metric: str, n_test: int) -> tuple[bool, str]:
+def gap_within_noise(a: dict[str, Any], b: dict[str, Any], metric: str, n_test: int, shared_test: bool = True) -> tuple[bool, str]:
     """Whether the difference between two summaries' `metric` is within noise, and the test that says so.
 
-    With two or more paired runs each (the same folds and seeds), the paired t-test compare uses for 'vs best'.
-    With one run each, a two-proportion z-test at the test set's size: exact for accuracy, an approximation
-    for the other metrics (their spread over test sets is of the same order).
+    With two or more paired runs each (the same folds and seeds), the paired t-test compare uses for 'vs best', and,
+    when they all scored on one test set (`shared_test`), the z-test below too: both must reject. With one run each, a
+    two-proportion z-test at the test set's size (`test_set_p_value`).
     """
     x, y = np.asarray(a["metrics"][metric]["values"]), np.asarray(b["metrics"][metric]["values"])
+    p1, p2 = float(x.mean()), float(y.mean())
+    on_test_set = test_set_p_value(p1, p2, n_test)
     if len(x) >= 2 and len(x) == len(y):
         p = paired_p_value(x, y)
-        return bool(p >= SIGNIFICANCE), f"paired t-test over {len(x)} runs, p = {p:.2f}"
-    p1, p2 = float(x.mean()), float(y.mean())
-    se = math.sqrt(max(p1 * (1 - p1) + p2 * (1 - p2), 1e-12) / max(n_test, 1))
-    z = abs(p1 - p2) / se
-    within = bool(z < stats.norm.ppf(1 - SIGNIFICANCE / 2))
-    return within, f"one run each: |gap| {abs(p1 - p2):.3f} against a standard error of {se:.3f} on {n_test} test examples"
+        if not shared_test:
+            return bool(p >= SIGNIFICANCE), f"paired t-test over {len(x)} runs, p = {p:.2f}"
+        p = max(p, on_test_set)
+        return bool(p >= SIGNIFICANCE), f"paired t-test over {len(x)} runs and a z-test on {n_test} test examples, p = {p:.2f}"
+    return bool(on_test_set >= SIGNIFICANCE), f"one run each: |gap| {abs(p1 - p2):.3f} on {n_test} test examples, p = {on_test_set:.2f}"

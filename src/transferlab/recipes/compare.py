@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from transferlab.config import RunConfig
 from transferlab.distributed import broadcast, is_main_process
-from transferlab.evaluation.stats import aggregate_runs, compare_to_best
+from transferlab.evaluation.stats import aggregate_runs, compare_to_best, one_test_set
 from transferlab.recipes.experiment import Job, Log, open_run_folder, prepare, run_record, summarize_runs, write_label_issues
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def compare(
 
     recommendation = recommend_for_run(config, log) if recommend else None
     experiment = prepare(config, log)
-    folder = open_run_folder(out_dir, config, resume, log)
+    folder = open_run_folder(out_dir, config, resume, log, experiment)
     record = run_record(experiment, "compare")
     metric = config.training.metric
     jobs = [Job(name, fold, seed) for name in config.strategies for fold in range(len(experiment.splits)) for seed in experiment.seeds()]
@@ -58,7 +58,7 @@ def compare(
             _log_summary(job.strategy, aggregate_runs(runs), metric, log)
     for name in config.strategies:
         record["strategies"][name] = summarize_runs([results[j] for j in jobs if j.strategy == name])
-    record["comparison"] = compare_to_best(record["strategies"], metric)
+    record["comparison"] = compare_to_best(record["strategies"], metric, one_test_set(record))
     if recommendation:
         record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
     if is_main_process():

@@ -158,7 +158,14 @@ def check_data(
     )
     if "test" in run.parts and splits[0].removed:
         summary["warnings"].append(f"{splits[0].removed} training input(s) also occur in the test or validation file: left out of training")
-    summary["removed_from_training"] = {"copies_of_held_out_inputs": splits[0].removed}
+    if splits[0].removed_from_validation:
+        summary["warnings"].append(
+            f"{splits[0].removed_from_validation} validation input(s) also occur in the test file: left out of validation"
+        )
+    summary["removed_from_training"] = {
+        "copies_of_held_out_inputs": splits[0].removed,
+        "validation_copies_of_test_inputs": splits[0].removed_from_validation,
+    }
     layer_features = None
     wants_near = config.near_duplicate_cosine is not None and data.modality == "text"
     seconds = peak = 0.0

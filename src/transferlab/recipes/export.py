@@ -39,8 +39,7 @@ def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
     model_dir, out = Path(model_dir), Path(out)
-    if out.resolve() == model_dir.resolve():
-        raise UserError(f"{out}: export to a folder other than the model's own")
+    _check_replaceable(out, model_dir)
     loaded = load_model(model_dir)
     with staged_directory(out) as staging:
         if fmt == "hf":
@@ -65,10 +64,20 @@ def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
     return out
 
 
+def _check_replaceable(out: Path, model_dir: Path) -> None:
+    """An export replaces `out` whole, so `out` must be new, empty, or an earlier model folder (it holds a manifest),
+    and must not hold the model being exported: a run folder or any other folder named by mistake is never deleted."""
+    if model_dir.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--out {out}: it holds the model being exported; give a folder outside it")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise UserError(f"--out {out}: exists and holds no exported model, and an export replaces it whole; give a new or empty folder")
+
+
 def write_sentence_transformers(loaded: LoadedModel, folder: Path) -> dict[str, Any]:
-    """Transformer -> Pooling -> Dense(logits) saved by sentence-transformers itself, then checked against the model."""
+    """Transformer -> Pooling (-> Normalize, for features scaled to unit length) -> Dense(logits), saved by
+    sentence-transformers itself, then checked against the model."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     if loaded.modality != "text":
         raise UserError("a sentence-transformers export holds a text model; export an image model as onnx or hf")
@@ -98,7 +107,8 @@ def write_sentence_transformers(loaded: LoadedModel, folder: Path) -> dict[str, 
         init_weight=head.weight / temperature,
         init_bias=head.bias / temperature,
     )
-    st = SentenceTransformer(modules=[transformer, Pooling(hidden, pooling_mode=ST_POOLING[model.pooling()]), dense], device="cpu")
+    pooling = [Pooling(hidden, pooling_mode=ST_POOLING[model.pooling()]), *([Normalize()] if config.unit_length else [])]
+    st = SentenceTransformer(modules=[transformer, *pooling, dense], device="cpu")
     _check_logits(st, loaded)
     st.save(str(folder), create_model_card=False)
     return {"pooling": model.pooling()}

@@ -48,7 +48,7 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: b
     if config.cv is None:
         config.cv = 1  # one hold-out split: the meter, not cross-validation, is what this command reports
     experiment = prepare(config, log)
-    folder = open_run_folder(out_dir, config, resume, log)
+    folder = open_run_folder(out_dir, config, resume, log, experiment)
     record = run_record(experiment, "forgetting")
     record["forgetting"] = dataclasses.asdict(config.forgetting)
     sequential_b = None

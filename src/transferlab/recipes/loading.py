@@ -64,6 +64,41 @@ class LoadedModel:
         return self.model
 
 
+# A kept adapter's BatchNorm running statistics: training updates them in the frozen body, and a peft adapter holds
+# only its own weights, so without these an adapted CNN would be read with the pretrained statistics.
+BATCH_NORM_FILE = "batch_norm.safetensors"
+
+
+def batch_norm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every BatchNorm layer's buffers (running mean and variance, batches seen), by their names in `model`."""
+    return {
+        f"{name}.{key}": buffer.detach().cpu().contiguous()
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for key, buffer in module.named_buffers(recurse=False)
+    }
+
+
+def save_batch_norm_statistics(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    statistics = batch_norm_statistics(model)
+    if statistics:
+        save_file(statistics, str(Path(folder) / BATCH_NORM_FILE))
+
+
+def _load_batch_norm_statistics(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = folder / BATCH_NORM_FILE
+    if path.is_file():
+        statistics = load_file(str(path))
+        unknown = set(statistics) - set(batch_norm_statistics(model))
+        if unknown:
+            raise UserError(f"{path}: statistics of layers the model does not have ({sorted(unknown)[0]}, ...)")
+        model.load_state_dict(statistics, strict=False)
+
+
 def load_model(model_dir: Path) -> LoadedModel:
     """A folder written by `export` (merged or adapter); anything else is refused with a reason."""
     model_dir = Path(model_dir)
@@ -90,6 +125,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         base.config.calibration_temperature = manifest.get("temperature", 1.0)  # the adapter holds weights, not the config
         base.config.problem_type = MULTI_LABEL if manifest.get("multi_label") else None
         model = PeftModel.from_pretrained(base, str(model_dir))
+        _load_batch_norm_statistics(model, model_dir)
     else:
         model = family.load_merged(model_dir)
     return LoadedModel(model.to(default_device()).eval(), preprocessor, manifest["label_names"], family.inputs, manifest)

@@ -24,7 +24,7 @@ CONTENTS = {
     "peft-adapter": "a peft adapter over the backbone",
     "onnx": "the whole classifier as an ONNX graph (fp32) that returns class probabilities; docs/deploy.md runs it with onnxruntime alone",
     "onnx-int8": "the whole classifier as an ONNX graph with int8 weights that returns class probabilities; docs/deploy.md runs it with onnxruntime alone",
-    "sentence-transformers": "a sentence-transformers pipeline: `SentenceTransformer(folder).encode(texts)` returns the class logits (softmax gives the probabilities)",
+    "sentence-transformers": "a sentence-transformers pipeline: `SentenceTransformer(folder).encode(texts)` returns the class logits (softmax gives the probabilities; a sigmoid per label for a multi-label model)",
 }
 
 

@@ -11,7 +11,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from transferlab.data.images import IMAGE_SUFFIXES
 from transferlab.data.sources import encode_label_columns, first_row, label_columns_of, label_keys, read_table, require_columns
@@ -80,7 +82,8 @@ def read_texts(
         if not path.is_file():
             raise UserError(f"{path}: no such file")
         try:
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            # read_text turns \r\n and \r into \n; str.splitlines would also split at U+2028, form feeds and the like
+            lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
         except UnicodeDecodeError as err:
             raise UserError(f"{path}: not valid UTF-8 (byte {err.start})") from None
         if not lines:
@@ -183,9 +186,10 @@ def predict_command(
         return
     probabilities = [f"p_{name}" for name in loaded.label_names]
     shown = [column for column in frame.columns if column not in probabilities]
-    table = Table(*shown, *(f"p({name})" for name in loaded.label_names))
+    # escaped, or Text: rich would read "[b]" in a text or a label name as markup, and fail on "[/b]"
+    table = Table(*map(escape, shown), *(escape(f"p({name})") for name in loaded.label_names))
     for row in frame.to_dict("records"):
         cells = [str(row[column]) for column in shown]
         cells[0] = cells[0] if len(cells[0]) <= 60 else cells[0][:57] + "..."
-        table.add_row(*cells, *(f"{row[p]:.4f}" for p in probabilities))
+        table.add_row(*map(Text, cells), *(f"{row[p]:.4f}" for p in probabilities))
     console.print(table)

@@ -1,6 +1,7 @@
 """A run's folder: what it was asked to do, which of its runs have finished, and whether it is complete.
 
     config.yaml                              the resolved config, written first
+    inputs.json                              the sha256 of every file the runs read: data and weights
     strategies/NAME/foldK-seedS/checkpoints  the Trainer's checkpoints while that run trains
     strategies/NAME/log-foldK-seedS.jsonl    that run's training log
     strategies/NAME/result-foldK-seedS.json  that run's result; written last, it marks the run finished
@@ -9,7 +10,7 @@
 Every file is written under a temporary name and renamed, so a kill at any moment leaves either
 the old state or the new one. A folder without `results.json` is unfinished, and running the same
 command again resumes it: finished runs are read back, an unfinished one continues from its last
-checkpoint. A different config is refused rather than mixed in.
+checkpoint. A different config, or the same config over changed files, is refused rather than mixed in.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import yaml
 from transferlab.errors import UserError
 from transferlab.runio import CONFIG, RESULTS, atomic_write_json, atomic_write_text, atomic_write_yaml
 
+INPUTS = "inputs.json"
 # What a run writes here; a restart removes these and nothing else (the folder may hold the user's own files).
 RUN_ENTRIES = (
-    *(CONFIG, RESULTS, "strategies", "model", "report.html", "report.md", "study.png", "tensorboard"),
+    *(CONFIG, INPUTS, RESULTS, "strategies", "model", "report.html", "report.md", "study.png", "tensorboard"),
     *("search.journal", "search.journal.lock", "leaderboard.csv", "search.png"),  # auto's search
 )
 
@@ -50,8 +52,11 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def open(self, config: dict[str, Any], resume: bool | None, log: Callable[[str], None]) -> None:
-        """Start here, or carry on with the unfinished run of this same config.
+    def open(
+        self, config: dict[str, Any], resume: bool | None, log: Callable[[str], None], inputs: dict[str, dict[str, str]] | None = None
+    ) -> None:
+        """Start here, or carry on with the unfinished run of this same config over the same `inputs` (each file's
+        sha256, by asset: a data file edited in place keeps its path, so the config alone does not tell).
 
         `resume`: None carries on when there is something to carry on; True insists on it; False
         (`--restart`) discards whatever run is here first.
@@ -75,10 +80,26 @@ class RunFolder:
             log(f"{self.path}: replacing the finished run of the same config")
             self._clear()
         else:
+            changed = self._changed_inputs(inputs)
+            if changed:
+                raise UserError(
+                    f"{self.path} holds an unfinished run that read other contents of {', '.join(changed)}; "
+                    "pass --restart to start it over on these, or choose another --out"
+                )
             for stale in self.path.rglob(".*.tmp"):  # the temporary half of a write the kill interrupted
                 stale.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.path / CONFIG, config)
+        if inputs is not None:
+            atomic_write_json(self.path / INPUTS, inputs)
+
+    def _changed_inputs(self, inputs: dict[str, dict[str, str]] | None) -> list[str]:
+        """The assets whose files differ from those the run here read (none known: nothing to compare)."""
+        path = self.path / INPUTS
+        if inputs is None or not path.is_file():
+            return []
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return sorted(name for name in stored.keys() | inputs.keys() if stored.get(name) != inputs.get(name))
 
     def _stored_config(self) -> dict[str, Any] | None:
         path = self.path / CONFIG

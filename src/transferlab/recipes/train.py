@@ -30,6 +30,7 @@ from transferlab.recipes.experiment import (
     write_label_issues,
 )
 from transferlab.recipes.export import FORMATS, export_model
+from transferlab.recipes.loading import save_batch_norm_statistics
 from transferlab.recipes.model_card import model_card
 from transferlab.report import write_report
 from transferlab.runio import MANIFEST, atomic_write_json, atomic_write_text, staged_directory
@@ -55,7 +56,7 @@ def train(
         raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
     check_export_formats(export_formats, strategy, config)
     experiment = prepare(config, log)
-    folder = open_run_folder(out_dir, config, resume, log)
+    folder = open_run_folder(out_dir, config, resume, log, experiment)
     record = run_record(experiment, "train")
     seed = config.training.seed
     run = run_strategy(experiment, name, workdir=folder.workdir(name, 0, seed), seed=seed)
@@ -100,6 +101,8 @@ def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter:
     with staged_directory(target) as staging:
         model = run.model if keep_adapter else run.strategy.export(run.model)
         model.save_pretrained(staging)  # a peft model that cannot merge (prompt, prefix) saves as an adapter
+        if isinstance(model, PeftModel):
+            save_batch_norm_statistics(model, staging)
         experiment.preprocessor.save(staging)
         config = experiment.config
         manifest = {

@@ -50,6 +50,8 @@ def _read_manifest(name: str, folder: Path) -> dict:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != "peft-adapter":
         raise UserError(f"--adapter {name}={folder}: a merged model, not an adapter; train it with --keep-adapter")
+    if manifest.get("modality", "text") != "text":
+        raise UserError(f"--adapter {name}={folder}: an image classifier; serve answers texts")
     return manifest
 
 

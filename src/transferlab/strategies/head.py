@@ -174,12 +174,16 @@ class FeatureExtraction(Strategy):
         """Learn the softmax weights over layer states (ELMo's scalar mix) on the cached states.
 
         Written by hand (no library fits a scalar mix on cached features): a linear head is fitted on
-        the current mix, then the mix weights alone take gradient steps on the training examples with
-        that head fixed, keeping the weights with the lowest validation loss; two rounds.
+        the current mix of the training examples, then the mix weights alone take gradient steps on them with
+        that head fixed, keeping the weights with the lowest validation loss (the training loss when there are no
+        validation examples); two rounds. Neither the head nor the steps read the validation examples, so their loss
+        judges the mix fairly.
         """
         num_classes = len(data.label_names)
         s = torch.as_tensor(states, dtype=torch.float32)
         target = torch.as_tensor(y, dtype=torch.float32 if y.ndim == 2 else torch.int64)
+        settings = self.probe_settings(training, balanced=data.class_weights is not None)
+        judged = slice(n_train, None) if len(y) > n_train else slice(None)
 
         def example_losses(logits: torch.Tensor) -> torch.Tensor:
             if y.ndim == 2:  # multi-label: binary cross-entropy per label, averaged per example
@@ -189,14 +193,14 @@ class FeatureExtraction(Strategy):
         logits_of = torch.zeros(states.shape[1], requires_grad=True)
         for _ in range(2):
             mix = torch.softmax(logits_of.detach(), 0).numpy()
-            coef, intercept = self._fit_linear(np.einsum("l,nld->nd", mix, states), y, num_classes, data, training)
-            w, b = torch.as_tensor(coef, dtype=torch.float32), torch.as_tensor(intercept, dtype=torch.float32)
+            probe = fit_probe(np.einsum("l,nld->nd", mix, states[:n_train]), y[:n_train], num_classes, settings)
+            w, b = torch.as_tensor(probe.coef, dtype=torch.float32), torch.as_tensor(probe.intercept, dtype=torch.float32)
             optimizer = torch.optim.Adam([logits_of], lr=0.05)
             best = (float("inf"), logits_of.detach().clone())
             for _ in range(100):
                 mixed = torch.einsum("l,nld->nd", torch.softmax(logits_of, 0), s)
                 losses = example_losses(mixed @ w.T + b)
-                val_loss = float(losses[n_train:].detach().mean())
+                val_loss = float(losses[judged].detach().mean())
                 if val_loss < best[0]:
                     best = (val_loss, logits_of.detach().clone())
                 optimizer.zero_grad()

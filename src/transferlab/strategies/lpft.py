@@ -6,6 +6,7 @@ distorting the pretrained features, which holds up better out of distribution.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from torch import nn
@@ -35,7 +36,11 @@ class LinearProbeThenFineTune(Strategy):
         return True
 
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
-        probed = FeatureExtraction(layers="last").fit(model, data, training)  # Kumar et al. probe the last layer
-        data.validation_logits = None  # the probe's; fine-tuning follows on the training rows alone
+        """The probe reads the training rows alone (the head strategy also fits on the validation rows): fine-tuning
+        keeps the probe's head, and early stopping, the temperature and `auto` judge it on those rows."""
+        n = len(data.train)
+        frozen = None if data.frozen_features is None else {layer: rows[:n] for layer, rows in data.frozen_features.items()}
+        probe_data = dataclasses.replace(data, val=[], frozen_features=frozen)
+        probed = FeatureExtraction(layers="last").fit(model, probe_data, training)  # Kumar et al. probe the last layer
         set_trainable(probed, lambda name: True)
         return train_with_trainer(probed, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training))

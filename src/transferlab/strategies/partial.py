@@ -217,6 +217,7 @@ class GradualUnfreezing(Strategy):
                 lr_scale=self.lr_scale(model, data, training),
                 callbacks=[schedule],
                 epochs=cfg.epochs_per_stage * cfg.stages,
+                stop_early_after=steps_per_stage * (cfg.stages - 1),  # the last stage: the model the schedule trains
             )
         set_trainable(trained, lambda name: True)
         return trained

@@ -85,6 +85,19 @@ class _EvaluationHook(TrainerCallback):
             control.should_training_stop = True
 
 
+class _EarlyStoppingAfter(EarlyStoppingCallback):
+    """transformers' early stopping, blind to the evaluations up to step `step`; the best checkpoint is still chosen
+    over all of them."""
+
+    def __init__(self, step: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.step = step
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float], **kwargs: Any) -> None:
+        if state.global_step > self.step:
+            super().on_evaluate(args, state, control, metrics, **kwargs)
+
+
 class _ListDataset(torch.utils.data.Dataset):
     def __init__(self, items: Sequence[dict[str, Any]], transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         self.items = items
@@ -101,10 +114,12 @@ def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio
     """ULMFiT's slanted triangular learning-rate multiplier (Howard & Ruder 2018, eq. 3).
 
     A short linear rise over `cut_frac` of the steps, then a long linear decay; the lowest rate is
-    1/ratio of the highest. Written by hand: neither transformers nor torch ships this schedule.
+    1/ratio of the highest. Written by hand: neither transformers nor torch ships this schedule. The decay runs
+    over the `total_steps - cut` steps left, which the paper writes cut (1/cut_frac - 1): the same where
+    total_steps x cut_frac is whole, and otherwise the paper's reaches the floor before the last step and stays.
     """
     cut = max(1, int(total_steps * cut_frac))
-    p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
+    p = step / cut if step < cut else 1 - (step - cut) / max(1, total_steps - cut)
     return (1 + max(p, 0.0) * (ratio - 1)) / ratio
 
 
@@ -137,6 +152,7 @@ class _Trainer(Trainer):
         regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
         mixup: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         before_evaluation: Callable[[], None] | None = None,
+        guess_loss: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -145,7 +161,7 @@ class _Trainer(Trainer):
         # for losses summed over the global batch) nor skip dividing it over gradient-accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.lr_scale = lr_scale
-        self.divergence = DivergenceGuard()
+        self.divergence = DivergenceGuard(floor=guess_loss)
         self.schedule = schedule
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.regularizer = regularizer
@@ -167,12 +183,12 @@ class _Trainer(Trainer):
 
     def _task_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
         if self.mixup is not None and model.training and len(inputs["labels"]) % 2 == 0:  # timm pairs a batch's halves
-            from timm.loss import SoftTargetCrossEntropy
-
             inputs = dict(inputs)
             pixels, soft_labels = self.mixup(inputs.pop("pixel_values"), inputs.pop("labels"))
             outputs = model(pixel_values=pixels, **inputs)
-            loss = SoftTargetCrossEntropy()(outputs.logits.float(), soft_labels)
+            # timm's SoftTargetCrossEntropy, which takes no class weights: torch's, on the mixed targets, does
+            weight = None if self.class_weights is None else self.class_weights.to(soft_labels.device)
+            loss = nn.functional.cross_entropy(outputs.logits.float(), soft_labels, weight=weight)
         elif self.class_weights is None:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         else:
@@ -225,8 +241,9 @@ class _Trainer(Trainer):
 
 
 def steps_per_epoch(examples: int, cfg: TrainingConfig) -> int:
-    """Optimizer steps in one pass over `examples` (the Trainer drops no partial batch, at least one step)."""
-    return max(1, examples // (cfg.batch_size * cfg.gradient_accumulation))
+    """Optimizer steps in one pass over `examples`, counted as the Trainer counts them: it drops no partial batch, and
+    a partial window of gradient accumulation still steps (at least one step)."""
+    return max(1, math.ceil(math.ceil(examples / cfg.batch_size) / cfg.gradient_accumulation))
 
 
 @dataclass
@@ -255,6 +272,15 @@ def training_plan(data: FitData, cfg: TrainingConfig, epochs: float | None = Non
     return TrainingPlan(train, cfg.min_steps, cfg.min_steps, max(1, cfg.min_steps // evaluations), early_stopping)
 
 
+def _uniform_guess_loss(data: FitData) -> float:
+    """The training loss of predicting every class (or, multi-label, every label) as equally likely; 0 for examples
+    without class labels (a language-model objective)."""
+    if not data.train or "labels" not in data.train[0] or not data.label_names:
+        return 0.0
+    multi = is_multi_label(np.asarray([data.train[0]["labels"]]))
+    return math.log(2) if multi else math.log(len(data.label_names))
+
+
 def _fp32_batch_norm(model: nn.Module, examples: Sequence[dict[str, Any]], data: FitData, cfg: TrainingConfig) -> Callable[[], None] | None:
     """Under mixed precision, recomputing in fp32 the running statistics of the BatchNorm layers training updates,
     from a sample of the training examples as evaluation sees them (no augmentation); None where training computes
@@ -277,11 +303,13 @@ def train_with_trainer(
     lr_scale: Callable[[str], float] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     epochs: float | None = None,
+    stop_early_after: int = 0,
 ) -> nn.Module:
     """Train the parameters that require grad; return the model at its best validation checkpoint.
 
     `lr_scale(parameter_name)` multiplies the learning rate per parameter (discriminative rates);
-    `callbacks` see every step (gradual unfreezing); `epochs` overrides the run's epoch count.
+    `callbacks` see every step (gradual unfreezing); `epochs` overrides the run's epoch count;
+    early stopping counts the evaluations after step `stop_early_after` (a staged schedule runs to its last stage).
     """
     epochs = epochs or cfg.epochs
     plan = training_plan(data, cfg, epochs)
@@ -349,6 +377,7 @@ def train_with_trainer(
         regularizer=data.regularizer,
         mixup=_mixup(data),
         before_evaluation=recompute_statistics,
+        guess_loss=_uniform_guess_loss(data),
         args=args,
         train_dataset=_ListDataset(plan.train, data.train_transform),
         # Shortest first, so that each validation batch pads to about its own length (batched in order:
@@ -357,7 +386,7 @@ def train_with_trainer(
         data_collator=data.collate,
         compute_metrics=compute_metrics,
         callbacks=[
-            *([EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if plan.early_stopping else []),
+            *([_EarlyStoppingAfter(stop_early_after, early_stopping_patience=cfg.patience)] if plan.early_stopping else []),
             _ProgressCallback(),
             *tensorboard_callbacks(data.workdir),
             *([_EvaluationHook(data.on_evaluate)] if data.on_evaluate is not None else []),
