@@ -29,8 +29,8 @@ from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
 from transferlab.evaluation.metrics import default_metric
 from transferlab.settings import MIN_STEPS, MIN_VALIDATION, TrainingConfig, check_class_weights
-from transferlab.training.inference import default_device, precision_for, precision_in_use, predict_logits, predict_proba
-from transferlab.training.loop import FitData
+from transferlab.training.inference import default_device, precision_for, precision_in_use, predict_proba
+from transferlab.training.loop import FitData, validation_logits
 from transferlab.training.sampling import loss_class_weights
 
 
@@ -139,9 +139,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = strategy.export(strategy.fit(model, data, training))
         drop_output_capturing_hooks(self.model_)  # a fitted estimator pickles (joblib, GridSearchCV's n_jobs)
         if self.calibration == "temperature" and len(val_idx):
-            logits = data.validation_logits  # out-of-fold, from a strategy that fits on the validation examples too
-            if logits is None:
-                logits = predict_logits(self.model_, data.val, data.collate, data.length_of)
+            logits = validation_logits(self.model_, data, training.eval_batch_size)
             base_model(self.model_).config.calibration_temperature = fit_temperature(logits, labels[val_idx])
         return self
 

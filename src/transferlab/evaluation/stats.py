@@ -77,7 +77,7 @@ def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
 
 def one_test_set(record: dict[str, Any]) -> int | None:
     """The size of the test set every run of a run record scored on, or None when each fold tests its own part."""
-    return record["n_test"] if record.get("evaluation", {}).get("folds", 1) == 1 else None
+    return record["n_test"] if record["evaluation"]["folds"] == 1 else None
 
 
 def test_set_p_value(a: float, b: float, n_test: int) -> float:
@@ -86,6 +86,13 @@ def test_set_p_value(a: float, b: float, n_test: int) -> float:
     same examples, whose errors are correlated."""
     se = math.sqrt(max(a * (1 - a) + b * (1 - b), 1e-12) / max(n_test, 1))
     return float(2 * stats.norm.sf(abs(a - b) / se))
+
+
+def gap_p_value(a: np.ndarray, b: np.ndarray, shared_test: int | None) -> float:
+    """The paired t-test's p over the same folds and seeds; where they all scored one test set of `shared_test`
+    examples, the larger of it and that test set's z-test."""
+    p = paired_p_value(a, b)
+    return p if shared_test is None else max(p, test_set_p_value(float(a.mean()), float(b.mean()), shared_test))
 
 
 def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str, shared_test: int | None = None) -> dict[str, Any]:
@@ -106,9 +113,7 @@ def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str, shared_t
         if len(values) < 2 or len(values) != len(reference):
             others[other] = {"gap": gap, "p_value": None, "within_noise": None}
             continue
-        p = paired_p_value(reference, values)
-        if shared_test is not None:
-            p = max(p, test_set_p_value(float(reference.mean()), float(values.mean()), shared_test))
+        p = gap_p_value(reference, values, shared_test)
         others[other] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
     return {"metric": metric, "best": best, "test": name, "others": others}
 
@@ -130,12 +135,10 @@ def gap_within_noise(a: dict[str, Any], b: dict[str, Any], metric: str, n_test: 
     two-proportion z-test at the test set's size (`test_set_p_value`).
     """
     x, y = np.asarray(a["metrics"][metric]["values"]), np.asarray(b["metrics"][metric]["values"])
-    p1, p2 = float(x.mean()), float(y.mean())
-    on_test_set = test_set_p_value(p1, p2, n_test)
     if len(x) >= 2 and len(x) == len(y):
-        p = paired_p_value(x, y)
-        if not shared_test:
-            return bool(p >= SIGNIFICANCE), f"paired t-test over {len(x)} runs, p = {p:.2f}"
-        p = max(p, on_test_set)
-        return bool(p >= SIGNIFICANCE), f"paired t-test over {len(x)} runs and a z-test on {n_test} test examples, p = {p:.2f}"
-    return bool(on_test_set >= SIGNIFICANCE), f"one run each: |gap| {abs(p1 - p2):.3f} on {n_test} test examples, p = {on_test_set:.2f}"
+        p = gap_p_value(x, y, n_test if shared_test else None)
+        test = f"paired t-test over {len(x)} runs{f' and a z-test on {n_test} test examples' if shared_test else ''}"
+        return bool(p >= SIGNIFICANCE), f"{test}, p = {p:.2f}"
+    p1, p2 = float(x.mean()), float(y.mean())
+    p = test_set_p_value(p1, p2, n_test)
+    return bool(p >= SIGNIFICANCE), f"one run each: |gap| {abs(p1 - p2):.3f} on {n_test} test examples, p = {p:.2f}"

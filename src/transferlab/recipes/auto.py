@@ -45,7 +45,6 @@ from transferlab.recipes.experiment import (
     run_record,
     run_strategy,
     summarize_runs,
-    validation_logits,
     write_label_issues,
 )
 from transferlab.recipes.run_folder import RunFolder
@@ -55,6 +54,7 @@ from transferlab.results import describe_settings, ranked_trials
 from transferlab.runio import atomic_write_text
 from transferlab.settings import MIN_VALIDATION
 from transferlab.strategies import Strategy
+from transferlab.training.loop import validation_logits
 
 SEARCH_JOURNAL = "search.journal"
 LEADERBOARD = "leaderboard.csv"
@@ -466,7 +466,8 @@ def _run_trial(experiment: Experiment, search: Search, number: int, name: str, s
         return search.fail(number, f"{type(err).__name__}: {str(err).strip()[:200]}", time.perf_counter() - started)
     if fitted.model is None:
         return search.fail(number, f"skipped: {fitted.skipped}", time.perf_counter() - started)
-    probs = probabilities(validation_logits(fitted), multi_label=experiment.data.multi_label)
+    logits = validation_logits(fitted.model, fitted.data, fitted.training.eval_batch_size)
+    probs = probabilities(logits, multi_label=experiment.data.multi_label)
     labels = experiment.data.labels[experiment.split.val]
     value = float(validation_metrics(labels, probs, len(experiment.label_names), config.training.metric)[config.training.metric])
     search.complete(number, value, time.perf_counter() - started, stopped[0] if stopped else None)

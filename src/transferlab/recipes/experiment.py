@@ -58,7 +58,7 @@ from transferlab.training.inference import (
     precision_in_use,
     predict_logits,
 )
-from transferlab.training.loop import FitData
+from transferlab.training.loop import FitData, validation_logits
 from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import loss_class_weights, oversample, resolved_class_weights
 
@@ -266,15 +266,6 @@ def fit_strategy(
     return FittedRun(strategy, model, None, data, fold, seed, training, train_seconds, peak_mb, probe)
 
 
-def validation_logits(fitted: FittedRun) -> np.ndarray:
-    """The fitted model's logits on its validation examples (out-of-fold ones for a strategy that fits on them too),
-    computed once and kept on the run's data."""
-    data = fitted.data
-    if data.validation_logits is None:
-        data.validation_logits = predict_logits(fitted.model, data.val, data.collate, data.length_of, fitted.training.eval_batch_size)
-    return data.validation_logits
-
-
 def run_strategy(experiment: Experiment, name: str, workdir: Path | None = None, fold: int = 0, seed: int | None = None) -> StrategyRun:
     """Fresh pretrained classifier -> fit -> test metrics, with time, memory and parameter counts."""
     return measure(experiment, fit_strategy(experiment, name, workdir, fold, seed))
@@ -327,7 +318,7 @@ def _decision_rule(fitted: FittedRun, val_labels: np.ndarray, config: RunConfig)
     threshold (argmax) when they are switched off or the split is too small to choose by."""
     if len(fitted.data.val) < MIN_VALIDATION or (config.calibration == "none" and config.threshold == "none"):
         return 1.0, None
-    logits = validation_logits(fitted)
+    logits = validation_logits(fitted.model, fitted.data, fitted.training.eval_batch_size)
     temperature = 1.0 if config.calibration == "none" else fit_temperature(logits, val_labels)
     if config.threshold == "none":
         return temperature, None

@@ -30,7 +30,7 @@ from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.training.batch_norm import EVALUATION_BATCH_NORM_EXAMPLES, batch_norm_layers, batch_norm_sample, recompute_batch_norm
 from transferlab.training.checkpoints import last_complete_checkpoint, shared_temporary_folder, tensorboard_callbacks
 from transferlab.training.divergence import DivergenceGuard
-from transferlab.training.inference import precision_flags, precision_in_use
+from transferlab.training.inference import precision_flags, precision_in_use, predict_logits
 
 # Called with (step, total_steps) while training; the CLI hangs a progress bar here.
 PROGRESS_HOOKS: list[Callable[[int, int], None]] = []
@@ -74,6 +74,14 @@ class FitData:
     # Called with each validation pass's metrics (eval_accuracy, ...); True stops the training there, at the best
     # checkpoint so far. A search prunes trials that fall behind through it.
     on_evaluate: Callable[[dict[str, float]], bool] | None = None
+
+
+def validation_logits(model: nn.Module, data: FitData, batch_size: int = 64) -> np.ndarray:
+    """`model`'s logits on the validation examples, for the temperature and the decision threshold: the out-of-fold ones
+    a strategy that fits on those examples too left on `data`, else computed once and kept there."""
+    if data.validation_logits is None:
+        data.validation_logits = predict_logits(model, data.val, data.collate, data.length_of, batch_size)
+    return data.validation_logits
 
 
 class _EvaluationHook(TrainerCallback):
