@@ -80,6 +80,14 @@ def tiny_bert(directory: Path, dropout: float = 0.1) -> Path:
     return _save_tiny(directory, BertModel(config))
 
 
+def tiny_roberta(directory: Path) -> Path:
+    """RoBERTa numbers positions from its padding index + 1: of its 64 positions an input fills 63 (pad id 0)."""
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    return _save_tiny(directory, RobertaModel(RobertaConfig(**TINY_SHAPE, pad_token_id=0)))
+
+
 def tiny_distilbert(directory: Path) -> Path:
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=len(VOCAB), dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
@@ -164,6 +172,11 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> Path:
+    return tiny_roberta(tmp_path_factory.mktemp("tiny-roberta"))
 
 
 @pytest.fixture

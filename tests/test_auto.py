@@ -68,6 +68,27 @@ def test_a_budget_that_cannot_be_read_is_refused(text):
         parse_budget(text)
 
 
+@pytest.mark.parametrize(
+    "name, formats, left_out",
+    [
+        ("houlsby", ["sentence-transformers"], "bottleneck adapters live inside the backbone's layers"),
+        ("head-all-layers", ["onnx", "sentence-transformers"], "reads 'weighted' layer features"),
+        ("houlsby", ["onnx"], None),
+        ("lora", ["sentence-transformers"], None),
+        ("head", ["sentence-transformers"], None),
+        ("prompt", ["sentence-transformers"], "virtual tokens do not merge"),
+    ],
+)
+def test_a_search_leaves_out_what_the_export_cannot_hold(tiny_bert_dir, name, formats, left_out):
+    from transferlab.backbones import build_classifier, resolve_backbone
+    from transferlab.recipes.auto import _left_out_because
+    from transferlab.strategies import STRATEGIES
+
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"])
+    reason = _left_out_because(STRATEGIES[name](), model, formats, chosen_on_validation=False)
+    assert (reason is None) if left_out is None else (left_out in reason)
+
+
 def test_search_order_defaults_export_and_report(tmp_path, tiny_bert_dir):
     record = _auto(tmp_path, tiny_bert_dir)
     out = tmp_path / "out"
@@ -233,7 +254,7 @@ def test_trials_in_flight_side_by_side_count_against_the_limit_and_the_budget(tm
     flight; past the deadline a trial is stopped at its next evaluation, except at its last planned one."""
     import time
 
-    from transferlab.recipes.auto import Search, planned_evaluations
+    from transferlab.recipes.auto import Search, leaderboard, planned_evaluations
 
     config = load_run_config(None, backbone=str(tiny_bert_dir), strategies=["head", "lora", "full"], training={"epochs": 2})
     lines: list[str] = []
@@ -248,11 +269,14 @@ def test_trials_in_flight_side_by_side_count_against_the_limit_and_the_budget(tm
     search.deadline = time.time() - 1  # the budget is spent
     assert search.report(second[0], 1, 0.6) == "budget"
     assert search.report(third[0], last, 0.8) is None  # trained to its end: stopping now would save nothing
-    search.complete(second[0], 0.6, 2.0, "budget")
+    assert search.report(third[0], last + 1, 0.8) == "budget"  # a strategy evaluated more often than planned stops
+    assert search.complete(second[0], 0.9, 2.0, "budget")  # stopped at its best checkpoint: still a candidate
     search.fail(third[0], "ValueError: bad", 3.0)
     states = [t.state.name for t in search.study.trials]
-    assert states == ["COMPLETE", "PRUNED", "FAIL"]
-    assert lines[0].startswith("trial 0: head") and "stopped (budget)" in lines[1] and lines[2].endswith("ValueError: bad")
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert search.study.best_trial.number == second[0]  # it passed the head before the deadline, so it wins
+    assert [row["state"] for row in leaderboard(search.study)] == ["complete", "budget", "failed"]
+    assert lines[0].startswith("trial 0: head") and "stopped by the budget" in lines[1] and lines[2].endswith("ValueError: bad")
 
 
 def test_a_perfect_validation_score_ends_the_search_and_stops_the_trials_beside_it(tmp_path, tiny_bert_dir):
@@ -277,6 +301,20 @@ def test_a_perfect_validation_score_ends_the_search_and_stops_the_trials_beside_
     assert "trial 0 reached the maximum validation accuracy" in lines[-1]
 
 
+def test_a_search_resumed_over_other_strategies_is_refused(tmp_path, tiny_bert_dir):
+    """An export format can leave strategies out of the search (prompt tuning cannot be ONNX), and run folders do not
+    record formats: a resume whose strategies changed is refused in one line (Optuna itself would raise)."""
+    import time
+
+    from transferlab.recipes.auto import Search
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), strategies=["head", "prompt"], training={"epochs": 2})
+    Search(tmp_path, config, ["head", "prompt"], 3600, None, time.time(), lambda _: None).next_trial()
+    with pytest.raises(UserError, match="holds a search over head, prompt, and this run would search head .*pass --restart"):
+        Search(tmp_path, config, ["head"], 3600, None, time.time(), lambda _: None)
+    assert Search(tmp_path, config, ["head", "prompt"], 3600, None, time.time(), lambda _: None).next_trial() is not None
+
+
 def test_a_search_below_the_maximum_goes_on(tmp_path, tiny_bert_dir):
     import time
 
@@ -297,13 +335,16 @@ def test_a_search_below_the_maximum_goes_on(tmp_path, tiny_bert_dir):
         (["head"], {"lora": "no reason"}, [("head", 0.8)], "the recommended lora was left out of the search (no reason); head won"),
         (["head"], {}, [("head", 0.8)], "the recommended lora was not among the strategies to search; head won"),
         (["head", "lora"], {}, [("head", 0.8)], "the budget ran out before the recommended lora was tried; head won"),
+        (["head", "lora"], {}, [("head", 0.8), ("lora", None)], "the recommended lora failed (OutOfMemoryError: x); head won"),
     ],
 )
 def test_the_verdict_says_what_became_of_the_recommendation(strategies, left_out, trials, expected):
     from transferlab.recipes.auto import _verdict
 
-    rows = [{"strategy": name, "validation": value} for name, value in trials]
-    best = max(rows, key=lambda row: row["validation"])
+    rows = [
+        {"strategy": name, "validation": value, "reason": None if value is not None else "OutOfMemoryError: x"} for name, value in trials
+    ]
+    best = max((row for row in rows if row["validation"] is not None), key=lambda row: row["validation"])
     search = {"strategies": strategies, "left_out": left_out, "trials": rows, "winner": best}
     assert _verdict("lora", search) == expected
 
@@ -323,3 +364,20 @@ def test_gradual_unfreezing_is_judged_at_its_end_only(tmp_path, tiny_bert_dir, m
     assert (gradual[1], lora[1]) == ("gradual", "lora")
     assert search.report(gradual[0], 1, 0.3) is None
     assert search.report(lora[0], 1, 0.3) == "pruned"
+
+
+def test_a_search_with_nothing_left_to_tune_ends_instead_of_training_the_same_trial_again(tmp_path, tiny_bert_dir):
+    """The head has no setting to tune: after its first look every proposal repeats it, and the search ends with its
+    budget unspent rather than training the same model to the same numbers until the deadline."""
+    import time
+
+    from transferlab.recipes.auto import Search, leaderboard
+
+    config = load_run_config(None, backbone=str(tiny_bert_dir), strategies=["head"], training={"epochs": 2})
+    lines: list[str] = []
+    search = Search(tmp_path, config, ["head"], 3600, None, time.time(), lines.append)
+    first = search.next_trial()
+    search.complete(first[0], 0.7, 1.0, None)
+    assert search.next_trial() is None
+    assert "every setting the search can propose has been tried: 1 trial(s), 1 complete" in lines[-1]
+    assert [row["trial"] for row in leaderboard(search.study)] == [first[0]]  # the repeats were never trials

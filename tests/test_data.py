@@ -91,6 +91,66 @@ def test_a_label_error_names_its_row_in_the_file(tmp_path, suffix, header, rows,
         load_user_file(path, label_column=columns[0] if len(columns) == 1 else columns)
 
 
+def test_words_pandas_would_read_as_missing_are_texts_and_labels(tmp_path):
+    """ "None" is LUIS's standard intent, "NA" a country code, "N/A" a survey answer: a CSV cell holds text."""
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nNone,None\nNA,greeting\nN/A,None\nnull,greeting\n")
+    data = load_user_file(path)
+    assert data.inputs == ["None", "NA", "N/A", "null"] and data.label_names == ["None", "greeting"]
+    assert data.empty_rows == []
+
+
+def test_labels_are_read_as_written(tmp_path):
+    """Spaces around a label do not make a class; a blank row does not turn 0/1 into 0.0/1.0 (a column with a gap
+    reads as floats); codes keep their leading zeros; a blank label is missing."""
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,code\na,pos ,01\nb, neg,02\nc,pos,01\n,,\nd,neg,02\n")
+    assert load_user_file(path).label_names == ["neg", "pos"]
+    assert load_user_file(path, label_column="code").label_names == ["01", "02"]
+    numbers = tmp_path / "n.csv"
+    numbers.write_text("text,label\na,1\nb,0\n,\nc,1\n")
+    assert load_user_file(numbers).label_names == ["0", "1"]
+    jsonl = tmp_path / "n.jsonl"
+    jsonl.write_text('{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n{"text": "c", "label": " "}\n')
+    with pytest.raises(UserError, match="row 3 has no label"):
+        load_user_file(jsonl)
+    unlabelled = tmp_path / "u.csv"
+    unlabelled.write_text("text,label\na,\nb,\n")
+    with pytest.raises(UserError, match="has no labels at all; at least 2 are needed"):
+        load_user_file(unlabelled, label_separator=";")
+
+
+def test_list_cells_are_sets_of_labels(tmp_path):
+    """A JSONL or Parquet column of lists (how Hugging Face datasets such as go_emotions export) is multi-label data."""
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "labels": [["news", "sport"], ["news"], []]})
+    for path in (_write(tmp_path, "d.jsonl", frame), _write(tmp_path, "d.parquet", frame)):
+        data = load_user_file(path, label_column="labels")
+        assert data.label_names == ["news", "sport"] and data.labels.tolist() == [[1, 1], [1, 0], [0, 0]]
+
+
+def test_label_columns_read_text_cells(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,toxic,spam\na,1.0,true\nb,0,False\nc,1,0\n")
+    data = load_user_file(path, label_column=["toxic", "spam"])
+    assert data.labels.tolist() == [[1, 1], [0, 0], [1, 0]]
+
+
+def test_a_byte_order_mark_is_not_read(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes('\ufeff{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n'.encode())
+    assert load_user_file(path).inputs == ["a", "b"]
+
+
+def test_a_stray_quote_in_a_tsv_is_named(tmp_path):
+    """An unmatched quote makes the parser read on to the next quote, tabs and rows included, into one cell."""
+    path = tmp_path / "d.tsv"
+    path.write_text('text\tlabel\n"so good\tpos\nbad\tneg\nfine"\tpos\nok\tneg\n')
+    with pytest.raises(UserError, match="row 1's 'text' holds a tab"):
+        load_user_file(path)
+    path.write_text("text\tlabel\nso good\tpos\nbad\tneg\n")
+    assert load_user_file(path).inputs == ["so good", "bad"]
+
+
 def test_a_parquet_index_does_not_renumber_rows(tmp_path):
     frame = pd.DataFrame({"text": ["a", "b", "c"], "label": [1.0, 0.0, None]}, index=[30, 10, 20])
     path = tmp_path / "d.parquet"

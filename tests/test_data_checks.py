@@ -302,3 +302,43 @@ def test_check_on_an_image_folder_finds_copied_files(tmp_path, tiny_cnn_dir):
     checks = json.loads((tmp_path / "c" / "checks.json").read_text())
     assert checks["data_checks"]["exact_duplicates"]["groups"] == 1 and checks["data_checks"]["exact_duplicates"]["extra_copies"] == 1
     assert checks["config"]["image_size"] == 32
+
+
+def test_copies_made_for_training_keep_their_source_group(tmp_path, tiny_bert_dir):
+    """Oversampled repeats, augmented copies and a line repeated in the file all count as one example in the head's
+    cross-validation: train + val hold as many groups as they hold distinct texts, and a repeated row shares its group."""
+    from transferlab.recipes.experiment import fit_strategy, prepare
+
+    texts, _ = sentiment_texts(80, seed=3)
+    texts[1] = texts[0].upper()  # the same text to the duplicate check (case and spacing aside)
+    path = tmp_path / "skewed.csv"
+    pd.DataFrame({"text": texts, "label": ["common"] * 60 + ["rare"] * 20}).to_csv(path, index=False)
+    config = load_run_config(
+        None, backbone=str(tiny_bert_dir), dataset=str(path), cv=1, n_test=20, oversample=True, augment=["delete"], augment_copies=2
+    )  # fmt: skip
+    experiment = prepare(config, log=lambda _: None)
+    data = fit_strategy(experiment, "head").data
+    rows = data.train + data.val
+    split = experiment.split
+    distinct = {" ".join(texts[i].split()).casefold() for i in np.concatenate([split.train, split.val])}
+    assert len(data.groups) == len(rows) and len(set(data.groups.tolist())) == len(distinct)
+    assert len(data.train) == 3 * 2 * int((experiment.data.labels[split.train] == 0).sum())  # both classes grown, then tripled
+    for i, row in enumerate(rows):  # oversampling repeats the very same encoded example
+        assert all(data.groups[j] == data.groups[i] for j, other in enumerate(rows) if other is row)
+
+
+def test_a_test_file_may_lack_a_class_and_the_checks_say_so(tmp_path, tiny_bert_dir):
+    """The user's own test file is theirs to choose; the run goes on, and says which class it cannot score and which
+    of its rows it left out."""
+    from transferlab.recipes.experiment import prepare
+
+    texts, _ = sentiment_texts(120, seed=5)
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    pd.DataFrame({"text": texts[:90], "label": ["a", "b", "c"] * 30}).to_csv(train, index=False)
+    pd.DataFrame({"text": [*texts[90:], " "], "label": ["a", "b"] * 15 + ["a"]}).to_csv(test, index=False)
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(train), test_dataset=str(test))
+    experiment = prepare(config, log=lambda _: None)
+    assert experiment.split.part("test").class_counts() == {"a": 15, "b": 15, "c": 0}
+    warnings = experiment.findings.summary["warnings"]
+    assert any(w.startswith("the test file has no example of class c") for w in warnings)
+    assert f"1 empty input(s) of the test file {test} left out (rows 31)" in warnings  # scored on 30, and it says so

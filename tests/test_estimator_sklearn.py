@@ -170,9 +170,15 @@ def test_a_rare_class_neither_stops_the_validation_split_nor_leaves_it(tiny_bert
 def test_text_augmentation_adds_a_copy_of_each_training_text(tiny_bert_dir, monkeypatch, augment, copies):
     seen = _watch_fit_data(monkeypatch)
     X, y = _texts(40)
+    X[1] = f"  {X[0].upper()} "  # the same text to the duplicate check
     _estimator(tiny_bert_dir, augment=augment).fit(X, y)  # 40 * 0.1 validation texts are too few: all 40 train
     assert len(seen[0]["train"]) == 40 * copies and seen[0]["val"] == []
     assert seen[0]["mixup_alpha"] is None
+    # the head's cross-validation counts each text once, with its copies and its duplicate
+    groups = seen[0]["groups"]
+    assert len(groups) == 40 * copies and len(set(groups.tolist())) == len({" ".join(x.split()).casefold() for x in X})
+    assert groups[0] == groups[1]
+    assert (groups[40:] == groups[: len(groups) - 40]).all()  # each augmented copy follows its text's group
 
 
 @pytest.mark.parametrize("augment, mixup", [(None, False), ("flip", False), ("flip,mixup", True), ("mixup", True)])

@@ -14,7 +14,7 @@ import torch
 from transferlab.data.augment import augment_texts
 from transferlab.data.catalog import load_dataset
 from transferlab.data.splits import cross_validation_splits, make_imbalanced
-from transferlab.evaluation.stats import compare_to_best, mean_std
+from transferlab.evaluation.stats import compare_to_best, fold_overlap, mean_std
 from transferlab.training.sampling import balanced_class_weights, loss_class_weights, oversample
 
 from .conftest import sentiment_texts
@@ -56,6 +56,20 @@ def test_on_one_test_set_a_steady_gap_must_also_clear_the_test_sets_noise():
     assert shared["others"]["b"]["p_value"] == pytest.approx(0.804, abs=0.001) and "z-test" in shared["test"]
     far = compare_to_best({"a": _summary([0.90, 0.91, 0.92]), "b": _summary([0.70, 0.72, 0.71])}, "accuracy", shared_test=200)
     assert far["others"]["b"]["within_noise"] is False
+
+
+def test_overlapping_folds_widen_the_t_tests_variance():
+    """Five folds, differences 0.03 0.01 0.04 0.00 0.02: mean 0.02, s^2 = 0.001 / 4 = 2.5e-4. The plain t-test:
+    t = 0.02 / sqrt(2.5e-4 / 5) = 2.83, p = 0.047 (4 df), a real gap. Each fold trains on 4/5 and tests on 1/5, so
+    the training sets overlap: Nadeau and Bengio's correction takes (1/5 + 1/4) s^2, t = 1.89, p = 0.132, noise."""
+    strategies = {"a": _summary([0.83, 0.81, 0.84, 0.80, 0.82]), "b": _summary([0.80, 0.80, 0.80, 0.80, 0.80])}
+    plain = compare_to_best(strategies, "accuracy")
+    assert plain["others"]["b"]["p_value"] == pytest.approx(0.0474, abs=1e-4) and plain["others"]["b"]["within_noise"] is False
+    corrected = compare_to_best(strategies, "accuracy", test_to_train=1 / 4)
+    assert corrected["others"]["b"]["p_value"] == pytest.approx(0.1324, abs=1e-4) and corrected["others"]["b"]["within_noise"]
+    assert "Nadeau and Bengio" in corrected["test"]
+    record = {"evaluation": {"folds": 5}, "n_test": 40, "n_train": 160}
+    assert fold_overlap(record) == 0.25 and fold_overlap({**record, "evaluation": {"folds": 1}}) == 0.0
 
 
 def test_balanced_weights_are_the_inverse_frequency_formula():

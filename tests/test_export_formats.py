@@ -345,6 +345,12 @@ def test_train_exports_the_formats_it_is_asked_for(tiny_bert_dir, sentiment_csv,
     refused = CliRunner().invoke(app, ["train", "--strategy", "prompt", *common, "--export-format", "onnx", "--out", str(tmp_path / "p")])
     assert isinstance(refused.exception, UserError) and "export it as hf only" in str(refused.exception)
     assert not (tmp_path / "p").exists()  # refused before any work
+    for strategy, reason in (("houlsby", "bottleneck adapters live inside"), ("head-all-layers", "reads 'weighted' layer features")):
+        refused = CliRunner().invoke(
+            app, ["train", "--strategy", strategy, *common, "--export-format", "sentence-transformers", "--out", str(tmp_path / strategy)]
+        )
+        assert isinstance(refused.exception, UserError) and reason in str(refused.exception)
+        assert not (tmp_path / strategy).exists()  # refused before training, not after it
     unknown = CliRunner().invoke(app, ["train", "--strategy", "full", *common, "--export-format", "tflite", "--out", str(tmp_path / "u")])
     assert "unknown export format tflite" in str(unknown.exception)
     done = CliRunner().invoke(

@@ -134,13 +134,17 @@ def test_a_fresh_interpreter_loads_the_merged_export_after_importing_backbones(t
     np.testing.assert_allclose(np.array(json.loads(done.stdout.splitlines()[-1])), in_memory, atol=1e-5, rtol=0)
 
 
-def test_prompt_tuning_with_max_length_near_the_backbones_positions(tiny_bert_dir, sentiment_csv, tmp_path):
-    """The tiny BERT has 64 positions: 20 virtual tokens beside 60 input tokens would fail in its embeddings on the
-    first long text, so the run is refused with the length that fits; at that length it classifies a long text."""
+@pytest.mark.parametrize("family, usable", [("bert", 64), ("roberta", 63)])
+def test_prompt_tuning_with_max_length_near_the_backbones_positions(request, family, usable, sentiment_csv, tmp_path):
+    """The tiny models have 64 positions, of which RoBERTa's inputs fill 63 (it numbers them from its padding index
+    + 1). 20 virtual tokens beside longer inputs would fail in the embeddings on the first long text, so the run is
+    refused with the length that fits; at that length it classifies a long text."""
     from transferlab.errors import UserError
 
-    with pytest.raises(UserError, match="more than the backbone's 64 positions: use --max-length 44 or fewer"):
-        train_recipe.train(_config(tiny_bert_dir, sentiment_csv, "prompt", max_length=60), tmp_path / "long", log=lambda _: None)
-    train_recipe.train(_config(tiny_bert_dir, sentiment_csv, "prompt", max_length=44), tmp_path / "prompt", log=lambda _: None)
+    backbone = request.getfixturevalue(f"tiny_{family}_dir")
+    fits = usable - 20
+    with pytest.raises(UserError, match=f"more than the backbone's {usable} positions: use --max-length {fits} or fewer"):
+        train_recipe.train(_config(backbone, sentiment_csv, "prompt", max_length=fits + 1), tmp_path / "long", log=lambda _: None)
+    train_recipe.train(_config(backbone, sentiment_csv, "prompt", max_length=fits), tmp_path / "prompt", log=lambda _: None)
     probs = load_model(tmp_path / "prompt" / "model").predict_proba([" ".join([TEXTS[-1]] * 4)])
     assert probs.shape == (1, 2) and np.isfinite(probs).all()

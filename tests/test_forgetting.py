@@ -368,3 +368,24 @@ def test_lm_objective_reports_general_and_task_perplexity(tmp_path, tiny_llama_d
     assert run["objective"] == "lm" and run["forgetting"]["general_text"] == "bbc-news"
     assert run["task_perplexity"]["after"] < run["task_perplexity"]["before"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "complete"
+
+
+def test_cka_reads_each_folds_own_test_examples(tiny_bert_dir, sentiment_csv, monkeypatch):
+    """With cross-validation every fold has its own test part; the meter must read that fold's, not the first's."""
+    from transferlab.config import load_run_config
+    from transferlab.recipes.experiment import fit_strategy, prepare
+
+    config = load_run_config(
+        None, backbone=str(tiny_bert_dir), dataset=str(sentiment_csv), strategies=["head"], cv=2, n_train=64,
+        forgetting={"meter": "cka", "cka_examples": 8},
+    )  # fmt: skip
+    experiment = prepare(config, log=lambda _: None)
+    read: list[list] = []
+    real = fg.layer_states
+    monkeypatch.setattr(fg, "layer_states", lambda model, examples, collate: read.append(examples) or real(model, examples, collate))
+    first, second = experiment.splits
+    assert not set(first.test) & set(second.test)
+    for fold, split in enumerate(experiment.splits):
+        read.clear()
+        fit_strategy(experiment, "head", fold=fold)  # the meter reads the pretrained model's states before fitting
+        assert [id(e) for e in read[0]] == [id(e) for e in experiment.features(split.test[:8])]

@@ -53,6 +53,19 @@ def test_multiclass_macro_and_confusion():
     assert report["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "f1": f1[1], "support": 2}
 
 
+def test_macro_f1_leaves_out_a_class_the_test_set_never_asks_about():
+    """Three classes; the test set holds only a and b. Never predicting c is not a mistake (its F1 is 0/0, left out:
+    macro-F1 is the mean of a's and b's); predicting c once is (its F1 is 0, and counts)."""
+    labels = np.array([0, 0, 1, 1])
+    m = classification_metrics(labels, _onehot_probs(np.array([0, 0, 1, 0]), 3), 3)
+    f1_a, f1_b = 2 * (2 / 3) * 1 / (2 / 3 + 1), 2 * 1 * 0.5 / 1.5
+    assert math.isclose(m["macro_f1"], (f1_a + f1_b) / 2) and math.isclose(m["f1"], m["macro_f1"])
+    m = classification_metrics(labels, _onehot_probs(np.array([0, 0, 1, 2]), 3), 3)
+    assert math.isclose(m["macro_f1"], (1.0 + 2 * 1 * 0.5 / 1.5 + 0.0) / 3)
+    multi = classification_metrics(np.array([[1, 0, 0], [0, 1, 0]]), np.array([[0.9, 0.1, 0.1], [0.2, 0.8, 0.3]]), 3)
+    assert multi["macro_f1"] == 1.0  # label c: in no row, never predicted
+
+
 def test_auroc_undefined_when_a_class_is_missing():
     m = classification_metrics(np.array([0, 0, 1]), _onehot_probs(np.array([0, 0, 1]), 3), 3)
     assert math.isnan(m["auroc"])

@@ -112,3 +112,42 @@ def test_unstandardised_multi_label_probe_reads_raw_features():
         reference = LogisticRegression(C=0.5, max_iter=3000).fit(x, y[:, j])
         np.testing.assert_allclose(probe.coef[j], reference.coef_[0], atol=1e-3)
         np.testing.assert_allclose(probe.intercept[j], reference.intercept_[0], atol=1e-3)
+
+
+def _copied_noise(copies: int = 3, n: int = 60, d: int = 40, seed: int = 7):
+    """Labels with no relation to the features, each example repeated `copies` times (as oversampling or text
+    augmentation repeat them): the only way to score above chance is to meet a copy of the example in training."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, d)), np.tile([0, 1], n // 2)
+    rows = np.repeat(np.arange(n), copies)
+    return x[rows] + rng.normal(scale=1e-3, size=(len(rows), d)), y[rows], rows
+
+
+def test_copies_of_an_example_stay_in_one_fold():
+    x, y, groups = _copied_noise()
+    settings = ProbeSettings(c_grid=(1e-3, 1.0, 100.0), folds=5, seed=0)
+    for fit_rows, scored in settings.folds_for(y, 2, groups):
+        assert not set(groups[fit_rows]) & set(groups[scored])
+        assert set(y[scored]) == {0, 1}  # still stratified
+    leaky, grouped = fit_probe(x, y, 2, settings), fit_probe(x, y, 2, settings, groups)
+    assert leaky.best_score > 0.9  # copies on both sides: the noise is "learned"
+    assert grouped.best_score < 0.7  # 60 coin flips score 0.5 +- 0.065
+    held_out = out_of_fold_logits(x, y, 2, settings, c=100.0, groups=groups)
+    assert (held_out.argmax(1) == y).mean() < 0.7
+
+
+def test_folds_count_distinct_examples_not_copies():
+    """Three distinct examples of a class, each copied four times, allow three folds, not five."""
+    x, y, groups = _copied_noise(copies=4, n=6)
+    assert len(ProbeSettings(c_grid=(1.0,), folds=5).folds_for(y, 2, groups)) == 3
+    with pytest.raises(UserError, match="copies count once"):
+        ProbeSettings(c_grid=(1.0,)).folds_for(y[:8], 2, groups[:8])  # one distinct example of each class
+
+
+def test_multi_label_probe_keeps_copies_in_one_fold():
+    rng = np.random.default_rng(2)
+    x, y, groups = _copied_noise(n=80)
+    labels = np.stack([y, rng.integers(0, 2, 80)[groups]], 1)  # two noise labels, shared by an example's copies
+    settings = ProbeSettings(c_grid=(1e-3, 100.0), folds=4, seed=1)
+    leaky, grouped = fit_probe(x, labels, 2, settings), fit_probe(x, labels, 2, settings, groups)
+    assert leaky.chosen_c == 100.0 and grouped.chosen_c == 1e-3  # only the leak rewards fitting the noise

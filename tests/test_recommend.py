@@ -139,7 +139,8 @@ def test_compare_recommend_records_the_verdict(tmp_path, tiny_bert_dir, sentimen
     )
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "results.json").read_text())["recommendation"]
-    assert record["strategy"] == "setfit"  # 30 texts of each class: few-shot
+    assert record["n_train"] == 30  # what each of the 2 folds' models learns from: 60 less the fold it tests on
+    assert record["strategy"] == "setfit"  # 15 texts of each class: few-shot
     assert "logistic head (C = 1, balanced class weights) on the tuned features scaled to unit length" in record["settings"]["trains"]
     assert record["best"] == json.loads((out / "results.json").read_text())["comparison"]["best"]
     assert record["verdict"] in done.stderr

@@ -105,12 +105,26 @@ def test_preprocessing_normalises_with_the_given_statistics_and_makes_grey_rgb()
         np.full((8, 8), 0.2, dtype=np.float32),  # floats in 0-1, as torchvision's tensors hold them
         np.full((8, 8, 3), 0.2, dtype=np.float64),
         np.full((8, 8), 51, dtype=np.int64),
+        np.full((8, 8), 51 * 256 + 7, dtype=np.uint16),  # 16-bit: its top 8 bits
     ],
 )
 def test_image_arrays_are_read_as_they_show(array):
     """Every common way to hold the same grey image gives the same pixels as uint8 0-255 (51 / 255 = 0.2)."""
     pre = ImagePreprocessor(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=16, crop_pct=1.0)
     pixels = pre.collate(pre.encode([array]))["pixel_values"]
+    np.testing.assert_allclose(pixels[0].mean((1, 2)).numpy(), [0.2] * 3, atol=1e-5)
+
+
+def test_a_16_bit_greyscale_file_keeps_its_shades(tmp_path):
+    """Pillow's own RGB conversion clips 16-bit values at 255, so a mid-grey scan (51 x 256 + 7) would read white."""
+    from PIL import Image
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.full((8, 8), 51 * 256 + 7, dtype=np.uint16)).save(path)
+    with Image.open(path) as opened:
+        assert np.asarray(opened.convert("RGB")).min() == 255  # what Pillow alone makes of it
+    pre = ImagePreprocessor(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=16, crop_pct=1.0)
+    pixels = pre.collate(pre.encode([str(path)]))["pixel_values"]
     np.testing.assert_allclose(pixels[0].mean((1, 2)).numpy(), [0.2] * 3, atol=1e-5)
 
 
@@ -149,6 +163,10 @@ def test_image_folder_and_csv_load_and_a_corrupt_image_is_named_or_skipped(tmp_p
         label=lambda f: f["path"].str.split("/").str[1]
     ).to_csv(table, index=False)
     assert load_dataset(str(table), modality="image").class_counts() == {"left": 6, "right": 6}
+    (root / "left" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS's resource fork beside an image
+    (root / "right" / ".thumbnails").mkdir()
+    (root / "right" / ".thumbnails" / "0.png").write_bytes(b"not read")
+    assert len(load_dataset(str(root), modality="image")) == 12  # hidden files and folders are not examples
     (root / "left" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(UserError, match="broken.png"):
         load_dataset(str(root), modality="image")
@@ -293,3 +311,14 @@ def test_scikit_learn_estimator_takes_pixel_arrays(tiny_cnn_dir):
     clf = TransferClassifier(backbone=str(tiny_cnn_dir), strategy="head", image_size=32).fit(images[:40], labels[:40])
     assert clf.predict_proba(images[40:]).shape == (20, 2)
     assert (clf.predict(images[40:]) == np.array(labels[40:])).mean() >= 0.7  # a random CNN's features still see the brighter half
+
+
+def test_recommend_leaves_out_unreadable_images_when_asked(tiny_cnn_dir, tmp_path):
+    """`recommend`, and `auto` and `compare --recommend` through it, read the data as the run does."""
+    from transferlab.recipes.recommend import recommend
+
+    root = bright_side_image_folder(tmp_path / "images", n=20)
+    (root / "left" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UserError, match="pass --skip-bad-images"):
+        recommend(str(tiny_cnn_dir), str(root), log=lambda _: None)
+    assert recommend(str(tiny_cnn_dir), str(root), log=lambda _: None, skip_bad_images=True)["n_train"] == 20

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.errors import MissingAssetError, UserError
-from transferlab.pixels import uint8_image
+from transferlab.pixels import rgb_image, uint8_image
 from transferlab.runio import MANIFEST
 
 ONNX_FILE = "model.onnx"
@@ -103,7 +103,7 @@ class _ImageInputs:
         else:
             try:
                 with self.image.open(item) as opened:
-                    image = opened.convert("RGB")
+                    image = rgb_image(opened)
             except (OSError, ValueError, self.image.DecompressionBombError) as err:  # the last: over PIL's pixel limit
                 raise UserError(f"{item}: cannot decode image: {err}") from None
         width, height = image.size

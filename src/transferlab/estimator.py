@@ -23,6 +23,7 @@ from transferlab.backbones.cnn import MIXUP_ALPHA
 from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
 from transferlab.data.augment import augment_texts
+from transferlab.data.checks import duplicate_groups
 from transferlab.data.sources import label_counts
 from transferlab.data.splits import validation_take
 from transferlab.errors import UserError
@@ -114,9 +115,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         inputs = self._inputs(X)
         features = self.preprocessor_.encode(inputs, labels)
         train = [features[i] for i in fit_idx]
+        copies_of = duplicate_groups(inputs, family.inputs)  # copies of one example stay in one fold of the head's CV
+        groups = copies_of[fit_idx]
         if family.augments_copies and augment:
             copies, copy_labels = augment_texts([inputs[i] for i in fit_idx], labels[fit_idx], augment, 1, self.seed)
             train += self.preprocessor_.encode(copies, copy_labels)
+            groups = np.concatenate([groups, groups])  # one copy of each, in order
         data = FitData(
             train=train,
             val=[features[i] for i in val_idx],
@@ -128,6 +132,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             train_variants=getattr(self.preprocessor_, "train_variants", None),
             max_tokens=getattr(self.preprocessor_, "max_length", None),
             mixup_alpha=MIXUP_ALPHA if "mixup" in augment else None,
+            groups=np.concatenate([groups, copies_of[val_idx]]),
         )
         training = TrainingConfig(
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, min_steps=self.min_steps, seed=self.seed,

@@ -31,7 +31,7 @@ from transferlab.backbones.vision import (
 from transferlab.catalog import ResolvedAsset, folder_asset, folder_config
 from transferlab.errors import UserError
 from transferlab.hashing import sha256_of
-from transferlab.pixels import uint8_image
+from transferlab.pixels import rgb_image, uint8_image
 
 LIBRARIES = ("timm", "torchvision")
 
@@ -112,7 +112,7 @@ class ImagePreprocessor(Preprocessor):
         else:
             try:
                 with Image.open(item) as opened:
-                    image = opened.convert("RGB")
+                    image = rgb_image(opened)
             except (OSError, ValueError, Image.DecompressionBombError) as err:  # the last: over PIL's pixel limit
                 raise UserError(f"{item}: cannot decode image: {err}") from None
         return v2.functional.pil_to_tensor(self._resize(image))

@@ -19,7 +19,7 @@ BACKEND_HELP = "torch, or onnxruntime: run a 'transferlab export' folder with on
 PREDICT_BACKEND_HELP = "auto (onnxruntime for a folder holding model.onnx, else torch), torch or onnxruntime"
 
 
-@config_options("backbone", "seed", "text_column", "image_column", "label_column", "label_separator", "label_columns")
+@config_options("backbone", "seed", "text_column", "image_column", "label_column", "label_separator", "label_columns", "skip_bad_images")
 def recommend_command(
     dataset: Annotated[str, typer.Option(help="catalog name or a .csv/.jsonl/.parquet file")],
     n_train: Annotated[int | None, typer.Option(help="labelled examples you have: a stratified subset of this size [default: all]")] = None,
@@ -45,6 +45,7 @@ def recommend_command(
         progress_logger(),
         options["image_column"] or "path",
         options["label_separator"],
+        bool(options["skip_bad_images"]),
     )
     for line in format_recommendation(rec):
         out.print(line, highlight=False, soft_wrap=True)

@@ -38,10 +38,11 @@ def normalised_text(text: str) -> str:
 
 
 def image_key(item: Any) -> str:
-    """The sha256 of an image's pixels (an array) or of its file's bytes (a path)."""
-    if isinstance(item, np.ndarray):
-        return hashlib.sha256(item.tobytes() + str(item.shape).encode()).hexdigest()
-    return hashlib.sha256(Path(item).read_bytes()).hexdigest()
+    """The sha256 of an image's file's bytes (a path) or of its pixels (an array, or a PIL image)."""
+    if isinstance(item, (str, Path)):
+        return hashlib.sha256(Path(item).read_bytes()).hexdigest()
+    pixels = np.asarray(item)
+    return hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
 
 
 def first_occurrence(keys: list[Any]) -> np.ndarray:
@@ -141,7 +142,7 @@ def inspect(
                     f"(median {np.median(token_counts):.0f}, 95th percentile {np.percentile(token_counts, 95):.0f})"
                 )
     if findings["empty_dropped"]["count"]:
-        warnings.append(f"{findings['empty_dropped']['count']} empty input(s) left out (rows {_rows(empty_rows)})")
+        warnings.append(f"{findings['empty_dropped']['count']} empty input(s) left out (rows {shown_rows(empty_rows)})")
     if copied.size:
         warnings.append(
             f"{len(copied)} group(s) of exact duplicates ({findings['exact_duplicates']['extra_copies']} extra copies): "
@@ -156,7 +157,8 @@ def inspect(
     return findings
 
 
-def _rows(rows: list[int] | None) -> str:
+def shown_rows(rows: list[int] | None) -> str:
+    """The first rows of a list, for a warning."""
     rows = rows or []
     shown = ", ".join(str(r) for r in rows[:SHOWN])
     return shown + (", ..." if len(rows) > SHOWN else "")

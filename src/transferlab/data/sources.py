@@ -84,15 +84,35 @@ def first_row(flags: pd.Series) -> int:
     return int(flags.index[flags.to_numpy()][0]) + 1
 
 
-def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
-    """Integer or string labels -> (ids, names); names keep numeric order for integer labels."""
-    if raw.isna().any():
-        raise UserError(f"{where}: row {first_row(raw.isna())} has no label")
-    values = raw.tolist()
+def label_value(value: Any) -> Any:
+    """A label cell as its class: text without surrounding spaces, a whole number for a whole float (a column that
+    held a blank reads 1 as 1.0), None for a missing or blank cell."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return value
+
+
+def _numeric_order(value: Any) -> tuple[int, float, str]:
+    """Numbers (or texts that are numbers, as a CSV's cells are) in numeric order before other labels, in text order."""
     try:
-        uniques = sorted(set(values))
-    except TypeError:
-        uniques = sorted(set(values), key=str)
+        return (0, float(value), str(value))
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
+    """Integer or string labels -> (ids, names); names keep numeric order for labels that are numbers."""
+    values = [label_value(v) for v in raw.tolist()]  # not Series.map: pandas would make [1, 0, None] floats again
+    missing = pd.Series([v is None for v in values], index=raw.index)
+    if missing.any():
+        raise UserError(f"{where}: row {first_row(missing)} has no label")
+    if any(isinstance(v, dict) for v in values):
+        raise UserError(f"{where}: label cells hold objects ({{...}}), not classes")
+    uniques = sorted(set(values), key=_numeric_order)
     names = [str(v) for v in uniques]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: labels {uniques} are ambiguous once written as text")
@@ -102,8 +122,9 @@ def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
 
 def encode_label_sets(raw: pd.Series, separator: str, where: str) -> tuple[np.ndarray, list[str]]:
     """Labels such as "news;sport" split at `separator` -> (examples x labels 0/1 matrix, sorted label names). An
-    empty cell is an example with none of the labels (a CSV cannot tell an empty string from a missing value)."""
-    sets = [set() if pd.isna(value) else {part.strip() for part in str(value).split(separator)} - {""} for value in raw.tolist()]
+    empty cell is an example with none of the labels (a CSV cannot tell an empty string from a missing value); a cell
+    that holds a list (JSONL, Parquet) is already its set."""
+    sets = [_label_set(value, separator) for value in raw.tolist()]
     names = sorted(set().union(*sets))
     index = {name: i for i, name in enumerate(names)}
     matrix = np.zeros((len(sets), len(names)), dtype=np.int64)
@@ -112,23 +133,42 @@ def encode_label_sets(raw: pd.Series, separator: str, where: str) -> tuple[np.nd
     return matrix, names
 
 
+def _label_set(value: Any, separator: str) -> set[str]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return {str(part).strip() for part in value} - {""}
+    if value is None or pd.isna(value):
+        return set()
+    return {part.strip() for part in str(value).split(separator)} - {""}
+
+
+def _zero_or_one(value: Any) -> Any:
+    """A label column's cell as a number: booleans (True, or "true" as a CSV writes it) as 1 and 0."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, str):
+        return {"true": 1, "false": 0}.get(value.strip().lower(), value.strip())
+    return value
+
+
 def encode_label_columns(frame: pd.DataFrame, columns: list[str], where: str) -> tuple[np.ndarray, list[str]]:
     """Several 0/1 columns, one per label (the layout of Jigsaw's toxicity data) -> (examples x labels 0/1 matrix, the
     column names as label names). Booleans and 0/1 numbers are read; anything else is named with its row."""
     if len(set(columns)) != len(columns):
         raise UserError(f"{where}: --label-columns names a column twice")
-    for column in columns:
+    matrix = np.zeros((len(frame), len(columns)), dtype=np.int64)
+    for j, column in enumerate(columns):
         values = frame[column]
         if values.isna().any():
             raise UserError(f"{where}: row {first_row(values.isna())} has no value in label column '{column}'")
-        numeric = pd.to_numeric(values.astype(object).map(lambda v: int(v) if isinstance(v, (bool, np.bool_)) else v), errors="coerce")
+        numeric = pd.to_numeric(values.astype(object).map(_zero_or_one), errors="coerce")
         bad = ~numeric.isin([0, 1])
         if bad.any():
             position = int(np.flatnonzero(bad.to_numpy())[0])
             raise UserError(
                 f"{where}: row {first_row(bad)} has '{values.iloc[position]}' in label column '{column}'; label columns hold 0 or 1"
             )
-    return frame[columns].astype(object).map(int).to_numpy(dtype=np.int64), list(map(str, columns))
+        matrix[:, j] = numeric.to_numpy().astype(np.int64)
+    return matrix, list(map(str, columns))
 
 
 def encode_label_column(
@@ -138,6 +178,8 @@ def encode_label_column(
     `label_separator`, or (with a list of columns) one 0/1 column per label."""
     if not isinstance(label_column, str):
         return encode_label_columns(frame, list(label_column), where)
+    if label_separator is None and any(isinstance(v, (list, tuple, np.ndarray)) for v in frame[label_column]):
+        return encode_label_sets(frame[label_column], ";", where)  # list cells (JSONL, Parquet): a set of labels each
     if label_separator is None:
         return encode_labels(frame[label_column], where)
     return encode_label_sets(frame[label_column], label_separator, where)
@@ -176,7 +218,8 @@ def from_frame(
         raise UserError(f"{where}: every '{text_column}' is empty")
     labels, names = encode_label_column(frame[~empty], label_column, label_separator, where)
     if len(names) < 2:
-        raise UserError(f"{where}: column '{label_column}' has a single class ({names[0]}); at least 2 are needed")
+        found = f"a single class ({names[0]})" if names else "no labels at all"
+        raise UserError(f"{where}: column '{label_column}' has {found}; at least 2 are needed")
     rows = np.arange(1, len(frame) + 1)
     return LabeledData(texts[~empty].astype(str).tolist(), labels, names, asset, rows=rows[~empty], empty_rows=rows[empty].tolist())
 
@@ -221,9 +264,14 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: the file is empty")
     try:
         if suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8")
+            # every cell as text, only an empty one missing: pandas would read "None", "NA" or "null" as missing,
+            # and a column of 0/1 labels with one blank cell as 0.0/1.0
+            frame = pd.read_csv(
+                path, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8-sig", dtype=str, keep_default_na=False, na_values=[""]
+            )
+            return _checked_tsv(frame, path) if suffix == ".tsv" else frame
         if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8")
+            return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8-sig")
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path).reset_index(drop=True)  # a stored index would renumber the rows
     except UnicodeDecodeError as err:
@@ -232,6 +280,18 @@ def read_table(path: Path) -> pd.DataFrame:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: cannot be read as {suffix[1:].upper()}: {first_line}") from None
     raise UserError(f"{path}: unsupported file type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
+
+
+def _checked_tsv(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A tab inside a TSV's cell is what an unmatched quote leaves: the rows up to the next quote read as one cell."""
+    for column in frame.columns:
+        tabbed = frame[column].str.contains("\t", regex=False, na=False)
+        if tabbed.any():
+            raise UserError(
+                f"{path}: row {first_row(tabbed)}'s '{column}' holds a tab, so a quote in it probably joined several rows "
+                "into one; remove the stray quote or save the file as CSV"
+            )
+    return frame
 
 
 def load_user_file(

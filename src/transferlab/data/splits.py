@@ -35,6 +35,7 @@ class Split:
     test: np.ndarray
     removed: int = 0  # training examples left out because they (nearly) duplicate a test example
     removed_from_validation: int = 0  # given validation examples left out because they copy a given test example
+    given_test: bool = False  # the test examples are the user's own file, which may lack classes
 
     def part(self, name: str) -> LabeledData:
         return self.data.subset(getattr(self, name))
@@ -161,20 +162,28 @@ def validation_take(
 
 
 def _carve_validation(
-    data: LabeledData, train: np.ndarray, test: np.ndarray, val_fraction: float, seed: int, n_train: int, groups: np.ndarray | None = None
+    data: LabeledData,
+    train: np.ndarray,
+    test: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    n_train: int,
+    groups: np.ndarray | None = None,
+    given_test: bool = False,
 ) -> Split:
     val, fit = validation_take(data.labels, train, val_fraction, seed, groups)
     if len(fit) == 0:
         raise UserError(f"--n-train {n_train} is too small to keep a validation set")
-    return checked(Split(data, fit, val, test))
+    return checked(Split(data, fit, val, test, given_test=given_test))
 
 
 def checked(split: Split) -> Split:
     """Every class must be present in each part; every label of multi-label data in the training part (a label
-    absent from validation keeps the default threshold, and from test is left out of the per-label AUROC)."""
+    absent from validation keeps the default threshold, and from test is left out of the per-label AUROC). A test
+    file the user gave is theirs to choose: it may lack classes (the data checks say which)."""
     for name, counts in split.summary().items():
         missing = [c for c, n in counts.items() if n == 0]
-        if split.data.multi_label and name != "train":
+        if (split.data.multi_label and name != "train") or (split.given_test and name == "test"):
             continue
         if missing:
             raise UserError(f"the {name} set has no example of class {', '.join(missing)}: give more data or a larger --n-train/--n-test")
@@ -246,9 +255,9 @@ def given_test_split(
         raise UserError("every training example also occurs in the test or validation data")
     train = _training_pool(data, clean, n_train, seed, groups, floor=HOLD_OUT_FLOOR if val is None else 1)
     split = (
-        _carve_validation(data, train, test, val_fraction, seed, len(train), groups)
+        _carve_validation(data, train, test, val_fraction, seed, len(train), groups, given_test=True)
         if val is None
-        else checked(Split(data, train, val, test))
+        else checked(Split(data, train, val, test, given_test=True))
     )
     split.removed, split.removed_from_validation = len(pool) - len(clean), copies_of_test
     return split

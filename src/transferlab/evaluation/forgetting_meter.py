@@ -50,8 +50,9 @@ class Probe:
         return {**self.measure(exported), "mitigations": self.mitigations}
 
 
-def forgetting_probe(experiment: Experiment, model: nn.Module, data: FitData, seed: int) -> Probe | None:
-    """None unless the run measures forgetting (`forgetting.meter`) or mitigates it (`forgetting.mitigations`)."""
+def forgetting_probe(experiment: Experiment, model: nn.Module, data: FitData, seed: int, test: np.ndarray) -> Probe | None:
+    """None unless the run measures forgetting (`forgetting.meter`) or mitigates it (`forgetting.mitigations`). CKA
+    reads the first of `test` (the fold's test examples, by index into the data)."""
     cfg = experiment.config.forgetting
     if (cfg.meter is None and not cfg.mitigations) or cfg.meter == "sequential":
         return None  # the sequential meter trains task A through compare's run, then B itself (run_sequential)
@@ -73,7 +74,7 @@ def forgetting_probe(experiment: Experiment, model: nn.Module, data: FitData, se
             return {"meter": "perplexity", "general_text": choice, "texts": len(measured), "before": before, "after": after}
 
         return Probe(meter, before, measure, list(cfg.mitigations))
-    examples = experiment.features(experiment.split.test[: cfg.cka_examples])
+    examples = experiment.features(test[: cfg.cka_examples])
     states = fg.layer_states(model, examples, experiment.preprocessor.collate)
 
     def measure_cka(fitted: nn.Module) -> dict[str, Any]:

@@ -50,6 +50,13 @@ def predicted_labels(probs: np.ndarray, threshold: float | np.ndarray | list[flo
     return (probs[:, 1] >= threshold).astype(int)
 
 
+def _macro_f1(y: np.ndarray, predicted: np.ndarray, labels: list[int] | None = None) -> float:
+    """F1 averaged over the classes (labels). One that the test set lacks and the model never predicts has no F1 (0/0):
+    it is left out of the average (scikit-learn's zero_division=nan) rather than counted as 0, which would mark a
+    model down for a class the test set never asked about. One predicted but absent still scores 0."""
+    return f1_score(y, predicted, labels=labels, average="macro", zero_division=np.nan)
+
+
 def _averaged(num_classes: int) -> dict:
     """Precision, recall and F1 of the positive class when binary, macro-averaged over every class otherwise."""
     return {"average": "binary"} if num_classes == 2 else {"average": "macro", "labels": list(range(num_classes))}
@@ -59,11 +66,11 @@ def _averaged(num_classes: int) -> dict:
 # caller that needs one metric (a cross-validation scorer, called per fold and strength) computes that one only.
 SINGLE_LABEL_METRICS = {
     "accuracy": lambda y, predicted, probs, k: accuracy_score(y, predicted),
-    "macro_f1": lambda y, predicted, probs, k: f1_score(y, predicted, labels=list(range(k)), average="macro", zero_division=0),
+    "macro_f1": lambda y, predicted, probs, k: _macro_f1(y, predicted, list(range(k))),
     "micro_f1": lambda y, predicted, probs, k: accuracy_score(y, predicted),  # one class per example: pooled F1 is accuracy
     "precision": lambda y, predicted, probs, k: precision_score(y, predicted, zero_division=0, **_averaged(k)),
     "recall": lambda y, predicted, probs, k: recall_score(y, predicted, zero_division=0, **_averaged(k)),
-    "f1": lambda y, predicted, probs, k: f1_score(y, predicted, zero_division=0, **_averaged(k)),
+    "f1": lambda y, predicted, probs, k: _macro_f1(y, predicted, list(range(k))) if k > 2 else f1_score(y, predicted, zero_division=0),
     "auroc": lambda y, predicted, probs, k: _auroc(y, probs, k),
     "mcc": lambda y, predicted, probs, k: matthews_corrcoef(y, predicted),
 }
@@ -104,7 +111,7 @@ def multi_label_metrics(labels: np.ndarray, probs: np.ndarray, threshold: np.nda
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average="micro", zero_division=0)
-        macro_f1 = f1_score(labels, predicted, average="macro", zero_division=0)
+        macro_f1 = _macro_f1(labels, predicted)
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
         "macro_f1": float(macro_f1),

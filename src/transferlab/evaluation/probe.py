@@ -2,7 +2,8 @@
 study's measurement.
 
 L2-regularised logistic regression on standardised features (or on the features as they are), its strength C
-chosen by stratified k-fold cross-validation and then refitted on every row. scikit-learn's `LogisticRegressionCV`
+chosen by stratified k-fold cross-validation (copies of one example, given as groups, kept within one fold) and then
+refitted on every row. scikit-learn's `LogisticRegressionCV`
 walks each fold along the C grid (smallest C first) warm-starting every fit from the previous one: about 3 s
 against 5.2 s for a grid search of cold fits over the 7 layer probes of minilm-l6 on 2,000 sentences, at the same
 test accuracy to 0.001 (docs/benchmarks.md). The scaler is fitted once on all rows rather than per fold: a mean and a
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from joblib import Parallel, cpu_count, delayed
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -49,12 +50,20 @@ class ProbeSettings:
     def class_weight(self) -> str | None:
         return "balanced" if self.balanced else None
 
-    def folds_for(self, y: np.ndarray, num_classes: int) -> StratifiedKFold:
-        """The probe's cross-validation: `folds` stratified folds, fewer when the rarest class has fewer examples."""
-        folds = min(self.folds, int(np.bincount(y, minlength=num_classes).min()))
+    def folds_for(self, y: np.ndarray, num_classes: int, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The probe's cross-validation as (fit rows, scored rows) pairs: `folds` stratified folds, fewer when the
+        rarest class has fewer examples. Rows sharing a group (copies of one example: oversampled, augmented or
+        duplicated in the data) stay in one fold; scored beside its own copy, an example would favour the weakest
+        regularisation and flatter the scores."""
+        copies = groups is not None and len(np.unique(groups)) < len(groups)
+        per_class = [len(np.unique(groups[y == c])) for c in range(num_classes)] if copies else np.bincount(y, minlength=num_classes)
+        folds = min(self.folds, int(min(per_class)))
         if folds < 2:
-            raise UserError("the linear probe's cross-validation needs at least 2 examples of every class")
-        return StratifiedKFold(folds, shuffle=True, random_state=self.seed)
+            raise UserError("the linear probe's cross-validation needs at least 2 examples of every class (copies count once)")
+        rows = np.zeros((len(y), 1))
+        if copies:
+            return list(StratifiedGroupKFold(folds, shuffle=True, random_state=self.seed).split(rows, y, groups))
+        return list(StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(rows, y))
 
     def scaler(self) -> StandardScaler:
         """The features' standardisation, or (with `standardize` off) a scaler that passes them through."""
@@ -106,17 +115,18 @@ def informative_features(x: np.ndarray) -> np.ndarray:
     return spread > 1e-6 * spread.max()
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings) -> Probe:
+def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings, groups: np.ndarray | None = None) -> Probe:
     """Features that are (nearly) constant carry no information, and standardising them would fold a
     huge 1 / std into the weights (MiniLM has mean-pooled dimensions with std 2e-9), which breaks any
     later fine-tuning from this head (LP-FT): they get weight zero.
 
     One BLAS thread: beside torch's OpenMP threads, several BLAS threads on these small solves spin
-    against each other and run 40x slower (0.8 s vs 33 s measured on 2 cores).
+    against each other and run 40x slower (0.8 s vs 33 s measured on 2 cores). Rows sharing one of `groups` are
+    copies of one example, kept in one fold (`ProbeSettings.folds_for`).
     """
     if y.ndim == 2:
-        return _fit_multi_label_probe(x, y, settings)
-    folds = settings.folds_for(y, num_classes)
+        return _fit_multi_label_probe(x, y, settings, groups)
+    folds = settings.folds_for(y, num_classes, groups)
     informative = informative_features(x)
     search = LogisticRegressionCV(
         Cs=list(settings.c_grid),
@@ -148,7 +158,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSet
 MULTI_LABEL_SCORE = "neg_log_loss"
 
 
-def _fit_multi_label_probe(x: np.ndarray, y: np.ndarray, settings: ProbeSettings) -> Probe:
+def _fit_multi_label_probe(x: np.ndarray, y: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None) -> Probe:
     informative = informative_features(x)
     scaler = settings.scaler().fit(x[:, informative])
     z = scaler.transform(x[:, informative])
@@ -157,10 +167,10 @@ def _fit_multi_label_probe(x: np.ndarray, y: np.ndarray, settings: ProbeSettings
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         for j in range(y.shape[1]):
-            if not _cross_validates(y[:, j]):  # fitted at the chosen C only
+            if not _cross_validates(y[:, j], groups):  # fitted at the chosen C only
                 continue
             search = LogisticRegressionCV(
-                Cs=grid, cv=settings.folds_for(y[:, j], 2), scoring=MULTI_LABEL_SCORE, max_iter=settings.max_iter,
+                Cs=grid, cv=settings.folds_for(y[:, j], 2, groups), scoring=MULTI_LABEL_SCORE, max_iter=settings.max_iter,
                 random_state=settings.seed, class_weight=settings.class_weight, refit=False,
             )  # fmt: skip
             search.fit(z, y[:, j])
@@ -190,9 +200,11 @@ def _scores_by_fold(search: LogisticRegressionCV, n_c: int) -> np.ndarray:
     return np.asarray(scores).reshape(-1, n_c)
 
 
-def _cross_validates(y: np.ndarray) -> bool:
-    """A binary label with at least 2 examples on each side: enough for stratified folds."""
-    return np.bincount(y, minlength=2).min() >= 2
+def _cross_validates(y: np.ndarray, groups: np.ndarray | None) -> bool:
+    """A binary label with at least 2 examples (copies counted once) on each side: enough for stratified folds."""
+    if groups is None:
+        return np.bincount(y, minlength=2).min() >= 2
+    return min(len(np.unique(groups[y == side])) for side in (0, 1)) >= 2
 
 
 def _fit_label(z: np.ndarray, y: np.ndarray, c: float, settings: ProbeSettings) -> tuple[np.ndarray, float]:
@@ -210,7 +222,9 @@ def _label_regression(c: float, settings: ProbeSettings) -> LogisticRegression:
     return LogisticRegression(C=c, max_iter=settings.max_iter, random_state=settings.seed, class_weight=settings.class_weight)
 
 
-def out_of_fold_logits(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings, c: float) -> np.ndarray:
+def out_of_fold_logits(
+    x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings, c: float, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Each row's logits from the probe (at strength `c`) fitted on the folds that leave it out, on the probe's own
     folds: what the head would say of examples it never saw, for choosing a temperature or a threshold on rows the
     head itself was fitted on. A binary probe's score d becomes the logits (-d/2, d/2), as `fold_standardisation` does."""
@@ -218,15 +232,17 @@ def out_of_fold_logits(x: np.ndarray, y: np.ndarray, num_classes: int, settings:
     probe = Pipeline([("scale", settings.scaler()), ("clf", _label_regression(c, settings))])
     with threadpool_limits(1):
         if y.ndim == 2:
-            return np.stack([_out_of_fold_label(probe, x[:, informative], y[:, j], c, settings) for j in range(y.shape[1])], 1)
-        scores = cross_val_predict(probe, x[:, informative], y, cv=settings.folds_for(y, num_classes), method="decision_function")
+            return np.stack([_out_of_fold_label(probe, x[:, informative], y[:, j], c, settings, groups) for j in range(y.shape[1])], 1)
+        scores = cross_val_predict(probe, x[:, informative], y, cv=settings.folds_for(y, num_classes, groups), method="decision_function")
     return np.stack([-scores / 2, scores / 2], 1) if num_classes == 2 else scores
 
 
-def _out_of_fold_label(probe: Pipeline, x: np.ndarray, y: np.ndarray, c: float, settings: ProbeSettings) -> np.ndarray:
+def _out_of_fold_label(
+    probe: Pipeline, x: np.ndarray, y: np.ndarray, c: float, settings: ProbeSettings, groups: np.ndarray | None
+) -> np.ndarray:
     """One label's out-of-fold scores; a label too rare to cross-validate gets its in-sample ones."""
-    if _cross_validates(y):
-        return cross_val_predict(probe, x, y, cv=settings.folds_for(y, 2), method="decision_function")
+    if _cross_validates(y, groups):
+        return cross_val_predict(probe, x, y, cv=settings.folds_for(y, 2, groups), method="decision_function")
     scaler = settings.scaler().fit(x)
     weights, bias = _fit_label(scaler.transform(x), y, c, settings)
     return scaler.transform(x) @ weights + bias

@@ -10,6 +10,10 @@ from scipy import stats
 
 SIGNIFICANCE = 0.05
 TEST_NAME = "paired t-test over the same folds and seeds (two-sided, alpha 0.05)"
+# Cross-validation folds train on overlapping examples, so their scores move together and the plain t-test's
+# variance is too small: it finds differences that are not there. Nadeau and Bengio's corrected resampled t-test
+# (2003; for repeated folds, Bouckaert and Frank 2004) widens the variance by the test-to-training size ratio.
+FOLDS_TEST_NAME = "corrected resampled t-test (Nadeau and Bengio) over the same folds and seeds (two-sided, alpha 0.05)"
 # Seeds scored on one test set differ by their training alone: the t-test over them does not see the test set's own
 # sampling noise, so a gap must clear that too (an intersection-union test, whose p-value is the larger of the two).
 SHARED_TEST_NAME = (
@@ -67,17 +71,31 @@ def _calibration_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
+def paired_p_value(a: np.ndarray, b: np.ndarray, test_to_train: float = 0.0) -> float:
     """Two-sided paired t-test over the same folds and seeds: 1 when the runs are identical, 0 when every run
-    differs by the same non-zero amount (no variance to test against)."""
+    differs by the same non-zero amount (no variance to test against). `test_to_train` > 0 (folds: each fold's test
+    size over its training size) makes it Nadeau and Bengio's corrected resampled t-test, the variance of the mean
+    difference taken as (1/n + test_to_train) s^2 rather than s^2 / n; 0 is scipy's `ttest_rel`. Written by hand:
+    neither scipy nor scikit-learn has the correction."""
     differences = a - b
-    p = 1.0 if np.allclose(differences, differences[0]) and differences[0] == 0 else float(stats.ttest_rel(a, b).pvalue)
-    return 0.0 if math.isnan(p) else p
+    if np.allclose(differences, differences[0]):
+        return 1.0 if differences[0] == 0 else 0.0
+    if test_to_train == 0:
+        return float(stats.ttest_rel(a, b).pvalue)
+    n = len(differences)
+    t = differences.mean() / math.sqrt((1 / n + test_to_train) * differences.var(ddof=1))
+    return float(2 * stats.t.sf(abs(t), n - 1))
 
 
 def one_test_set(record: dict[str, Any]) -> int | None:
     """The size of the test set every run of a run record scored on, or None when each fold tests its own part."""
     return record["n_test"] if record["evaluation"]["folds"] == 1 else None
+
+
+def fold_overlap(record: dict[str, Any]) -> float:
+    """Each fold's test size over its training size where a run record's runs are cross-validation folds (the
+    correction `paired_p_value` takes), else 0."""
+    return record["n_test"] / max(record["n_train"], 1) if record["evaluation"]["folds"] > 1 else 0.0
 
 
 def test_set_p_value(a: float, b: float, n_test: int) -> float:
@@ -88,17 +106,20 @@ def test_set_p_value(a: float, b: float, n_test: int) -> float:
     return float(2 * stats.norm.sf(abs(a - b) / se))
 
 
-def gap_p_value(a: np.ndarray, b: np.ndarray, shared_test: int | None) -> float:
-    """The paired t-test's p over the same folds and seeds; where they all scored one test set of `shared_test`
-    examples, the larger of it and that test set's z-test."""
-    p = paired_p_value(a, b)
+def gap_p_value(a: np.ndarray, b: np.ndarray, shared_test: int | None, test_to_train: float = 0.0) -> float:
+    """The paired t-test's p over the same folds and seeds (corrected for overlapping folds by `test_to_train`);
+    where they all scored one test set of `shared_test` examples, the larger of it and that test set's z-test."""
+    p = paired_p_value(a, b, test_to_train)
     return p if shared_test is None else max(p, test_set_p_value(float(a.mean()), float(b.mean()), shared_test))
 
 
-def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str, shared_test: int | None = None) -> dict[str, Any]:
+def compare_to_best(
+    strategies: dict[str, dict[str, Any]], metric: str, shared_test: int | None = None, test_to_train: float = 0.0
+) -> dict[str, Any]:
     """Mark the best strategy by mean `metric`, and test every other one's gap against it; `shared_test`: the size of the
-    one test set all the runs scored on (`one_test_set`), whose sampling noise the gap must clear too."""
-    name = TEST_NAME if shared_test is None else SHARED_TEST_NAME
+    one test set all the runs scored on (`one_test_set`), whose sampling noise the gap must clear too; `test_to_train`:
+    the folds' overlap (`fold_overlap`)."""
+    name = SHARED_TEST_NAME if shared_test is not None else FOLDS_TEST_NAME if test_to_train else TEST_NAME
     finished = {n: s for n, s in strategies.items() if s["status"] == "ok" and not math.isnan(s["metrics"][metric]["mean"])}
     if not finished:
         return {"metric": metric, "best": None, "test": name, "others": {}}
@@ -113,7 +134,7 @@ def compare_to_best(strategies: dict[str, dict[str, Any]], metric: str, shared_t
         if len(values) < 2 or len(values) != len(reference):
             others[other] = {"gap": gap, "p_value": None, "within_noise": None}
             continue
-        p = gap_p_value(reference, values, shared_test)
+        p = gap_p_value(reference, values, shared_test, test_to_train)
         others[other] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
     return {"metric": metric, "best": best, "test": name, "others": others}
 
@@ -127,17 +148,21 @@ def mean_curve(curves: list[dict[str, list[list[float]]]], key: str = "eval_loss
     return [(step, float(np.mean([e for e, _ in v])), float(np.mean([x for _, x in v]))) for step, v in sorted(by_step.items())]
 
 
-def gap_within_noise(a: dict[str, Any], b: dict[str, Any], metric: str, n_test: int, shared_test: bool = True) -> tuple[bool, str]:
+def gap_within_noise(
+    a: dict[str, Any], b: dict[str, Any], metric: str, n_test: int, shared_test: bool = True, test_to_train: float = 0.0
+) -> tuple[bool, str]:
     """Whether the difference between two summaries' `metric` is within noise, and the test that says so.
 
-    With two or more paired runs each (the same folds and seeds), the paired t-test compare uses for 'vs best', and,
-    when they all scored on one test set (`shared_test`), the z-test below too: both must reject. With one run each, a
-    two-proportion z-test at the test set's size (`test_set_p_value`).
+    With two or more paired runs each (the same folds and seeds), the paired t-test compare uses for 'vs best'
+    (corrected for overlapping folds by `test_to_train`), and, when they all scored on one test set (`shared_test`),
+    the z-test below too: both must reject. With one run each, a two-proportion z-test at the test set's size
+    (`test_set_p_value`).
     """
     x, y = np.asarray(a["metrics"][metric]["values"]), np.asarray(b["metrics"][metric]["values"])
     if len(x) >= 2 and len(x) == len(y):
-        p = gap_p_value(x, y, n_test if shared_test else None)
-        test = f"paired t-test over {len(x)} runs{f' and a z-test on {n_test} test examples' if shared_test else ''}"
+        p = gap_p_value(x, y, n_test if shared_test else None, test_to_train)
+        kind = "corrected resampled t-test" if test_to_train else "paired t-test"
+        test = f"{kind} over {len(x)} runs{f' and a z-test on {n_test} test examples' if shared_test else ''}"
         return bool(p >= SIGNIFICANCE), f"{test}, p = {p:.2f}"
     p1, p2 = float(x.mean()), float(y.mean())
     p = test_set_p_value(p1, p2, n_test)

@@ -7,7 +7,8 @@ over strategies x learning rate (x rank or bottleneck width) with Optuna (TPE sa
 - then TPE's proposals, which concentrate on the strategies and rates that did best.
 Each trained trial reports its best validation metric so far at every evaluation; Hyperband's successive halving
 stops those that fall behind (not gradual unfreezing, whose first stage trains the head alone: it is judged at its
-end); at the budget the trial in flight stops at its next evaluation, and a trial at the metric's maximum (1.0) ends
+end); at the budget the trial in flight stops at its next evaluation (at its best checkpoint, a candidate like a
+finished trial), and a trial at the metric's maximum (1.0) ends
 the search, as no other can beat it. Trials all train with the run's seed, so they differ by their settings only.
 The test set is read once, by the winner (and by its reruns with other seeds when --seeds asks for them). The search
 is an Optuna journal in the run folder: an interrupted auto carries on where it stopped, and runs the trial it was in
@@ -64,6 +65,9 @@ STUDY = "auto"
 MAX_VALIDATION_SHARE = 1 / 3  # auto takes up to this share of the labelled examples to validate on, to have MIN_VALIDATION
 INTERRUPTED = "interrupted: queued again"  # a trial the process died in; a resumed search runs it again
 GIVE_UP_AFTER = 10  # trials that all failed before any completed: the data or the backbone is at fault, not the settings
+# TPE's proposals in a row that repeat a trial before the search counts its space as exhausted: with nothing or little
+# to tune (the head alone, or a fixed --lr) every proposal would train a trial already trained, to the same numbers
+REPEATS_TO_STOP = 10
 # Every headline metric is at most 1. A trial that reaches it on validation cannot be outscored (ties go to the earlier
 # trial), so the search ends there: on bbc-news (94 validation articles) four more trials of the same strategy at
 # nearly the same rate, 7 minutes of a 37-minute budget, followed a perfect score and could not change the winner.
@@ -133,9 +137,9 @@ def auto(
     since = time.time()  # wall-clock, so that workers on other machines keep the same deadline
     config.cv = 1  # one model to export, chosen on a validation split and tested on a hold-out split
     check_export_formats(formats, None, config)
-    recommendation = recommend_for_run(config, log)
     experiment = prepare(config, log)
     labelled = len(experiment.split.train) + len(experiment.split.val)
+    recommendation = recommend_for_run(config, labelled, log)
     if (
         len(experiment.split.val) < MIN_VALIDATION
         and config.validation_dataset is None
@@ -283,6 +287,8 @@ def _left_out_because(strategy: Strategy, model: Any, formats: Sequence[str], ch
         return "it learns from the validation labels, so its validation score would flatter it"
     if not strategy.merges and set(formats) - {"hf"}:
         return "its virtual tokens do not merge into one model to export"
+    if "sentence-transformers" in formats and (refusal := strategy.sentence_transformers_refusal()):
+        return refusal
     return None
 
 
@@ -304,8 +310,15 @@ def _open_study(out_dir: Path, config: RunConfig, space: SearchSpace) -> tuple[o
         load_if_exists=True,
     )
     if not study.trials:
+        study.set_user_attr("strategies", space.strategies)
         for name in space.strategies:
             study.enqueue_trial(space.first_look(name))
+    searched = study.user_attrs.get("strategies", space.strategies)
+    if searched != space.strategies:  # Optuna refuses a categorical whose choices change within a study
+        raise UserError(
+            f"{out_dir} holds a search over {', '.join(searched)}, and this run would search {', '.join(space.strategies)} "
+            "(other --strategies or --export-format); pass --restart, or the same options"
+        )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         optuna.Trial(study, trial._trial_id).set_user_attr("reason", INTERRUPTED)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -349,8 +362,9 @@ class Search:
 
     def next_trial(self) -> tuple[int, str, dict[str, Any]] | None:
         """The next trial's number, strategy and settings; None at the budget or at --max-trials, once a trial is
-        complete (the head, usually, within seconds), and once a trial reaches the metric's maximum."""
-        finished = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("reason") != INTERRUPTED]
+        complete (the head, usually, within seconds), once a trial reaches the metric's maximum, and once every
+        setting the search proposes repeats a trial."""
+        finished = [t for t in self._trials() if t.state.is_finished() and t.user_attrs.get("reason") != INTERRUPTED]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete and len(finished) >= GIVE_UP_AFTER:
             first = finished[0].user_attrs.get("reason", "no reason recorded")
@@ -368,19 +382,35 @@ class Search:
         if complete and time.time() >= self.deadline:
             self._end(f"budget spent: {len(finished)} trial(s), {len(complete)} complete")
             return None
-        trial = self.study.ask()
-        name, settings = self.space.suggest(trial)
-        trial.set_user_attr("settings", settings)
-        self.in_flight[trial.number] = trial
-        return trial.number, name, settings
+        tried = {
+            (t.params["strategy"], repr(t.user_attrs["settings"]))
+            for t in self._trials()
+            if "settings" in t.user_attrs and t.user_attrs.get("reason") != INTERRUPTED  # that one is queued again
+        }
+        for _ in range(REPEATS_TO_STOP):
+            trial = self.study.ask()
+            name, settings = self.space.suggest(trial)
+            if (name, repr(settings)) not in tried:
+                trial.set_user_attr("settings", settings)
+                self.in_flight[trial.number] = trial
+                return trial.number, name, settings
+            trial.set_user_attr("repeat", True)  # not trained, and left out of the leaderboard and the counts
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        self._end(f"every setting the search can propose has been tried: {len(finished)} trial(s), {len(complete)} complete")
+        return None
+
+    def _trials(self) -> list[optuna.trial.FrozenTrial]:
+        """The study's trials, less the proposals that repeated an earlier one (never trained)."""
+        return [t for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get("repeat")]
 
     def report(self, number: int, step: int, best_so_far: float) -> str | None:
         """Why the trial should stop at this evaluation (pruned, decided by another trial's perfect score, or the
         budget), or None to go on."""
         trial = self.in_flight[number]
         trial.report(best_so_far, step)
-        if step >= self.evaluations:  # trained to its end: stopping it now would save nothing
-            return None
+        if step >= self.evaluations:  # trained as planned: pruning it now would save nothing, but a strategy that
+            # evaluates more often than planned (gradual unfreezing's stages) still stops at the budget
+            return "budget" if step > self.evaluations and time.time() >= self.deadline else None
         if trial.should_prune() and self.space.config.strategy(trial.params["strategy"]).judged_mid_run:
             return "pruned"
         if self._perfect(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) is not None:
@@ -401,15 +431,21 @@ class Search:
         """The first complete trial at the metric's maximum, if any."""
         return next((t for t in complete if t.value is not None and t.value >= METRIC_MAXIMUM), None)
 
-    def complete(self, number: int, value: float, seconds: float, stopped: str | None) -> None:
+    def complete(self, number: int, value: float, seconds: float, stopped: str | None) -> bool:
+        """Record how a trial ended; True when it is a candidate to win. One the budget stopped is: it stopped at its
+        best checkpoint, a model as real as any, so a trial that passed the others before the deadline is not lost,
+        and the search ends with a candidate even when no trial could finish in the budget. Pruned trials fell behind,
+        and one side by side with a perfect score cannot pass it: those are not."""
         trial = self.in_flight.pop(number)
         trial.set_user_attr("validation", value)
         how = f"validation {self.metric} {value:.4f} in {seconds:.0f}s"
         if stopped:
             trial.set_user_attr("stopped", stopped)
+        if stopped and stopped != "budget":
             self._tell(trial, seconds, f"{how}, stopped ({stopped})", state=optuna.trial.TrialState.PRUNED)
-        else:
-            self._tell(trial, seconds, how, value)
+            return False
+        self._tell(trial, seconds, f"{how}, stopped by the budget at its best checkpoint" if stopped else how, value)
+        return True
 
     def fail(self, number: int, reason: str, seconds: float) -> None:
         trial = self.in_flight.pop(number)
@@ -470,8 +506,8 @@ def _run_trial(experiment: Experiment, search: Search, number: int, name: str, s
     probs = probabilities(logits, multi_label=experiment.data.multi_label)
     labels = experiment.data.labels[experiment.split.val]
     value = float(validation_metrics(labels, probs, len(experiment.label_names), config.training.metric)[config.training.metric])
-    search.complete(number, value, time.perf_counter() - started, stopped[0] if stopped else None)
-    return None if stopped else KeptModel(number, value, fitted)
+    candidate = search.complete(number, value, time.perf_counter() - started, stopped[0] if stopped else None)
+    return KeptModel(number, value, fitted) if candidate else None
 
 
 def _with_settings(config: RunConfig, name: str, settings: dict[str, Any]) -> RunConfig:
@@ -505,9 +541,10 @@ def leaderboard(study: optuna.Study) -> list[dict[str, Any]]:
     """Every finished trial in order: its strategy and settings, how it ended, its validation score and time."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if not trial.state.is_finished():
+        if not trial.state.is_finished() or trial.user_attrs.get("repeat"):
             continue
-        state = {"COMPLETE": "complete", "PRUNED": trial.user_attrs.get("stopped", "pruned"), "FAIL": "failed"}[trial.state.name]
+        stopped = trial.user_attrs.get("stopped")
+        state = {"COMPLETE": stopped or "complete", "PRUNED": stopped or "pruned", "FAIL": "failed"}[trial.state.name]
         rows.append(
             {
                 "trial": trial.number,
@@ -533,6 +570,9 @@ def _verdict(recommended: str, search: dict[str, Any]) -> str:
     if recommended not in search["strategies"]:
         return f"the recommended {recommended} was not among the strategies to search; {winner} won"
     if not looked:
+        failed = [row for row in search["trials"] if row["strategy"] == recommended and row.get("reason")]
+        if failed:
+            return f"the recommended {recommended} failed ({failed[0]['reason']}); {winner} won"
         return f"the budget ran out before the recommended {recommended} was tried; {winner} won"
     best = max(row["validation"] for row in looked)
     return f"the recommended {recommended} reached {best:.4f} on validation; {winner} won with {search['winner']['validation']:.4f}"

@@ -4,8 +4,8 @@ Read top to bottom: load the data, make the splits (one hold-out split, or K str
 tokenise once, then for each strategy, fold and seed build a fresh classifier from the pretrained
 backbone, fit it, evaluate it on that split's test examples, and record metrics, trainable
 parameters, time and peak memory. Each metric is then reported as mean ± std over the runs, the
-best strategy is marked, and a paired t-test over the same folds and seeds says which of the
-others are within noise of it. Results are written atomically at the end.
+best strategy is marked, and a paired t-test over the same folds and seeds (corrected for the folds'
+overlapping training sets) says which of the others are within noise of it. Results are written atomically at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from transferlab.config import RunConfig
 from transferlab.distributed import broadcast, is_main_process
-from transferlab.evaluation.stats import aggregate_runs, compare_to_best, one_test_set
+from transferlab.evaluation.stats import aggregate_runs, compare_to_best, fold_overlap, one_test_set
 from transferlab.recipes.experiment import Job, Log, open_run_folder, prepare, run_record, summarize_runs, write_label_issues
 
 if TYPE_CHECKING:
@@ -37,8 +37,9 @@ def compare(
     from transferlab.recipes.recommend import recommend_for_run, verdict
     from transferlab.report import write_report
 
-    recommendation = recommend_for_run(config, log) if recommend else None
     experiment = prepare(config, log)
+    labelled = len(experiment.split.train) + len(experiment.split.val)
+    recommendation = recommend_for_run(config, labelled, log) if recommend else None
     folder = open_run_folder(out_dir, config, resume, log, experiment)
     record = run_record(experiment, "compare")
     metric = config.training.metric
@@ -58,7 +59,7 @@ def compare(
             _log_summary(job.strategy, aggregate_runs(runs), metric, log)
     for name in config.strategies:
         record["strategies"][name] = summarize_runs([results[j] for j in jobs if j.strategy == name])
-    record["comparison"] = compare_to_best(record["strategies"], metric, one_test_set(record))
+    record["comparison"] = compare_to_best(record["strategies"], metric, one_test_set(record), fold_overlap(record))
     if recommendation:
         record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
     if is_main_process():

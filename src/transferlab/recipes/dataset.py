@@ -9,7 +9,7 @@ input of the user's own test file that also occurs in the training file leaves t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from transferlab.data.checks import (
     inspect,
     near_duplicate_pairs,
     preview,
+    shown_rows,
 )
 from transferlab.data.sources import LabeledData, concatenate, with_label_names
 from transferlab.data.splits import (
@@ -52,6 +53,7 @@ class RunData:
     files: dict[str, str]
     groups: np.ndarray  # duplicate group of each example (data/checks.py)
     assets: dict[str, Any]  # where each file came from, with its sha256
+    empty_rows: dict[str, list[int]] = field(default_factory=dict)  # each file's rows left out as empty
 
     def file_and_row(self, index: int) -> tuple[str, int]:
         part = next(name for name, indices in self.parts.items() if index in indices)
@@ -84,7 +86,8 @@ def load_run_data(config: RunConfig) -> RunData:
             files[name] = spec
     data, indices = concatenate(parts)
     assets = {"dataset" if name == "train" else f"{name}_dataset": part.asset and part.asset.__dict__ for name, part in zip(files, parts)}
-    return RunData(data, dict(zip(files, indices)), files, duplicate_groups(data.inputs, data.modality), assets)
+    empty = {name: part.empty_rows for name, part in zip(files, parts)}
+    return RunData(data, dict(zip(files, indices)), files, duplicate_groups(data.inputs, data.modality), assets, empty)
 
 
 def make_splits(config: RunConfig, run: RunData, folds: int) -> list[Split]:
@@ -158,6 +161,17 @@ def check_data(
     )
     if "test" in run.parts and splits[0].removed:
         summary["warnings"].append(f"{splits[0].removed} training input(s) also occur in the test or validation file: left out of training")
+    for part, rows in run.empty_rows.items():
+        if rows and part != "train":  # the training file's are among the checks above
+            summary["warnings"].append(
+                f"{len(rows)} empty input(s) of the {part} file {run.files[part]} left out (rows {shown_rows(rows)})"
+            )
+    absent = [name for name, n in splits[0].part("test").class_counts().items() if n == 0] if "test" in run.parts else []
+    if absent and not data.multi_label:
+        summary["warnings"].append(
+            f"the test file has no example of class {', '.join(absent)}: its per-class scores are empty, and macro-F1 "
+            "counts it only where the model predicts it"
+        )
     if splits[0].removed_from_validation:
         summary["warnings"].append(
             f"{splits[0].removed_from_validation} validation input(s) also occur in the test file: left out of validation"

@@ -79,6 +79,7 @@ class Experiment:
     encoded: dict[int, dict[str, Any]]  # one encoding of every example a split uses, by index into `data`
     findings: Findings  # the data checks (recipes/dataset.py)
     files: dict[str, Any]  # each data file's origin and sha256
+    groups: np.ndarray  # duplicate group of every example in `data` (data/checks.py)
 
     @property
     def split(self) -> Split:
@@ -151,7 +152,7 @@ def prepare(config: RunConfig, log: Log = print) -> Experiment:
     )
     faults.reached("encoded")
     encoded = dict(zip(used.tolist(), features, strict=True))
-    return Experiment(config, backbone, data, splits, preprocessor, encoded, findings, run_data.assets)
+    return Experiment(config, backbone, data, splits, preprocessor, encoded, findings, run_data.assets, run_data.groups)
 
 
 def _say_precision(config: RunConfig, log: Log) -> None:
@@ -182,17 +183,18 @@ class StrategyRun:
     log_history: list[dict[str, Any]]
 
 
-def _training_examples(experiment: Experiment, split: Split, seed: int) -> tuple[list[dict[str, Any]], np.ndarray | None]:
-    """The fold's training examples, oversampled and augmented as configured (never val or test), and their
-    indices into the data when every one of them is an original example."""
+def _training_examples(experiment: Experiment, split: Split, seed: int) -> tuple[list[dict[str, Any]], np.ndarray | None, np.ndarray]:
+    """The fold's training examples, oversampled and augmented as configured (never val or test); their indices
+    into the data when every one of them is an original example; and the duplicate group each comes from."""
     config = experiment.config
     indices = oversample(split.train, experiment.data.labels, seed) if config.oversample else split.train
-    examples = experiment.features(indices)
+    examples, groups = experiment.features(indices), experiment.groups[indices]
     if config.family.augments_copies and config.augmentations():
         texts = [experiment.data.inputs[i] for i in indices]
         extra_texts, extra_labels = augment_texts(texts, experiment.data.labels[indices], config.augment, config.augment_copies, seed)
-        return examples + experiment.preprocessor.encode(extra_texts, extra_labels), None
-    return examples, indices
+        copies = np.repeat(groups, config.augment_copies)  # augment_texts makes each text's copies in a row
+        return examples + experiment.preprocessor.encode(extra_texts, extra_labels), None, np.concatenate([groups, copies])
+    return examples, indices, groups
 
 
 @dataclass
@@ -233,7 +235,7 @@ def fit_strategy(
     reason = strategy.unsupported_reason(model)
     if reason:
         return FittedRun(strategy, None, reason)
-    train_examples, train_indices = _training_examples(experiment, split, seed)
+    train_examples, train_indices, train_groups = _training_examples(experiment, split, seed)
     findings = experiment.findings
     frozen = None
     if strategy.reads_frozen_features() and train_indices is not None and findings.layer_features is not None:
@@ -250,11 +252,12 @@ def fit_strategy(
         train_transform=getattr(experiment.preprocessor, "train_transform", None),
         train_variants=getattr(experiment.preprocessor, "train_variants", None),
         frozen_features=frozen,
+        groups=np.concatenate([train_groups, experiment.groups[split.val]]),
         mixup_alpha=MIXUP_ALPHA if "mixup" in config.augmentations() else None,
         max_tokens=getattr(experiment.preprocessor, "max_length", None),
         on_evaluate=on_evaluate,
     )
-    probe = forgetting_probe(experiment, model, data, seed)  # None unless the run measures or mitigates forgetting
+    probe = forgetting_probe(experiment, model, data, seed, split.test)  # None unless the run measures or mitigates forgetting
     started = time.perf_counter()
     with PeakMemory() as memory:
         model = strategy.fit(model, data, training)

@@ -26,6 +26,8 @@ from transferlab.errors import UserError
 from transferlab.recipes.loading import LoadedModel, load_model
 from transferlab.recipes.model_card import model_card
 from transferlab.runio import MANIFEST, RESULTS, atomic_write_json, atomic_write_text, staged_directory
+from transferlab.strategies.adapters import ADAPTERS_IN_LAYERS
+from transferlab.strategies.head import unpoolable_layers
 
 FORMATS = ("hf", "onnx", "onnx-int8", "sentence-transformers")
 # What a sentence-transformers export's logits must reproduce of the model's, checked before it is published.
@@ -84,16 +86,12 @@ def write_sentence_transformers(loaded: LoadedModel, folder: Path) -> dict[str, 
     model = copy.deepcopy(loaded.merged("sentence-transformers"))
     config = model.config
     if config.adapters:
-        raise UserError(
-            "bottleneck adapters live inside the backbone's layers, which sentence-transformers rebuilds without them: export as onnx"
-        )
+        raise UserError(f"{ADAPTERS_IN_LAYERS}: export as onnx")
     if config.feature_layers == "second_to_last":  # the same features from a body one layer shorter
         del model.layer_stack()[-1]
         model.backbone.config.num_hidden_layers -= 1
     elif config.feature_layers != "last":
-        raise UserError(
-            f"the head reads '{config.feature_layers}' layer features, which sentence-transformers' pooling cannot: export as onnx"
-        )
+        raise UserError(f"{unpoolable_layers(config.feature_layers)}: export as onnx")
     with tempfile.TemporaryDirectory() as body:
         model.backbone.save_pretrained(body)
         loaded.preprocessor.tokenizer.save_pretrained(body)

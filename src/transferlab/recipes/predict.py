@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from transferlab.data.images import IMAGE_SUFFIXES
-from transferlab.data.sources import encode_label_columns, first_row, label_columns_of, label_keys, read_table, require_columns
+from transferlab.data.sources import encode_label_columns, first_row, label_columns_of, label_keys, label_value, read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
 from transferlab.runio import atomic_write_text, label_separator
@@ -83,7 +83,7 @@ def read_texts(
             raise UserError(f"{path}: no such file")
         try:
             # read_text turns \r\n and \r into \n; str.splitlines would also split at U+2028, form feeds and the like
-            lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+            lines = [line for line in path.read_text(encoding="utf-8-sig").split("\n") if line.strip()]
         except UnicodeDecodeError as err:
             raise UserError(f"{path}: not valid UTF-8 (byte {err.start})") from None
         if not lines:
@@ -98,7 +98,7 @@ def read_texts(
     if label_column and not isinstance(label_column, str):
         labels = label_keys(*encode_label_columns(frame, list(label_column), str(path)), separator)
     elif label_column:
-        labels = frame[label_column].fillna("").astype(str).tolist()
+        labels = ["" if value is None else str(value) for value in map(label_value, frame[label_column].tolist())]
     return frame[text_column].astype(str).tolist(), labels
 
 

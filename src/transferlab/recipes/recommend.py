@@ -17,7 +17,6 @@ from transferlab.data.splits import stratified_subset
 from transferlab.decision import ADAM_BYTES_PER_PARAM, Situation, decide
 from transferlab.errors import UserError
 from transferlab.evaluation.domain_gap import LARGE_FROM, SMALL_BELOW, measure_gap
-from transferlab.settings import DEFAULT_N_TRAIN
 
 Log = Callable[[str], None]
 
@@ -34,12 +33,13 @@ def recommend(
     log: Log = print,
     image_column: str = "path",
     label_separator: str | None = None,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
     """The recommendation as a plain dict (printed by the CLI, stored in compare's results.json)."""
     if tasks < 1 or (n_train is not None and n_train < 2) or (memory_gb is not None and memory_gb <= 0):
         raise UserError("recommend needs --tasks >= 1, --n-train >= 2 and --memory-gb > 0")
     family = family_for(backbone)
-    data = load_dataset(dataset, text_column, label_column, family.inputs, image_column, label_separator=label_separator)
+    data = load_dataset(dataset, text_column, label_column, family.inputs, image_column, skip_bad_images, label_separator)
     if n_train is not None:
         if n_train > len(data):
             raise UserError(f"--n-train {n_train} is more than the {len(data)} examples of {dataset}")
@@ -64,35 +64,20 @@ def recommend(
     }
 
 
-def recommend_for_run(config: Any, log: Log = print) -> dict[str, Any]:
-    """The recommendation for a compare run's backbone, dataset and training-set size."""
-    n_train = (
-        config.n_train
-        if config.n_train is not None
-        else min(
-            DEFAULT_N_TRAIN,
-            len(
-                load_dataset(
-                    config.dataset,
-                    config.text_column,
-                    config.labels,
-                    config.modality,
-                    config.image_column,
-                    label_separator=config.label_separator,
-                )
-            ),
-        )
-    )
+def recommend_for_run(config: Any, labelled: int, log: Log = print) -> dict[str, Any]:
+    """The recommendation for a run's backbone and dataset, at the `labelled` examples each of its models learns from
+    (training and validation, after the test examples are held out)."""
     rec = recommend(
         config.backbone,
         config.dataset,
-        n_train,
+        labelled,
         seed=config.training.seed,
         text_column=config.text_column,
         label_column=config.labels,
         log=log,
         image_column=config.image_column,
         label_separator=config.label_separator,
+        skip_bad_images=config.skip_bad_images,
     )
     log(f"recommended: {rec['strategy']} ({rec['reasons'][-1]})")
     if rec["strategy"] not in config.strategies:

@@ -84,6 +84,9 @@ def check_export_formats(formats: Sequence[str], strategy: Strategy | None, conf
         raise UserError(f"{strategy.name}'s virtual tokens cannot be merged into one classifier: export it as hf only")
     if "sentence-transformers" in formats and config.modality != "text":
         raise UserError("a sentence-transformers export holds a text model; export an image model as onnx or hf")
+    refusal = strategy.sentence_transformers_refusal() if strategy is not None and "sentence-transformers" in formats else None
+    if refusal:
+        raise UserError(f"{refusal}: export as onnx")
 
 
 def write_export_formats(out_dir: Path, formats: Sequence[str], log: Log) -> None:

@@ -213,10 +213,10 @@ def search_plot(search: dict[str, Any]) -> bytes:
         ax.plot(minute, row["validation"], markers.get(row["state"], "s"), color=colours(strategies.index(name) % colours.N),
                 label=None if name in labelled else name, ms=7)  # fmt: skip
         labelled.add(name)
-    complete = [(m, r["validation"]) for r, m in zip(rows, ended) if r["state"] == "complete"]
-    if complete:
-        best = np.maximum.accumulate([v for _, v in complete])
-        ax.step([m for m, _ in complete], best, where="post", color="black", lw=1, alpha=0.6, label="best complete")
+    candidates = [(m, r["validation"]) for r, m in zip(rows, ended) if r["state"] in ("complete", "budget")]
+    if candidates:
+        best = np.maximum.accumulate([v for _, v in candidates])
+        ax.step([m for m, _ in candidates], best, where="post", color="black", lw=1, alpha=0.6, label="best candidate")
     ax.set(
         xlabel="minutes of search",
         ylabel=f"validation {search['metric']}",

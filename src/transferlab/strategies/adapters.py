@@ -12,6 +12,9 @@ from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
 
+# sentence-transformers rebuilds the body from its transformers config, which has no place for them
+ADAPTERS_IN_LAYERS = "bottleneck adapters live inside the backbone's layers, which sentence-transformers rebuilds without them"
+
 
 @dataclass
 class AdapterConfig(TrainedStrategyConfig):
@@ -33,6 +36,9 @@ class BottleneckAdapters(Strategy):
         model.add_adapters(self.kind, self.config.r)
         set_trainable(model, lambda name: ".adapter." in name or model.group_of(name) == "head")
         return model
+
+    def sentence_transformers_refusal(self) -> str | None:
+        return ADAPTERS_IN_LAYERS
 
     def expected_trainable_params(self, model: TransferModel) -> int:
         """2 d r + r + d per adapter, one per adapted block and layer, plus the head."""

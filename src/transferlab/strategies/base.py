@@ -83,6 +83,12 @@ class Strategy(ABC):
         so features computed once for the data checks can stand in for a forward pass."""
         return False
 
+    def sentence_transformers_refusal(self) -> str | None:
+        """Why a sentence-transformers pipeline (body, pooling, dense) cannot hold the model this strategy trains, or
+        None: asked before training, so that an export it cannot give is refused (or the strategy left out of a
+        search) before any work."""
+        return None
+
     def unsupported_reason(self, model: TransferModel) -> str | None:
         """Why this strategy cannot apply to this backbone, or None when it can."""
         missing = sorted(self.requires - model.capabilities)

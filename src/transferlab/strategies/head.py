@@ -3,7 +3,8 @@
 The head is scikit-learn's L2-regularised logistic regression trained to convergence on the
 cached, standardised features. Its strength is chosen by stratified 5-fold cross-validation over
 the training and validation examples together (a 200-example validation set alone picks it
-noisily; the features are cached, so the extra fits cost seconds), then refitted on all of them.
+noisily; the features are cached, so the extra fits cost seconds), the copies of an example
+(`FitData.groups`) within one fold, then refitted on all of them.
 Its weights, with the standardisation folded in, are written into the model's linear head, so the
 exported model is an ordinary classifier giving exactly the probabilities the regression gave.
 """
@@ -32,6 +33,12 @@ HEAD_LAYERS = (*FEATURE_LAYERS, "auto")
 # choosing by their mean alone lost 2 points (docs/findings.md). The learned mix is not a candidate: its weights
 # are fitted on the very examples the cross-validation scores, so its score is optimistic.
 AUTO_LAYERS = ("last", "second_to_last")
+
+
+def unpoolable_layers(layers: str) -> str:
+    """Why a head reading `layers` cannot be a sentence-transformers pipeline: its pooling reads one layer's states
+    (the last, or the one below it with a layer cut off the body), not several."""
+    return f"the head reads '{layers}' layer features, which sentence-transformers' pooling cannot"
 
 
 @dataclass
@@ -75,6 +82,9 @@ class FeatureExtraction(Strategy):
     def reads_frozen_features(self) -> bool:
         return self.config.layers in AUTO_LAYERS or self.config.layers == "auto"
 
+    def sentence_transformers_refusal(self) -> str | None:
+        return None if self.config.layers in (*AUTO_LAYERS, "auto") else unpoolable_layers(self.config.layers)
+
     def expected_trainable_params(self, model: TransferModel) -> int:
         """A linear head, (features + 1) x classes, plus one mixing weight per layer state when weighted."""
         features = model.feature_dim() * (4 if self.config.layers == "last4" else 1)
@@ -110,7 +120,7 @@ class FeatureExtraction(Strategy):
         # a layer whose every feature is constant (a degenerate backbone) tells nothing: it is not a candidate
         candidates = tuple(layer for layer in offered if informative_features(features[layer]).any()) or offered[:1]
         settings = self.probe_settings(training, balanced=data.class_weights is not None)
-        probes = {layer: fit_probe(features[layer], y, len(data.label_names), settings) for layer in candidates}
+        probes = {layer: fit_probe(features[layer], y, len(data.label_names), settings, data.groups) for layer in candidates}
         chosen = max(candidates, key=lambda layer: probes[layer].best_score)  # the first, the last layer, on a tie
         self.prepare(model, chosen)
         self._leave_validation_logits(features[chosen], y, data, settings, probes[chosen].chosen_c)
@@ -145,7 +155,7 @@ class FeatureExtraction(Strategy):
     ) -> tuple[np.ndarray, np.ndarray]:
         """The cross-validated probe (evaluation/probe.py); its C search goes to the run's log history."""
         settings = self.probe_settings(training, balanced=data.class_weights is not None)
-        probe = fit_probe(x, y, num_classes, settings)
+        probe = fit_probe(x, y, num_classes, settings, data.groups)
         self._leave_validation_logits(x, y, data, settings, probe.chosen_c)
         data.log_history.extend(probe.log_entries(training.headline_metric))
         return probe.coef, probe.intercept
@@ -155,7 +165,7 @@ class FeatureExtraction(Strategy):
         """The head is fitted on the validation rows too, so its logits there are in-sample: the run chooses its
         temperature and threshold from out-of-fold logits instead (rows after the training ones are validation)."""
         if data.val:
-            data.validation_logits = out_of_fold_logits(x, y, len(data.label_names), settings, c)[len(data.train) :]
+            data.validation_logits = out_of_fold_logits(x, y, len(data.label_names), settings, c, data.groups)[len(data.train) :]
 
     def probe_settings(self, training: TrainingConfig, balanced: bool = False) -> ProbeSettings:
         return ProbeSettings(
@@ -184,6 +194,7 @@ class FeatureExtraction(Strategy):
         target = torch.as_tensor(y, dtype=torch.float32 if y.ndim == 2 else torch.int64)
         settings = self.probe_settings(training, balanced=data.class_weights is not None)
         judged = slice(n_train, None) if len(y) > n_train else slice(None)
+        train_groups = None if data.groups is None else data.groups[:n_train]
 
         def example_losses(logits: torch.Tensor) -> torch.Tensor:
             if y.ndim == 2:  # multi-label: binary cross-entropy per label, averaged per example
@@ -193,7 +204,7 @@ class FeatureExtraction(Strategy):
         logits_of = torch.zeros(states.shape[1], requires_grad=True)
         for _ in range(2):
             mix = torch.softmax(logits_of.detach(), 0).numpy()
-            probe = fit_probe(np.einsum("l,nld->nd", mix, states[:n_train]), y[:n_train], num_classes, settings)
+            probe = fit_probe(np.einsum("l,nld->nd", mix, states[:n_train]), y[:n_train], num_classes, settings, train_groups)
             w, b = torch.as_tensor(probe.coef, dtype=torch.float32), torch.as_tensor(probe.intercept, dtype=torch.float32)
             optimizer = torch.optim.Adam([logits_of], lr=0.05)
             best = (float("inf"), logits_of.detach().clone())

@@ -40,7 +40,8 @@ class LinearProbeThenFineTune(Strategy):
         keeps the probe's head, and early stopping, the temperature and `auto` judge it on those rows."""
         n = len(data.train)
         frozen = None if data.frozen_features is None else {layer: rows[:n] for layer, rows in data.frozen_features.items()}
-        probe_data = dataclasses.replace(data, val=[], frozen_features=frozen)
+        groups = None if data.groups is None else data.groups[:n]
+        probe_data = dataclasses.replace(data, val=[], frozen_features=frozen, groups=groups)
         probed = FeatureExtraction(layers="last").fit(model, probe_data, training)  # Kumar et al. probe the last layer
         set_trainable(probed, lambda name: True)
         return train_with_trainer(probed, data, training, lr=self.learning_rate(training), lr_scale=self.lr_scale(model, data, training))

@@ -56,7 +56,7 @@ class VirtualTokens(Strategy):
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         """Refused when the virtual tokens and the longest inputs together pass the backbone's positions (BERT's 512):
         the embeddings would fail on the first long text, in training or at prediction."""
-        positions = getattr(model.config.backbone_config, "max_position_embeddings", None)
+        positions = usable_positions(model)
         k = self.config.num_virtual_tokens
         if data.max_tokens is not None and positions is not None and data.max_tokens + k > positions:
             raise UserError(
@@ -64,6 +64,16 @@ class VirtualTokens(Strategy):
                 f"backbone's {positions} positions: use --max-length {positions - k} or fewer"
             )
         return super().fit(model, data, training)
+
+
+def usable_positions(model: TransferModel) -> int | None:
+    """The positions an input can fill: `max_position_embeddings`, less those below the first one RoBERTa and MPNet
+    number from (their padding index + 1; their position table is built with that padding_idx). None where the
+    backbone does not say."""
+    positions = getattr(model.config.backbone_config, "max_position_embeddings", None)
+    table = next((m for name, m in model.named_modules() if name.endswith("position_embeddings") and isinstance(m, nn.Embedding)), None)
+    skipped = table.padding_idx + 1 if table is not None and table.padding_idx is not None else 0
+    return None if positions is None else positions - skipped
 
 
 @register_strategy

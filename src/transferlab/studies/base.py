@@ -23,7 +23,7 @@ import numpy as np
 
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
-from transferlab.evaluation.stats import compare_to_best, gap_within_noise, one_test_set
+from transferlab.evaluation.stats import compare_to_best, fold_overlap, gap_within_noise, one_test_set
 from transferlab.recipes.experiment import (
     Experiment,
     Job,
@@ -260,7 +260,7 @@ def run_study(
         else:
             log(f"{point.label}: {summary['status']}: {summary.get('reason', '')}")
     assert record is not None, "a study has at least one point"
-    record["comparison"] = compare_to_best(record["strategies"], record["primary_metric"], one_test_set(record))
+    record["comparison"] = compare_to_best(record["strategies"], record["primary_metric"], one_test_set(record), fold_overlap(record))
     record["study"] = {
         "name": study.name,
         "summary": study.summary,
@@ -313,7 +313,8 @@ def judge(study: Study, record: dict[str, Any]) -> dict[str, Any]:
     pair = study.deciding_pair(record) if held is not None else None
     if pair and all(record["strategies"].get(label, {}).get("status") == "ok" for label in pair):
         a, b = (record["strategies"][label] for label in pair)
-        noise, test = gap_within_noise(a, b, record["primary_metric"], record["n_test"], one_test_set(record) is not None)
+        shared_test = one_test_set(record) is not None
+        noise, test = gap_within_noise(a, b, record["primary_metric"], record["n_test"], shared_test, fold_overlap(record))
         verdict += f"; {pair[0]} against {pair[1]}: {test}"
         outcome = "within noise" if noise else outcome
     return {"held": held, "outcome": outcome, "verdict": verdict}

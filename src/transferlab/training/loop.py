@@ -63,6 +63,10 @@ class FitData:
     # "second_to_last"), when the data checks computed them: the head then fits on these instead of running the
     # backbone again.
     frozen_features: dict[str, np.ndarray] | None = None
+    # A group per row of train + val (in that order): rows of one group are copies of one example (oversampled,
+    # augmented, or duplicated in the data), and a cross-validation over them keeps each group in one fold. None:
+    # every row is its own example.
+    groups: np.ndarray | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     # A term added to each training step's loss (EWC, L2-SP, replay: evaluation/forgetting.py), or None.
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None
