@@ -381,3 +381,9 @@ def test_a_search_with_nothing_left_to_tune_ends_instead_of_training_the_same_tr
     assert search.next_trial() is None
     assert "every setting the search can propose has been tried: 1 trial(s), 1 complete" in lines[-1]
     assert [row["trial"] for row in leaderboard(search.study)] == [first[0]]  # the repeats were never trials
+    (tmp_path / "failing").mkdir()
+    failing = Search(tmp_path / "failing", config, ["head"], 3600, None, time.time(), lines.append)
+    first = failing.next_trial()
+    failing.fail(first[0], "ValueError: bad", 1.0)
+    with pytest.raises(UserError, match="the first 1 trials all failed \\(the first: ValueError: bad\\)"):
+        failing.next_trial()  # every setting tried and none complete: nothing to export

@@ -147,8 +147,8 @@ def test_a_stray_quote_in_a_tsv_is_named(tmp_path):
     path.write_text('text\tlabel\n"so good\tpos\nbad\tneg\nfine"\tpos\nok\tneg\n')
     with pytest.raises(UserError, match="row 1's 'text' holds a tab"):
         load_user_file(path)
-    path.write_text("text\tlabel\nso good\tpos\nbad\tneg\n")
-    assert load_user_file(path).inputs == ["so good", "bad"]
+    path.write_text('text\tlabel\nso good\tpos\n"a\ttabbed"\tneg\n')  # a quoted tab, as pandas writes one
+    assert load_user_file(path).inputs == ["so good", "a\ttabbed"]
 
 
 def test_a_parquet_index_does_not_renumber_rows(tmp_path):
@@ -318,3 +318,22 @@ def test_floored_draws_keep_their_size_and_every_floor_the_class_sizes_allow():
         assert len(taken) == size and sorted(np.concatenate([taken, rest]).tolist()) == list(range(len(labels)))
         assert np.all(np.bincount(labels[taken], minlength=len(sizes)) >= want_taken), case
         assert np.all(np.bincount(labels[rest], minlength=len(sizes)) >= want_left), case
+
+
+def test_list_labels_are_multi_label_data_everywhere(tmp_path, tiny_bert_dir):
+    """Found in the cells rather than announced by an option, they still refuse what assumes one class per example,
+    a held-out file must share their layout, and predict reads them as true labels."""
+    from transferlab.config import load_run_config
+    from transferlab.recipes.dataset import load_run_data
+    from transferlab.recipes.predict import read_texts
+
+    texts = [f"text number {i}" for i in range(12)]
+    lists = _write(tmp_path, "lists.jsonl", pd.DataFrame({"text": texts, "labels": [["a", "b"], ["a"], ["b"]] * 4}))
+    plain = _write(tmp_path, "plain.jsonl", pd.DataFrame({"text": texts, "labels": ["a", "b"] * 6}))
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(lists), label_column="labels", oversample=True)
+    with pytest.raises(UserError, match="--oversample balances or blends single classes"):
+        load_run_data(config)
+    config = load_run_config(None, backbone=str(tiny_bert_dir), dataset=str(lists), label_column="labels", test_dataset=str(plain))
+    with pytest.raises(UserError, match="its labels are one class per example, and .*lists.jsonl's are sets of labels"):
+        load_run_data(config)
+    assert read_texts(lists, "text", "labels", label_sets=True)[1][:3] == ["a;b", "a", "b"]

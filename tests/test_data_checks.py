@@ -342,3 +342,10 @@ def test_a_test_file_may_lack_a_class_and_the_checks_say_so(tmp_path, tiny_bert_
     warnings = experiment.findings.summary["warnings"]
     assert any(w.startswith("the test file has no example of class c") for w in warnings)
     assert f"1 empty input(s) of the test file {test} left out (rows 31)" in warnings  # scored on 30, and it says so
+
+
+def test_a_class_named_like_a_missing_value_is_pointed_out():
+    texts = ["one text here", "another text here", "a third one", "and a fourth"]
+    warnings = inspect(texts, np.array([0, 1, 0, 1]), ["NA", "yes"], duplicate_groups(texts))["warnings"]
+    assert "class 'NA' is how a missing label is often written; if those rows have no label, remove them" in warnings
+    assert not any("missing label" in w for w in inspect(texts, np.array([0, 1, 0, 1]), ["no", "yes"], duplicate_groups(texts))["warnings"])

@@ -144,3 +144,13 @@ def test_compare_recommend_records_the_verdict(tmp_path, tiny_bert_dir, sentimen
     assert "logistic head (C = 1, balanced class weights) on the tuned features scaled to unit length" in record["settings"]["trains"]
     assert record["best"] == json.loads((out / "results.json").read_text())["comparison"]["best"]
     assert record["verdict"] in done.stderr
+
+
+def test_a_run_recommends_for_the_examples_its_models_learn_from(tiny_bert_dir, sentiment_csv):
+    """A run with a validation file learns from more examples than its training file holds: the recommendation counts
+    them all, and measures the domain gap on the file."""
+    from transferlab.recipes.recommend import recommend
+
+    record = recommend(str(tiny_bert_dir), str(sentiment_csv), labelled=400, log=lambda _: None)
+    assert record["n_train"] == 400  # the file holds 240
+    assert recommend(str(tiny_bert_dir), str(sentiment_csv), labelled=60, log=lambda _: None)["n_train"] == 60

@@ -106,6 +106,7 @@ def test_preprocessing_normalises_with_the_given_statistics_and_makes_grey_rgb()
         np.full((8, 8, 3), 0.2, dtype=np.float64),
         np.full((8, 8), 51, dtype=np.int64),
         np.full((8, 8), 51 * 256 + 7, dtype=np.uint16),  # 16-bit: its top 8 bits
+        np.full((8, 8), 51, dtype=np.uint16),  # 8-bit values in a 16-bit array
     ],
 )
 def test_image_arrays_are_read_as_they_show(array):
@@ -167,6 +168,9 @@ def test_image_folder_and_csv_load_and_a_corrupt_image_is_named_or_skipped(tmp_p
     (root / "right" / ".thumbnails").mkdir()
     (root / "right" / ".thumbnails" / "0.png").write_bytes(b"not read")
     assert len(load_dataset(str(root), modality="image")) == 12  # hidden files and folders are not examples
+    from transferlab.recipes.predict import image_files
+
+    assert len(image_files([root])) == 12  # nor inputs to predict
     (root / "left" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(UserError, match="broken.png"):
         load_dataset(str(root), modality="image")

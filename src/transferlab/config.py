@@ -209,6 +209,11 @@ class RunConfig:
                     f"--label-columns '{self.label_columns}': name two or more columns, comma-separated; one 0/1 column is a "
                     "binary label (--label-column)"
                 )
+        self.refuse_single_class_options()
+
+    def refuse_single_class_options(self) -> None:
+        """Multi-label data (by its options, or found in list-valued label cells) refuses what assumes one class per
+        example."""
         for name, used in (
             ("--class-weights balanced", self.class_weights == "balanced"),
             ("--oversample", self.oversample),

@@ -22,8 +22,8 @@ def uint8_image(array: np.ndarray) -> np.ndarray:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
-    if array.dtype == np.uint16:  # 16-bit greyscale or colour: its top 8 bits, as `rgb_image` reads 16-bit files
-        return (array >> 8).astype(np.uint8)
+    if array.dtype == np.uint16 and array.max(initial=0) > 255:  # 16-bit values: their top 8 bits, as `rgb_image` reads
+        return (array >> 8).astype(np.uint8)  # 16-bit files
     if np.issubdtype(array.dtype, np.floating):
         if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
             raise UserError("an image array of floats must hold values in 0-1 (or give uint8 values in 0-255)")

@@ -31,6 +31,9 @@ NEAR_DUPLICATE_COSINE = 0.9
 # When more examples than this share have a near-duplicate, the features do not tell inputs apart (a random or
 # untrained backbone): the near-duplicate check is skipped with a warning rather than emptying the training set.
 NEAR_DUPLICATE_MAX_SHARE = 0.05
+# Label cells are read as written ("None" is a real intent in LUIS's data), but these are also how R, pandas and
+# spreadsheets write a missing value: a class so named is pointed out
+MISSING_MARKERS = {"na", "n/a", "#n/a", "nan", "null", "none"}
 
 
 def normalised_text(text: str) -> str:
@@ -150,6 +153,8 @@ def inspect(
         )
     if conflicting:
         warnings.append(f"{len(conflicting)} input(s) appear with conflicting labels")
+    for name in (name for name in label_names if name.casefold() in MISSING_MARKERS):
+        warnings.append(f"class '{name}' is how a missing label is often written; if those rows have no label, remove them")
     if findings["imbalance_ratio"] > SEVERE_IMBALANCE:
         handling = f": {imbalance_handling}" if imbalance_handling else ""
         warnings.append(f"classes are imbalanced {findings['imbalance_ratio']:.1f}:1 (largest to smallest){handling}")

@@ -106,14 +106,16 @@ def _from_paths(
     return LabeledData([str(p) for p, k in zip(paths, keep) if k], labels, names, asset, "image")
 
 
+def is_image_file(path: Path, folder: Path) -> bool:
+    """An image file under `folder` by its name; hidden files and folders are not images (macOS leaves "._IMG_1.jpg"
+    beside each image on foreign drives)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def image_folder(root: Path, skip_bad: bool = False) -> LabeledData:
     """One sub-folder per class, images inside (the torchvision ImageFolder layout)."""
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    # hidden files and folders are not images: macOS leaves "._IMG_1.jpg" beside each image on foreign drives
-    paths = [
-        f for c in classes for f in sorted(c.rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(c).parts)
-    ]  # fmt: skip
+    paths = [f for c in classes for f in sorted(c.rglob("*")) if is_image_file(f, c)]
     if not paths:
         raise UserError(f"{root}: no images in class sub-folders (expected {root}/<class>/<image>.png)")
     labels = pd.DataFrame({"label": [p.relative_to(root).parts[0] for p in paths]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,23 +86,21 @@ def first_row(flags: pd.Series) -> int:
 
 
 def label_value(value: Any) -> Any:
-    """A label cell as its class: text without surrounding spaces, a whole number for a whole float (a column that
-    held a blank reads 1 as 1.0), None for a missing or blank cell."""
+    """A label cell as its class: text without surrounding spaces, None for a missing or blank cell."""
     if isinstance(value, str):
         return value.strip() or None
     if value is None or (np.ndim(value) == 0 and pd.isna(value)):
         return None
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
     return value
 
 
 def _numeric_order(value: Any) -> tuple[int, float, str]:
     """Numbers (or texts that are numbers, as a CSV's cells are) in numeric order before other labels, in text order."""
     try:
-        return (0, float(value), str(value))
+        number = float(value)
     except (TypeError, ValueError):
-        return (1, 0.0, str(value))
+        number = math.nan
+    return (0, number, str(value)) if math.isfinite(number) else (1, 0.0, str(value))
 
 
 def encode_labels(raw: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
@@ -283,9 +282,11 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _checked_tsv(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """A tab inside a TSV's cell is what an unmatched quote leaves: the rows up to the next quote read as one cell."""
+    """A tab and a line break in one TSV cell are what an unmatched quote leaves: the rows up to the next quote read as
+    one cell (a quoted cell may hold either alone)."""
     for column in frame.columns:
-        tabbed = frame[column].str.contains("\t", regex=False, na=False)
+        cells = frame[column]
+        tabbed = cells.str.contains("\t", regex=False, na=False) & cells.str.contains("\n", regex=False, na=False)
         if tabbed.any():
             raise UserError(
                 f"{path}: row {first_row(tabbed)}'s '{column}' holds a tab, so a quote in it probably joined several rows "

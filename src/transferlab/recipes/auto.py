@@ -367,8 +367,7 @@ class Search:
         finished = [t for t in self._trials() if t.state.is_finished() and t.user_attrs.get("reason") != INTERRUPTED]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete and len(finished) >= GIVE_UP_AFTER:
-            first = finished[0].user_attrs.get("reason", "no reason recorded")
-            raise UserError(f"auto: the first {len(finished)} trials all failed (the first: {first}); leaderboard in {SEARCH_JOURNAL}")
+            self._give_up(finished)
         if complete and self.max_trials is not None and len(finished) + len(self.in_flight) >= self.max_trials:
             return None
         if (perfect := self._perfect(complete)) is not None:
@@ -396,8 +395,15 @@ class Search:
                 return trial.number, name, settings
             trial.set_user_attr("repeat", True)  # not trained, and left out of the leaderboard and the counts
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        if not complete and not self.in_flight:  # every setting failed: nothing to choose from
+            self._give_up(finished)
         self._end(f"every setting the search can propose has been tried: {len(finished)} trial(s), {len(complete)} complete")
         return None
+
+    @staticmethod
+    def _give_up(finished: list[optuna.trial.FrozenTrial]) -> None:
+        first = finished[0].user_attrs.get("reason", "no reason recorded")
+        raise UserError(f"auto: the first {len(finished)} trials all failed (the first: {first}); leaderboard in {SEARCH_JOURNAL}")
 
     def _trials(self) -> list[optuna.trial.FrozenTrial]:
         """The study's trials, less the proposals that repeated an earlier one (never trained)."""

@@ -76,13 +76,21 @@ def load_run_data(config: RunConfig) -> RunData:
         )
 
     train = read(config.dataset)
+    if train.multi_label:  # also where the label cells hold lists, which no option announced
+        config.refuse_single_class_options()
     if config.imbalance is not None:
         train = make_imbalanced(train, config.imbalance, config.training.seed)
     files = {"train": config.dataset}
     parts = [train]
     for name, spec in (("validation", config.validation_dataset), ("test", config.test_dataset)):
         if spec is not None:
-            parts.append(with_label_names(read(spec), train.label_names, spec))
+            part = read(spec)
+            if part.multi_label != train.multi_label:
+                layouts = ("one class per example", "sets of labels")
+                raise UserError(
+                    f"{spec}: its labels are {layouts[part.multi_label]}, and {config.dataset}'s are {layouts[train.multi_label]}"
+                )
+            parts.append(with_label_names(part, train.label_names, spec))
             files[name] = spec
     data, indices = concatenate(parts)
     assets = {"dataset" if name == "train" else f"{name}_dataset": part.asset and part.asset.__dict__ for name, part in zip(files, parts)}

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from transferlab.data.images import IMAGE_SUFFIXES
+from transferlab.data.images import is_image_file
 from transferlab.data.sources import encode_label_columns, first_row, label_columns_of, label_keys, label_value, read_table, require_columns
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
@@ -59,7 +59,7 @@ def image_files(paths: Sequence[Path]) -> list[str]:
     files: list[str] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(str(f) for f in path.rglob("*") if is_image_file(f, path))
             if not found:
                 raise UserError(f"{path}: no image files in this folder")
             files += found
@@ -98,8 +98,16 @@ def read_texts(
     if label_column and not isinstance(label_column, str):
         labels = label_keys(*encode_label_columns(frame, list(label_column), str(path)), separator)
     elif label_column:
-        labels = ["" if value is None else str(value) for value in map(label_value, frame[label_column].tolist())]
+        labels = [_label_text(value, separator) for value in frame[label_column].tolist()]
     return frame[text_column].astype(str).tolist(), labels
+
+
+def _label_text(cell: Any, separator: str) -> str:
+    """A true-label cell as the text `label_ids` reads: a list (JSONL, Parquet) as its labels joined by `separator`."""
+    value = label_value(cell)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return separator.join(str(part).strip() for part in value)
+    return "" if value is None else str(value)
 
 
 def label_ids(labels: list[str], label_names: list[str], where: Path, separator: str | None = None) -> np.ndarray:

@@ -34,8 +34,11 @@ def recommend(
     image_column: str = "path",
     label_separator: str | None = None,
     skip_bad_images: bool = False,
+    labelled: int | None = None,
 ) -> dict[str, Any]:
-    """The recommendation as a plain dict (printed by the CLI, stored in compare's results.json)."""
+    """The recommendation as a plain dict (printed by the CLI, stored in compare's results.json). `labelled`: the
+    examples a run's models learn from, where they are not `dataset`'s own count (a run holds test examples out, or
+    adds a validation file); the domain gap is then measured on up to that many of `dataset`."""
     if tasks < 1 or (n_train is not None and n_train < 2) or (memory_gb is not None and memory_gb <= 0):
         raise UserError("recommend needs --tasks >= 1, --n-train >= 2 and --memory-gb > 0")
     family = family_for(backbone)
@@ -44,6 +47,9 @@ def recommend(
         if n_train > len(data):
             raise UserError(f"--n-train {n_train} is more than the {len(data)} examples of {dataset}")
         data = stratified_subset(data, n_train, seed)
+    size = len(data) if labelled is None else labelled
+    if size < len(data):
+        data = stratified_subset(data, size, seed)
     asset = resolve_backbone(backbone)
     model = build_classifier(asset, data.label_names)
     preprocessor = load_preprocessor(asset)
@@ -52,14 +58,14 @@ def recommend(
     params = sum(p.numel() for p in model.parameters())
     note = f" (score {gap.score:.2f} from {gap.signal}; small < {SMALL_BELOW}, large >= {LARGE_FROM})"
     full_gb = ADAM_BYTES_PER_PARAM * params / 1e9
-    situation = Situation(len(data), gap.bucket, tasks, memory_gb, full_gb, family.inputs, note, classes=len(data.label_names))
+    situation = Situation(size, gap.bucket, tasks, memory_gb, full_gb, family.inputs, note, classes=len(data.label_names))
     decision = decide(situation)
     strategy = strategy_for(decision.strategy, family)
     return {
         "strategy": decision.strategy,
         "settings": _settings(decision.strategy, strategy, model, decision.epochs),
         "reasons": decision.reasons,
-        "n_train": len(data),
+        "n_train": size,
         "domain_gap": {"score": gap.score, "bucket": gap.bucket, "signal": gap.signal, **gap.details},
     }
 
@@ -70,7 +76,6 @@ def recommend_for_run(config: Any, labelled: int, log: Log = print) -> dict[str,
     rec = recommend(
         config.backbone,
         config.dataset,
-        labelled,
         seed=config.training.seed,
         text_column=config.text_column,
         label_column=config.labels,
@@ -78,6 +83,7 @@ def recommend_for_run(config: Any, labelled: int, log: Log = print) -> dict[str,
         image_column=config.image_column,
         label_separator=config.label_separator,
         skip_bad_images=config.skip_bad_images,
+        labelled=labelled,
     )
     log(f"recommended: {rec['strategy']} ({rec['reasons'][-1]})")
     if rec["strategy"] not in config.strategies:
