@@ -132,8 +132,13 @@ def encode_label_sets(raw: pd.Series, separator: str, where: str) -> tuple[np.nd
     return matrix, names
 
 
+def is_label_list(value: Any) -> bool:
+    """A cell holding several labels as a list (JSONL, or Parquet as Hugging Face exports go_emotions)."""
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
 def _label_set(value: Any, separator: str) -> set[str]:
-    if isinstance(value, (list, tuple, np.ndarray)):
+    if is_label_list(value):
         return {str(part).strip() for part in value} - {""}
     if value is None or pd.isna(value):
         return set()
@@ -177,7 +182,7 @@ def encode_label_column(
     `label_separator`, or (with a list of columns) one 0/1 column per label."""
     if not isinstance(label_column, str):
         return encode_label_columns(frame, list(label_column), where)
-    if label_separator is None and any(isinstance(v, (list, tuple, np.ndarray)) for v in frame[label_column]):
+    if label_separator is None and any(map(is_label_list, frame[label_column])):
         return encode_label_sets(frame[label_column], ";", where)  # list cells (JSONL, Parquet): a set of labels each
     if label_separator is None:
         return encode_labels(frame[label_column], where)

@@ -16,7 +16,16 @@ from rich.table import Table
 from rich.text import Text
 
 from transferlab.data.images import is_image_file
-from transferlab.data.sources import encode_label_columns, first_row, label_columns_of, label_keys, label_value, read_table, require_columns
+from transferlab.data.sources import (
+    encode_label_columns,
+    first_row,
+    is_label_list,
+    label_columns_of,
+    label_keys,
+    label_value,
+    read_table,
+    require_columns,
+)
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
 from transferlab.runio import atomic_write_text, label_separator
@@ -105,7 +114,7 @@ def read_texts(
 def _label_text(cell: Any, separator: str) -> str:
     """A true-label cell as the text `label_ids` reads: a list (JSONL, Parquet) as its labels joined by `separator`."""
     value = label_value(cell)
-    if isinstance(value, (list, tuple, np.ndarray)):
+    if is_label_list(value):
         return separator.join(str(part).strip() for part in value)
     return "" if value is None else str(value)
 
