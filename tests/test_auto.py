@@ -19,7 +19,6 @@ from transferlab.strategies.full import FullConfig
 from transferlab.strategies.lora import LoraConfig
 
 STRATEGIES = ["head", "full", "lora", "bitfit", "setfit"]
-SEARCHED = STRATEGIES[:4]  # SetFit's body learns from the validation pairs: a search that chooses on them leaves it out
 
 
 def _files(tmp_path, flip_test_labels: bool = False):
@@ -51,6 +50,7 @@ def _auto(tmp_path, backbone, name="out", flip_test_labels=False, max_trials=6, 
         seeds=seeds,
         max_length=40,
         training={"epochs": epochs, "batch_size": 16, "min_steps": 0},
+        strategy_settings={"setfit": {"pair_iterations": 2}} if "setfit" in strategies else {},
     )
     return auto(config, tmp_path / name, budget_seconds=3600, max_trials=max_trials, log=lambda _: None)
 
@@ -94,14 +94,14 @@ def test_search_order_defaults_export_and_report(tmp_path, tiny_bert_dir):
     out = tmp_path / "out"
     trials = record["search"]["trials"]
     assert len(trials) == 6 and record["status"] == "complete"
-    assert record["search"]["strategies"] == SEARCHED
+    assert record["search"]["strategies"] == STRATEGIES
     # the cheap frozen-feature head first, then each strategy once at its own defaults, before any proposal
     assert [t["strategy"] for t in trials[:1]] == ["head"]
-    first_looks = {t["strategy"]: t["settings"] for t in trials[:4]}
-    assert set(first_looks) == set(SEARCHED)
+    first_looks = {t["strategy"]: t["settings"] for t in trials[:5]}
+    assert set(first_looks) == set(STRATEGIES)
     assert first_looks["full"] == {"lr": FullConfig().lr}
     assert first_looks["lora"] == {"lr": LoraConfig().lr, "r": LoraConfig().r}
-    for proposal in trials[4:]:  # TPE's proposals stay within each strategy's default / 3 .. x 3
+    for proposal in trials[5:]:  # TPE's proposals stay within each strategy's default / 3 .. x 3
         default = {"full": FullConfig().lr, "lora": LoraConfig().lr, "bitfit": 1e-3}.get(proposal["strategy"])
         if default is not None:
             assert default / 3 <= proposal["settings"]["lr"] <= default * 3
@@ -387,3 +387,24 @@ def test_a_search_with_nothing_left_to_tune_ends_instead_of_training_the_same_tr
     failing.fail(first[0], "ValueError: bad", 1.0)
     with pytest.raises(UserError, match="the first 1 trials all failed \\(the first: ValueError: bad\\)"):
         failing.next_trial()  # every setting tried and none complete: nothing to export
+
+
+@pytest.mark.parametrize("labelled, draws, kept", [(600, [50, 56], 51), (160, [50], 45)])
+def test_validation_that_near_copies_left_is_drawn_again_larger(labelled, draws, kept, monkeypatch):
+    """A tenth of each validation split nearly copies a test input and leaves it: auto draws again, larger by that
+    share, unless that would take more than a third of the examples."""
+    from types import SimpleNamespace
+
+    from transferlab.recipes import auto as auto_module
+
+    asked = []
+
+    def prepare(config, log):
+        drawn = round(config.val_fraction * labelled)
+        asked.append(drawn)
+        return SimpleNamespace(split=SimpleNamespace(val=list(range(drawn - drawn // 10))))
+
+    monkeypatch.setattr(auto_module, "prepare", prepare)
+    config = load_run_config(None)
+    experiment = auto_module._prepare_with_validation(config, labelled, log=lambda _: None)
+    assert asked == draws and len(experiment.split.val) == kept

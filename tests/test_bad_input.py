@@ -36,6 +36,8 @@ def _write_inputs(d: Path) -> None:
     (d / "broken.yaml").write_text("strategies: [lora\n")
     (d / "list.yaml").write_text("- lora\n- full\n")
     (d / "unseen.csv").write_text("text,label\ngood film,pos\nso-so film,neutral\n")
+    (d / "header-only.csv").write_text("text,label\n")
+    (d / "blank.jsonl").write_text('{"text": "good film"}\n{"text": "  "}\n')
     spam = ["yes" if i == 7 else str(i % 3) for i in range(20)]  # row 8 is not 0/1, nor is a 2
     (d / "wide.csv").write_text("text,toxic,spam\n" + "".join(f"word {i},{i % 2},{spam[i]}\n" for i in range(20)))
     other = d / "other-run"
@@ -142,6 +144,12 @@ CASES = {
     "misspelt predict column": (PREDICT + ["--model", "{model}", "--input", "{d}/ok.csv", "--text-column", "txt"], "did you mean 'text'"),
     "predict input not UTF-8": (PREDICT + ["--model", "{model}", "--input", "{d}/latin1.csv"], "not valid UTF-8"),
     "nothing to predict": (PREDICT + ["--model", "{model}"], "give one of --text"),
+    "a predict table with a header and no rows": (
+        PREDICT + ["--model", "{model}", "--input", "{d}/header-only.csv"],
+        "header-only.csv: no rows",
+    ),
+    "a blank text in a predict table": (PREDICT + ["--model", "{model}", "--input", "{d}/blank.jsonl"], "row 2 has an empty 'text'"),
+    "a blank --text": (PREDICT + ["--model", "{model}", "--text", "good", "--text", " "], "--text: an empty text"),
     "a report of an unfinished run": (["report", "{unfinished}"], "the run did not finish"),
     "max length past the backbone's positions": (
         ["check", "--backbone", "minilm-l6", "--dataset", "{d}/ok.csv", "--max-length", "1024"],

@@ -81,6 +81,23 @@ def test_probabilities_are_out_of_fold():
     assert issues["suggested_label"].iloc[0] == "a"
 
 
+def test_copies_of_a_mislabelled_row_are_predicted_without_each_other():
+    """The odd row above, copied three times (as a duplicated row of a user's file). Without groups a copy sits in
+    every fold's fitted rows and teaches the probe the wrong label; with the copies as one group, none is."""
+    x, y = _clusters(2, 120, 2)
+    x = np.hstack([x, np.zeros((len(x), 1))])
+    odd = np.append(x[y == 0].mean(0)[:-1], 5.0)
+    x, y = np.vstack([x, odd, odd, odd]), np.append(y, [1, 1, 1])
+    groups = np.append(np.arange(120), [120, 120, 120])
+    settings = ProbeSettings(c_grid=(1e4,), folds=5, seed=0)
+    leaked = out_of_fold_probabilities(x, y, 2, settings)
+    assert (leaked[-3:, 1] > 0.9).all()  # the test can fail: ungrouped folds memorise the copies' label
+    probs = out_of_fold_probabilities(x, y, 2, settings, groups)
+    assert (probs[-3:, 1] < 0.1).all()
+    issues = find_label_issues(probs, y, ["a", "b"])
+    assert set(issues["row"].head(3)) == {120, 121, 122}
+
+
 def test_binary_with_string_label_names():
     x, y = _clusters(3, 200, 2)
     noisy, flipped = _flip(y, 8, 2, seed=4)

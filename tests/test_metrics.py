@@ -60,15 +60,29 @@ def test_macro_f1_leaves_out_a_class_the_test_set_never_asks_about():
     m = classification_metrics(labels, _onehot_probs(np.array([0, 0, 1, 0]), 3), 3)
     f1_a, f1_b = 2 * (2 / 3) * 1 / (2 / 3 + 1), 2 * 1 * 0.5 / 1.5
     assert math.isclose(m["macro_f1"], (f1_a + f1_b) / 2) and math.isclose(m["f1"], m["macro_f1"])
+    # precision a 2/3, b 1; recall a 1, b 1/2; c has neither (0/0) and is left out of both
+    assert math.isclose(m["precision"], (2 / 3 + 1) / 2) and math.isclose(m["recall"], (1 + 0.5) / 2)
     m = classification_metrics(labels, _onehot_probs(np.array([0, 0, 1, 2]), 3), 3)
     assert math.isclose(m["macro_f1"], (1.0 + 2 * 1 * 0.5 / 1.5 + 0.0) / 3)
+    # c predicted once but absent: precision 0 and recall 0 (0/0 counted as 0, as its F1), both averaged over 3
+    assert math.isclose(m["precision"], (1 + 1 + 0) / 3) and math.isclose(m["recall"], (1 + 0.5 + 0) / 3)
     multi = classification_metrics(np.array([[1, 0, 0], [0, 1, 0]]), np.array([[0.9, 0.1, 0.1], [0.2, 0.8, 0.3]]), 3)
     assert multi["macro_f1"] == 1.0  # label c: in no row, never predicted
 
 
-def test_auroc_undefined_when_a_class_is_missing():
-    m = classification_metrics(np.array([0, 0, 1]), _onehot_probs(np.array([0, 0, 1]), 3), 3)
-    assert math.isnan(m["auroc"])
+def test_auroc_leaves_out_a_missing_class_and_is_undefined_with_one():
+    """Class c is absent: the mean of a's and b's one-vs-rest AUROC, counted pair by pair. One class alone: undefined."""
+    probs = np.array([[0.6, 0.3, 0.1], [0.3, 0.5, 0.2], [0.4, 0.4, 0.2], [0.2, 0.45, 0.35]])
+    m = classification_metrics(np.array([0, 0, 1, 1]), probs, 3)
+    # a: positives 0.6, 0.3 against negatives 0.4, 0.2 -> 3 of 4 pairs; b: 0.4, 0.45 against 0.3, 0.5 -> 2 of 4
+    assert math.isclose(m["auroc"], (3 / 4 + 2 / 4) / 2)
+    full = np.array([0, 1, 2, 2])
+    with_every_class = classification_metrics(full, probs, 3)["auroc"]
+    from sklearn.metrics import roc_auc_score
+
+    assert math.isclose(with_every_class, roc_auc_score(full, probs, multi_class="ovr"))  # scikit-learn's own, all present
+    assert math.isnan(classification_metrics(np.array([1, 1]), probs[:2], 3)["auroc"])
+    assert math.isnan(classification_metrics(np.array([1, 1]), probs[:2, :2] / probs[:2, :2].sum(1, keepdims=True), 2)["auroc"])
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])

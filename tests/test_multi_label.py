@@ -212,6 +212,18 @@ def test_every_strategy_learns_independent_labels(strategy, tmp_path, tiny_bert_
     assert 0 <= metrics["micro_f1"] <= 1 and metrics["accuracy"] <= metrics["micro_f1"] + 1e-9
 
 
+def test_text_augmentation_copies_each_set_of_labels(tmp_path, tiny_bert_dir, multi_label_csv):
+    """Word deletion and swap keep a text's labels: its copies carry the same 0/1 row (a class id would not fit)."""
+    from transferlab.data.augment import augment_texts
+
+    rows = np.array([[1, 0, 1], [0, 1, 0]])
+    texts, labels = augment_texts(["a b c d", "e f g h"], rows, ["delete", "swap"], copies=2, seed=0)
+    assert len(texts) == 4 and labels == [[1, 0, 1], [1, 0, 1], [0, 1, 0], [0, 1, 0]]
+    config = _config(tiny_bert_dir, multi_label_csv, ["head"], cv=1, augment=["delete", "swap"])
+    summary = compare(config, tmp_path / "run", log=lambda _: None)["strategies"]["head"]
+    assert summary["status"] == "ok", summary
+
+
 def test_export_predict_and_a_plain_pipeline_agree(tmp_path, tiny_bert_dir, multi_label_csv):
     """A head trained on the words that name the labels: well above the label-prior baseline; the exported folder
     predicts sets of labels with independent probabilities, which a plain transformers pipeline reproduces."""

@@ -77,14 +77,20 @@ def _comparison(best: str, others: dict) -> dict:
 
 def test_verdict_reads_the_comparison_block():
     others = {"lora": {"gap": 0.01, "p_value": 0.4, "within_noise": True}, "head": {"gap": 0.1, "p_value": 0.001, "within_noise": False}}
-    assert verdict("full", _comparison("full", others))["within_noise"] is True
-    close = verdict("lora", _comparison("full", others))
+    ok = {name: {"status": "ok"} for name in ("full", "lora", "head")}
+    assert verdict("full", _comparison("full", others), ok)["within_noise"] is True
+    close = verdict("lora", _comparison("full", others), ok)
     assert close["within_noise"] is True and "within noise of the best, full" in close["verdict"]
-    worse = verdict("head", _comparison("full", others))
+    worse = verdict("head", _comparison("full", others), ok)
     assert worse["within_noise"] is False and "significantly worse" in worse["verdict"]
-    assert verdict("partial", _comparison("full", others))["within_noise"] is None
-    single = verdict("lora", _comparison("full", {"lora": {"gap": 0.02, "p_value": None, "within_noise": None}}))
+    absent = verdict("partial", _comparison("full", others), ok)
+    assert absent["within_noise"] is None and absent["verdict"] == "recommended partial was not compared (best: full)"
+    single = verdict("lora", _comparison("full", {"lora": {"gap": 0.02, "p_value": None, "within_noise": None}}), ok)
     assert single["within_noise"] is None and "untested against (one run each" in single["verdict"]
+    failed = {**ok, "partial": {"status": "failed", "reason": "out of memory"}}
+    assert verdict("partial", _comparison("full", others), failed)["verdict"] == "recommended partial failed: out of memory (best: full)"
+    nothing = verdict("partial", _comparison(None, {}), {"partial": {"status": "failed", "reason": "out of memory"}})
+    assert nothing["verdict"] == "recommended partial failed: out of memory (no strategy finished)"
 
 
 def _cli(*args):

@@ -219,3 +219,16 @@ def test_a_checkpoint_cut_short_by_a_kill_is_skipped(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
     assert not (tmp_path / "checkpoint-6").exists()
     assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+def test_a_resumed_run_tries_its_failed_runs_again_and_keeps_the_others(tmp_path):
+    """A failure is an exception (a full disk, a device fault): a resume runs it again. Skipped and diverged runs are
+    results of the config, and a resume reads them back."""
+    folder = RunFolder(tmp_path)
+    folder.open({"backbone": "a"}, None, log=lambda m: None)
+    for seed, status in enumerate(("ok", "failed", "diverged", "skipped")):
+        folder.save_run("lora", 0, seed, {"status": status}, [])
+    folder.open({"backbone": "a"}, None, log=lambda m: None)
+    assert [folder.finished_result("lora", 0, seed) for seed in range(4)] == [
+        {"status": "ok"}, None, {"status": "diverged"}, {"status": "skipped"},
+    ]  # fmt: skip

@@ -176,6 +176,14 @@ def test_bad_adapters_are_refused_with_a_reason(tmp_path, adapters, tiny_bert_di
     (image / "transferlab.json").write_text(json.dumps({**manifest, "modality": "image"}))  # a CNN's kept adapter
     with pytest.raises(UserError, match="an image classifier; serve answers texts"):
         MultiTaskModel(str(tiny_bert_dir), {"a": image})
+    run = tmp_path / "killed-run"  # a run folder without its complete results.json: its adapter may be any checkpoint's
+    shutil.copytree(adapters["tone"], run / "model")
+    (run / "config.yaml").write_text("backbone: tiny\n")
+    with pytest.raises(UserError, match="the run that wrote it did not finish"):
+        MultiTaskModel(str(tiny_bert_dir), {"a": run / "model"})
+    (merged / "transferlab.json").write_text("{not json")
+    with pytest.raises(UserError, match="transferlab.json: unreadable"):
+        MultiTaskModel(str(tiny_bert_dir), {"a": merged})
 
 
 def _free_port() -> int:

@@ -128,6 +128,40 @@ def test_setfit_pairs_are_setfits_sampler_counted_by_hand():
     assert len(capped) == 10 and set(capped) <= set(found)
 
 
+def test_setfit_pairs_under_the_cap_are_those_setfit_draws_from_its_whole_list():
+    """The cap is passed to SetFit's sampler so that it stops building its pair list early; where the cap does not
+    bind, the pairs are those of the whole list, as SetFit itself draws them."""
+    from setfit.sampler import ContrastiveDataset
+
+    labels = np.random.default_rng(0).integers(0, 3, 60)
+    whole = ContrastiveDataset(list(range(60)), labels.tolist(), multilabel=False, num_iterations=4)
+    assert pairs(labels, iterations=4, max_pairs=10_000, seed=0) == [(p["sentence_1"], p["sentence_2"], p["label"]) for p in whole]
+    capped = pairs(labels, iterations=20, max_pairs=120, seed=0)  # 20 x 60 x 2 would be 2,400
+    assert len(capped) == 120 and len(set(capped)) == 120
+    assert all((labels[i] == labels[j]) == (y == 1.0) for i, j, y in capped)
+
+
+@pytest.mark.parametrize("n_val, paired", [(MIN_VALIDATION, 40), (8, 48)])
+def test_setfit_pairs_leave_out_a_validation_split_that_chooses(n_val, paired, tiny_bert_dir, monkeypatch):
+    """With MIN_VALIDATION validation examples the temperature and the threshold are chosen on them: no pair holds
+    one. A handful chooses nothing and joins the pairs."""
+    from transferlab.strategies import contrastive
+
+    seen = []
+
+    def recorded(labels, *args):
+        seen.append(len(labels))
+        return pairs(labels, *args)
+
+    monkeypatch.setattr(contrastive, "pairs", recorded)
+    pre = TextPreprocessor.from_pretrained(str(tiny_bert_dir), 16)
+    data, _ = _data(pre, 40, n_val)
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), data.label_names, "mean")
+    get_strategy("setfit", pair_iterations=1).fit(model, data, TrainingConfig())
+    assert seen == [paired]
+    assert data.validation_logits is not None and len(data.validation_logits) == n_val
+
+
 def _mean_cosine(model, features: list[dict], pre, same: bool) -> float:
     from transferlab.training.inference import pooled_features
 

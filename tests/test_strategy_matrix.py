@@ -149,3 +149,12 @@ def test_the_tiny_task_is_learned(name, floor, tiny_bert_dir):
     probs = predict_proba(fitted, features[360:], pre.collate, pre.length_of)
     accuracy = float((probs.argmax(1) == np.array(labels[360:])).mean())
     assert accuracy >= floor, accuracy
+
+
+def test_bitfit_refuses_a_backbone_without_biases(tiny_llama_dir, tiny_bert_dir):
+    """A Llama-style decoder has bias-free projections and RMSNorm: BitFit would train its head alone."""
+    llama = build_classifier(resolve_backbone(str(tiny_llama_dir)), ["a", "b"])
+    linears = [m for m in llama.modules() if isinstance(m, torch.nn.Linear)]
+    assert sum(m.bias is not None for m in linears) == 1  # the classifier's head only
+    assert "has none" in get_strategy("bitfit").unsupported_reason(llama)
+    assert get_strategy("bitfit").unsupported_reason(build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"])) is None

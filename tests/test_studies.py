@@ -378,3 +378,28 @@ def test_the_layer_probe_verdict_says_when_the_gap_is_noise(l1, last, n_test, ou
     expectation = judge(get_study("layer-probe"), record)
     assert expectation["outcome"] == outcome, expectation["verdict"]
     assert "layer 5 against layer 6" in expectation["verdict"]
+
+
+def test_every_point_trains_at_what_prepare_made_of_auto(monkeypatch):
+    """prepare turns auto precision (a CNN declines bf16 on a CPU) and auto class weights into settings; the points
+    that reuse its data must train at those, not at auto again."""
+    import dataclasses
+
+    from transferlab.studies import base
+    from transferlab.studies.base import Point, StudyContext
+
+    @dataclasses.dataclass
+    class Prepared:
+        config: object
+
+    def prepare(config, log):
+        config.training.precision, config.class_weights, config.training.metric = "fp32", "balanced", "accuracy"
+        return Prepared(config)
+
+    monkeypatch.setattr(base, "prepare", prepare)
+    config = load_run_config(None, backbone="mobilenet-v2", n_train=100)
+    assert config.training.precision == "auto" and config.class_weights == "auto"
+    context = StudyContext(config, log=lambda _: None)
+    first, second = (context.experiment(Point(f"p{i}", i, "head")) for i in range(2))
+    for experiment in (first, second):
+        assert (experiment.config.training.precision, experiment.config.class_weights) == ("fp32", "balanced")

@@ -296,3 +296,24 @@ def test_validation_batches_pad_to_their_own_length(tiny_bert_dir):
     expected = [max(counts[start : start + 8]) for start in range(0, len(counts), 8)]
     assert len(set(counts)) > 3, "sentences of a few lengths: nothing to tell the orders apart"
     assert widths[: len(expected)] == expected
+
+
+def test_early_stopping_state_survives_a_checkpoint():
+    """A resumed run rebuilds early stopping from the checkpoint's record of it: the patience already spent, and the
+    step before which it does not count (without which the Trainer could not rebuild it at all)."""
+    from transferlab.training.loop import _EarlyStoppingAfter
+
+    callback = _EarlyStoppingAfter(7, early_stopping_patience=3)
+    callback.early_stopping_patience_counter = 2
+    restored = _EarlyStoppingAfter.from_state(callback.state())
+    assert (restored.step, restored.early_stopping_patience, restored.early_stopping_patience_counter) == (7, 3, 2)
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_the_divergence_guards_patience_is_five_optimizer_steps(accumulation, tmp_path, tiny_bert_dir):
+    """The guard reads each micro-batch's loss: with 4 of them to an optimizer step, its patience is 4 x 5 of them."""
+    from transformers import TrainingArguments
+
+    model = build_classifier(resolve_backbone(str(tiny_bert_dir)), ["a", "b"])
+    args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=accumulation, report_to=[])
+    assert loop._Trainer(model=model, args=args).divergence.patience == 5 * accumulation

@@ -17,6 +17,7 @@ from transferlab import faults
 
 RESULTS = "results.json"  # a run folder's whole record, written last: its presence marks the run complete
 CONFIG = "config.yaml"  # the resolved config, written first
+MODEL_DIR = "model"  # where a run folder keeps its trained model
 MANIFEST = "transferlab.json"  # an exported model's record: what it is, what it was trained on, how to read its inputs
 
 

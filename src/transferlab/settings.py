@@ -46,6 +46,9 @@ MIN_STEPS = 100
 # the decision threshold): one example is 2 points of accuracy, and a score's standard error on 50 is 7 points,
 # more than most gaps between checkpoints.
 MIN_VALIDATION = 50
+# Up to this share of the labelled examples may validate where a command needs MIN_VALIDATION of them (auto's search,
+# a study that reads validation curves); below it the examples are too few to spare.
+MAX_VALIDATION_SHARE = 1 / 3
 
 METERS = ("perplexity", "sequential", "cka")
 MITIGATIONS = ("ewc", "replay", "l2sp")

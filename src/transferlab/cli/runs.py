@@ -12,6 +12,7 @@ import typer
 from transferlab.cli.common import console, out, out_dir, progress_logger, quiet_unless_main, training_progress
 from transferlab.cli.options import build_run_config, config_options
 from transferlab.errors import UserError
+from transferlab.runio import MODEL_DIR
 
 DATA = ("backbone", "dataset", "test_dataset", "validation_dataset", "n_train", "n_test")
 TRAINING = (
@@ -182,7 +183,7 @@ def train(
             run_config, target, keep_adapter=keep_adapter, log=progress_logger(), resume=options["resume"], export_formats=formats
         )
     print_results(results, out)
-    console.print(f"model: {target / 'model'}")
+    console.print(f"model: {target / MODEL_DIR}")
 
 
 @config_options(*DATA, *TRAINING, "seeds", *IMBALANCE, *IMAGES, *COLUMNS, *RUN_FOLDER)
@@ -241,7 +242,7 @@ def auto(
     print_results(results, out)
     console.print(results["recommendation"]["verdict"], highlight=False)
     trials = f"; trials: {target / 'leaderboard.csv'}" if search["trials"] else ""
-    console.print(f"model: {target / 'model'}{trials}; report: {target / 'report.html'}")
+    console.print(f"model: {target / MODEL_DIR}{trials}; report: {target / 'report.html'}")
 
 
 @config_options(

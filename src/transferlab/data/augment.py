@@ -30,8 +30,9 @@ def random_swap(words: list[str], swaps: int, rng: random.Random) -> list[str]:
 
 def augment_texts(
     texts: list[str], labels: np.ndarray, methods: list[str], copies: int, seed: int, p: float = 0.1
-) -> tuple[list[str], list[int]]:
-    """`copies` new versions of every text, each made by one of `methods` chosen at random."""
+) -> tuple[list[str], list[int] | list[list[int]]]:
+    """`copies` new versions of every text, each made by one of `methods` chosen at random, with its label (a class id,
+    or a multi-label example's 0/1 row)."""
     rng = random.Random(seed)
     out_texts, out_labels = [], []
     for text, label in zip(texts, labels, strict=True):
@@ -40,5 +41,5 @@ def augment_texts(
             method = rng.choice(methods)
             new = random_deletion(words, p, rng) if method == "delete" else random_swap(words, max(1, round(p * len(words))), rng)
             out_texts.append(" ".join(new))
-            out_labels.append(int(label))
+            out_labels.append(label.tolist() if np.ndim(label) else int(label))
     return out_texts, out_labels

@@ -19,7 +19,7 @@ from cleanlab.filter import find_label_issues as cleanlab_find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -32,13 +32,17 @@ from transferlab.evaluation.probe import ProbeSettings, fit_probe, informative_f
 LABEL_ISSUE_COLUMNS = ("row", "given_label", "suggested_label", "score")
 
 
-def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings) -> np.ndarray:
+def out_of_fold_probabilities(
+    x: np.ndarray, y: np.ndarray, num_classes: int, settings: ProbeSettings, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Class probabilities (rows x num_classes) for every row, each from a probe fitted without that row.
 
     The strength C is chosen once by `fit_probe`'s cross-validation over all rows (one number, so the
     leak of the held-out labels into it is negligible), then each of the stratified folds is predicted
     by a standardise-then-logistic-regression fit on the other folds; the folds are `fit_probe`'s
-    (`settings.folds`, fewer when a class is smaller, shuffled with `settings.seed`). Features that are
+    (`settings.folds_for`: fewer when a class is smaller, and the copies of one example, rows sharing one of
+    `groups`, in one fold: a copy in the fitted folds would teach the probe that example's label, wrong or not,
+    and hide it from the ranking). Features that are
     (nearly) constant over all rows are dropped as `fit_probe` does: standardising them would multiply
     float noise by a huge 1 / std.
 
@@ -49,8 +53,8 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, se
     x = np.asarray(x)
     y = np.asarray(y)
     if y.ndim == 2 and len(x) == len(y):  # multi-label: each label's out-of-fold sigmoid, from the probe's folds
-        probe = fit_probe(x, y, num_classes, settings)
-        return expit(out_of_fold_logits(x, y, num_classes, settings, probe.chosen_c))
+        probe = fit_probe(x, y, num_classes, settings, groups)
+        return expit(out_of_fold_logits(x, y, num_classes, settings, probe.chosen_c, groups))
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"expected features (rows x dims) and one label per row, got {x.shape} and {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
@@ -64,8 +68,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, se
         raise UserError(f"finding label issues needs at least 2 examples of every class; class {single} has one")
     # Classes renumbered 0..m-1 over the present ones, so that fit_probe and the folds never see an empty class.
     compact = np.searchsorted(present, y)
-    probe = fit_probe(x, compact, len(present), settings)
-    folds = min(settings.folds, int(counts[present].min()))
+    probe = fit_probe(x, compact, len(present), settings, groups)
     informative = informative_features(x)  # as fit_probe drops them, which has run on `x` above
     model = Pipeline(
         [
@@ -87,7 +90,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, se
             model,
             x[:, informative],
             compact,
-            cv=StratifiedKFold(folds, shuffle=True, random_state=settings.seed),
+            cv=settings.folds_for(compact, len(present), groups),
             method="predict_proba",
         )
     full = np.zeros((len(y), num_classes))

@@ -57,9 +57,11 @@ def _macro_f1(y: np.ndarray, predicted: np.ndarray, labels: list[int] | None = N
     return f1_score(y, predicted, labels=labels, average="macro", zero_division=np.nan)
 
 
-def _averaged(num_classes: int) -> dict:
-    """Precision, recall and F1 of the positive class when binary, macro-averaged over every class otherwise."""
-    return {"average": "binary"} if num_classes == 2 else {"average": "macro", "labels": list(range(num_classes))}
+def _averaged(y: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
+    """Precision and recall of the positive class when binary, macro-averaged otherwise over the classes the test set
+    holds or the model predicts: as in `_macro_f1`, a class with neither (a rare class missing from a fold) has no
+    score (0/0) and is left out rather than counted as 0. A class held but never predicted still scores 0 precision."""
+    return {"average": "binary"} if num_classes == 2 else {"average": "macro", "labels": np.union1d(y, predicted).tolist()}
 
 
 # Each single-label metric from (labels, predicted labels, probabilities, number of classes); a table, so that a
@@ -68,8 +70,8 @@ SINGLE_LABEL_METRICS = {
     "accuracy": lambda y, predicted, probs, k: accuracy_score(y, predicted),
     "macro_f1": lambda y, predicted, probs, k: _macro_f1(y, predicted, list(range(k))),
     "micro_f1": lambda y, predicted, probs, k: accuracy_score(y, predicted),  # one class per example: pooled F1 is accuracy
-    "precision": lambda y, predicted, probs, k: precision_score(y, predicted, zero_division=0, **_averaged(k)),
-    "recall": lambda y, predicted, probs, k: recall_score(y, predicted, zero_division=0, **_averaged(k)),
+    "precision": lambda y, predicted, probs, k: precision_score(y, predicted, zero_division=0, **_averaged(y, predicted, k)),
+    "recall": lambda y, predicted, probs, k: recall_score(y, predicted, zero_division=0, **_averaged(y, predicted, k)),
     "f1": lambda y, predicted, probs, k: _macro_f1(y, predicted, list(range(k))) if k > 2 else f1_score(y, predicted, zero_division=0),
     "auroc": lambda y, predicted, probs, k: _auroc(y, probs, k),
     "mcc": lambda y, predicted, probs, k: matthews_corrcoef(y, predicted),
@@ -157,12 +159,15 @@ class MetricScorer:
 
 
 def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
-    """One-vs-rest when multi-class; NaN when a class is absent from `labels` (AUROC is undefined there)."""
-    if len(np.unique(labels)) < num_classes:
+    """Multi-class: one-vs-rest, averaged over the classes `labels` hold (scikit-learn's macro "ovr" where all are
+    there); a class absent from them has no AUROC, and is left out as macro-F1 leaves it, so that a fold or a
+    validation split without a rare class still scores. NaN with fewer than two classes present."""
+    present = np.unique(labels)
+    if len(present) < 2:
         return float("nan")
     if num_classes == 2:
         return float(roc_auc_score(labels, probs[:, 1]))
-    return float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(num_classes))))
+    return float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
 
 
 def per_class_report(

@@ -248,8 +248,8 @@ def _out_of_fold_label(
     return scaler.transform(x) @ weights + bias
 
 
-def fit_probes(tasks: list[tuple[np.ndarray, np.ndarray, int, ProbeSettings]]) -> list[Probe]:
-    """`fit_probe` on each (x, y, num_classes, settings), spread over the machine's cores: the probes of a
+def fit_probes(tasks: list[tuple[np.ndarray, np.ndarray, int, ProbeSettings, np.ndarray | None]]) -> list[Probe]:
+    """`fit_probe` on each (x, y, num_classes, settings, groups), spread over the machine's cores: the probes of a
     layer study are independent, and each one runs on a single thread."""
     jobs = min(len(tasks), cpu_count())
     if jobs <= 1:

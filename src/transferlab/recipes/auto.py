@@ -52,8 +52,8 @@ from transferlab.recipes.run_folder import RunFolder
 from transferlab.recipes.train import check_export_formats, export, write_export_formats
 from transferlab.report import write_report
 from transferlab.results import describe_settings, ranked_trials
-from transferlab.runio import atomic_write_text
-from transferlab.settings import MIN_VALIDATION
+from transferlab.runio import MODEL_DIR, atomic_write_text
+from transferlab.settings import MAX_VALIDATION_SHARE, MIN_VALIDATION
 from transferlab.strategies import Strategy
 from transferlab.training.loop import validation_logits
 
@@ -62,7 +62,6 @@ LEADERBOARD = "leaderboard.csv"
 LR_RANGE = 3.0  # each strategy's learning rate is searched within its default / 3 to its default x 3, log-uniform
 WIDTH_FACTORS = (0.5, 1, 2)  # a rank or bottleneck width r: r / 2, r or 2 r
 STUDY = "auto"
-MAX_VALIDATION_SHARE = 1 / 3  # auto takes up to this share of the labelled examples to validate on, to have MIN_VALIDATION
 INTERRUPTED = "interrupted: queued again"  # a trial the process died in; a resumed search runs it again
 GIVE_UP_AFTER = 10  # trials that all failed before any completed: the data or the backbone is at fault, not the settings
 # TPE's proposals in a row that repeat a trial before the search counts its space as exhausted: with nothing or little
@@ -145,9 +144,8 @@ def auto(
         and config.validation_dataset is None
         and MIN_VALIDATION <= labelled * MAX_VALIDATION_SHARE
     ):
-        config.val_fraction = (MIN_VALIDATION + 0.4) / labelled  # rounds to MIN_VALIDATION examples
         log(f"auto: {MIN_VALIDATION} of the {labelled} labelled examples validate (not {len(experiment.split.val)}): enough to choose by")
-        experiment = prepare(config, log)
+        experiment = _prepare_with_validation(config, labelled, log)
     if len(experiment.split.val) < MIN_VALIDATION:
         if config.validation_dataset is not None:
             raise UserError(
@@ -178,6 +176,23 @@ def auto(
     }
     verdict = _verdict(recommendation["strategy"], search)
     return _finish(experiment, final, folder, first, results, search, {**recommendation, "verdict": verdict}, out_dir, formats, log)
+
+
+def _prepare_with_validation(config: RunConfig, labelled: int, log: Log) -> Experiment:
+    """The data prepared with a validation split of MIN_VALIDATION examples. The split is drawn before the data checks,
+    and validation examples that nearly copy a test input leave it then, so a split aimed at exactly MIN_VALIDATION can
+    come out short: the next try aims higher by the share that left, within MAX_VALIDATION_SHARE of the examples."""
+    wanted = MIN_VALIDATION
+    for _ in range(3):
+        config.val_fraction = (wanted + 0.4) / labelled  # rounds to `wanted` examples
+        experiment = prepare(config, log)
+        kept = len(experiment.split.val)
+        more = math.ceil(wanted * MIN_VALIDATION / kept) if kept else 0
+        if kept >= MIN_VALIDATION or not kept or more > labelled * MAX_VALIDATION_SHARE:
+            break
+        log(f"auto: {wanted - kept} of {wanted} validation examples nearly copied test inputs and left; drawing {more}")
+        wanted = more
+    return experiment
 
 
 def _without_search(
@@ -244,8 +259,8 @@ def _finish(
     record["comparison"] = compare_to_best(record["strategies"], final.config.training.metric)
     record["search"] = search
     record["recommendation"] = recommendation
-    record["model_dir"] = "model"
-    export(first, final, out_dir / "model", False, record)
+    record["model_dir"] = MODEL_DIR
+    export(first, final, out_dir / MODEL_DIR, False, record)
     write_label_issues(out_dir, experiment)
     if search["trials"]:
         _write_leaderboard(out_dir, search)

@@ -61,7 +61,7 @@ def compare(
         record["strategies"][name] = summarize_runs([results[j] for j in jobs if j.strategy == name])
     record["comparison"] = compare_to_best(record["strategies"], metric, one_test_set(record), fold_overlap(record))
     if recommendation:
-        record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"])}
+        record["recommendation"] = {**recommendation, **verdict(recommendation["strategy"], record["comparison"], record["strategies"])}
     if is_main_process():
         write_label_issues(out_dir, experiment)
         folder.complete(record)

@@ -304,8 +304,8 @@ def _label_issues(run: RunData, used: np.ndarray, features: np.ndarray, seed: in
     labels = data.labels[used]
     settings = FeatureExtraction().probe_settings(TrainingConfig(seed=seed))  # the head strategy's own probe
     try:
-        probs = out_of_fold_probabilities(features, labels, len(data.label_names), settings)
-    except UserError:  # a class with a single example: no out-of-fold model has seen its class
+        probs = out_of_fold_probabilities(features, labels, len(data.label_names), settings, run.groups[used])
+    except UserError:  # a class with a single example (copies count once): no out-of-fold model has seen its class
         return pd.DataFrame(columns=["file", *LABEL_ISSUE_COLUMNS, "input"])
     issues = find_label_issues(probs, labels, data.label_names)  # `row` is the position in `used`, mapped below
     positions = issues["row"].to_numpy(dtype=np.int64)

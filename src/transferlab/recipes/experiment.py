@@ -448,11 +448,11 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def open_run_folder(out_dir: Path, config: RunConfig, resume: bool | None, log: Log, experiment: Experiment | None = None) -> RunFolder:
-    """The resolved config first; an unfinished run of the same config is carried on (rank 0 decides), and, given the
-    prepared experiment, only over the same files (a study opens its folder before it reads any)."""
+def open_run_folder(out_dir: Path, config: RunConfig, resume: bool | None, log: Log, experiment: Experiment) -> RunFolder:
+    """The resolved config first; an unfinished run of the same config is carried on (rank 0 decides), only over the
+    same files as the prepared experiment's."""
     folder = RunFolder(out_dir)
     if is_main_process():
-        hashes = None if experiment is None else {name: asset["hashes"] for name, asset in experiment.assets().items() if asset}
+        hashes = {name: asset["hashes"] for name, asset in experiment.assets().items() if asset}
         folder.open(config.resolved(), resume, log, hashes)
     return folder

@@ -25,7 +25,7 @@ import torch
 from transferlab.errors import UserError
 from transferlab.recipes.loading import LoadedModel, load_model
 from transferlab.recipes.model_card import model_card
-from transferlab.runio import MANIFEST, RESULTS, atomic_write_json, atomic_write_text, staged_directory
+from transferlab.runio import CONFIG, MANIFEST, MODEL_DIR, RESULTS, atomic_write_json, atomic_write_text, staged_directory
 from transferlab.strategies.adapters import ADAPTERS_IN_LAYERS
 from transferlab.strategies.head import unpoolable_layers
 
@@ -73,6 +73,8 @@ def _check_replaceable(out: Path, model_dir: Path) -> None:
         raise UserError(f"--out {out}: it holds the model being exported; give a folder outside it")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise UserError(f"--out {out}: exists and holds no exported model, and an export replaces it whole; give a new or empty folder")
+    if out.name == MODEL_DIR and (out.parent / CONFIG).is_file():
+        raise UserError(f"--out {out}: the model of the run in {out.parent}, and an export replaces it whole; give another folder")
 
 
 def write_sentence_transformers(loaded: LoadedModel, folder: Path) -> dict[str, Any]:

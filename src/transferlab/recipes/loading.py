@@ -99,6 +99,23 @@ def _load_batch_norm_statistics(model: nn.Module, folder: Path) -> None:
         model.load_state_dict(statistics, strict=False)
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A model folder's manifest; a damaged one is refused in one line."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({str(err).splitlines()[0]})") from None
+    if not isinstance(manifest, dict) or "format" not in manifest:
+        raise UserError(f"{path}: not a transferlab model manifest (no format)")
+    return manifest
+
+
+def unfinished_run(model_dir: Path) -> bool:
+    """Whether `model_dir` sits in a run folder whose run did not finish: its model may be any checkpoint's."""
+    run = Path(model_dir).parent
+    return (run / CONFIG).is_file() and not is_complete(run)
+
+
 def load_model(model_dir: Path) -> LoadedModel:
     """A folder written by `export` (merged or adapter); anything else is refused with a reason."""
     model_dir = Path(model_dir)
@@ -106,10 +123,11 @@ def load_model(model_dir: Path) -> LoadedModel:
     if not manifest_path.is_file():
         hint = " (the run may not have finished)" if model_dir.is_dir() else ""
         raise UserError(f"{model_dir} is not a model exported by 'transferlab train'{hint}: no {MANIFEST}")
-    run = model_dir.parent
-    if (run / CONFIG).is_file() and not is_complete(run):
-        raise UserError(f"{model_dir}: the run that wrote it did not finish (no complete {run / RESULTS}); run its command again to resume")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if unfinished_run(model_dir):
+        raise UserError(
+            f"{model_dir}: the run that wrote it did not finish (no complete {model_dir.parent / RESULTS}); run its command again to resume"
+        )
+    manifest = read_manifest(manifest_path)
     if manifest["format"] not in ("merged", "peft-adapter"):
         raise UserError(
             f"{model_dir}: an export in the {manifest['format']} format, not a model torch loads (docs/deploy.md says how to run it)"

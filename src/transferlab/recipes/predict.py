@@ -100,9 +100,14 @@ def read_texts(
         return lines, None
     frame = read_table(path)
     require_columns(frame, [text_column, *(label_columns_of(label_column) if label_column else [])], str(path))
+    if frame.empty:
+        raise UserError(f"{path}: no rows")
     for column in [text_column] if label_sets or not isinstance(label_column, str) else [text_column, label_column]:
         if frame[column].isna().any():
             raise UserError(f"{path}: row {first_row(frame[column].isna())} has an empty '{column}'")
+    blank = frame[text_column].astype(str).str.strip() == ""  # a JSON "" or a cell of spaces: nothing to classify
+    if blank.any():
+        raise UserError(f"{path}: row {first_row(blank)} has an empty '{text_column}'")
     labels = None
     if label_column and not isinstance(label_column, str):
         labels = label_keys(*encode_label_columns(frame, list(label_column), str(path)), separator)
@@ -183,6 +188,8 @@ def predict_command(
     # multi-label: sets of labels are written (and true labels read) with the separator the model was trained with
     separator = label_separator(loaded.manifest) if loaded.multi_label else None
     truth = None
+    if texts and not all(text.strip() for text in texts):
+        raise UserError("--text: an empty text has nothing to classify")
     if images or texts:
         inputs = image_files(images) if images else list(texts)
     else:

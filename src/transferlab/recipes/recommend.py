@@ -91,14 +91,18 @@ def recommend_for_run(config: Any, labelled: int, log: Log = print) -> dict[str,
     return rec
 
 
-def verdict(strategy: str, comparison: dict[str, Any]) -> dict[str, Any]:
-    """Was the recommended strategy the best, within noise of it (compare's paired t-test), or worse?"""
+def verdict(strategy: str, comparison: dict[str, Any], strategies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Was the recommended strategy the best, within noise of it (compare's paired t-test), or worse? `strategies`:
+    each compared strategy's summary, to tell a recommendation that failed from one that was not compared."""
     best = comparison["best"]
     if strategy == best:
         return {"best": best, "within_noise": True, "verdict": f"recommended {strategy} was the best strategy"}
     other = comparison["others"].get(strategy)
     if other is None:
-        return {"best": best, "within_noise": None, "verdict": f"recommended {strategy} was not compared (best: {best})"}
+        summary = strategies.get(strategy)
+        what = "was not compared" if summary is None else f"{summary['status']}: {summary.get('reason', 'no score')}"
+        against = f"best: {best}" if best is not None else "no strategy finished"
+        return {"best": best, "within_noise": None, "verdict": f"recommended {strategy} {what} ({against})"}
     within = other["within_noise"]
     how = (
         "within noise of"

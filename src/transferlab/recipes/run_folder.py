@@ -24,12 +24,12 @@ from typing import Any
 import yaml
 
 from transferlab.errors import UserError
-from transferlab.runio import CONFIG, RESULTS, atomic_write_json, atomic_write_text, atomic_write_yaml
+from transferlab.runio import CONFIG, MODEL_DIR, RESULTS, atomic_write_json, atomic_write_text, atomic_write_yaml
 
 INPUTS = "inputs.json"
 # What a run writes here; a restart removes these and nothing else (the folder may hold the user's own files).
 RUN_ENTRIES = (
-    *(CONFIG, INPUTS, RESULTS, "strategies", "model", "report.html", "report.md", "study.png", "tensorboard"),
+    *(CONFIG, INPUTS, RESULTS, "strategies", MODEL_DIR, "report.html", "report.md", "study.png", "tensorboard"),
     *("search.journal", "search.journal.lock", "leaderboard.csv", "search.png"),  # auto's search
 )
 
@@ -123,11 +123,17 @@ class RunFolder:
         return self.path / "strategies" / strategy / job_name(fold, seed)
 
     def finished_result(self, strategy: str, fold: int, seed: int) -> dict[str, Any] | None:
+        """The run's saved result, or None where it is to run (again): not saved, or failed. A failure is an exception
+        (a full disk, a device fault, a bug mended since), so a resumed run tries it again; a run skipped or stopped
+        as diverged is a result of this config and stays."""
         path = self.path / "strategies" / strategy / f"result-{job_name(fold, seed)}.json"
         if not path.is_file():
             return None
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("status") == "failed":
+            return None
         shutil.rmtree(self.workdir(strategy, fold, seed), ignore_errors=True)  # checkpoints a kill left behind
-        return json.loads(path.read_text(encoding="utf-8"))
+        return result
 
     def save_run(self, strategy: str, fold: int, seed: int, result: dict[str, Any], log_history: list[dict[str, Any]]) -> None:
         """The log first, then the result that marks the run finished; only then its checkpoints go."""

@@ -33,7 +33,7 @@ from transferlab.recipes.export import FORMATS, export_model
 from transferlab.recipes.loading import save_batch_norm_statistics
 from transferlab.recipes.model_card import model_card
 from transferlab.report import write_report
-from transferlab.runio import MANIFEST, atomic_write_json, atomic_write_text, staged_directory
+from transferlab.runio import MANIFEST, MODEL_DIR, atomic_write_json, atomic_write_text, staged_directory
 from transferlab.strategies import Strategy
 
 
@@ -63,15 +63,15 @@ def train(
     if run.model is None:
         raise UserError(f"{name} does not apply to {config.backbone}: {run.result['reason']}")
     record["strategies"][name] = aggregate_runs([run.result])
-    record["model_dir"] = "model"
+    record["model_dir"] = MODEL_DIR
     if is_main_process():  # under `accelerate launch` every process holds the same trained model
         folder.save_run(name, 0, seed, run.result, run.log_history)
-        export(run, experiment, out_dir / "model", keep_adapter, record)
+        export(run, experiment, out_dir / MODEL_DIR, keep_adapter, record)
         write_label_issues(out_dir, experiment)
         folder.complete(record)
         write_report(out_dir, record)
         write_export_formats(out_dir, export_formats, log)
-    log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / 'model'}")
+    log(f"{name}: test {config.training.metric} {run.result['metrics'][config.training.metric]:.4f}; model in {out_dir / MODEL_DIR}")
     return run, record
 
 
@@ -93,9 +93,9 @@ def write_export_formats(out_dir: Path, formats: Sequence[str], log: Log) -> Non
     """DIR/model exported again as each format, into DIR/<format> (hf is DIR/model itself)."""
     for fmt in [fmt for fmt in dict.fromkeys(formats) if fmt != "hf"]:
         try:
-            log(f"{fmt}: {export_model(out_dir / 'model', fmt, out_dir / fmt)}")
+            log(f"{fmt}: {export_model(out_dir / MODEL_DIR, fmt, out_dir / fmt)}")
         except UserError as err:
-            raise UserError(f"the trained model is in {out_dir / 'model'}, but its {fmt} export failed: {err}") from None
+            raise UserError(f"the trained model is in {out_dir / MODEL_DIR}, but its {fmt} export failed: {err}") from None
 
 
 def export(run: StrategyRun, experiment: Experiment, target: Path, keep_adapter: bool, record: dict[str, Any] | None = None) -> None:

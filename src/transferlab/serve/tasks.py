@@ -9,7 +9,6 @@ side over a single copy of the backbone's weights.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import nn
 from transferlab.backbones import Preprocessor, build_classifier, family_of, resolve_backbone
 from transferlab.backbones.base import MULTI_LABEL
 from transferlab.errors import UserError
+from transferlab.recipes.loading import read_manifest, unfinished_run
 from transferlab.runio import MANIFEST, label_separator
 from transferlab.training.inference import default_device, predict_proba
 
@@ -47,7 +47,9 @@ def _read_manifest(name: str, folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
         raise UserError(f"--adapter {name}={folder}: not a folder written by 'transferlab train' (no {MANIFEST})")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if unfinished_run(folder):
+        raise UserError(f"--adapter {name}={folder}: the run that wrote it did not finish; run its command again to resume")
+    manifest = read_manifest(path)
     if manifest.get("format") != "peft-adapter":
         raise UserError(f"--adapter {name}={folder}: a merged model, not an adapter; train it with --keep-adapter")
     if manifest.get("modality", "text") != "text":

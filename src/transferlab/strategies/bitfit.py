@@ -25,6 +25,13 @@ class BitFit(Strategy):
     summary = "bias terms only (and the head); a cheap baseline from the literature"
     config_class = BitFitConfig
 
+    def unsupported_reason(self, model: TransferModel) -> str | None:
+        """A backbone without biases (Llama-style decoders: bias-free projections, RMSNorm) would train the head alone,
+        a weaker `head` under BitFit's name."""
+        if not any(name.endswith(".bias") and model.group_of(name) != "head" for name, _ in model.named_parameters()):
+            return f"{self.name} trains the backbone's bias terms, and {type(model).__name__} has none"
+        return super().unsupported_reason(model)
+
     def prepare(self, model: TransferModel) -> nn.Module:
         set_trainable(model, lambda name: _is_bias_or_head(model, name))
         return model

@@ -12,6 +12,7 @@ tuned body, its pooling scaled to unit length, and a linear head.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
-from transferlab.settings import TrainingConfig
+from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
 from transferlab.strategies.head import FeatureExtraction
 from transferlab.training.loop import FitData, train_with_trainer
@@ -91,7 +92,14 @@ def pairs(labels: np.ndarray, iterations: int, max_pairs: int, seed: int) -> lis
     from setfit.sampler import ContrastiveDataset
 
     multilabel = labels.ndim == 2  # SetFit pairs multi-label examples as similar when they share a label
-    sampled = ContrastiveDataset(list(range(len(labels))), labels.astype(int).tolist(), multilabel=multilabel, num_iterations=iterations)
+    # SetFit draws iterations x n pairs of each kind from the front of its shuffled pair list, which it builds whole
+    # unless told its cap: all n(n+1)/2 pairs, a dict each (2 million at n = 2,000). Past max_pairs, fewer iterations
+    # give as many pairs, and the cap at exactly what is drawn keeps the pairs the same as the whole list would give.
+    iterations = min(iterations, math.ceil(max_pairs / (2 * len(labels))))
+    sampled = ContrastiveDataset(
+        list(range(len(labels))), labels.astype(int).tolist(), multilabel=multilabel, num_iterations=iterations,
+        max_pairs=2 * iterations * len(labels),
+    )  # fmt: skip
     found = [(p["sentence_1"], p["sentence_2"], float(p["label"])) for p in sampled]
     if len(found) > max_pairs:
         keep = np.random.default_rng(seed).choice(len(found), max_pairs, replace=False)
@@ -104,7 +112,9 @@ class Contrastive(Strategy):
     name = "setfit"
     summary = "SetFit: contrastive fine-tuning on pairs of labelled examples, then the logistic head (Tunstall 2022)"
     config_class = ContrastiveConfig
-    validation_is_held_out = False  # its pairs are drawn from train + val
+    # With MIN_VALIDATION examples or more its pairs leave validation out and the head's logits there are out of fold,
+    # so a search can choose on them; with fewer, they join the pairs and nothing is chosen on them.
+    validation_is_held_out = True
     requires = frozenset({"tokens"})  # pairs of sentences, as SetFit defines it
 
     def expected_trainable_params(self, model: TransferModel) -> int:
@@ -112,7 +122,9 @@ class Contrastive(Strategy):
 
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         cfg = self.config
-        examples = data.train + data.val  # the head's cross-validation needs no held-out examples either
+        # The temperature and the threshold are chosen on the validation examples' logits, so the body must not see
+        # them; a handful (under MIN_VALIDATION) chooses nothing, and joins the pairs as it joins other strategies' training.
+        examples = data.train if len(data.val) >= MIN_VALIDATION else data.train + data.val
         labels = np.array([f["labels"] for f in examples])
         found = pairs(labels, cfg.pair_iterations, cfg.max_pairs, training.seed)
         unlabelled = [{k: v for k, v in f.items() if k != "labels"} for f in examples]
@@ -144,6 +156,6 @@ class Contrastive(Strategy):
         head_data = dataclasses.replace(data, frozen_features=None)
         head = FeatureExtraction(layers="last", c_grid=list(cfg.head_c_grid), standardize=False, balanced=cfg.balanced_head)
         fitted = head.fit(model, head_data, training)
-        data.validation_logits = head_data.validation_logits  # the head's out-of-fold logits (its body saw these pairs)
+        data.validation_logits = head_data.validation_logits  # the head's out-of-fold logits, on examples no pair held
         set_trainable(fitted, lambda name: True)  # the body trained too: every parameter counts as trainable
         return fitted

@@ -35,6 +35,7 @@ from transferlab.recipes.experiment import (
     write_label_issues,
 )
 from transferlab.recipes.run_folder import RunFolder, job_name
+from transferlab.settings import MAX_VALIDATION_SHARE, MIN_VALIDATION
 
 Log = Callable[[str], None]
 
@@ -120,8 +121,9 @@ class Study(ABC):
 class StudyContext:
     """Prepares (loads, splits, tokenises) once per backbone and data size; points share it."""
 
-    def __init__(self, base: RunConfig, folder: RunFolder, log: Log):
-        self.base, self.folder, self.log = base, folder, log
+    def __init__(self, base: RunConfig, log: Log):
+        self.base, self.log = base, log
+        self.folder: RunFolder  # opened by `run_study` once the first point's files are read
         self._prepared: dict[tuple[str, int | None], Experiment] = {}
 
     def config(self, point: Point) -> RunConfig:
@@ -144,6 +146,11 @@ class StudyContext:
             if self.base.training.metric is None:  # prepare chose the headline metric from the class balance
                 self.base.training.metric = config.training.metric
         config.training.metric = self.base.training.metric
+        prepared = self._prepared[key].config  # what prepare made of "auto" holds for every point on these data
+        if config.training.precision == "auto":
+            config.training.precision = prepared.training.precision
+        if config.class_weights == "auto":
+            config.class_weights = prepared.class_weights
         return dataclasses.replace(self._prepared[key], config=config)
 
     def finished(self, point: Point, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -202,6 +209,8 @@ def study_config(
     budget = study.budget(quick)
     config = copy.deepcopy(base) if base is not None else RunConfig()
     config.n_train = n_train or budget.n_train
+    if study.panel == "validation-loss" and config.n_train * config.val_fraction < MIN_VALIDATION <= config.n_train * MAX_VALIDATION_SHARE:
+        config.val_fraction = (MIN_VALIDATION + 0.4) / config.n_train  # enough validation examples to draw its curves
     config.n_test = n_test or budget.n_test
     config.max_length = budget.max_length
     config.cv = 1
@@ -229,8 +238,9 @@ def run_study(
 
     study.check(config)
     points = study.points(quick)
-    folder = open_run_folder(out_dir, config, resume, log)
-    context = StudyContext(config, folder, log)
+    context = StudyContext(config, log)
+    # The first point's files are read before the folder opens: a resume over edited files is refused, as compare's is.
+    folder = context.folder = open_run_folder(out_dir, config, resume, log, context.experiment(points[0]))
     record: dict[str, Any] | None = None
     entries = []
     for point, results, histories in study.run_points(context, points, log):

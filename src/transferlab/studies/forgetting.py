@@ -41,7 +41,8 @@ class Forgetting(Study):
         config.forgetting.meter = "auto"
 
     def points(self, quick: bool) -> list[Point]:
-        return [Point(f"{s} lr={lr:g}", lr, s, {"lr": lr}, series=s) for s in STRATEGIES for lr in RATES]
+        # The rate goes into the training settings too: a --config file's training.lr would otherwise override it.
+        return [Point(f"{s} lr={lr:g}", lr, s, {"lr": lr}, series=s, training={"lr": lr}) for s in STRATEGIES for lr in RATES]
 
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
         table: dict[str, dict[float, float]] = {}

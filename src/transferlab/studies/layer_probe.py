@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from transferlab.backbones import build_classifier
+from transferlab.evaluation.calibration import probabilities
 from transferlab.evaluation.metrics import classification_metrics, per_class_report
 from transferlab.evaluation.probe import fit_probes
 from transferlab.strategies import count_parameters
@@ -61,6 +62,7 @@ class LayerProbe(Study):
         labels = experiment.data.labels
         fit_rows, test_rows = slice(0, len(split.train) + len(split.val)), slice(len(split.train) + len(split.val), None)
         y, y_test = labels[order[fit_rows]], labels[order[test_rows]]
+        groups = experiment.groups[order[fit_rows]]  # copies of one example share a fold of the probe's search
         k = len(experiment.label_names)
         total = count_parameters(model)[1]
         if len(points) != states.shape[1]:  # a backbone whose depth the point list did not know
@@ -69,7 +71,9 @@ class LayerProbe(Study):
         probe = FeatureExtraction()
         jobs = [(int(point.x), seed) for point in points for seed in experiment.seeds()]
         started = time.perf_counter()
-        fits = fit_probes([(states[fit_rows, layer], y, k, probe.probe_settings(config.training_for_seed(seed))) for layer, seed in jobs])
+        fits = fit_probes(
+            [(states[fit_rows, layer], y, k, probe.probe_settings(config.training_for_seed(seed)), groups) for layer, seed in jobs]
+        )
         seconds_each = (time.perf_counter() - started) / len(jobs) + forward / len(points)
         fitted = dict(zip(jobs, fits))
         for point in points:
@@ -77,8 +81,8 @@ class LayerProbe(Study):
             results, histories = [], []
             for seed in experiment.seeds():
                 fit = fitted[layer, seed]
-                logits = torch.as_tensor(states[test_rows, layer] @ fit.coef.T + fit.intercept)
-                probs = torch.softmax(logits.float(), -1).numpy()
+                # multi-label: the probe is one regression per label, so a sigmoid per label (as the head's classifier)
+                probs = probabilities(states[test_rows, layer] @ fit.coef.T + fit.intercept, multi_label=y.ndim == 2)
                 trainable = int(fit.coef.size + fit.intercept.size)
                 results.append(
                     {
@@ -100,13 +104,15 @@ class LayerProbe(Study):
             yield point, results, histories
 
     def deciding_pair(self, results: dict[str, Any]) -> tuple[str, str] | None:
-        """The better of L-1 and L-2 against the last layer."""
+        """The better of L-1 and L-2 against the last layer; when a layer further down peaks, that layer against the
+        better of L-1 and L-2 (the gap the expectation failed by)."""
         layers = {int(e["x"]): e["label"] for e in results["study"]["points"]}
         last = max(layers)
         if last < 2:
             return None
-        candidates = [layers[last - 1], layers[last - 2]]
-        return max(candidates, key=lambda label: score(results, label)), layers[last]
+        near_top = max([layers[last - 1], layers[last - 2]], key=lambda label: score(results, label))
+        peak = max(layers, key=lambda i: score(results, layers[i]))
+        return (layers[peak], near_top) if peak < last - 2 else (near_top, layers[last])
 
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
         entries = results["study"]["points"]

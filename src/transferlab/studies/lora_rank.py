@@ -31,7 +31,10 @@ class LoraRank(Study):
         if not {1, 8, 64} <= set(ranks):
             return None, "ranks 1, 8 and 64 are not all there"
         scores = {r: score(results, label) for r, label in ranks.items()}
-        best = max(scores, key=lambda r: scores[r])
+        failed = [f"r={r}" for r in (1, 8, 64) if scores[r] != scores[r]]  # NaN: the rank's runs failed
+        if failed:
+            return None, f"{', '.join(failed)} did not finish"
+        best = max((r for r in scores if scores[r] == scores[r]), key=lambda r: scores[r])
         after = scores[64] - scores[8]
         behind = scores[best] - scores[1]
         held = after <= FLAT and behind <= COMPETITIVE

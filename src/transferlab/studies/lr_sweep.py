@@ -32,11 +32,15 @@ class LrSweep(Study):
 
     def points(self, quick: bool) -> list[Point]:
         """One rate per decade: the full run differs from the quick one in seeds and data, not in rates."""
-        return [Point(f"lr={lr:g}", lr, "full", {"lr": lr}, training={"evals_per_epoch": 8, "patience": 10_000}) for lr in RATES]
+        # The rate goes into the training settings too: a --config file's training.lr would otherwise override it.
+        return [Point(f"lr={lr:g}", lr, "full", {"lr": lr}, training={"lr": lr, "evals_per_epoch": 8, "patience": 10_000}) for lr in RATES]
 
     def expectation(self, results: dict[str, Any]) -> tuple[bool | None, str]:
         entries = results["study"]["points"]
         top = max(entries, key=lambda e: e["x"])
+        summary = results["strategies"].get(top["label"], {})
+        if summary.get("status") == "diverged":  # the divergence guard stopped it: the features were destroyed
+            return True, f"at {top['label']} training diverged and was stopped ({summary.get('reason', '')})"
         others = [e for e in entries if e is not top and score(results, e["label"]) == score(results, e["label"])]
         shape = rise_after_minimum(mean_curve(top["curves"]))
         if shape is None or not others:

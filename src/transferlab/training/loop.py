@@ -109,6 +109,13 @@ class _EarlyStoppingAfter(EarlyStoppingCallback):
         if state.global_step > self.step:
             super().on_evaluate(args, state, control, metrics, **kwargs)
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it (the patience spent, and `step`), so that a resumed run stops where the
+        uninterrupted one would (the Trainer rebuilds it from these with `restore_callback_states_from_checkpoint`)."""
+        saved = super().state()
+        saved["args"]["step"] = self.step
+        return saved
+
 
 class _ListDataset(torch.utils.data.Dataset):
     def __init__(self, items: Sequence[dict[str, Any]], transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
@@ -173,7 +180,8 @@ class _Trainer(Trainer):
         # for losses summed over the global batch) nor skip dividing it over gradient-accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.lr_scale = lr_scale
-        self.divergence = DivergenceGuard(floor=guess_loss)
+        # It reads every micro-batch's loss: its patience, in optimizer steps, counts as many micro-batches as one takes.
+        self.divergence = DivergenceGuard(floor=guess_loss, patience=DivergenceGuard.patience * self.args.gradient_accumulation_steps)
         self.schedule = schedule
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.regularizer = regularizer
@@ -366,6 +374,7 @@ def train_with_trainer(
         save_total_limit=1,
         save_only_model=not resumable,
         load_best_model_at_end=plan.early_stopping,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience: see _EarlyStoppingAfter.state
         metric_for_best_model=metric,
         greater_is_better=True,
         logging_steps=max(1, eval_every // 2),
