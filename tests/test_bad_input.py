@@ -149,6 +149,22 @@ CASES = {
         "header-only.csv: no rows",
     ),
     "a blank text in a predict table": (PREDICT + ["--model", "{model}", "--input", "{d}/blank.jsonl"], "row 2 has an empty 'text'"),
+    "an int8 export of an image model": (
+        [
+            "train",
+            "--backbone",
+            "{cnn}",
+            "--dataset",
+            "{d}/images",
+            "--strategy",
+            "head",
+            "--export-format",
+            "onnx-int8",
+            "--out",
+            "{d}/run",
+        ],
+        "export an image model as onnx",
+    ),
     "a blank --text": (PREDICT + ["--model", "{model}", "--text", "good", "--text", " "], "--text: an empty text"),
     "a report of an unfinished run": (["report", "{unfinished}"], "the run did not finish"),
     "max length past the backbone's positions": (

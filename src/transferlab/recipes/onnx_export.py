@@ -75,9 +75,9 @@ def _run_graph(graph: Path, batch: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def _check_int8(graph: Path, batch: dict[str, torch.Tensor]) -> None:
-    """The quantised graph loads and gives probabilities: its operators (a convolution's ConvInteger above all) need
-    kernels that not every onnxruntime build has, and the published folder must run where it was made. How far int8
-    moves the probabilities depends on the data, so it is measured on real examples (docs/benchmarks.md), not here."""
+    """The quantised graph loads and gives probabilities: its integer operators need kernels that not every
+    onnxruntime build has, and the published folder must run where it was made. How far int8 moves the probabilities
+    depends on the data, so it is measured on real examples (docs/benchmarks.md), not here."""
     import onnxruntime
 
     try:

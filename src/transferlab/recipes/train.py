@@ -29,7 +29,7 @@ from transferlab.recipes.experiment import (
     run_strategy,
     write_label_issues,
 )
-from transferlab.recipes.export import FORMATS, export_model
+from transferlab.recipes.export import FORMATS, INT8_IMAGE_REFUSAL, export_model
 from transferlab.recipes.loading import save_batch_norm_statistics
 from transferlab.recipes.model_card import model_card
 from transferlab.report import write_report
@@ -82,6 +82,8 @@ def check_export_formats(formats: Sequence[str], strategy: Strategy | None, conf
         raise UserError(f"unknown export format {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
     if strategy is not None and not strategy.merges and set(formats) - {"hf"}:
         raise UserError(f"{strategy.name}'s virtual tokens cannot be merged into one classifier: export it as hf only")
+    if "onnx-int8" in formats and config.modality != "text":
+        raise UserError(INT8_IMAGE_REFUSAL)
     if "sentence-transformers" in formats and config.modality != "text":
         raise UserError("a sentence-transformers export holds a text model; export an image model as onnx or hf")
     refusal = strategy.sentence_transformers_refusal() if strategy is not None and "sentence-transformers" in formats else None
