@@ -50,6 +50,12 @@ MIN_VALIDATION = 50
 # a study that reads validation curves); below it the examples are too few to spare.
 MAX_VALIDATION_SHARE = 1 / 3
 
+
+def validation_fraction(wanted: int, labelled: int) -> float:
+    """The `val_fraction` that splits `wanted` validation examples off `labelled` (a little over: it rounds to them)."""
+    return (wanted + 0.4) / labelled
+
+
 METERS = ("perplexity", "sequential", "cka")
 MITIGATIONS = ("ewc", "replay", "l2sp")
 GENERAL_TEXTS = ("auto", "bbc-news", "python-docs")

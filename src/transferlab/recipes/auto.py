@@ -53,7 +53,7 @@ from transferlab.recipes.train import check_export_formats, export, write_export
 from transferlab.report import write_report
 from transferlab.results import describe_settings, ranked_trials
 from transferlab.runio import MODEL_DIR, atomic_write_text
-from transferlab.settings import MAX_VALIDATION_SHARE, MIN_VALIDATION
+from transferlab.settings import MAX_VALIDATION_SHARE, MIN_VALIDATION, validation_fraction
 from transferlab.strategies import Strategy
 from transferlab.training.loop import validation_logits
 
@@ -184,7 +184,7 @@ def _prepare_with_validation(config: RunConfig, labelled: int, log: Log) -> Expe
     come out short: the next try aims higher by the share that left, within MAX_VALIDATION_SHARE of the examples."""
     wanted = MIN_VALIDATION
     for _ in range(3):
-        config.val_fraction = (wanted + 0.4) / labelled  # rounds to `wanted` examples
+        config.val_fraction = validation_fraction(wanted, labelled)
         experiment = prepare(config, log)
         kept = len(experiment.split.val)
         more = math.ceil(wanted * MIN_VALIDATION / kept) if kept else 0

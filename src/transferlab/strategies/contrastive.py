@@ -22,10 +22,10 @@ from torch import nn
 
 from transferlab.backbones.base import TransferModel
 from transferlab.errors import UserError
-from transferlab.settings import MIN_VALIDATION, TrainingConfig
+from transferlab.settings import TrainingConfig
 from transferlab.strategies.base import Strategy, TrainedStrategyConfig, register_strategy, set_trainable
 from transferlab.strategies.head import FeatureExtraction
-from transferlab.training.loop import FitData, train_with_trainer
+from transferlab.training.loop import FitData, train_with_trainer, training_plan
 
 
 @dataclass
@@ -123,8 +123,8 @@ class Contrastive(Strategy):
     def fit(self, model: TransferModel, data: FitData, training: TrainingConfig) -> nn.Module:
         cfg = self.config
         # The temperature and the threshold are chosen on the validation examples' logits, so the body must not see
-        # them; a handful (under MIN_VALIDATION) chooses nothing, and joins the pairs as it joins other strategies' training.
-        examples = data.train if len(data.val) >= MIN_VALIDATION else data.train + data.val
+        # them; a handful (under MIN_VALIDATION) chooses nothing, and joins the pairs as it joins every training plan.
+        examples = training_plan(data, training).train
         labels = np.array([f["labels"] for f in examples])
         found = pairs(labels, cfg.pair_iterations, cfg.max_pairs, training.seed)
         unlabelled = [{k: v for k, v in f.items() if k != "labels"} for f in examples]

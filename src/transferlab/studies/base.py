@@ -35,7 +35,7 @@ from transferlab.recipes.experiment import (
     write_label_issues,
 )
 from transferlab.recipes.run_folder import RunFolder, job_name
-from transferlab.settings import MAX_VALIDATION_SHARE, MIN_VALIDATION
+from transferlab.settings import MAX_VALIDATION_SHARE, MIN_VALIDATION, validation_fraction
 
 Log = Callable[[str], None]
 
@@ -210,7 +210,7 @@ def study_config(
     config = copy.deepcopy(base) if base is not None else RunConfig()
     config.n_train = n_train or budget.n_train
     if study.panel == "validation-loss" and config.n_train * config.val_fraction < MIN_VALIDATION <= config.n_train * MAX_VALIDATION_SHARE:
-        config.val_fraction = (MIN_VALIDATION + 0.4) / config.n_train  # enough validation examples to draw its curves
+        config.val_fraction = validation_fraction(MIN_VALIDATION, config.n_train)  # enough to draw its validation curves
     config.n_test = n_test or budget.n_test
     config.max_length = budget.max_length
     config.cv = 1
