@@ -35,6 +35,11 @@ def _write_inputs(d: Path) -> None:
     (d / "training-renamed.yaml").write_text("training:\n  mixed_precision: bf16\n")  # the key's name before `precision`
     (d / "broken.yaml").write_text("strategies: [lora\n")
     (d / "list.yaml").write_text("- lora\n- full\n")
+    (d / "text-lr.yaml").write_text("training:\n  lr: fast\n")
+    (d / "accumulation0.yaml").write_text("training:\n  gradient_accumulation: 0\n")
+    (d / "training-scalar.yaml").write_text("training: 3\n")
+    (d / "no-strategies.yaml").write_text("strategies: none\n")
+    (d / "settings-list.yaml").write_text("strategy_settings: [lora]\n")
     (d / "unseen.csv").write_text("text,label\ngood film,pos\nso-so film,neutral\n")
     (d / "header-only.csv").write_text("text,label\n")
     (d / "blank.jsonl").write_text('{"text": "good film"}\n{"text": "  "}\n')
@@ -104,6 +109,22 @@ CASES = {
     "renamed training key": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/training-renamed.yaml"], "did you mean 'precision'"),
     "malformed YAML": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/broken.yaml"], "cannot read config"),
     "YAML that is not a mapping": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/list.yaml"], "a config is a mapping"),
+    "text for a number": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/text-lr.yaml"], "training: 'lr' takes a number"),
+    "zero gradient accumulation": (
+        COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/accumulation0.yaml"],
+        "gradient_accumulation must be at least 1",
+    ),
+    "a training block that is not a mapping": (
+        COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/training-scalar.yaml"],
+        "training: takes a mapping",
+    ),
+    "no strategies in the config": (COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/no-strategies.yaml"], "no strategy given"),
+    "strategy settings that are not a mapping": (
+        COMPARE + ["--dataset", "{d}/ok.csv", "--config", "{d}/settings-list.yaml"],
+        "'strategy_settings' takes a mapping",
+    ),
+    "a strategy named twice": (COMPARE + ["--dataset", "{d}/ok.csv", "--strategies", "head,lora,head"], "head named more than once"),
+    "--out names a file": (["compare", "--backbone", "{tiny}", "--dataset", "{d}/ok.csv", "--out", "{d}/ok.csv"], "a file is there"),
     "misspelt metric": (COMPARE + ["--dataset", "{d}/ok.csv", "--metric", "accurcy"], "metric must be one of"),
     "unknown precision": (COMPARE + ["--dataset", "{d}/ok.csv", "--precision", "fp8"], "precision must be one of auto, fp32, bf16, fp16"),
     "unknown class weights": (
@@ -220,3 +241,32 @@ def test_bad_input_fails_with_one_clear_line(case, tmp_path, capsys, tiny_bert_d
     assert len(errors) == 1 and message in errors[0] and stderr.strip().endswith(errors[0]), stderr
     assert "Traceback" not in stderr
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "a failed command wrote output"
+
+
+def test_config_values_take_their_fields_types(tmp_path):
+    """YAML reads 1e-4 (no dot) as text: it becomes the number the field takes. A list of label columns joins as the
+    command line writes it; a strategy's settings are typed too."""
+    from transferlab.config import load_run_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  lr: 1e-4\n  epochs: 2\nlabel_columns: [toxic, spam]\nstrategy_settings:\n  lora: {lr: 5e-4, r: 4.0}\n")
+    config = load_run_config(path, default_strategies=["lora"])
+    assert config.training.lr == 1e-4 and isinstance(config.training.lr, float) and config.training.epochs == 2.0
+    assert config.label_columns == "toxic,spam" and config.strategies == ["lora"]
+    lora = config.strategy("lora").config
+    assert lora.lr == 5e-4 and lora.r == 4 and isinstance(lora.r, int)
+    path.write_text("strategies: [head]\n")
+    assert load_run_config(path, default_strategies=["lora"]).strategies == ["head"]  # the file's, over the command's default
+    assert load_run_config(path, default_strategies=["lora"], strategies=["full"]).strategies == ["full"]  # the command line's
+
+
+def test_a_setting_a_run_cannot_take_stops_the_command_in_one_line(tmp_path, capsys, tiny_bert_dir):
+    """Raised while a strategy is set up, after the data is read: the command stops with the error, not with a run
+    recorded as failed."""
+    (tmp_path / "ok.csv").write_text(OK_ROWS)
+    args = ["compare", "--backbone", str(tiny_bert_dir), "--dataset", str(tmp_path / "ok.csv"), "--out", str(tmp_path / "run")]
+    code, stderr = run_cli([*args, "--strategies", "partial", "--freeze-below", "99"], capsys)
+    assert code == 2 and "freeze_below must be between" in stderr and "Traceback" not in stderr, stderr
+    (tmp_path / "sequential.yaml").write_text("forgetting:\n  meter: sequential\n")
+    code, stderr = run_cli([*args, "--strategies", "head", "--config", str(tmp_path / "sequential.yaml"), "--restart"], capsys)
+    assert code == 2 and "transferlab forgetting --meter sequential" in stderr, stderr

@@ -120,6 +120,38 @@ def test_labels_are_read_as_written(tmp_path):
         load_user_file(unlabelled, label_separator=";")
 
 
+def test_json_labels_are_read_as_written(tmp_path):
+    """JSON text that reads as a number stays text: codes 01 and 1 are two classes, as they are in a CSV."""
+    jsonl = tmp_path / "codes.jsonl"
+    jsonl.write_text('{"text": "a", "label": "01"}\n{"text": "b", "label": "1"}\n{"text": "c", "label": "02"}\n')
+    assert load_user_file(jsonl).label_names == ["01", "1", "02"]  # in numeric order, as a CSV's codes are
+    table = tmp_path / "codes.json"
+    table.write_text('[{"text": "a", "label": "01"}, {"text": "b", "label": "02"}]')
+    assert load_user_file(table).label_names == ["01", "02"]
+
+
+def test_cells_that_look_the_same_are_the_same(tmp_path):
+    """A label typed composed (é) or decomposed (e + combining accent), or with a zero-width space, is one class; a text
+    of nothing but a byte-order mark is empty; copies of one review that differ only so are one group."""
+    from transferlab.data.checks import duplicate_groups
+
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nbon film,n\u00e9gatif\nmauvais,ne\u0301gatif\nsuper,positif\u200b\n\ufeff,positif\ngrand,positif\n")
+    data = load_user_file(path)
+    assert data.label_names == ["n\u00e9gatif", "positif"] and data.empty_rows == [4]
+    groups = duplicate_groups(
+        ["Caf\u00e9 cr\u00e8me", "cafe\u0301 cre\u0300me\u200b", "\uff43\uff41\uff46\u00e9 cr\u00e8me", "other"], "text"
+    )
+    assert groups[0] == groups[1] == groups[2] != groups[3]
+
+
+def test_multi_label_data_with_fewer_examples_than_folds_is_refused_in_one_line():
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 1]])
+    data = LabeledData(["a", "b", "c", "d"], labels, ["x", "y"])
+    with pytest.raises(UserError, match="4 distinct inputs cannot make 5 folds"):
+        cross_validation_splits(data, None, 5)
+
+
 def test_list_cells_are_sets_of_labels(tmp_path):
     """A JSONL or Parquet column of lists (how Hugging Face datasets such as go_emotions export) is multi-label data."""
     frame = pd.DataFrame({"text": ["a", "b", "c"], "labels": [["news", "sport"], ["news"], []]})

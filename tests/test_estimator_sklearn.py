@@ -166,6 +166,26 @@ def test_a_rare_class_neither_stops_the_validation_split_nor_leaves_it(tiny_bert
     assert abs(val_labels.count(1) - val_labels.count(3)) <= 2  # the two big classes stay near their 50:50
 
 
+def test_copies_of_an_example_stay_on_one_side_of_the_validation_split(tiny_bert_dir, monkeypatch):
+    """300 texts given twice: a copy validating beside its twin in training would pick checkpoints (and fit the
+    temperature) on examples the model trained on."""
+    seen = _watch_fit_data(monkeypatch)
+    texts, labels = _texts(300, seed=6)
+    twice, twice_labels = np.concatenate([texts, texts]), np.concatenate([labels, labels])
+    TransferClassifier(backbone=str(tiny_bert_dir), strategy="full", epochs=1, min_steps=2, max_length=16).fit(twice, twice_labels)
+    inputs = lambda features: {tuple(f["input_ids"]) for f in features}  # noqa: E731
+    assert len(seen[0]["val"]) >= 50 and not inputs(seen[0]["val"]) & inputs(seen[0]["train"])
+
+
+def test_sets_of_labels_are_refused_in_one_line(tiny_bert_dir):
+    from transferlab.errors import UserError
+
+    texts, _ = _texts(8)
+    for y in ([[1, 0], [0, 1]] * 4, [["a", "b"], ["a"]] * 4):
+        with pytest.raises(UserError, match="one label per example"):
+            _estimator(tiny_bert_dir).fit(texts, y)
+
+
 @pytest.mark.parametrize("augment, copies", [(None, 1), ("none", 1), ("delete", 2), ("delete, swap", 2)])
 def test_text_augmentation_adds_a_copy_of_each_training_text(tiny_bert_dir, monkeypatch, augment, copies):
     seen = _watch_fit_data(monkeypatch)

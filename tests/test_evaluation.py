@@ -72,6 +72,24 @@ def test_overlapping_folds_widen_the_t_tests_variance():
     assert fold_overlap(record) == 0.25 and fold_overlap({**record, "evaluation": {"folds": 1}}) == 0.0
 
 
+def test_seeds_on_the_same_folds_are_not_counted_as_more_folds():
+    """The five folds above, each trained with 3 seeds that land on the same scores. Counted as 15 folds, the test
+    would take (1/15 + 1/4) s^2 with s^2 = 3 x 0.001 / 14 and 14 df: t = 2.43, p = 0.029, a real gap. The seeds
+    share their fold's training and test parts, so the test runs over the 5 fold means: p = 0.132 again."""
+    a, b = [0.83, 0.81, 0.84, 0.80, 0.82], [0.80] * 5
+
+    def seeded(values):
+        runs = [{"fold": fold, "seed": seed} for fold in range(5) for seed in range(3)]
+        return {**_summary([v for v in values for _ in range(3)]), "runs": runs}
+
+    corrected = compare_to_best({"a": seeded(a), "b": seeded(b)}, "accuracy", test_to_train=1 / 4)
+    assert corrected["others"]["b"]["p_value"] == pytest.approx(0.1324, abs=1e-4) and corrected["others"]["b"]["within_noise"]
+    unpaired_by_fold = compare_to_best(
+        {"a": _summary([v for v in a for _ in range(3)]), "b": _summary([0.80] * 15)}, "accuracy", test_to_train=1 / 4
+    )
+    assert unpaired_by_fold["others"]["b"]["p_value"] == pytest.approx(0.0293, abs=1e-4)
+
+
 def test_balanced_weights_are_the_inverse_frequency_formula():
     labels = np.array([0] * 9 + [1])
     np.testing.assert_allclose(balanced_class_weights(labels, 2), [10 / (2 * 9), 10 / (2 * 1)])

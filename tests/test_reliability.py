@@ -178,6 +178,20 @@ def test_an_unfinished_run_is_not_resumed_over_changed_files(tmp_path):
     assert folder.finished_result("lora", 0, 0) is None
 
 
+def test_an_unfinished_run_is_resumed_only_by_the_command_that_started_it(tmp_path):
+    """compare's and auto's runs of one config are different runs: one does not carry on from the other's results."""
+    folder = RunFolder(tmp_path)
+    config, files = {"backbone": "a", "dataset": "d.csv"}, {"dataset": {"d.csv": "aa"}}
+    folder.open(config, None, lambda m: None, files, "compare")
+    folder.save_run("lora", 0, 0, {"status": "ok"}, [])
+    with pytest.raises(UserError, match="holds an unfinished run of 'compare', not 'auto'"):
+        folder.open(config, None, lambda m: None, files, "auto")
+    folder.open(config, None, lambda m: None, files, "compare")
+    assert folder.finished_result("lora", 0, 0) == {"status": "ok"}
+    folder.open(config, False, lambda m: None, files, "auto")  # --restart
+    assert folder.finished_result("lora", 0, 0) is None
+
+
 def test_the_run_folder_records_the_hashes_of_the_files_it_read(setup, tmp_path):
     """Through `prepare`: a data file edited in place (same path, same config) is told apart on resume."""
     from transferlab.config import load_run_config
@@ -187,7 +201,7 @@ def test_the_run_folder_records_the_hashes_of_the_files_it_read(setup, tmp_path)
     shutil.copy(setup["data"], data)
     config = lambda: load_run_config(None, backbone=str(setup["backbone"]), dataset=str(data), strategies=["head"], cv=1)  # noqa: E731
     first = config()
-    open_run_folder(tmp_path / "run", first, None, lambda m: None, prepare(first, lambda m: None))
+    open_run_folder(tmp_path / "run", first, None, lambda m: None, prepare(first, lambda m: None), "compare")
     recorded = json.loads((tmp_path / "run" / "inputs.json").read_text())
     assert recorded["dataset"] == {data.name: hashlib.sha256(data.read_bytes()).hexdigest()}
     frame = pd.read_csv(data)
@@ -195,7 +209,7 @@ def test_the_run_folder_records_the_hashes_of_the_files_it_read(setup, tmp_path)
     frame.to_csv(data, index=False)
     again = config()
     with pytest.raises(UserError, match="read other contents of dataset"):
-        open_run_folder(tmp_path / "run", again, None, lambda m: None, prepare(again, lambda m: None))
+        open_run_folder(tmp_path / "run", again, None, lambda m: None, prepare(again, lambda m: None), "compare")
 
 
 def test_weights_load_safely():

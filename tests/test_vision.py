@@ -180,6 +180,27 @@ def test_image_folder_and_csv_load_and_a_corrupt_image_is_named_or_skipped(tmp_p
         load_dataset("mnist-5k", modality="text")
 
 
+def test_a_truncated_jpeg_is_bad_input_and_skipped_rows_keep_their_numbers(tmp_path, capsys):
+    """Pillow's verify() checks a PNG's checksums and nothing of a JPEG: a half-written photo passed the check and stopped
+    the run when its pixels were read. The images left after a skip keep their rows in the table."""
+    from PIL import Image
+
+    root = bright_side_image_folder(tmp_path / "images")
+    photo = root / "left" / "photo.jpg"
+    Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(photo, quality=95)
+    photo.write_bytes(photo.read_bytes()[: photo.stat().st_size // 2])
+    with pytest.raises(UserError, match="photo.jpg: not a readable image"):
+        load_dataset(str(root), modality="image")
+    assert len(load_dataset(str(root), modality="image", skip_bad_images=True)) == 12
+    paths = [str(p.relative_to(tmp_path)) for p in sorted(root.rglob("*.png"))]
+    table = tmp_path / "images.csv"
+    rows = [*paths[:2], str(photo.relative_to(tmp_path)), *paths[2:]]
+    pd.DataFrame({"path": rows, "label": [p.split("/")[1] for p in rows]}).to_csv(table, index=False)
+    data = load_dataset(str(table), modality="image", skip_bad_images=True)
+    assert data.rows.tolist() == [1, 2, *range(4, 14)]
+    assert "photo.jpg" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # 35-40 s of subprocesses; the same path runs in-process on the tiny CNN (test_auto, test_multi_label)
 def test_train_then_predict_on_an_image_folder_from_the_command_line(tiny_cnn_dir, tmp_path):
     root = bright_side_image_folder(tmp_path / "images", n=40)

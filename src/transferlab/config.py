@@ -25,6 +25,7 @@ from transferlab.settings import (
     ForgettingConfig,
     TrainingConfig,
     check_class_weights,
+    typed_values,
 )
 
 if TYPE_CHECKING:
@@ -190,6 +191,11 @@ class RunConfig:
             raise UserError(f"normalization must be auto, {', '.join(NORMALIZATIONS)}; got '{self.normalization}'")
         self.training.validate()
         self.forgetting.validate()
+        if not self.strategies:
+            raise UserError("no strategy given: name one or more, comma-separated")
+        repeated = sorted({name for name in self.strategies if self.strategies.count(name) > 1})
+        if repeated:
+            raise UserError(f"strategy {', '.join(repeated)} named more than once: each strategy runs once per fold and seed")
         for name in self.strategies:
             self.strategy(name)  # unknown names and bad settings fail here, before any work
         unused = set(self.strategy_settings) - set(self.strategies)
@@ -251,20 +257,23 @@ def comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip() not in ("", "none")]
 
 
-def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Unknown keys refused; a list field may also be written as the command line takes it (`augment: flip,crop`)."""
+def _checked_fields(cls: type, values: Any, where: str) -> dict[str, Any]:
+    """Unknown keys and wrong types refused (`typed_values`); a list field may also be written as the command line takes
+    it (`augment: flip,crop`)."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: takes a mapping of keys to values, got {values!r}")
     fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise UserError(f"{where}: unknown key '{key}'{hint}")
-        if fields[key].startswith("list[") and value is not None:
+        if fields[key].startswith("list[str]") and value is not None:
             if isinstance(value, str):
                 values[key] = comma_list(value)
             elif not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise UserError(f"{where}: '{key}' takes a list of names or comma-separated names, got {value!r}")
-    return values
+    return typed_values(cls, values, where)
 
 
 def apply_to_strategies(config: RunConfig, settings: dict[str, Any]) -> None:
@@ -281,10 +290,13 @@ def apply_to_strategies(config: RunConfig, settings: dict[str, Any]) -> None:
             config.strategy_settings.setdefault(name, {})[key] = value
 
 
-def load_run_config(path: Path | None, strategy_wide: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+def load_run_config(
+    path: Path | None, strategy_wide: dict[str, Any] | None = None, default_strategies: list[str] | None = None, **overrides: Any
+) -> RunConfig:
     """YAML file (optional) first, then the command line's explicit options on top.
 
-    `strategy_wide` settings go to every chosen strategy that has them (`--freeze-below`, `--layer-decay`).
+    `strategy_wide` settings go to every chosen strategy that has them (`--freeze-below`, `--layer-decay`);
+    `default_strategies`: the command's own choice where neither the file nor the command line names strategies.
     """
     values: dict[str, Any] = {}
     if path is not None:
@@ -294,12 +306,18 @@ def load_run_config(path: Path | None, strategy_wide: dict[str, Any] | None = No
             raise UserError(f"{path}: cannot read config: {str(err).splitlines()[0]}") from None
         if not isinstance(values, dict):
             raise UserError(f"{path}: a config is a mapping of keys to values")
-    _checked_fields(RunConfig, values, str(path))
-    training = _checked_fields(TrainingConfig, dict(values.pop("training", None) or {}), f"{path}: training")
+    training_values, forgetting_values = values.pop("training", None) or {}, values.pop("forgetting", None) or {}
+    values = _checked_fields(RunConfig, values, str(path))
+    for name, settings in (values.get("strategy_settings") or {}).items():
+        if not isinstance(settings, dict):
+            raise UserError(f"{path}: strategy_settings: '{name}' takes a mapping of settings, got {settings!r}")
+    training = _checked_fields(TrainingConfig, training_values, f"{path}: training")
     training.update({k: v for k, v in overrides.pop("training", {}).items() if v is not None})
-    forgetting = _checked_fields(ForgettingConfig, dict(values.pop("forgetting", None) or {}), f"{path}: forgetting")
+    forgetting = _checked_fields(ForgettingConfig, forgetting_values, f"{path}: forgetting")
     forgetting.update({k: v for k, v in overrides.pop("forgetting", {}).items() if v is not None})
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "strategies" not in values and default_strategies is not None:
+        values["strategies"] = default_strategies
     config = RunConfig(**values, training=TrainingConfig(**training), forgetting=ForgettingConfig(**forgetting))
     apply_to_strategies(config, strategy_wide or {})
     config.validate()

@@ -15,3 +15,8 @@ class AssetIntegrityError(UserError):
 
 class TrainingDiverged(UserError):
     """The training loss became NaN or infinite, or stayed far above where it started: the learning rate is too high."""
+
+
+class NotApplicable(UserError):
+    """One strategy cannot run as the command asks (the LM objective on a head that trains no body), where the others
+    can: the run records it as skipped and goes on, as it does for a strategy the backbone does not support."""

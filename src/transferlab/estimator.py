@@ -98,6 +98,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Sequence[Any], y: Sequence[Any]) -> TransferClassifier:
         check_class_weights(self.class_weights)
+        cells = np.asarray(y, dtype=object)
+        if cells.ndim != 1 or any(isinstance(cell, (list, tuple, set, np.ndarray)) for cell in cells):
+            raise UserError(
+                "y holds sets of labels: the estimator takes one label per example; train multi-label data with the "
+                "command line (--label-separator or --label-columns)"
+            )
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
         self.asset_ = asset = resolve_backbone(self.backbone)
         family = family_of(asset)
@@ -108,14 +114,15 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         set_seed(self.seed)
         model = build_classifier(asset, [str(c) for c in self.classes_], self.pooling).to(default_device())
         everything = np.arange(len(X))
+        inputs = self._inputs(X)
+        # copies of one example stay on one side of the validation split, and in one fold of the head's CV
+        copies_of = duplicate_groups(inputs, family.inputs)
         if self.val_fraction * len(X) < MIN_VALIDATION:  # too few to pick checkpoints by: training takes them all
             fit_idx, val_idx = everything, everything[:0]
         else:
-            val_idx, fit_idx = validation_take(labels, everything, self.val_fraction, self.seed)
-        inputs = self._inputs(X)
+            val_idx, fit_idx = validation_take(labels, everything, self.val_fraction, self.seed, copies_of)
         features = self.preprocessor_.encode(inputs, labels)
         train = [features[i] for i in fit_idx]
-        copies_of = duplicate_groups(inputs, family.inputs)  # copies of one example stay in one fold of the head's CV
         groups = copies_of[fit_idx]
         if family.augments_copies and augment:
             copies, copy_labels = augment_texts([inputs[i] for i in fit_idx], labels[fit_idx], augment, 1, self.seed)

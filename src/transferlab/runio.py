@@ -19,6 +19,9 @@ RESULTS = "results.json"  # a run folder's whole record, written last: its prese
 CONFIG = "config.yaml"  # the resolved config, written first
 MODEL_DIR = "model"  # where a run folder keeps its trained model
 MANIFEST = "transferlab.json"  # an exported model's record: what it is, what it was trained on, how to read its inputs
+LABEL_ISSUES = "label_issues.csv"  # the examples cleanlab flags, most likely mislabelled first
+# What `export` writes; `train --export-format` and `auto --export-format` put each but hf in a run folder's DIR/<format>
+EXPORT_FORMATS = ("hf", "onnx", "onnx-int8", "sentence-transformers")
 
 
 def label_separator(manifest: dict) -> str:

@@ -7,7 +7,10 @@ fields, help texts included, in a fraction of a second; the code that acts on th
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from transferlab.errors import UserError
 
@@ -30,6 +33,66 @@ IMBALANCED = 1.5
 # and full fine-tuning 1.6-31 points of macro-F1 where a class had a few dozen examples or fewer (6.9:1 to 82:1), and
 # nothing at 2.3:1 or where the small class had 63 (docs/findings.md, "Class weights by default")
 SEVERE_IMBALANCE = 5.0
+
+
+def typed_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` for the dataclass `cls`, each checked against its field's annotation, so that a config file's wrong
+    type is refused by its key rather than failing deep in a run. YAML reads a number without a dot (`1e-4`) as text,
+    so text that reads as the number a field takes becomes it; a list of names for a text field is joined with commas,
+    as the command line writes it. Keys `cls` does not have are left to the caller."""
+    annotations = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    typed = dict(values)
+    for key, value in values.items():
+        if key not in annotations:
+            continue
+        kinds = [kind.strip() for kind in annotations[key].split("|")]
+        if value is None:
+            if "None" in kinds:
+                continue
+            raise UserError(f"{where}: '{key}' needs a value")
+        typed[key] = _typed(value, next(kind for kind in kinds if kind != "None"), f"{where}: '{key}'")
+    return typed
+
+
+def _number(value: Any, kind: type) -> float | int | None:
+    """`value` as a float or an int, or None where it is not one (a bool, text that is no number, a fraction for an int)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if kind is int:
+        return int(value) if float(value).is_integer() else None
+    return float(value)
+
+
+def _typed(value: Any, kind: str, name: str) -> Any:
+    if kind in ("float", "int"):
+        number = _number(value, float if kind == "float" else int)
+        if number is None:
+            raise UserError(f"{name} takes {'a number' if kind == 'float' else 'a whole number'}, got {value!r}")
+        return number
+    if kind == "list[float]":
+        if not isinstance(value, list):
+            raise UserError(f"{name} takes a list of numbers, got {value!r}")
+        return [_typed(item, "float", name) for item in value]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{name} takes true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return ",".join(value)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{name} takes text, got {value!r}")
+    if kind.startswith("dict[") and not isinstance(value, dict):
+        raise UserError(f"{name} takes a mapping of keys to values, got {value!r}")
+    if kind.startswith("list[str]") and not (isinstance(value, (str, list))):
+        raise UserError(f"{name} takes a list of names or comma-separated names, got {value!r}")
+    return value
 
 
 def check_class_weights(choice: str) -> None:
@@ -99,9 +162,13 @@ class TrainingConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
+            (0 < self.epochs < math.inf, f"epochs must be positive, got {self.epochs}"),
             (self.batch_size > 0, f"batch size must be positive, got {self.batch_size}"),
-            (self.lr is None or self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (self.eval_batch_size > 0, f"eval_batch_size must be positive, got {self.eval_batch_size}"),
+            (self.gradient_accumulation >= 1, f"gradient_accumulation must be at least 1, got {self.gradient_accumulation}"),
+            (self.evals_per_epoch >= 1, f"evals_per_epoch must be at least 1, got {self.evals_per_epoch}"),
+            (self.lr is None or 0 < self.lr < math.inf, f"learning rate must be positive, got {self.lr}"),
+            (0 <= self.weight_decay < math.inf, f"weight_decay must be 0 or more, got {self.weight_decay}"),
             (0 <= self.warmup_ratio < 1, f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
             (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),

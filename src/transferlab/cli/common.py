@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from transferlab.errors import UserError
+
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)  # a redirected table is not cut to 80 columns
 
@@ -28,7 +30,10 @@ def quiet_libraries() -> None:
 
 
 def out_dir(given: Path | None, command: str) -> Path:
+    """The run folder: --out, or a new one under runs/ named by the command and the time."""
     if given:
+        if given.exists() and not given.is_dir():
+            raise UserError(f"--out {given}: a file is there; a run writes a folder")
         return given
     from transferlab.distributed import broadcast
 

@@ -139,14 +139,18 @@ def config_options(*names: str, help: dict[str, str] | None = None) -> Callable[
     return decorate
 
 
-def build_run_config(options: dict[str, Any], strategies: list[str] | None = None) -> RunConfig:
-    """The --config YAML (if any) with the options given on the command line on top, each in its section."""
+def build_run_config(
+    options: dict[str, Any], strategies: list[str] | None = None, default_strategies: list[str] | None = None
+) -> RunConfig:
+    """The --config YAML (if any) with the options given on the command line on top, each in its section;
+    `default_strategies` where neither names strategies (the command's own default)."""
     sections: dict[str, dict[str, Any]] = {"run": {}, "training": {}, "forgetting": {}, "strategy_wide": {}, "command": {}}
     for name, value in options.items():
         sections[option(name).section][name] = value
     return load_run_config(
         options.get("config"),
         strategy_wide=sections["strategy_wide"],
+        default_strategies=default_strategies,
         strategies=strategies,
         training=sections["training"],
         forgetting=sections["forgetting"],

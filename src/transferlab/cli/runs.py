@@ -100,7 +100,7 @@ def _exit_if_any_failed(results: dict[str, Any]) -> None:
     *RUN_FOLDER,
 )  # fmt: skip
 def forgetting_command(
-    strategy: Annotated[str, typer.Option(help="comma-separated strategy names")] = "full",
+    strategy: Annotated[str | None, typer.Option(help="comma-separated strategy names [default: the config's, else full]")] = None,
     *,
     options: Options,
 ) -> None:
@@ -109,7 +109,7 @@ def forgetting_command(
     from transferlab.results import format_forgetting
     from transferlab.strategies import parse_strategy_list
 
-    run_config = build_run_config(options, parse_strategy_list(strategy))
+    run_config = build_run_config(options, parse_strategy_list(strategy) if strategy else None, default_strategies=["full"])
     if run_config.forgetting.meter is None:
         run_config.forgetting.meter = "auto"
     target = out_dir(options["out_dir"], "forgetting")
@@ -157,7 +157,7 @@ def check_command(*, options: Options) -> None:
 
 @config_options(*DATA, *TRAINING, *IMBALANCE, *IMAGES, *COLUMNS, *RUN_FOLDER)
 def train(
-    strategy: Annotated[str, typer.Option(help="one strategy name")] = "lora",
+    strategy: Annotated[str | None, typer.Option(help="one strategy name [default: the config's, else lora]")] = None,
     *,
     options: Options,
     keep_adapter: Annotated[bool, typer.Option(help="save the LoRA adapter instead of merging it into the weights")] = False,
@@ -172,12 +172,12 @@ def train(
     from transferlab.report.table import print_results
     from transferlab.strategies import parse_strategy_list
 
-    run_config = build_run_config(options, parse_strategy_list(strategy))
+    run_config = build_run_config(options, parse_strategy_list(strategy) if strategy else None, default_strategies=["lora"])
     forgo_onednn_cache_unless_training(run_config.strategies)
     target = out_dir(options["out_dir"], "train")
     quiet_unless_main()
     with training_progress() as progress:
-        progress(strategy)
+        progress(",".join(run_config.strategies))
         formats = [fmt.strip() for fmt in (export_format or "").split(",") if fmt.strip()]
         _, results = run_train(
             run_config, target, keep_adapter=keep_adapter, log=progress_logger(), resume=options["resume"], export_formats=formats
@@ -189,7 +189,9 @@ def train(
 @config_options(*DATA, *TRAINING, "seeds", *IMBALANCE, *IMAGES, *COLUMNS, *RUN_FOLDER)
 def auto(
     budget: Annotated[str, typer.Option(help="time for the search: 20m, 90s, 1h30m, or a number of minutes")] = "20m",
-    strategies: Annotated[str, typer.Option(help="comma-separated names the search chooses from, or 'all'")] = "all",
+    strategies: Annotated[
+        str | None, typer.Option(help="comma-separated names the search chooses from, or 'all' [default: the config's, else all]")
+    ] = None,
     *,
     options: Options,
     max_trials: Annotated[int | None, typer.Option(help="stop after this many trials, even within the budget [default: no limit]")] = None,
@@ -214,7 +216,9 @@ def auto(
     seconds = parse_budget(budget)
     if max_trials is not None and max_trials < 1:
         raise UserError(f"--max-trials must be at least 1, got {max_trials}")
-    run_config = build_run_config(options, parse_strategy_list(strategies))
+    run_config = build_run_config(
+        options, parse_strategy_list(strategies) if strategies else None, default_strategies=parse_strategy_list("all")
+    )
     target = out_dir(options["out_dir"], "auto")
     quiet_unless_main()
     with training_progress() as progress:

@@ -11,13 +11,14 @@ Near-duplicates (paraphrases, a changed word) are found on the frozen backbone's
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from transferlab.data.sources import label_counts, label_keys
+from transferlab.data.sources import label_counts, label_keys, visible
 from transferlab.settings import SEVERE_IMBALANCE
 
 SHORT_WORDS = 3  # a text with fewer words than this is reported as very short
@@ -37,7 +38,9 @@ MISSING_MARKERS = {"na", "n/a", "#n/a", "nan", "null", "none"}
 
 
 def normalised_text(text: str) -> str:
-    return " ".join(text.split()).casefold()
+    """The key copies of one text share: its visible text in compatibility form (full-width letters as ASCII), spaces
+    collapsed, case folded."""
+    return " ".join(unicodedata.normalize("NFKC", visible(text)).split()).casefold()
 
 
 def image_key(item: Any) -> str:

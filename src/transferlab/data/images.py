@@ -72,14 +72,17 @@ def mnist_5k() -> LabeledData:
 
 
 def _checked(paths: list[Path], skip_bad: bool) -> list[bool]:
-    """Which files PIL can open and verify; a bad one stops the run unless `skip_bad` is set."""
+    """Which files PIL can decode; a bad one stops the run unless `skip_bad` is set. Decoded, not `verify()`ed: Pillow
+    verifies PNG's checksums only, so a truncated JPEG passed and then stopped the run when its pixels were read. A JPEG
+    decodes in draft mode, at an eighth of its size: the decoder still reads every byte, in a fraction of the time."""
     from PIL import Image
 
     ok = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                image.verify()
+                image.draft(image.mode, (1, 1))
+                image.load()
             ok.append(True)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for a broken file; each is bad input
             if not skip_bad:
@@ -103,7 +106,8 @@ def _from_paths(
     labels, names = encode_label_column(table[keep], label_column, label_separator, where)
     if len(names) < 2:
         raise UserError(f"{where}: a single class ({names[0] if names else 'none'}); at least 2 are needed")
-    return LabeledData([str(p) for p, k in zip(paths, keep) if k], labels, names, asset, "image")
+    rows = np.flatnonzero(keep) + 1  # each kept image's row in the table (its place in a folder's listing)
+    return LabeledData([str(p) for p, k in zip(paths, keep) if k], labels, names, asset, "image", rows=rows)
 
 
 def is_image_file(path: Path, folder: Path) -> bool:

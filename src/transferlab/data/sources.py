@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,10 +87,30 @@ def first_row(flags: pd.Series) -> int:
     return int(flags.index[flags.to_numpy()][0]) + 1
 
 
+# Format characters that show nothing: the soft hyphen, zero-width spaces and joiners, direction marks and embeddings,
+# the word joiner and invisible operators, the byte-order mark (the common part of Unicode's category Cf, as a
+# regular expression: a loop over each character's category took seconds on a data set of long reviews)
+INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+
+
+def visible(text: str) -> str:
+    """`text` as a reader sees it: NFC-composed, without invisible format characters and surrounding spaces. Two cells
+    that look the same are then the same class, and a cell that shows nothing is empty."""
+    return INVISIBLE.sub("", unicodedata.normalize("NFC", text)).strip()
+
+
+def is_blank(cell: Any) -> bool:
+    """A text cell with nothing to read: missing, or nothing `visible` (a number is text here, as a CSV holds it)."""
+    missing = pd.isna(cell)  # an array for a list cell
+    if isinstance(missing, (bool, np.bool_)) and missing:
+        return True
+    return visible(str(cell)) == ""
+
+
 def label_value(value: Any) -> Any:
-    """A label cell as its class: text without surrounding spaces, None for a missing or blank cell."""
+    """A label cell as its class: its visible text, None for a missing or blank cell."""
     if isinstance(value, str):
-        return value.strip() or None
+        return visible(value) or None
     if value is None or (np.ndim(value) == 0 and pd.isna(value)):
         return None
     return value
@@ -139,10 +161,10 @@ def is_label_list(value: Any) -> bool:
 
 def _label_set(value: Any, separator: str) -> set[str]:
     if is_label_list(value):
-        return {str(part).strip() for part in value} - {""}
+        return {visible(str(part)) for part in value} - {""}
     if value is None or pd.isna(value):
         return set()
-    return {part.strip() for part in str(value).split(separator)} - {""}
+    return {visible(part) for part in str(value).split(separator)} - {""}
 
 
 def _zero_or_one(value: Any) -> Any:
@@ -217,7 +239,7 @@ def from_frame(
     frame = frame.reset_index(drop=True)  # rows numbered in file order, for error messages
     require_columns(frame, [text_column, *label_columns_of(label_column)], where)
     texts = frame[text_column]
-    empty = (texts.isna() | (texts.astype(str).str.strip() == "")).to_numpy()
+    empty = np.array([is_blank(text) for text in texts.tolist()], dtype=bool)
     if empty.all():
         raise UserError(f"{where}: every '{text_column}' is empty")
     labels, names = encode_label_column(frame[~empty], label_column, label_separator, where)
@@ -275,7 +297,8 @@ def read_table(path: Path) -> pd.DataFrame:
             )
             return _checked_tsv(frame, path) if suffix == ".tsv" else frame
         if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8-sig")
+            # as written: pandas would otherwise turn text that reads as a number into one (label "01" into 1)
+            return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8-sig", dtype=False, convert_dates=False)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path).reset_index(drop=True)  # a stored index would renumber the rows
     except UnicodeDecodeError as err:

@@ -330,10 +330,7 @@ def _distinct_per_class(labels: np.ndarray, groups: np.ndarray, classes: int) ->
 
 def _multi_label_folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None):
     """(train, test) positions of iteratively stratified folds; with copies, whole groups are assigned to folds."""
-    if groups is None:
-        yield from MultilabelStratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels)
-        return
-    units, inverse = np.unique(groups, return_inverse=True)
+    units, inverse = np.unique(np.arange(len(labels)) if groups is None else groups, return_inverse=True)
     if len(units) < folds:
         raise UserError(f"{len(units)} distinct inputs cannot make {folds} folds: use fewer folds or more data")
     unit_labels = _group_labels(labels, inverse, len(units))

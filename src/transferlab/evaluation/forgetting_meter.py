@@ -54,8 +54,8 @@ def forgetting_probe(experiment: Experiment, model: nn.Module, data: FitData, se
     """None unless the run measures forgetting (`forgetting.meter`) or mitigates it (`forgetting.mitigations`). CKA
     reads the first of `test` (the fold's test examples, by index into the data)."""
     cfg = experiment.config.forgetting
-    if (cfg.meter is None and not cfg.mitigations) or cfg.meter == "sequential":
-        return None  # the sequential meter trains task A through compare's run, then B itself (run_sequential)
+    if cfg.meter is None and not cfg.mitigations:
+        return None
     meter = meter_for(model, cfg.meter)
     if meter == "sequential":
         raise UserError("the sequential meter trains two tasks: run it with 'transferlab forgetting --meter sequential'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,9 @@ TEST_NAME = "paired t-test over the same folds and seeds (two-sided, alpha 0.05)
 # Cross-validation folds train on overlapping examples, so their scores move together and the plain t-test's
 # variance is too small: it finds differences that are not there. Nadeau and Bengio's corrected resampled t-test
 # (2003; for repeated folds, Bouckaert and Frank 2004) widens the variance by the test-to-training size ratio.
-FOLDS_TEST_NAME = "corrected resampled t-test (Nadeau and Bengio) over the same folds and seeds (two-sided, alpha 0.05)"
+FOLDS_TEST_NAME = (
+    "corrected resampled t-test (Nadeau and Bengio) over the folds, each fold's gap its mean over the seeds (two-sided, alpha 0.05)"
+)
 # Seeds scored on one test set differ by their training alone: the t-test over them does not see the test set's own
 # sampling noise, so a gap must clear that too (an intersection-union test, whose p-value is the larger of the two).
 SHARED_TEST_NAME = (
@@ -71,20 +74,35 @@ def _calibration_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def paired_p_value(a: np.ndarray, b: np.ndarray, test_to_train: float = 0.0) -> float:
+def paired_p_value(a: np.ndarray, b: np.ndarray, test_to_train: float = 0.0, folds: Sequence[int] | None = None) -> float:
     """Two-sided paired t-test over the same folds and seeds: 1 when the runs are identical, 0 when every run
     differs by the same non-zero amount (no variance to test against). `test_to_train` > 0 (folds: each fold's test
     size over its training size) makes it Nadeau and Bengio's corrected resampled t-test, the variance of the mean
     difference taken as (1/n + test_to_train) s^2 rather than s^2 / n; 0 is scipy's `ttest_rel`. Written by hand:
-    neither scipy nor scikit-learn has the correction."""
+    neither scipy nor scikit-learn has the correction.
+
+    `folds`: each run's fold. The seeds of one fold retrain on its training part and score its test part, so they
+    are not new folds: the corrected test runs over each fold's mean difference, n the number of folds. (Bouckaert
+    and Frank's n = folds x repetitions holds for repetitions that draw new folds, which these do not.)"""
     differences = a - b
+    if test_to_train and folds is not None:
+        fold_of = np.asarray(folds)
+        differences = np.array([differences[fold_of == fold].mean() for fold in np.unique(fold_of)])
     if np.allclose(differences, differences[0]):
         return 1.0 if differences[0] == 0 else 0.0
     if test_to_train == 0:
         return float(stats.ttest_rel(a, b).pvalue)
     n = len(differences)
+    if n < 2:
+        return 1.0  # one fold, however many seeds: nothing measures how the gap moves between folds
     t = differences.mean() / math.sqrt((1 / n + test_to_train) * differences.var(ddof=1))
     return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def run_folds(summary: dict[str, Any]) -> list[int] | None:
+    """The fold of each of a summary's runs, in the order of its metric values; None for a summary without them."""
+    runs = summary.get("runs")
+    return [run["fold"] for run in runs] if runs and all("fold" in run for run in runs) else None
 
 
 def one_test_set(record: dict[str, Any]) -> int | None:
@@ -106,10 +124,13 @@ def test_set_p_value(a: float, b: float, n_test: int) -> float:
     return float(2 * stats.norm.sf(abs(a - b) / se))
 
 
-def gap_p_value(a: np.ndarray, b: np.ndarray, shared_test: int | None, test_to_train: float = 0.0) -> float:
-    """The paired t-test's p over the same folds and seeds (corrected for overlapping folds by `test_to_train`);
-    where they all scored one test set of `shared_test` examples, the larger of it and that test set's z-test."""
-    p = paired_p_value(a, b, test_to_train)
+def gap_p_value(
+    a: np.ndarray, b: np.ndarray, shared_test: int | None, test_to_train: float = 0.0, folds: Sequence[int] | None = None
+) -> float:
+    """The paired t-test's p over the same folds and seeds (corrected for overlapping folds by `test_to_train`, over
+    each fold's mean when `folds` names the runs' folds); where they all scored one test set of `shared_test`
+    examples, the larger of it and that test set's z-test."""
+    p = paired_p_value(a, b, test_to_train, folds)
     return p if shared_test is None else max(p, test_set_p_value(float(a.mean()), float(b.mean()), shared_test))
 
 
@@ -134,7 +155,7 @@ def compare_to_best(
         if len(values) < 2 or len(values) != len(reference):
             others[other] = {"gap": gap, "p_value": None, "within_noise": None}
             continue
-        p = gap_p_value(reference, values, shared_test, test_to_train)
+        p = gap_p_value(reference, values, shared_test, test_to_train, run_folds(finished[best]))
         others[other] = {"gap": gap, "p_value": p, "within_noise": p >= SIGNIFICANCE}
     return {"metric": metric, "best": best, "test": name, "others": others}
 
@@ -160,7 +181,7 @@ def gap_within_noise(
     """
     x, y = np.asarray(a["metrics"][metric]["values"]), np.asarray(b["metrics"][metric]["values"])
     if len(x) >= 2 and len(x) == len(y):
-        p = gap_p_value(x, y, n_test if shared_test else None, test_to_train)
+        p = gap_p_value(x, y, n_test if shared_test else None, test_to_train, run_folds(a))
         kind = "corrected resampled t-test" if test_to_train else "paired t-test"
         test = f"{kind} over {len(x)} runs{f' and a z-test on {n_test} test examples' if shared_test else ''}"
         return bool(p >= SIGNIFICANCE), f"{test}, p = {p:.2f}"

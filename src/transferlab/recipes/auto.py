@@ -153,7 +153,7 @@ def auto(
                 f"few to choose by (at least {MIN_VALIDATION})"
             )
         return _without_search(experiment, out_dir, budget_seconds, recommendation, resume, formats, log)
-    folder = open_run_folder(out_dir, config, resume, log, experiment)
+    folder = open_run_folder(out_dir, config, resume, log, experiment, "auto")
     strategies, left_out = _search_order(experiment, recommendation["strategy"], formats, log)
     open_search = functools.partial(Search, out_dir, config, strategies, budget_seconds, max_trials, since)
     kept = (executor or Sequential()).search(experiment, open_search, search_trials, log)
@@ -224,7 +224,7 @@ def _without_search(
             f"auto: {len(experiment.split.val)} validation examples are too few to search on, and the recommended {name} cannot be trained instead: {why}"
         )
     log(f"auto: {reason}")
-    folder = open_run_folder(out_dir, config, resume, log, experiment)
+    folder = open_run_folder(out_dir, config, resume, log, experiment, "auto")
     final = dataclasses.replace(experiment, config=_with_settings(config, name, {}))
     first, results = _test_winner(final, folder, None)
     search = {

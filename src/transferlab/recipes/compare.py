@@ -40,7 +40,7 @@ def compare(
     experiment = prepare(config, log)
     labelled = len(experiment.split.train) + len(experiment.split.val)
     recommendation = recommend_for_run(config, labelled, log) if recommend else None
-    folder = open_run_folder(out_dir, config, resume, log, experiment)
+    folder = open_run_folder(out_dir, config, resume, log, experiment, "compare")
     record = run_record(experiment, "compare")
     metric = config.training.metric
     jobs = [Job(name, fold, seed) for name in config.strategies for fold in range(len(experiment.splits)) for seed in experiment.seeds()]

@@ -31,7 +31,7 @@ from transferlab.data.sources import LabeledData, is_multi_label, label_counts
 from transferlab.data.splits import Split, folds_for_classes
 from transferlab.distributed import is_main_process
 from transferlab.environment import describe_environment
-from transferlab.errors import TrainingDiverged
+from transferlab.errors import NotApplicable, TrainingDiverged, UserError
 from transferlab.evaluation.calibration import (
     brier_score,
     calibration_report,
@@ -47,7 +47,7 @@ from transferlab.evaluation.metrics import classification_metrics, default_metri
 from transferlab.evaluation.stats import REPORTED_CHOICES, aggregate_runs
 from transferlab.recipes.dataset import Findings, check_data, load_run_data, make_splits
 from transferlab.recipes.run_folder import RunFolder
-from transferlab.runio import atomic_write_text
+from transferlab.runio import LABEL_ISSUES, atomic_write_text
 from transferlab.settings import MIN_VALIDATION, TrainingConfig
 from transferlab.strategies import STRATEGIES, Strategy, count_parameters
 from transferlab.training.inference import (
@@ -63,8 +63,6 @@ from transferlab.training.memory import PeakMemory
 from transferlab.training.sampling import loss_class_weights, oversample, resolved_class_weights
 
 Log = Callable[[str], None]
-
-LABEL_ISSUES = "label_issues.csv"
 
 
 @dataclass
@@ -376,13 +374,20 @@ def run_job(experiment: Experiment, job: Job, workdir: Path | None, runner: Runn
     command runs something else per job, as forgetting's sequential and LM runs do) with its failures captured.
 
     A run that fails is recorded as failed or diverged, with the reason, and the comparison goes on:
-    one strategy must not sink the others. An interruption (Ctrl-C, a signal) still stops everything.
+    one strategy must not sink the others; one that cannot run as asked (NotApplicable) is recorded as skipped. An
+    interruption (Ctrl-C, a signal) still stops everything, and so does any other UserError: a setting the run cannot
+    take (`--freeze-below` past the backbone's blocks, a meter the backbone lacks) is the user's to mend, in one line,
+    not a failed run to record.
     """
     where = {"fold": job.fold, "seed": job.seed}
     try:
         return runner(experiment, job, workdir)
     except TrainingDiverged as err:
         return Outcome({"status": "diverged", "reason": str(err), **where}, [])
+    except NotApplicable as err:
+        return Outcome({"status": "skipped", "reason": str(err), **where}, [])
+    except UserError:
+        raise
     except (torch.OutOfMemoryError, MemoryError):
         return Outcome({"status": "failed", "reason": "out of memory: try a smaller --batch-size or --max-length", **where}, [])
     except Exception as err:
@@ -448,11 +453,22 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def open_run_folder(out_dir: Path, config: RunConfig, resume: bool | None, log: Log, experiment: Experiment) -> RunFolder:
-    """The resolved config first; an unfinished run of the same config is carried on (rank 0 decides), only over the
-    same files as the prepared experiment's."""
+def open_run_folder(
+    out_dir: Path,
+    config: RunConfig,
+    resume: bool | None,
+    log: Log,
+    experiment: Experiment,
+    command: str,
+    second_task: Experiment | None = None,
+) -> RunFolder:
+    """The resolved config first; an unfinished run of the same config by the same `command` is carried on (rank 0
+    decides), only over the same files as the prepared experiment's (and the `second_task`'s, that the run trains on
+    next)."""
     folder = RunFolder(out_dir)
     if is_main_process():
         hashes = {name: asset["hashes"] for name, asset in experiment.assets().items() if asset}
-        folder.open(config.resolved(), resume, log, hashes)
+        if second_task is not None:
+            hashes |= {f"task B {name}": asset["hashes"] for name, asset in second_task.assets().items() if asset}
+        folder.open(config.resolved(), resume, log, hashes, command)
     return folder

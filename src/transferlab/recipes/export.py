@@ -25,11 +25,10 @@ import torch
 from transferlab.errors import UserError
 from transferlab.recipes.loading import LoadedModel, load_model
 from transferlab.recipes.model_card import model_card
-from transferlab.runio import CONFIG, MANIFEST, MODEL_DIR, RESULTS, atomic_write_json, atomic_write_text, staged_directory
+from transferlab.runio import CONFIG, EXPORT_FORMATS, MANIFEST, MODEL_DIR, RESULTS, atomic_write_json, atomic_write_text, staged_directory
 from transferlab.strategies.adapters import ADAPTERS_IN_LAYERS
 from transferlab.strategies.head import unpoolable_layers
 
-FORMATS = ("hf", "onnx", "onnx-int8", "sentence-transformers")
 # Dynamic quantisation scales each batch's activations without calibration: for a CNN's convolutions that is too coarse
 # (a mobilenet-v2 head on fashion-mnist: test accuracy 0.800 in fp32, 0.713 in int8, one label in five changed).
 INT8_IMAGE_REFUSAL = (
@@ -43,8 +42,8 @@ ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 
 def export_model(model_dir: Path, fmt: str, out: Path) -> Path:
     """`model_dir` (a `train` folder) written as `fmt` at `out`; returns `out`."""
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(EXPORT_FORMATS)}")
     model_dir, out = Path(model_dir), Path(out)
     _check_replaceable(out, model_dir)
     loaded = load_model(model_dir)

@@ -18,12 +18,12 @@ from transformers import set_seed
 
 from transferlab.backbones import TransferModel, build_classifier
 from transferlab.backbones.base import base_model
-from transferlab.errors import UserError
+from transferlab.errors import NotApplicable, UserError
 from transferlab.evaluation import forgetting as fg
 from transferlab.evaluation.forgetting_meter import meter_for, summarize_forgetting
 from transferlab.evaluation.metrics import classification_metrics
 from transferlab.evaluation.stats import mean_std
-from transferlab.settings import TrainingConfig
+from transferlab.settings import ForgettingConfig, TrainingConfig
 from transferlab.strategies.base import Strategy
 from transferlab.training.inference import default_device, map_batches
 from transferlab.training.loop import FitData, train_with_trainer
@@ -45,17 +45,18 @@ def run_forgetting(config: RunConfig, out_dir: Path, log: Log = print, resume: b
     interrupted run resumes like compare's); results.json written atomically at the end."""
     from transferlab.recipes.experiment import Job, open_run_folder, prepare, run_job, run_record, write_label_issues
 
-    if config.cv is None:
-        config.cv = 1  # one hold-out split: the meter, not cross-validation, is what this command reports
+    if config.cv not in (None, 1):
+        raise UserError(f"forgetting measures on one hold-out split, not {config.cv} folds: leave out cv (repeat with --seeds)")
+    config.cv = 1  # the meter, not cross-validation, is what this command reports
     experiment = prepare(config, log)
-    folder = open_run_folder(out_dir, config, resume, log, experiment)
-    record = run_record(experiment, "forgetting")
-    record["forgetting"] = dataclasses.asdict(config.forgetting)
     sequential_b = None
-    if config.forgetting.meter == "sequential":
+    if config.forgetting.meter == "sequential":  # prepared first: a resumed run must find task B's files unchanged too
         b_training = dataclasses.replace(config.training, metric=None, lr=config.forgetting.task_b_lr or config.training.lr)
         task_b = dataclasses.replace(config, dataset=config.forgetting.task_b, training=b_training)
         sequential_b = prepare(task_b, log)
+    folder = open_run_folder(out_dir, config, resume, log, experiment, "forgetting", sequential_b)
+    record = run_record(experiment, "forgetting")
+    record["forgetting"] = dataclasses.asdict(config.forgetting)
     for name in config.strategies:
         runs = []
         for seed in experiment.seeds():
@@ -128,7 +129,9 @@ def run_sequential(a: Experiment, b: Experiment, name: str, seed: int) -> dict[s
     a_metric = a.config.training.headline_metric
     key = repr((a.config.backbone, a.config.dataset, a.config.n_train, a.config.n_test, a.config.max_length, name, seed, a.config.training))
     if key not in _TASK_A:
-        first = run_strategy(a, name, seed=seed)
+        # Task A trains as a plain run: the mitigations protect A while B trains, and the meter is this function
+        plain_a = dataclasses.replace(a, config=dataclasses.replace(a.config, forgetting=ForgettingConfig()))
+        first = run_strategy(plain_a, name, seed=seed)
         if first.model is None:
             return first.result
         _TASK_A[key] = (first.strategy.export(first.model), first.result["metrics"][a_metric])
@@ -225,10 +228,10 @@ def fine_tune_causal_lm(
     validation and no step floor: there is no label to stop on and no new head to train.
     """
     if type(strategy).fit is not Strategy.fit or not strategy.starts_at_pretrained:
-        raise UserError(f"the LM objective trains a strategy's prepared body on the Trainer; {strategy.name} trains otherwise")
+        raise NotApplicable(f"the LM objective trains a strategy's prepared body on the Trainer; {strategy.name} trains otherwise")
     prepared = strategy.prepare(model)
     if not any(p.requires_grad for p in base_model(prepared).backbone.parameters()):
-        raise UserError(f"{strategy.name} trains no parameter of this body, so the LM objective has nothing to train")
+        raise NotApplicable(f"{strategy.name} trains no parameter of this body, so the LM objective has nothing to train")
     data = FitData(train=[{k: v for k, v in f.items() if k != "labels"} for f in examples], val=[], collate=collate, label_names=[])
     scale = strategy.lr_scale(model, data, training)  # discriminative rates, by the classifier's parameter names
     by_name = None if scale is None else lambda name: scale(name.removeprefix(_LanguageModelObjective.MODEL_PREFIX))

@@ -19,12 +19,14 @@ from transferlab.data.images import is_image_file
 from transferlab.data.sources import (
     encode_label_columns,
     first_row,
+    is_blank,
     is_label_list,
     label_columns_of,
     label_keys,
     label_value,
     read_table,
     require_columns,
+    visible,
 )
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, predicted_labels
@@ -105,7 +107,7 @@ def read_texts(
     for column in [text_column] if label_sets or not isinstance(label_column, str) else [text_column, label_column]:
         if frame[column].isna().any():
             raise UserError(f"{path}: row {first_row(frame[column].isna())} has an empty '{column}'")
-    blank = frame[text_column].astype(str).str.strip() == ""  # a JSON "" or a cell of spaces: nothing to classify
+    blank = frame[text_column].map(is_blank)  # a JSON "" or a cell of spaces: nothing to classify
     if blank.any():
         raise UserError(f"{path}: row {first_row(blank)} has an empty '{text_column}'")
     labels = None
@@ -120,7 +122,7 @@ def _label_text(cell: Any, separator: str) -> str:
     """A true-label cell as the text `label_ids` reads: a list (JSONL, Parquet) as its labels joined by `separator`."""
     value = label_value(cell)
     if is_label_list(value):
-        return separator.join(str(part).strip() for part in value)
+        return separator.join(visible(str(part)) for part in value)
     return "" if value is None else str(value)
 
 
@@ -188,7 +190,7 @@ def predict_command(
     # multi-label: sets of labels are written (and true labels read) with the separator the model was trained with
     separator = label_separator(loaded.manifest) if loaded.multi_label else None
     truth = None
-    if texts and not all(text.strip() for text in texts):
+    if texts and not all(visible(text) for text in texts):
         raise UserError("--text: an empty text has nothing to classify")
     if images or texts:
         inputs = image_files(images) if images else list(texts)

@@ -24,12 +24,23 @@ from typing import Any
 import yaml
 
 from transferlab.errors import UserError
-from transferlab.runio import CONFIG, MODEL_DIR, RESULTS, atomic_write_json, atomic_write_text, atomic_write_yaml
+from transferlab.runio import (
+    CONFIG,
+    EXPORT_FORMATS,
+    LABEL_ISSUES,
+    MODEL_DIR,
+    RESULTS,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+)
 
 INPUTS = "inputs.json"
+COMMAND_KEY = "command"  # in INPUTS: the command that started the run
 # What a run writes here; a restart removes these and nothing else (the folder may hold the user's own files).
 RUN_ENTRIES = (
-    *(CONFIG, INPUTS, RESULTS, "strategies", MODEL_DIR, "report.html", "report.md", "study.png", "tensorboard"),
+    *(CONFIG, INPUTS, RESULTS, "strategies", MODEL_DIR, "report.html", "report.md", "study.png", "tensorboard", LABEL_ISSUES),
+    *(fmt for fmt in EXPORT_FORMATS if fmt != "hf"),  # train's and auto's --export-format
     *("search.journal", "search.journal.lock", "leaderboard.csv", "search.png"),  # auto's search
 )
 
@@ -53,10 +64,16 @@ class RunFolder:
         self.path = Path(path)
 
     def open(
-        self, config: dict[str, Any], resume: bool | None, log: Callable[[str], None], inputs: dict[str, dict[str, str]] | None = None
+        self,
+        config: dict[str, Any],
+        resume: bool | None,
+        log: Callable[[str], None],
+        inputs: dict[str, dict[str, str]] | None = None,
+        command: str | None = None,
     ) -> None:
         """Start here, or carry on with the unfinished run of this same config over the same `inputs` (each file's
-        sha256, by asset: a data file edited in place keeps its path, so the config alone does not tell).
+        sha256, by asset: a data file edited in place keeps its path, so the config alone does not tell), made by the
+        same `command` (compare's and auto's runs of one config are different runs).
 
         `resume`: None carries on when there is something to carry on; True insists on it; False
         (`--restart`) discards whatever run is here first.
@@ -80,6 +97,12 @@ class RunFolder:
             log(f"{self.path}: replacing the finished run of the same config")
             self._clear()
         else:
+            started_by = self._stored_inputs().get(COMMAND_KEY)
+            if command and started_by and started_by != command:
+                raise UserError(
+                    f"{self.path} holds an unfinished run of '{started_by}', not '{command}'; choose another --out, or pass "
+                    "--restart to replace it"
+                )
             changed = self._changed_inputs(inputs)
             if changed:
                 raise UserError(
@@ -91,14 +114,18 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.path / CONFIG, config)
         if inputs is not None:
-            atomic_write_json(self.path / INPUTS, inputs)
+            atomic_write_json(self.path / INPUTS, {**inputs, **({COMMAND_KEY: command} if command else {})})
+
+    def _stored_inputs(self) -> dict[str, Any]:
+        path = self.path / INPUTS
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def _changed_inputs(self, inputs: dict[str, dict[str, str]] | None) -> list[str]:
         """The assets whose files differ from those the run here read (none known: nothing to compare)."""
-        path = self.path / INPUTS
-        if inputs is None or not path.is_file():
+        stored = self._stored_inputs()
+        stored.pop(COMMAND_KEY, None)
+        if inputs is None or not stored:
             return []
-        stored = json.loads(path.read_text(encoding="utf-8"))
         return sorted(name for name in stored.keys() | inputs.keys() if stored.get(name) != inputs.get(name))
 
     def _stored_config(self) -> dict[str, Any] | None:

@@ -29,11 +29,11 @@ from transferlab.recipes.experiment import (
     run_strategy,
     write_label_issues,
 )
-from transferlab.recipes.export import FORMATS, INT8_IMAGE_REFUSAL, export_model
+from transferlab.recipes.export import INT8_IMAGE_REFUSAL, export_model
 from transferlab.recipes.loading import save_batch_norm_statistics
 from transferlab.recipes.model_card import model_card
 from transferlab.report import write_report
-from transferlab.runio import MANIFEST, MODEL_DIR, atomic_write_json, atomic_write_text, staged_directory
+from transferlab.runio import EXPORT_FORMATS, MANIFEST, MODEL_DIR, atomic_write_json, atomic_write_text, staged_directory
 from transferlab.strategies import Strategy
 
 
@@ -50,13 +50,13 @@ def train(
     if len(config.strategies) != 1:
         raise UserError(f"train takes one strategy, got {', '.join(config.strategies)}")
     name = config.strategies[0]
-    config.cv = 1  # one model to export, tested on a hold-out split
+    config.cv = config.seeds = 1  # one model to export, tested on a hold-out split
     strategy = config.strategy(name)
     if keep_adapter and not strategy.uses_peft:
         raise UserError(f"--keep-adapter applies to peft strategies (lora, ia3, prompt, prefix), not '{name}'")
     check_export_formats(export_formats, strategy, config)
     experiment = prepare(config, log)
-    folder = open_run_folder(out_dir, config, resume, log, experiment)
+    folder = open_run_folder(out_dir, config, resume, log, experiment, "train")
     record = run_record(experiment, "train")
     seed = config.training.seed
     run = run_strategy(experiment, name, workdir=folder.workdir(name, 0, seed), seed=seed)
@@ -77,9 +77,9 @@ def train(
 
 def check_export_formats(formats: Sequence[str], strategy: Strategy | None, config: RunConfig) -> None:
     """What can be known before training: the format exists, and the strategy (when known) and the inputs allow it."""
-    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    unknown = [fmt for fmt in formats if fmt not in EXPORT_FORMATS]
     if unknown:
-        raise UserError(f"unknown export format {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
+        raise UserError(f"unknown export format {', '.join(unknown)}: choose from {', '.join(EXPORT_FORMATS)}")
     if strategy is not None and not strategy.merges and set(formats) - {"hf"}:
         raise UserError(f"{strategy.name}'s virtual tokens cannot be merged into one classifier: export it as hf only")
     if "onnx-int8" in formats and config.modality != "text":

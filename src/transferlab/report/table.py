@@ -102,7 +102,7 @@ def versus_best(name: str, comparison: dict[str, Any]) -> str:
     if not verdict or verdict["p_value"] is None:
         return f"-{verdict['gap']:.4f}" if verdict else ""
     mark = "within noise" if verdict["within_noise"] else "worse"
-    return f"{mark} (p={verdict['p_value']:.2f})"
+    return f"{mark} (p={verdict['p_value']:.3f})"  # three decimals: p = 0.046 is not 'worse (p=0.05)'
 
 
 def print_results(results: dict[str, Any], console: Console | None = None) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from transferlab.backbones.base import CAPABILITIES, TransferModel
 from transferlab.errors import UserError
-from transferlab.settings import TrainingConfig
+from transferlab.settings import TrainingConfig, typed_values
 from transferlab.training.loop import FitData, train_with_trainer
 
 
@@ -74,7 +74,7 @@ class Strategy(ABC):
                     close = difflib.get_close_matches(key, known, n=1)
                     hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(known))}"
                     raise UserError(f"strategy '{self.name}' has no setting '{key}'{hint}")
-            config = dataclasses.replace(config, **overrides)
+            config = dataclasses.replace(config, **typed_values(type(config), overrides, f"strategy '{self.name}'"))
         config.validate()
         self.config = config
 

@@ -240,7 +240,7 @@ def run_study(
     points = study.points(quick)
     context = StudyContext(config, log)
     # The first point's files are read before the folder opens: a resume over edited files is refused, as compare's is.
-    folder = context.folder = open_run_folder(out_dir, config, resume, log, context.experiment(points[0]))
+    folder = context.folder = open_run_folder(out_dir, config, resume, log, context.experiment(points[0]), f"study {study.name}")
     record: dict[str, Any] | None = None
     entries = []
     for point, results, histories in study.run_points(context, points, log):
