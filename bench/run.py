@@ -33,6 +33,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from transferlab.backbones import build_classifier, resolve_backbone
 from transferlab.config import load_run_config
+from transferlab.data.catalog import load_dataset
 from transferlab.recipes.compare import compare
 from transferlab.recipes.executors import Sequential
 from transferlab.recipes.experiment import prepare, run_strategy
@@ -278,6 +279,8 @@ def main() -> None:
     parser.add_argument("--memory-backbone", default="mpnet-base", help="LoRA vs full peak memory on this backbone ('' to skip)")
     args = parser.parse_args()
     strategies = args.strategies.split(",")
+    if args.frozen_cache:  # the CNN timings come last: a missing dataset should stop the run now, not after 15 minutes
+        load_dataset("fashion-mnist", modality="image")
 
     peak_gflops = {"fp32": matmul_gflops(), **({"bf16": matmul_gflops(dtype=torch.bfloat16)} if cpu_has_bf16() else {})}
     # First, while the process has run nothing else, as in `transferlab study layer-probe`: timed after the
