@@ -255,6 +255,12 @@ def test_config_values_take_their_fields_types(tmp_path):
     assert config.label_columns == "toxic,spam" and config.strategies == ["lora"]
     lora = config.strategy("lora").config
     assert lora.lr == 5e-4 and lora.r == 4 and isinstance(lora.r, int)
+    import numpy as np
+
+    from transferlab.strategies import get_strategy
+
+    grid = get_strategy("lora", r=np.arange(4, 5)[0], lr=np.float32(5e-4)).config  # numpy's scalars, as a search grid gives them
+    assert grid.r == 4 and type(grid.r) is int and grid.lr == pytest.approx(5e-4) and type(grid.lr) is float
     path.write_text("strategies: [head]\n")
     assert load_run_config(path, default_strategies=["lora"]).strategies == ["head"]  # the file's, over the command's default
     assert load_run_config(path, default_strategies=["lora"], strategies=["full"]).strategies == ["full"]  # the command line's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,7 @@ def _number(value: Any, kind: type) -> float | int | None:
             value = float(value.strip())
         except ValueError:
             return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's scalars too (a grid from np.arange)
         return None
     if kind is int:
         return int(value) if float(value).is_integer() else None
