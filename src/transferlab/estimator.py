@@ -24,7 +24,7 @@ from transferlab.backbones.text import drop_output_capturing_hooks
 from transferlab.config import strategy_for
 from transferlab.data.augment import augment_texts
 from transferlab.data.checks import duplicate_groups
-from transferlab.data.sources import label_counts
+from transferlab.data.sources import is_label_list, label_counts
 from transferlab.data.splits import validation_take
 from transferlab.errors import UserError
 from transferlab.evaluation.calibration import fit_temperature
@@ -99,7 +99,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Sequence[Any], y: Sequence[Any]) -> TransferClassifier:
         check_class_weights(self.class_weights)
         cells = np.asarray(y, dtype=object)
-        if cells.ndim != 1 or any(isinstance(cell, (list, tuple, set, np.ndarray)) for cell in cells):
+        if cells.ndim != 1 or any(is_label_list(cell) for cell in cells):
             raise UserError(
                 "y holds sets of labels: the estimator takes one label per example; train multi-label data with the "
                 "command line (--label-separator or --label-columns)"

@@ -99,14 +99,6 @@ def visible(text: str) -> str:
     return INVISIBLE.sub("", unicodedata.normalize("NFC", text)).strip()
 
 
-def is_blank(cell: Any) -> bool:
-    """A text cell with nothing to read: missing, or nothing `visible` (a number is text here, as a CSV holds it)."""
-    missing = pd.isna(cell)  # an array for a list cell
-    if isinstance(missing, (bool, np.bool_)) and missing:
-        return True
-    return visible(str(cell)) == ""
-
-
 def label_value(value: Any) -> Any:
     """A label cell as its class: its visible text, None for a missing or blank cell."""
     if isinstance(value, str):
@@ -155,8 +147,14 @@ def encode_label_sets(raw: pd.Series, separator: str, where: str) -> tuple[np.nd
 
 
 def is_label_list(value: Any) -> bool:
-    """A cell holding several labels as a list (JSONL, or Parquet as Hugging Face exports go_emotions)."""
-    return isinstance(value, (list, tuple, np.ndarray))
+    """A cell holding several labels as a list (JSONL, or Parquet as Hugging Face exports go_emotions; a set from Python)."""
+    return isinstance(value, (list, tuple, set, np.ndarray))
+
+
+def is_blank(cell: Any) -> bool:
+    """A text cell with nothing to read, by the rule a label cell is missing by (`label_value`): missing, or nothing
+    `visible`; a number is text here, as a CSV holds it."""
+    return label_value(cell) is None
 
 
 def _label_set(value: Any, separator: str) -> set[str]:
